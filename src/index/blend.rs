@@ -1,0 +1,143 @@
+//! RVC's neighbour blend, made safe for exact matches.
+//!
+//! RVC computes, per frame, `w = (1 / score)²` for the k neighbours' faiss scores, normalises the
+//! weights, blends the neighbours' vectors, and mixes the result with the input:
+//! `out = r · Σ wᵢ vᵢ + (1 − r) · query`. A score of exactly 0 (the query is stored in the index)
+//! makes RVC divide infinity by infinity and emit NaN; here every score is first clamped to
+//! [`SCORE_EPSILON`], so an exact match gets an overwhelming but finite weight (and several exact
+//! matches share it equally). Weights are computed in f64.
+
+use super::search::{Searcher, MAX_K};
+use super::IvfIndex;
+
+/// Scores are clamped to at least this before `1 / score²` (squared-L2 units). It is far below
+/// any distance between distinct feature frames at f32 precision, and far above where
+/// `1 / score²` would overflow in f64.
+pub const SCORE_EPSILON: f64 = 1e-12;
+
+/// What one blend call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlendOutcome {
+    /// Blended with this many neighbours (may be fewer than k when lists are short).
+    Blended {
+        /// Neighbours used.
+        neighbours: usize,
+    },
+    /// Ratio 0: the query was copied, no search was made.
+    Copied,
+    /// The query held NaN or infinity: it was copied unchanged.
+    NonFiniteQuery,
+    /// The index holds no vectors: the query was copied.
+    Empty,
+}
+
+/// Per-call blend settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlendParams {
+    /// Neighbours, `1..=MAX_K` (RVC uses 8).
+    pub k: usize,
+    /// Lists probed (RVC uses 1).
+    pub nprobe: usize,
+    /// Index rate `r` in `[0, 1]` (clamped).
+    pub ratio: f32,
+}
+
+impl Default for BlendParams {
+    fn default() -> Self {
+        BlendParams {
+            k: 8,
+            nprobe: 1,
+            ratio: 0.75,
+        }
+    }
+}
+
+/// Normalised RVC weights for the given scores, written into `out[..scores.len()]`.
+pub fn rvc_weights(scores: &[f32], out: &mut [f64]) {
+    let mut sum = 0.0;
+    for (w, &s) in out.iter_mut().zip(scores) {
+        let s = (s as f64).abs().max(SCORE_EPSILON);
+        *w = 1.0 / (s * s);
+        sum += *w;
+    }
+    for w in &mut out[..scores.len()] {
+        *w /= sum;
+    }
+}
+
+impl Searcher {
+    /// RVC blend of `query` with its neighbours, written to `out` (same length as `query`).
+    /// Allocation-free. Never writes NaN or infinity for finite input.
+    ///
+    /// # Panics
+    /// If `query.len()` or `out.len()` differ from `index.dim()`.
+    pub fn blend(&mut self, index: &IvfIndex, query: &[f32], params: &BlendParams, out: &mut [f32]) -> BlendOutcome {
+        assert_eq!(out.len(), query.len(), "output length must equal the query length");
+        let ratio = if params.ratio.is_nan() { 0.0 } else { params.ratio.clamp(0.0, 1.0) };
+        if !query.iter().all(|v| v.is_finite()) {
+            out.copy_from_slice(query);
+            return BlendOutcome::NonFiniteQuery;
+        }
+        if ratio == 0.0 {
+            out.copy_from_slice(query);
+            return BlendOutcome::Copied;
+        }
+        let found = self.search(index, query, params.k, params.nprobe);
+        let n = found.len();
+        if n == 0 {
+            out.copy_from_slice(query);
+            return BlendOutcome::Empty;
+        }
+        let mut scores = [0f32; MAX_K];
+        let mut positions = [0u32; MAX_K];
+        for (i, nb) in found.iter().enumerate() {
+            scores[i] = nb.distance;
+            positions[i] = nb.pos;
+        }
+        let mut weights = [0f64; MAX_K];
+        rvc_weights(&scores[..n], &mut weights);
+        let keep = 1.0 - ratio;
+        for (o, &q) in out.iter_mut().zip(query) {
+            *o = keep * q;
+        }
+        for i in 0..n {
+            let w = (weights[i] * ratio as f64) as f32;
+            for (o, &v) in out.iter_mut().zip(index.vector(positions[i] as usize)) {
+                *o += w * v;
+            }
+        }
+        BlendOutcome::Blended { neighbours: n }
+    }
+
+    /// Blends `queries` (rows of `dim`) into `out` row by row; returns how many rows were blended
+    /// with neighbours (the others were copied).
+    pub fn blend_batch(&mut self, index: &IvfIndex, queries: &[f32], params: &BlendParams, out: &mut [f32]) -> usize {
+        let d = index.dim();
+        assert_eq!(queries.len() % d, 0, "queries must be whole rows");
+        assert_eq!(out.len(), queries.len(), "output must match the queries");
+        let mut blended = 0;
+        for (q, o) in queries.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            if let BlendOutcome::Blended { .. } = self.blend(index, q, params, o) {
+                blended += 1;
+            }
+        }
+        blended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_normalised_and_finite_even_for_exact_matches() {
+        let mut w = [0f64; 4];
+        rvc_weights(&[0.0, 0.0, 1.0, 4.0], &mut w);
+        assert!(w.iter().all(|x| x.is_finite() && *x >= 0.0));
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!((w[0] - 0.5).abs() < 1e-9 && (w[1] - 0.5).abs() < 1e-9);
+        rvc_weights(&[1.0, 2.0], &mut w);
+        // 1/1 : 1/4 → 0.8 : 0.2
+        assert!((w[0] - 0.8).abs() < 1e-12 && (w[1] - 0.2).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,353 @@
+//! [`IvfIndex`]: an immutable IVF-Flat index, memory-mapped from a `.kbi` or held in owned,
+//! page-aligned memory (faiss imports, freshly built indexes). Search code sees the same
+//! slices either way.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Advice, Mmap, MmapOptions};
+
+use crate::format::kbi::{self, KbiLayout, SectionKind};
+use crate::format::{self, AlignedBytes, FileKind, FormatError, IndexParts, Metadata, Metric};
+
+#[cfg(target_endian = "big")]
+compile_error!("knnblend's index files are little-endian and are used in place; big-endian targets are not supported");
+
+enum Backing {
+    Mapped(Mmap),
+    Owned(AlignedBytes),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Mapped(m) => m,
+            Backing::Owned(b) => b.as_slice(),
+        }
+    }
+}
+
+/// How [`IvfIndex::open_with`] loads a file.
+pub struct OpenOptions<'a> {
+    /// Verify every section checksum and that all floats are finite (default true).
+    pub verify: bool,
+    /// Map with `MAP_POPULATE`, advise will-need and touch every page before returning (default false).
+    pub prefault: bool,
+    /// Try to `mlock` the mapping (best effort; see [`IvfIndex::is_locked`]) (default false).
+    pub mlock: bool,
+    /// Called with (bytes done, bytes total) while verifying and prefaulting.
+    pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
+}
+
+impl Default for OpenOptions<'_> {
+    fn default() -> Self {
+        OpenOptions {
+            verify: true,
+            prefault: false,
+            mlock: false,
+            progress: None,
+        }
+    }
+}
+
+/// An immutable IVF-Flat index.
+///
+/// Lists are stored contiguously: list `i` holds rows `list_offsets[i]..list_offsets[i + 1]` of
+/// [`vectors`](Self::vector). Cloning is not offered: share it with `Arc`.
+pub struct IvfIndex {
+    backing: Backing,
+    layout: KbiLayout,
+    metadata: Metadata,
+    source: FileKind,
+    path: Option<PathBuf>,
+    file_bytes: u64,
+    locked: bool,
+    verified: bool,
+}
+
+fn view<'a, T>(bytes: &'a [u8], layout: &KbiLayout, kind: SectionKind) -> &'a [T] {
+    let range = layout.section(kind).range();
+    let s = &bytes[range];
+    debug_assert_eq!(s.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+    // SAFETY: `layout` was validated against `bytes` (range inside, page-aligned offset on a
+    // page-aligned base, length a multiple of size_of::<T>()), and f32/u64/i64 accept any bits.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<T>(), s.len() / std::mem::size_of::<T>()) }
+}
+
+impl IvfIndex {
+    /// Opens a `.kbi` (memory-mapped) or a faiss IVF-Flat file (read into memory), fully validated.
+    pub fn open(path: &Path) -> Result<IvfIndex, FormatError> {
+        Self::open_with(path, OpenOptions::default())
+    }
+
+    /// Opens an index with the given options.
+    pub fn open_with(path: &Path, mut opts: OpenOptions<'_>) -> Result<IvfIndex, FormatError> {
+        let mut noop = |_: u64, _: u64| {};
+        let progress: &mut dyn FnMut(u64, u64) = match opts.progress.take() {
+            Some(p) => p,
+            None => &mut noop,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?;
+        if meta.is_dir() {
+            return Err(FormatError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a directory, not an index file"),
+            ));
+        }
+        let mut index = match format::sniff(path)? {
+            FileKind::Kbi => {
+                let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+                let mut mo = MmapOptions::new();
+                if opts.prefault {
+                    mo.populate();
+                }
+                // SAFETY: the mapping is read-only. knnblend's writers replace files by rename and
+                // never modify them in place; another program truncating the file in place while
+                // it is mapped is the one hazard (SIGBUS on access), documented in the README.
+                let map = unsafe { mo.map(&file) }.map_err(|e| FormatError::io(path, e))?;
+                Self::from_backing(Backing::Mapped(map), FileKind::Kbi, opts.verify, progress)?
+            }
+            FileKind::Faiss => {
+                let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
+                let total = bytes.len() as u64;
+                progress(total / 2, total);
+                let parts = format::read_faiss_index(&bytes)?;
+                drop(bytes);
+                let mut index = Self::from_parts(&parts)?;
+                index.source = FileKind::Faiss;
+                progress(total, total);
+                index
+            }
+        };
+        index.file_bytes = meta.len();
+        index.path = Some(path.to_path_buf());
+        if let Some(name) = path.file_name() {
+            if index.metadata.sources.is_empty() && index.source == FileKind::Faiss {
+                index.metadata.sources.push(name.to_string_lossy().into_owned());
+            }
+        }
+        if opts.prefault {
+            index.prefault();
+        }
+        if opts.mlock {
+            index.lock();
+        }
+        Ok(index)
+    }
+
+    /// Builds an owned, in-memory index from parts (validated).
+    pub fn from_parts(parts: &IndexParts) -> Result<IvfIndex, FormatError> {
+        let image = kbi::encode(parts)?;
+        let mut index = Self::from_backing(Backing::Owned(image), FileKind::Kbi, false, &mut |_, _| {})?;
+        index.file_bytes = 0;
+        Ok(index)
+    }
+
+    /// Parses and validates a complete `.kbi` image held in page-aligned memory.
+    pub fn from_image(image: AlignedBytes) -> Result<IvfIndex, FormatError> {
+        Self::from_backing(Backing::Owned(image), FileKind::Kbi, true, &mut |_, _| {})
+    }
+
+    fn from_backing(
+        backing: Backing,
+        source: FileKind,
+        verify: bool,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<IvfIndex, FormatError> {
+        let bytes = backing.bytes();
+        let layout = KbiLayout::parse(bytes)?;
+        kbi::check_list_offsets(view::<u64>(bytes, &layout, SectionKind::ListOffsets), layout.ntotal)?;
+        if verify {
+            kbi::verify_sections(bytes, &layout, progress)?;
+        }
+        let metadata = kbi::parse_metadata(bytes, &layout)?;
+        let file_bytes = bytes.len() as u64;
+        Ok(IvfIndex {
+            backing,
+            layout,
+            metadata,
+            source,
+            path: None,
+            file_bytes,
+            locked: false,
+            verified: verify,
+        })
+    }
+
+    /// Verifies checksums and finiteness of every section now (for indexes opened without).
+    pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), FormatError> {
+        kbi::verify_sections(self.backing.bytes(), &self.layout, progress)
+    }
+
+    /// Advises the kernel that every page will be needed and reads one byte of every page,
+    /// so no later access page-faults (unless memory pressure evicts it; see [`lock`](Self::lock)).
+    pub fn prefault(&self) {
+        if let Backing::Mapped(m) = &self.backing {
+            let _ = m.advise(Advice::WillNeed);
+        }
+        let bytes = self.backing.bytes();
+        let mut sum = 0u8;
+        for page in bytes.chunks(4096) {
+            // SAFETY: a valid reference to the first byte of the chunk.
+            sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(page.as_ptr()) });
+        }
+        std::hint::black_box(sum);
+    }
+
+    /// Tries to lock the index's pages in RAM. Returns whether it succeeded: unprivileged
+    /// users often have a small `RLIMIT_MEMLOCK`, which is reported, not fatal.
+    pub fn lock(&mut self) -> bool {
+        self.locked = match &self.backing {
+            Backing::Mapped(m) => m.lock().is_ok(),
+            Backing::Owned(b) => {
+                // SAFETY: mlock on memory we own; it only pins pages.
+                unsafe { libc::mlock(b.as_slice().as_ptr().cast(), b.len()) == 0 }
+            }
+        };
+        self.locked
+    }
+
+    /// Whether [`lock`](Self::lock) succeeded.
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// Whether checksums were verified when this index was opened.
+    pub fn is_verified(&self) -> bool {
+        self.verified
+    }
+
+    /// Vector dimension.
+    #[inline]
+    pub fn dim(&self) -> usize {
+        self.layout.dim
+    }
+    /// Number of inverted lists.
+    #[inline]
+    pub fn nlist(&self) -> usize {
+        self.layout.nlist
+    }
+    /// Number of stored vectors.
+    #[inline]
+    pub fn ntotal(&self) -> usize {
+        self.layout.ntotal
+    }
+    /// Distance metric.
+    pub fn metric(&self) -> Metric {
+        self.layout.metric
+    }
+    /// The n_probe stored in the file (informational).
+    pub fn nprobe(&self) -> u32 {
+        self.layout.nprobe
+    }
+    /// What the vectors are.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+    /// The file this index came from.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+    /// Whether it was opened from a `.kbi` or a faiss file.
+    pub fn source_kind(&self) -> FileKind {
+        self.source
+    }
+    /// Size of the file on disk (0 for indexes built in memory).
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes
+    }
+    /// Bytes of the in-memory image (mapped or owned).
+    pub fn byte_len(&self) -> usize {
+        self.backing.bytes().len()
+    }
+    /// Whether the index is served from a memory map.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.backing, Backing::Mapped(_))
+    }
+    /// The validated layout.
+    pub fn layout(&self) -> &KbiLayout {
+        &self.layout
+    }
+
+    /// Centroids, `nlist × dim`.
+    #[inline]
+    pub fn centroids(&self) -> &[f32] {
+        view(self.backing.bytes(), &self.layout, SectionKind::Centroids)
+    }
+    /// ‖c‖² per centroid.
+    #[inline]
+    pub fn centroid_norms(&self) -> &[f32] {
+        view(self.backing.bytes(), &self.layout, SectionKind::CentroidNorms)
+    }
+    /// List offsets, `nlist + 1` entries.
+    #[inline]
+    pub fn list_offsets(&self) -> &[u64] {
+        view(self.backing.bytes(), &self.layout, SectionKind::ListOffsets)
+    }
+    /// All vectors, grouped by list, `ntotal × dim`.
+    #[inline]
+    pub fn vectors(&self) -> &[f32] {
+        view(self.backing.bytes(), &self.layout, SectionKind::Vectors)
+    }
+    /// ‖v‖² per vector.
+    #[inline]
+    pub fn vector_norms(&self) -> &[f32] {
+        view(self.backing.bytes(), &self.layout, SectionKind::VectorNorms)
+    }
+    /// Ids, in storage order.
+    #[inline]
+    pub fn ids(&self) -> &[i64] {
+        view(self.backing.bytes(), &self.layout, SectionKind::Ids)
+    }
+    /// The stored vector at storage position `pos`.
+    #[inline]
+    pub fn vector(&self, pos: usize) -> &[f32] {
+        let d = self.dim();
+        &self.vectors()[pos * d..(pos + 1) * d]
+    }
+    /// Storage positions of list `list`.
+    #[inline]
+    pub fn list_range(&self, list: usize) -> std::ops::Range<usize> {
+        let o = self.list_offsets();
+        o[list] as usize..o[list + 1] as usize
+    }
+    /// Number of vectors in list `list`.
+    pub fn list_len(&self, list: usize) -> usize {
+        self.list_range(list).len()
+    }
+
+    /// Copies the index out as owned parts (for conversion and tests).
+    pub fn to_parts(&self) -> IndexParts {
+        let d = self.dim();
+        let (ids, vectors) = (self.ids(), self.vectors());
+        IndexParts {
+            dim: d,
+            metric: self.metric(),
+            nprobe: self.nprobe(),
+            centroids: self.centroids().to_vec(),
+            lists: (0..self.nlist())
+                .map(|l| {
+                    let r = self.list_range(l);
+                    format::ListParts {
+                        ids: ids[r.clone()].to_vec(),
+                        vectors: vectors[r.start * d..r.end * d].to_vec(),
+                    }
+                })
+                .collect(),
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for IvfIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IvfIndex")
+            .field("dim", &self.dim())
+            .field("nlist", &self.nlist())
+            .field("ntotal", &self.ntotal())
+            .field("metric", &self.metric())
+            .field("mapped", &self.is_mapped())
+            .field("path", &self.path)
+            .finish()
+    }
+}

@@ -1,0 +1,14 @@
+//! Search and blend: the IVF index in memory, the distance kernels, top-k selection and RVC's
+//! neighbour blend. Everything called per frame here is allocation-free and lock-free.
+
+mod blend;
+pub mod kernels;
+mod ivf;
+mod search;
+mod topk;
+
+pub use blend::{rvc_weights, BlendOutcome, BlendParams, SCORE_EPSILON};
+pub use ivf::{IvfIndex, OpenOptions};
+pub use kernels::Kernels;
+pub use search::{Neighbour, Searcher, MAX_K, MAX_NPROBE};
+pub use topk::TopK;
