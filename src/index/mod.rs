@@ -12,3 +12,8 @@ pub use ivf::{IvfIndex, OpenOptions};
 pub use kernels::Kernels;
 pub use search::{Neighbour, Searcher, MAX_K, MAX_NPROBE};
 pub use topk::TopK;
+
+#[cfg(feature = "faiss")]
+mod faiss_ivf;
+#[cfg(feature = "faiss")]
+pub use faiss_ivf::{rvc_nlist, FaissIvf};
