@@ -1,0 +1,244 @@
+//! `cargo xtask test`: the README's test command and what `.ci/run` calls.
+//!
+//! 1. setup (system packages, `target/venv`);
+//! 2. `cargo test --workspace --exclude knnblend-plugin` — library, CLI, integration tests,
+//!    faiss parity (faiss is a default feature of the library);
+//! 3. bundle the plugin as a debug build with `assert_process_allocs`, then prove the
+//!    bundled binaries do not link faiss;
+//! 4. `cargo test -p knnblend-plugin --features assert_process_allocs` — plugin tests,
+//!    including the CLAP host harness that loads `target/bundled/knnblend.clap`;
+//! 5. the VST3 host test: `target/venv/bin/python plugin/tests/vst3_host.py
+//!    target/bundled/knnblend.vst3` (pedalboard).
+//!
+//! Steps whose inputs do not exist yet are skipped with the reason; the task fails when any
+//! step fails. Child output is streamed so the runners' own summary lines appear.
+
+use crate::linkcheck;
+use crate::process::{self, cargo};
+use crate::setup;
+use crate::steps::{Outcome, Steps};
+use crate::workspace::{Workspace, ASSERT_ALLOCS_FEATURE, PLUGIN_PACKAGE};
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Do not run setup first (for repeated local runs on a prepared machine).
+    pub no_setup: bool,
+}
+
+const STEP_SETUP: &str = "setup";
+const STEP_WORKSPACE: &str = "cargo test --workspace --exclude knnblend-plugin";
+const STEP_BUNDLE: &str = "bundle plugin (debug, assert_process_allocs) + no-faiss check";
+const STEP_PLUGIN: &str = "cargo test -p knnblend-plugin --features assert_process_allocs";
+const STEP_VST3: &str = "VST3 host test (pedalboard)";
+
+/// Runs every test step.
+pub fn run(ws: &Workspace, options: Options) -> Result<()> {
+    let mut steps = Steps::new("cargo xtask test", 5);
+
+    if options.no_setup {
+        steps.skip(STEP_SETUP, "--no-setup given");
+    } else {
+        let outcome = steps.run(STEP_SETUP, || {
+            setup::run(ws, setup::Options::default()).map(|()| Outcome::Passed)
+        });
+        if matches!(outcome, Outcome::Failed(_)) {
+            for name in [STEP_WORKSPACE, STEP_BUNDLE, STEP_PLUGIN, STEP_VST3] {
+                steps.skip(name, "setup failed");
+            }
+            return steps.finish();
+        }
+    }
+
+    steps.run(STEP_WORKSPACE, || {
+        process::run(cargo(&ws.root).args([
+            "test",
+            "--workspace",
+            "--exclude",
+            PLUGIN_PACKAGE,
+            "--no-fail-fast",
+        ]))
+        .map(|()| Outcome::Passed)
+    });
+
+    let plugin_ready = ws
+        .plugin
+        .as_ref()
+        .is_some_and(|p| p.has_assert_allocs_feature());
+    let not_ready_reason = match &ws.plugin {
+        None => format!("the workspace has no `{PLUGIN_PACKAGE}` crate"),
+        Some(_) => format!(
+            "`{PLUGIN_PACKAGE}` has no `{ASSERT_ALLOCS_FEATURE}` feature yet (the plugin crate \
+             is still a stub)"
+        ),
+    };
+
+    let bundled = steps.run(STEP_BUNDLE, || {
+        if !plugin_ready {
+            return Ok(Outcome::Skipped(not_ready_reason.clone()));
+        }
+        bundle_and_check(ws).map(|()| Outcome::Passed)
+    });
+
+    steps.run(STEP_PLUGIN, || {
+        if !plugin_ready {
+            return Ok(Outcome::Skipped(not_ready_reason.clone()));
+        }
+        process::run(cargo(&ws.root).args([
+            "test",
+            "-p",
+            PLUGIN_PACKAGE,
+            "--features",
+            ASSERT_ALLOCS_FEATURE,
+            "--no-fail-fast",
+        ]))
+        .map(|()| Outcome::Passed)
+    });
+
+    steps.run(STEP_VST3, || {
+        let script = ws.vst3_host_test();
+        if !script.is_file() {
+            return Ok(Outcome::Skipped(format!(
+                "{} does not exist yet",
+                ws.show(&script)
+            )));
+        }
+        if bundled != Outcome::Passed {
+            return Ok(Outcome::Skipped(
+                "no fresh VST3 bundle (the bundle step did not pass)".into(),
+            ));
+        }
+        run_vst3_host_test(ws).map(|()| Outcome::Passed)
+    });
+
+    if bundled == Outcome::Passed {
+        println!(
+            "\nnote: {} now holds a debug build with allocation assertions; \
+             `cargo xtask install` bundles a release build before installing.",
+            ws.show(&ws.bundled_dir())
+        );
+    }
+    steps.finish()
+}
+
+/// Bundles the debug plugin with allocation assertions and checks it does not link faiss.
+fn bundle_and_check(ws: &Workspace) -> Result<()> {
+    // Remove old bundles so the checks below see this build, not a leftover.
+    for old in [ws.clap_bundle(), ws.vst3_bundle()] {
+        if old.is_dir() {
+            std::fs::remove_dir_all(&old)
+        } else if old.exists() {
+            std::fs::remove_file(&old)
+        } else {
+            Ok(())
+        }
+        .with_context(|| format!("could not remove the old bundle {}", old.display()))?;
+    }
+    crate::bundle::bundle(
+        ws,
+        &[PLUGIN_PACKAGE.to_string()],
+        &["--features".to_string(), ASSERT_ALLOCS_FEATURE.to_string()],
+    )?;
+    for (bundle, library) in [
+        (ws.clap_bundle(), ws.clap_bundle()),
+        (ws.vst3_bundle(), ws.vst3_library()),
+    ] {
+        if !library.is_file() {
+            bail!(
+                "expected {} after bundling; the plugin must export its CLAP and VST3 entry \
+                 points and plugin/bundler.toml must map `{PLUGIN_PACKAGE}` to the name `knnblend`",
+                ws.show(&library)
+            );
+        }
+        let report = linkcheck::assert_no_faiss(&library)?;
+        println!(
+            "no faiss in {}: {} symbols checked{}, loads [{}]",
+            ws.show(&bundle),
+            report.symbols,
+            if report.has_symtab {
+                ""
+            } else {
+                " (stripped: dynamic symbols only)"
+            },
+            report.needed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs the pedalboard VST3 test, streaming its output, and checks its closing
+/// `N passed, M failed` line as well as its exit status.
+fn run_vst3_host_test(ws: &Workspace) -> Result<()> {
+    let python = ws.venv_python();
+    if !python.is_file() {
+        bail!("{} is missing; run `cargo xtask setup`", ws.show(&python));
+    }
+    let mut cmd = Command::new(&python);
+    cmd.current_dir(&ws.root)
+        .arg(ws.vst3_host_test())
+        .arg(ws.vst3_bundle())
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let line = process::describe(&cmd);
+    println!("$ {line}");
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let mut summary = None;
+    if let Some(stdout) = child.stdout.take() {
+        for text in BufReader::new(stdout).lines() {
+            let text = text.context("could not read the VST3 host test's output")?;
+            println!("{text}");
+            if let Some(counts) = parse_summary(&text) {
+                summary = Some(counts);
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .context("could not wait for the VST3 host test")?;
+    match summary {
+        _ if !status.success() => bail!("`{line}` failed ({status})"),
+        None => bail!(
+            "the VST3 host test exited successfully but printed no closing `N passed, M failed` line"
+        ),
+        Some((_, failed)) if failed > 0 => bail!("the VST3 host test reports {failed} failed"),
+        Some((0, 0)) => bail!("the VST3 host test ran no tests"),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Parses a line like `12 passed, 0 failed` (anywhere in the line).
+fn parse_summary(line: &str) -> Option<(u32, u32)> {
+    let words: Vec<&str> = line
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let count_before = |label: &str| {
+        words
+            .windows(2)
+            .find(|w| w[1] == label)
+            .and_then(|w| w[0].parse::<u32>().ok())
+    };
+    Some((count_before("passed")?, count_before("failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_summary_lines_parse() {
+        assert_eq!(parse_summary("12 passed, 0 failed"), Some((12, 0)));
+        assert_eq!(
+            parse_summary("vst3_host: 3 passed, 2 failed in 4.1s"),
+            Some((3, 2))
+        );
+        assert_eq!(parse_summary("passed: all"), None);
+        assert_eq!(parse_summary("5 passed"), None);
+    }
+}
