@@ -1,0 +1,576 @@
+//! The egui editor: parameters, eight voice slots (load, what they hold, progress, errors) and a
+//! live meter of query time and CPU share.
+//!
+//! The editor never blocks: the native file dialog runs on its own thread, loads are handed to
+//! the library's loader, and everything shown is polled from atomics or the controller's status.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nice_plug::context::gui::GuiContext;
+use nice_plug::prelude::*;
+use nice_plug_egui::widgets::ParamSlider;
+use nice_plug_egui::{
+    create_egui_editor, EguiEditor, EguiEditorState, EguiNiceSettings, NiceEguiApp, RepaintNotifier,
+};
+
+use crate::engine::{LoadState, SlotView, TelemetryView, VoiceInfo, MAX_SLOTS};
+use crate::meter::{MeterReading, ProcessMeter};
+use crate::params::{KnnBlendParams, SLOTS};
+use crate::slots::SlotStore;
+
+const WIDTH: u32 = 760;
+const HEIGHT: u32 = 620;
+/// How often figures on screen are refreshed while the editor is open.
+const REFRESH: Duration = Duration::from_millis(100);
+/// Averaging window of the meter.
+const METER_WINDOW: Duration = Duration::from_millis(1000);
+
+/// Initial editor size.
+pub fn default_state() -> Arc<EguiEditorState> {
+    EguiEditorState::from_size(
+        nice_plug::editor::dpi::LogicalSize::new(WIDTH as f32, HEIGHT as f32),
+        1.0,
+    )
+}
+
+/// Creates the editor.
+pub fn create(
+    params: Arc<KnnBlendParams>,
+    meter: Arc<ProcessMeter>,
+    state: Arc<EguiEditorState>,
+) -> Option<EguiEditor<EditorApp>> {
+    create_egui_editor(
+        state,
+        RepaintNotifier::new(),
+        EguiNiceSettings::new().with_tile("kNN Blend"),
+        EditorApp::new(params, meter),
+    )
+}
+
+/// Editor state that outlives opening and closing the window.
+pub struct EditorApp {
+    params: Arc<KnnBlendParams>,
+    meter: Arc<ProcessMeter>,
+    gui_context: Option<GuiContext>,
+    view: PanelState,
+}
+
+impl EditorApp {
+    fn new(params: Arc<KnnBlendParams>, meter: Arc<ProcessMeter>) -> Self {
+        Self {
+            params,
+            meter,
+            gui_context: None,
+            view: PanelState::default(),
+        }
+    }
+}
+
+impl NiceEguiApp for EditorApp {
+    fn build(
+        &mut self,
+        _egui_ctx: egui::Context,
+        nice_gui_ctx: GuiContext,
+        _frame: &mut nice_plug_egui::Frame,
+    ) -> Result<(), nice_plug_egui::baseview::HandlerError> {
+        self.gui_context = Some(nice_gui_ctx);
+        self.meter.set_enabled(true);
+        Ok(())
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut nice_plug_egui::Frame) {
+        let Some(gui_context) = self.gui_context.clone() else {
+            return;
+        };
+        let setter = gui_context.param_setter();
+        panel(ui, &self.params, &self.meter, &setter, &mut self.view);
+    }
+
+    fn editor_closed(&mut self) {
+        self.gui_context = None;
+        self.meter.set_enabled(false);
+    }
+}
+
+/// Per-window state of the panel (text being typed, meter history, dialog in flight).
+#[derive(Default)]
+pub struct PanelState {
+    typed_paths: [String; SLOTS],
+    dialog_open: Arc<AtomicBool>,
+    meter: MeterHistory,
+    cached: Option<(Instant, Snapshot)>,
+}
+
+/// What the panel shows, polled at most every [`REFRESH`].
+#[derive(Clone)]
+struct Snapshot {
+    slots: Vec<SlotRow>,
+    telemetry: TelemetryView,
+    reading: MeterReading,
+    running: bool,
+}
+
+/// One slot as displayed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotRow {
+    /// Requested path, if any.
+    pub path: Option<String>,
+    /// File name to show.
+    pub title: String,
+    /// What the serving index contains, e.g. "768-d · 40 000 vectors · 3:20 · rvc-v2-768".
+    pub contents: Option<String>,
+    /// Load progress 0–1 while loading.
+    pub progress: Option<f32>,
+    /// Error or restore message.
+    pub error: Option<String>,
+}
+
+/// Builds the display rows from the slot store and the runtime's status.
+pub fn slot_rows(store: &SlotStore) -> Vec<SlotRow> {
+    let control = store.control();
+    (0..SLOTS)
+        .map(|slot| {
+            let path = store.path(slot);
+            let view = control.as_ref().map(|c| c.status(slot));
+            row(path, store.message(slot), view)
+        })
+        .collect()
+}
+
+fn row(path: Option<String>, message: Option<String>, view: Option<SlotView>) -> SlotRow {
+    let file_name = |p: &str| {
+        std::path::Path::new(p)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.to_string())
+    };
+    let mut out = SlotRow {
+        title: path
+            .as_deref()
+            .map(file_name)
+            .unwrap_or_else(|| "empty".to_string()),
+        path,
+        contents: None,
+        progress: None,
+        error: message,
+    };
+    if let Some(view) = view {
+        if let Some(info) = &view.info {
+            out.contents = Some(describe(info));
+        }
+        match view.state {
+            LoadState::Loading { done, total } => {
+                out.progress = Some(if total > 0 {
+                    (done as f64 / total as f64).clamp(0.0, 1.0) as f32
+                } else {
+                    0.0
+                });
+            }
+            LoadState::Failed(why) => {
+                let serving = view
+                    .info
+                    .as_ref()
+                    .map(|info| format!(" (still serving {})", info.name))
+                    .unwrap_or_default();
+                out.error = Some(format!("{why}{serving}"));
+            }
+            LoadState::Empty | LoadState::Ready => {}
+        }
+    }
+    out
+}
+
+/// One line describing an index.
+pub fn describe(info: &VoiceInfo) -> String {
+    let seconds = info.duration_seconds.max(0.0).round() as u64;
+    format!(
+        "{}-d · {} vectors · {} frames · {}:{:02} · {}{}",
+        info.dim,
+        info.vectors,
+        info.frames,
+        seconds / 60,
+        seconds % 60,
+        if info.features.is_empty() {
+            "unknown features"
+        } else {
+            &info.features
+        },
+        if info.mlocked {
+            " · locked in RAM"
+        } else {
+            ""
+        },
+    )
+}
+
+/// Query-time averages over the last second, from successive telemetry snapshots.
+#[derive(Default)]
+struct MeterHistory {
+    samples: std::collections::VecDeque<(Instant, TelemetryView, MeterReading)>,
+}
+
+/// Figures for the meter line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeterFigures {
+    /// Average query time in µs over the window (mean of the per-slot last-query samples).
+    pub avg_query_us: Option<f64>,
+    /// Longest query seen, in µs.
+    pub max_query_us: Option<f64>,
+    /// Share of real time spent in `process()`.
+    pub cpu_share: Option<f64>,
+}
+
+impl MeterHistory {
+    fn push(&mut self, now: Instant, telemetry: TelemetryView, reading: MeterReading) {
+        self.samples.push_back((now, telemetry, reading));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) > METER_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    fn figures(&self, active_slot: usize) -> MeterFigures {
+        let slot = active_slot.min(MAX_SLOTS - 1);
+        let mut sum = 0.0;
+        let mut count = 0u32;
+        let mut last_queries = None;
+        for (_, telemetry, _) in &self.samples {
+            let s = telemetry.slots[slot];
+            if s.queries > 0 && last_queries != Some(s.queries) {
+                sum += s.last_query_ns as f64;
+                count += 1;
+            }
+            last_queries = Some(s.queries);
+        }
+        let newest = self.samples.back();
+        let oldest = self.samples.front();
+        MeterFigures {
+            avg_query_us: (count > 0).then(|| sum / count as f64 / 1000.0),
+            max_query_us: newest
+                .map(|(_, t, _)| t.slots[slot].max_query_ns)
+                .filter(|&ns| ns > 0)
+                .map(|ns| ns as f64 / 1000.0),
+            cpu_share: match (oldest, newest) {
+                (Some((_, _, a)), Some((_, _, b))) => b.cpu_share_since(a),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Draws the whole editor. Public so tests can render it headless.
+pub fn panel(
+    ui: &mut egui::Ui,
+    params: &KnnBlendParams,
+    meter: &ProcessMeter,
+    setter: &ParamSetter,
+    state: &mut PanelState,
+) {
+    ui.ctx().request_repaint_after(REFRESH);
+    let now = Instant::now();
+    let stale = state
+        .cached
+        .as_ref()
+        .is_none_or(|(at, _)| now.duration_since(*at) >= REFRESH);
+    if stale {
+        let control = params.slots.control();
+        let snapshot = Snapshot {
+            slots: slot_rows(&params.slots),
+            telemetry: control.as_ref().map(|c| c.telemetry()).unwrap_or_default(),
+            reading: meter.read(),
+            running: control.is_some(),
+        };
+        state.meter.push(now, snapshot.telemetry, snapshot.reading);
+        state.cached = Some((now, snapshot));
+    }
+    let Some((_, snapshot)) = state.cached.clone() else {
+        return;
+    };
+    let active = (params.voice.value().clamp(1, SLOTS as i32) - 1) as usize;
+
+    ui.heading("kNN Blend");
+    ui.add_space(4.0);
+
+    egui::Grid::new("params")
+        .num_columns(2)
+        .spacing([12.0, 6.0])
+        .show(ui, |ui| {
+            ui.label("Blend");
+            ui.add(ParamSlider::for_param(&params.blend, setter).with_width(260.0));
+            ui.end_row();
+            ui.label("Neighbours");
+            ui.add(ParamSlider::for_param(&params.neighbours, setter).with_width(260.0));
+            ui.end_row();
+            ui.label("Voice");
+            ui.add(ParamSlider::for_param(&params.voice, setter).with_width(260.0));
+            ui.end_row();
+            ui.label("Crossfade");
+            ui.add(ParamSlider::for_param(&params.crossfade_ms, setter).with_width(260.0));
+            ui.end_row();
+            ui.label("Dry/Wet");
+            ui.add(ParamSlider::for_param(&params.dry_wet, setter).with_width(260.0));
+            ui.end_row();
+            ui.label("Output gain");
+            ui.add(ParamSlider::for_param(&params.output_gain_db, setter).with_width(260.0));
+            ui.end_row();
+        });
+
+    ui.add_space(6.0);
+    let figures = state.meter.figures(active);
+    let fmt = |v: Option<f64>, unit: &str| {
+        v.map(|v| format!("{v:.1}{unit}"))
+            .unwrap_or_else(|| "–".to_string())
+    };
+    ui.label(format!(
+        "Query time (slot {}): avg {} · max {}    CPU {}",
+        active + 1,
+        fmt(figures.avg_query_us, " µs"),
+        fmt(figures.max_query_us, " µs"),
+        fmt(figures.cpu_share.map(|s| s * 100.0), " %"),
+    ));
+    if !snapshot.running {
+        ui.label("Not processing yet: slots load once the host starts the plugin.");
+    }
+    ui.separator();
+
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        for (slot, info) in snapshot.slots.iter().enumerate() {
+            slot_ui(ui, slot, slot == active, info, &params.slots, state);
+            ui.separator();
+        }
+    });
+}
+
+fn slot_ui(
+    ui: &mut egui::Ui,
+    slot: usize,
+    active: bool,
+    info: &SlotRow,
+    store: &Arc<SlotStore>,
+    state: &mut PanelState,
+) {
+    ui.horizontal(|ui| {
+        let label = format!("{}{}", slot + 1, if active { " ▶" } else { "" });
+        ui.add_sized(
+            [32.0, 18.0],
+            egui::Label::new(egui::RichText::new(label).strong()),
+        );
+        let dialog_busy = state.dialog_open.load(Ordering::Acquire);
+        if ui
+            .add_enabled(!dialog_busy, egui::Button::new("Load…"))
+            .on_hover_text("Choose a .kbi or RVC .index file")
+            .clicked()
+        {
+            open_dialog(slot, store.clone(), state.dialog_open.clone());
+        }
+        if ui
+            .add_enabled(info.path.is_some(), egui::Button::new("Clear"))
+            .clicked()
+        {
+            store.clear(slot);
+        }
+        ui.label(egui::RichText::new(&info.title).strong())
+            .on_hover_text(info.path.as_deref().unwrap_or("no file"));
+    });
+    ui.horizontal(|ui| {
+        ui.add_space(36.0);
+        let typed = &mut state.typed_paths[slot];
+        let response = ui.add(
+            egui::TextEdit::singleline(typed)
+                .hint_text("or type a path and press Enter")
+                .desired_width(420.0),
+        );
+        if response.lost_focus()
+            && ui.input(|i| i.key_pressed(egui::Key::Enter))
+            && !typed.trim().is_empty()
+        {
+            let path = PathBuf::from(typed.trim());
+            if store.set_path(slot, &path).is_ok() {
+                typed.clear();
+            }
+        }
+    });
+    if let Some(contents) = &info.contents {
+        ui.horizontal(|ui| {
+            ui.add_space(36.0);
+            ui.label(contents);
+        });
+    }
+    if let Some(progress) = info.progress {
+        ui.horizontal(|ui| {
+            ui.add_space(36.0);
+            ui.add(
+                egui::ProgressBar::new(progress)
+                    .desired_width(420.0)
+                    .show_percentage(),
+            );
+        });
+    }
+    if let Some(error) = &info.error {
+        ui.horizontal(|ui| {
+            ui.add_space(36.0);
+            ui.colored_label(egui::Color32::from_rgb(230, 90, 80), error);
+        });
+    }
+}
+
+/// Runs the native file dialog on its own thread; the chosen file goes to the slot store, which
+/// hands it to the library's loader.
+fn open_dialog(slot: usize, store: Arc<SlotStore>, busy: Arc<AtomicBool>) {
+    if busy.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let start_dir = store
+        .path(slot)
+        .and_then(|p| std::path::Path::new(&p).parent().map(|d| d.to_path_buf()));
+    let spawned = std::thread::Builder::new()
+        .name("knnblend-file-dialog".into())
+        .spawn({
+            let busy = busy.clone();
+            move || {
+                let mut dialog = rfd::FileDialog::new()
+                    .set_title(format!("Load voice into slot {}", slot + 1))
+                    .add_filter("Voice index", &["kbi", "index"])
+                    .add_filter("All files", &["*"]);
+                if let Some(dir) = start_dir {
+                    dialog = dialog.set_directory(dir);
+                }
+                if let Some(file) = dialog.pick_file() {
+                    // A refused path leaves its reason in the slot's message.
+                    let _ = store.set_path(slot, &file);
+                }
+                busy.store(false, Ordering::Release);
+            }
+        });
+    if spawned.is_err() {
+        busy.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::SlotTelemetry;
+
+    struct NoHost;
+
+    impl nice_plug::prelude::GuiContextInner for NoHost {
+        fn plugin_api(&self) -> PluginApi {
+            PluginApi::Clap
+        }
+        unsafe fn raw_begin_set_parameter(&self, _param: ParamPtr) {}
+        unsafe fn raw_set_parameter_normalized(&self, _param: ParamPtr, _normalized: f32) {}
+        unsafe fn raw_end_set_parameter(&self, _param: ParamPtr) {}
+        fn get_state(&self) -> PluginState {
+            unimplemented!("not used by the panel")
+        }
+        fn set_state(&self, _state: PluginState) {}
+        fn request_restart(&self) {}
+    }
+
+    #[test]
+    fn panel_renders_headless_repeatedly() {
+        let params = KnnBlendParams::default();
+        params
+            .slots
+            .set_path(2, std::path::Path::new("/nonexistent/voice.kbi"))
+            .unwrap();
+        let meter = ProcessMeter::default();
+        let host = NoHost;
+        let setter = ParamSetter::new(&host);
+        // Opening and closing the editor: a fresh panel state and context each time.
+        for _ in 0..3 {
+            let ctx = egui::Context::default();
+            let mut state = PanelState::default();
+            for _ in 0..3 {
+                let mut output = ctx.run_ui(egui::RawInput::default(), |ui| {
+                    panel(ui, &params, &meter, &setter, &mut state);
+                });
+                output.textures_delta.clear();
+            }
+        }
+    }
+
+    #[test]
+    fn rows_show_progress_errors_and_contents() {
+        let info = VoiceInfo {
+            name: "alto.kbi".into(),
+            path: "/v/alto.kbi".into(),
+            dim: 768,
+            vectors: 40_000,
+            lists: 256,
+            frames: 40_000,
+            duration_seconds: 200.0,
+            features: "rvc-v2-768".into(),
+            mlocked: true,
+        };
+        let r = row(
+            Some("/v/new.kbi".into()),
+            None,
+            Some(SlotView {
+                state: LoadState::Failed("checksum mismatch".into()),
+                info: Some(info.clone()),
+            }),
+        );
+        assert_eq!(r.title, "new.kbi");
+        assert_eq!(
+            r.contents.as_deref(),
+            Some("768-d · 40000 vectors · 40000 frames · 3:20 · rvc-v2-768 · locked in RAM")
+        );
+        assert_eq!(
+            r.error.as_deref(),
+            Some("checksum mismatch (still serving alto.kbi)")
+        );
+        let r = row(
+            Some("/v/a.kbi".into()),
+            None,
+            Some(SlotView {
+                state: LoadState::Loading {
+                    done: 50,
+                    total: 200,
+                },
+                info: None,
+            }),
+        );
+        assert_eq!(r.progress, Some(0.25));
+        let r = row(None, Some("restored badly".into()), None);
+        assert_eq!(r.title, "empty");
+        assert_eq!(r.error.as_deref(), Some("restored badly"));
+    }
+
+    #[test]
+    fn meter_averages_new_queries_only() {
+        let mut history = MeterHistory::default();
+        let t0 = Instant::now();
+        let mut telemetry = TelemetryView::default();
+        let reading = |samples, busy_ns| MeterReading {
+            busy_ns,
+            samples,
+            sample_rate: 48_000.0,
+        };
+        for (i, (queries, last)) in [(1, 10_000), (1, 10_000), (5, 30_000)].iter().enumerate() {
+            telemetry.slots[0] = SlotTelemetry {
+                queries: *queries,
+                last_query_ns: *last,
+                max_query_ns: 50_000,
+            };
+            history.push(
+                t0 + Duration::from_millis(100 * i as u64),
+                telemetry,
+                reading(4800 * i as u64, 10_000_000 * i as u64),
+            );
+        }
+        let f = history.figures(0);
+        assert_eq!(f.avg_query_us, Some(20.0));
+        assert_eq!(f.max_query_us, Some(50.0));
+        // 20 ms busy for 200 ms of audio.
+        assert!((f.cpu_share.unwrap() - 0.1).abs() < 1e-9);
+        assert_eq!(history.figures(1).avg_query_us, None);
+    }
+}

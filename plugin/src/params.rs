@@ -1,0 +1,255 @@
+//! The plugin's parameters: what the host automates and what the state saves.
+//!
+//! Ranges live in constants so that [`sanitize_state`] (which runs before any state is applied
+//! and has no access to the parameter objects) and the audio thread clamp with the same numbers.
+
+use std::sync::Arc;
+
+use nice_plug::prelude::*;
+
+use crate::slots::SlotStore;
+
+/// Number of voice slots the plugin exposes (the library's maximum).
+pub const SLOTS: usize = crate::engine::MAX_SLOTS;
+
+/// Blend (RVC's index rate): 0 keeps the input features, 1 replaces them by the retrieved ones.
+pub const BLEND: (f32, f32, f32) = (0.0, 1.0, 0.75);
+/// Neighbours k: how many nearest neighbours are blended.
+pub const NEIGHBOURS: (i32, i32, i32) = (1, 16, 8);
+/// Voice: the active slot, 1-based as shown to the user.
+pub const VOICE: (i32, i32, i32) = (1, SLOTS as i32, 1);
+/// Crossfade in milliseconds when switching voice or when a new index arrives in the active slot.
+pub const CROSSFADE_MS: (f32, f32, f32) = (0.0, 500.0, 50.0);
+/// Dry/wet mix, 0 = only the (latency-compensated) input, 1 = only the converted signal.
+pub const DRY_WET: (f32, f32, f32) = (0.0, 1.0, 1.0);
+/// Output gain in decibels.
+pub const OUTPUT_GAIN_DB: (f32, f32, f32) = (-24.0, 12.0, 0.0);
+
+/// Smoothing time for the audible continuous parameters.
+const SMOOTHING_MS: f32 = 30.0;
+
+/// All of the plugin's parameters plus the persisted voice slots.
+#[derive(Params)]
+pub struct KnnBlendParams {
+    /// Paths of the eight voice slots; saved with the plugin state and reloaded on restore.
+    #[persist = "slots"]
+    pub slots: Arc<SlotStore>,
+
+    /// Blend ratio 0–1 (index rate).
+    #[id = "blend"]
+    pub blend: FloatParam,
+    /// Number of neighbours blended per frame.
+    #[id = "neighbours"]
+    pub neighbours: IntParam,
+    /// Active voice slot, 1–8.
+    #[id = "voice"]
+    pub voice: IntParam,
+    /// Crossfade time in milliseconds.
+    #[id = "crossfade"]
+    pub crossfade_ms: FloatParam,
+    /// Dry/wet mix 0–1.
+    #[id = "mix"]
+    pub dry_wet: FloatParam,
+    /// Output gain in dB.
+    #[id = "gain"]
+    pub output_gain_db: FloatParam,
+}
+
+impl Default for KnnBlendParams {
+    fn default() -> Self {
+        Self::new(Arc::new(SlotStore::default()))
+    }
+}
+
+impl KnnBlendParams {
+    /// Parameters with their defaults, persisting slots into `slots`.
+    pub fn new(slots: Arc<SlotStore>) -> Self {
+        Self {
+            slots,
+            blend: FloatParam::new(
+                "Blend",
+                BLEND.2,
+                FloatRange::Linear {
+                    min: BLEND.0,
+                    max: BLEND.1,
+                },
+            )
+            .with_smoother(SmoothingStyle::Linear(SMOOTHING_MS))
+            .with_unit("%")
+            .with_value_to_string(formatters::v2s_f32_percentage(0))
+            .with_string_to_value(formatters::s2v_f32_percentage()),
+            neighbours: IntParam::new(
+                "Neighbours",
+                NEIGHBOURS.2,
+                IntRange::Linear {
+                    min: NEIGHBOURS.0,
+                    max: NEIGHBOURS.1,
+                },
+            ),
+            voice: IntParam::new(
+                "Voice",
+                VOICE.2,
+                IntRange::Linear {
+                    min: VOICE.0,
+                    max: VOICE.1,
+                },
+            )
+            .with_value_to_string(Arc::new(|slot| format!("Slot {slot}")))
+            .with_string_to_value(Arc::new(|text| {
+                text.trim()
+                    .trim_start_matches(|c: char| !c.is_ascii_digit())
+                    .parse()
+                    .ok()
+            })),
+            crossfade_ms: FloatParam::new(
+                "Crossfade",
+                CROSSFADE_MS.2,
+                FloatRange::Skewed {
+                    min: CROSSFADE_MS.0,
+                    max: CROSSFADE_MS.1,
+                    factor: FloatRange::skew_factor(-1.0),
+                },
+            )
+            .with_unit(" ms")
+            .with_step_size(1.0)
+            .with_value_to_string(formatters::v2s_f32_rounded(0)),
+            dry_wet: FloatParam::new(
+                "Dry/Wet",
+                DRY_WET.2,
+                FloatRange::Linear {
+                    min: DRY_WET.0,
+                    max: DRY_WET.1,
+                },
+            )
+            .with_smoother(SmoothingStyle::Linear(SMOOTHING_MS))
+            .with_unit("%")
+            .with_value_to_string(formatters::v2s_f32_percentage(0))
+            .with_string_to_value(formatters::s2v_f32_percentage()),
+            output_gain_db: FloatParam::new(
+                "Output Gain",
+                OUTPUT_GAIN_DB.2,
+                FloatRange::Linear {
+                    min: OUTPUT_GAIN_DB.0,
+                    max: OUTPUT_GAIN_DB.1,
+                },
+            )
+            .with_smoother(SmoothingStyle::Linear(SMOOTHING_MS))
+            .with_unit(" dB")
+            .with_step_size(0.1)
+            .with_value_to_string(formatters::v2s_f32_rounded(1)),
+        }
+    }
+}
+
+/// Clamps a float into `[lo, hi]`, replacing NaN by `default`.
+#[inline]
+pub fn clamp_f32(value: f32, (lo, hi, default): (f32, f32, f32)) -> f32 {
+    if value.is_nan() {
+        default
+    } else {
+        value.clamp(lo, hi)
+    }
+}
+
+/// Clamps an integer into `[lo, hi]`.
+#[inline]
+pub fn clamp_i32(value: i32, (lo, hi, _default): (i32, i32, i32)) -> i32 {
+    value.clamp(lo, hi)
+}
+
+/// Repairs a saved state before nice-plug applies it: parameter values of the wrong type, out of
+/// range or non-finite become the nearest valid value (or the default), and a slot field that is
+/// not even JSON is replaced by a marker the slot store turns into a message per slot.
+pub fn sanitize_state(state: &mut PluginState) {
+    use nice_plug::plugin::ParamValue;
+
+    let floats: [(&str, (f32, f32, f32)); 4] = [
+        ("blend", BLEND),
+        ("crossfade", CROSSFADE_MS),
+        ("mix", DRY_WET),
+        ("gain", OUTPUT_GAIN_DB),
+    ];
+    let ints: [(&str, (i32, i32, i32)); 2] = [("neighbours", NEIGHBOURS), ("voice", VOICE)];
+
+    for (id, range) in floats {
+        if let Some(value) = state.params.get_mut(id) {
+            *value = match value {
+                ParamValue::F32(v) if v.is_finite() => ParamValue::F32(v.clamp(range.0, range.1)),
+                ParamValue::I32(v) => ParamValue::F32((*v as f32).clamp(range.0, range.1)),
+                _ => ParamValue::F32(range.2),
+            };
+        }
+    }
+    for (id, range) in ints {
+        if let Some(value) = state.params.get_mut(id) {
+            *value = match value {
+                ParamValue::I32(v) => ParamValue::I32((*v).clamp(range.0, range.1)),
+                ParamValue::F32(v) if v.is_finite() => {
+                    ParamValue::I32((v.round() as i32).clamp(range.0, range.1))
+                }
+                _ => ParamValue::I32(range.2),
+            };
+        }
+    }
+
+    crate::slots::sanitize_field(&mut state.fields);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nice_plug::plugin::ParamValue;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn formatting_is_readable() {
+        let params = KnnBlendParams::default();
+        assert_eq!(params.blend.to_string(), "75%");
+        assert_eq!(params.dry_wet.to_string(), "100%");
+        assert_eq!(params.output_gain_db.to_string(), "0.0 dB");
+        assert_eq!(params.crossfade_ms.to_string(), "50 ms");
+        assert_eq!(params.voice.to_string(), "Slot 1");
+        assert_eq!(params.neighbours.to_string(), "8");
+        assert_eq!(params.voice.string_to_normalized_value("Slot 8"), Some(1.0));
+        assert_eq!(params.blend.string_to_normalized_value("50%"), Some(0.5));
+    }
+
+    #[test]
+    fn hostile_parameter_values_are_repaired() {
+        let mut params = BTreeMap::new();
+        params.insert("blend".to_string(), ParamValue::F32(f32::INFINITY));
+        params.insert("mix".to_string(), ParamValue::F32(-3.0));
+        params.insert("gain".to_string(), ParamValue::Bool(true));
+        params.insert("crossfade".to_string(), ParamValue::I32(100_000));
+        params.insert("neighbours".to_string(), ParamValue::I32(1000));
+        params.insert("voice".to_string(), ParamValue::String("x".into()));
+        params.insert("unknown".to_string(), ParamValue::F32(1.0));
+        let mut state = PluginState {
+            version: String::new(),
+            params,
+            fields: BTreeMap::new(),
+        };
+        sanitize_state(&mut state);
+        let f = |id: &str| match state.params[id] {
+            ParamValue::F32(v) => v,
+            ref other => panic!("{id}: {other:?}"),
+        };
+        let i = |id: &str| match state.params[id] {
+            ParamValue::I32(v) => v,
+            ref other => panic!("{id}: {other:?}"),
+        };
+        assert_eq!(f("blend"), BLEND.2);
+        assert_eq!(f("mix"), 0.0);
+        assert_eq!(f("gain"), OUTPUT_GAIN_DB.2);
+        assert_eq!(f("crossfade"), CROSSFADE_MS.1);
+        assert_eq!(i("neighbours"), NEIGHBOURS.1);
+        assert_eq!(i("voice"), VOICE.2);
+    }
+
+    #[test]
+    fn clamps_handle_nan() {
+        assert_eq!(clamp_f32(f32::NAN, BLEND), BLEND.2);
+        assert_eq!(clamp_f32(7.0, BLEND), 1.0);
+        assert_eq!(clamp_i32(0, VOICE), 1);
+    }
+}
