@@ -11,3 +11,4 @@
 
 pub mod format;
 pub mod index;
+pub mod voice;

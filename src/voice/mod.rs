@@ -1,0 +1,20 @@
+//! The voice path: spectral-envelope features, retrieval-driven resynthesis (the realtime
+//! [`VoiceEngine`]), and the tools around it.
+//!
+//! Retrieval-based timbre transfer without a neural model: kNN-VC's idea (replace each input
+//! frame by its nearest frames of the target voice) in a spectral-envelope feature space, with
+//! RVC's blend. Per frame the input's envelope is blended with its nearest stored envelopes and
+//! the input spectrum is reshaped toward the blend.
+//!
+//! - [`features`]: [`FeatureSpec`] (physical units), [`Framing`], [`BandLayout`].
+//! - [`engine`]: [`VoiceEngine`], [`BlockParams`], [`VoiceSettings`].
+//! - [`retriever`]: the per-frame retrieval the engine calls ([`Retriever`]).
+
+pub mod engine;
+pub mod features;
+mod ramp;
+pub mod retriever;
+
+pub use engine::{BlockParams, VoiceEngine, VoiceSettings, VoiceStats, INPUT_LIMIT};
+pub use features::{BandLayout, FeatureSpec, Framing, FEATURE_KIND};
+pub use retriever::{IndexRetriever, Retriever};

@@ -1,0 +1,59 @@
+//! What the voice engine asks for each frame: "blend this feature vector with its neighbours".
+//! The live runtime's audio side answers it in the plugin and in `knnblend render`;
+//! [`IndexRetriever`] answers it from one fixed index (tests, offline tools).
+
+use std::sync::Arc;
+
+use crate::index::{BlendOutcome, BlendParams, IvfIndex, Searcher};
+
+/// Per-frame retrieval, called from the audio thread: implementations must not allocate,
+/// lock or block in any method.
+pub trait Retriever: Send {
+    /// Called once at the start of every audio block.
+    fn begin_block(&mut self, active_slot: usize, crossfade_seconds: f32);
+    /// RVC blend of `query` with its `k` nearest stored vectors at index rate `ratio`, into `out`
+    /// (`out` = `query` when nothing can be retrieved).
+    fn blend(&mut self, query: &[f32], k: usize, ratio: f32, out: &mut [f32]) -> BlendOutcome;
+    /// Called once at the end of every audio block.
+    fn end_block(&mut self);
+}
+
+/// A [`Retriever`] over one fixed index (or none: then every query is copied). Slots and
+/// crossfades are ignored. n_probe is 1, as in RVC.
+pub struct IndexRetriever {
+    index: Option<Arc<IvfIndex>>,
+    searcher: Searcher,
+}
+
+impl IndexRetriever {
+    /// Serves `index` (or copies queries when `None`).
+    pub fn new(index: Option<Arc<IvfIndex>>) -> IndexRetriever {
+        IndexRetriever {
+            index,
+            searcher: Searcher::new(),
+        }
+    }
+}
+
+impl Retriever for IndexRetriever {
+    fn begin_block(&mut self, _active_slot: usize, _crossfade_seconds: f32) {}
+
+    fn blend(&mut self, query: &[f32], k: usize, ratio: f32, out: &mut [f32]) -> BlendOutcome {
+        match &self.index {
+            Some(index) if index.dim() == query.len() => {
+                let params = BlendParams {
+                    k,
+                    nprobe: 1,
+                    ratio,
+                };
+                self.searcher.blend(index, query, &params, out)
+            }
+            _ => {
+                out.copy_from_slice(query);
+                BlendOutcome::Empty
+            }
+        }
+    }
+
+    fn end_block(&mut self) {}
+}
