@@ -10,7 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use contract::{live, voice};
+use contract::live;
+use knnblend::voice;
 
 /// Number of voice slots the runtime supports.
 pub const MAX_SLOTS: usize = live::MAX_SLOTS;
@@ -137,7 +138,7 @@ impl ControlHandle {
 
 /// Audio side of the runtime; owned by the audio thread.
 pub struct AudioHandle {
-    voice: voice::VoiceEngine,
+    voice: voice::VoiceEngine<live::AudioEngine>,
     sample_rate: f32,
     channels: usize,
 }
@@ -182,7 +183,7 @@ impl AudioHandle {
 pub fn start(sample_rate: f32, channels: usize) -> (ControlHandle, AudioHandle) {
     let spec = voice::FeatureSpec::default();
     let (controller, audio) = live::live(live::LiveConfig::for_spec(&spec));
-    let voice = voice::VoiceEngine::new(audio, &spec, sample_rate, channels);
+    let voice = voice::VoiceEngine::with_retriever(audio, &spec, sample_rate, channels);
     (
         ControlHandle { controller },
         AudioHandle {
@@ -229,9 +230,9 @@ fn convert_telemetry(snapshot: &live::TelemetrySnapshot) -> TelemetryView {
     view
 }
 
-/// Stand-in for `knnblend::live` / `knnblend::voice` with the agreed shape, used until those
-/// modules exist in the library: every load is refused with a clear message and audio passes
-/// through unchanged.
+/// Stand-in for `knnblend::live` with the agreed shape, used until that module exists in the
+/// library: every load is refused with a clear message and the voice path retrieves nothing
+/// (features pass through unchanged).
 mod contract {
     pub mod live {
         use std::path::{Path, PathBuf};
@@ -242,7 +243,7 @@ mod contract {
         pub struct LiveConfig;
 
         impl LiveConfig {
-            pub fn for_spec(_spec: &super::voice::FeatureSpec) -> Self {
+            pub fn for_spec(_spec: &knnblend::voice::FeatureSpec) -> Self {
                 LiveConfig
             }
         }
@@ -328,6 +329,21 @@ mod contract {
 
         pub struct AudioEngine;
 
+        impl knnblend::voice::Retriever for AudioEngine {
+            fn begin_block(&mut self, _active_slot: usize, _crossfade_seconds: f32) {}
+            fn blend(
+                &mut self,
+                query: &[f32],
+                _k: usize,
+                _ratio: f32,
+                out: &mut [f32],
+            ) -> knnblend::index::BlendOutcome {
+                out.copy_from_slice(query);
+                knnblend::index::BlendOutcome::Empty
+            }
+            fn end_block(&mut self) {}
+        }
+
         pub fn live(_config: LiveConfig) -> (Controller, AudioEngine) {
             (
                 Controller {
@@ -335,49 +351,6 @@ mod contract {
                 },
                 AudioEngine,
             )
-        }
-    }
-
-    pub mod voice {
-        #[derive(Default)]
-        pub struct FeatureSpec;
-
-        pub struct BlockParams {
-            pub active_slot: usize,
-            pub k: usize,
-            pub ratio: f32,
-            pub crossfade_seconds: f32,
-            pub dry_wet: f32,
-            pub output_gain: f32,
-        }
-
-        pub struct VoiceEngine {
-            _audio: super::live::AudioEngine,
-        }
-
-        impl VoiceEngine {
-            pub fn new(
-                audio: super::live::AudioEngine,
-                _spec: &FeatureSpec,
-                _sample_rate: f32,
-                _max_channels: usize,
-            ) -> Self {
-                Self { _audio: audio }
-            }
-            pub fn latency_samples(&self) -> u32 {
-                0
-            }
-            pub fn process(&mut self, _channels: &mut [&mut [f32]], params: &BlockParams) {
-                let _ = (
-                    params.active_slot,
-                    params.k,
-                    params.ratio,
-                    params.crossfade_seconds,
-                    params.dry_wet,
-                    params.output_gain,
-                );
-            }
-            pub fn reset(&mut self) {}
         }
     }
 }

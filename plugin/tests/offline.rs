@@ -1,0 +1,337 @@
+//! Offline renders through the real `Plugin::process()` with mocked host contexts: odd and
+//! varying block sizes, automation, slot switching and loading mid-stream, hostile audio, nulls,
+//! latency, and plugin state — every process call under the allocation guard when built with
+//! `--features assert_process_allocs` (as `cargo xtask test` does).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use knnblend_plugin::engine::LoadState;
+use knnblend_plugin::params::{KnnBlendParams, SLOTS};
+use knnblend_plugin::slots::SlotStore;
+use nice_plug::prelude::*;
+
+const ODD_BLOCKS: &[usize] = &[1, 7, 64, 333, 512, 1024, 2049, 5, 8192, 97, 2, 480, 1000];
+
+/// Waits (bounded) until no slot is loading any more.
+fn wait_for_loads(store: &SlotStore) {
+    let Some(control) = store.control() else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let busy = (0..SLOTS).any(|s| matches!(control.status(s).state, LoadState::Loading { .. }));
+        if !busy {
+            return;
+        }
+        assert!(Instant::now() < deadline, "loads did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn write_garbage(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn odd_blocks_automation_and_slot_changes_without_allocating() {
+    let sample_rate = 48_000.0;
+    let mut host = OfflineHost::new(sample_rate, 2);
+    let input = test_signal(sample_rate, 4.0, 2);
+    let mut audio = input.clone();
+
+    // The control side works concurrently, as the editor or a state restore would.
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = write_garbage(dir.path(), "garbage.kbi", b"not an index at all");
+    let missing = dir.path().join("missing.kbi");
+    let store = host.params.slots.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let control_thread = std::thread::spawn({
+        let stop = stop.clone();
+        let dir_path = dir.path().to_path_buf();
+        move || {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let slot = i % SLOTS;
+                match i % 4 {
+                    0 => store.set_path(slot, &garbage).unwrap(),
+                    1 => store.set_path(slot, &missing).unwrap(),
+                    2 => store.set_path(slot, &dir_path).unwrap(),
+                    _ => store.clear(slot),
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+
+    host.render(&mut audio, ODD_BLOCKS, |block, _pos, p, sr| {
+        let x = (block as f32 * 0.37).sin() * 0.5 + 0.5;
+        p.set_plain("blend", x, sr, false);
+        p.set_plain("neighbours", 1.0 + (block % 16) as f32, sr, false);
+        p.set_plain("voice", 1.0 + ((block / 5) % SLOTS) as f32, sr, false);
+        p.set_plain("crossfade", (block % 7) as f32 * 70.0, sr, false);
+        p.set_plain("mix", 1.0 - 0.5 * x, sr, false);
+        p.set_plain("gain", -24.0 + 36.0 * x, sr, false);
+    });
+    stop.store(true, Ordering::Relaxed);
+    control_thread.join().unwrap();
+
+    let in_peak = input.iter().map(|c| peak(c)).fold(0.0, f32::max);
+    for channel in &audio {
+        assert!(channel.iter().all(|x| x.is_finite()));
+        // +12 dB output gain at most, plus generous headroom for the spectral reshaping.
+        assert!(
+            peak(channel) <= in_peak * 4.0 * 8.0,
+            "peak {}",
+            peak(channel)
+        );
+    }
+    wait_for_loads(&host.params.slots);
+}
+
+/// Renders `input` with fixed parameters and returns the output.
+fn render_fixed(host: &mut OfflineHost, input: &[Vec<f32>], blend: f32, mix: f32) -> Vec<Vec<f32>> {
+    let sr = host.sample_rate;
+    host.handles.set_plain("blend", blend, sr, true);
+    host.handles.set_plain("mix", mix, sr, true);
+    host.handles.set_plain("gain", 0.0, sr, true);
+    host.plugin.reset();
+    let mut audio = input.to_vec();
+    host.render(&mut audio, ODD_BLOCKS, |_, _, _, _| {});
+    audio
+}
+
+#[test]
+fn nulls_at_blend_zero_and_dry_wet_zero() {
+    for &sample_rate in &[44_100.0f32, 48_000.0, 96_000.0] {
+        let mut host = OfflineHost::new(sample_rate, 2);
+        let input = test_signal(sample_rate, 1.5, 2);
+        let latency = host.latency as usize;
+        // Skip the first fade-in and compare where input and delayed output overlap.
+        let settle = latency + (0.2 * sample_rate) as usize;
+        let range = settle..input[0].len() - latency;
+
+        for (blend, mix, what) in [(0.0, 1.0, "Blend 0"), (0.75, 0.0, "Dry/Wet 0")] {
+            let output = render_fixed(&mut host, &input, blend, mix);
+            for (c, (i, o)) in input.iter().zip(&output).enumerate() {
+                let db = residual_dbfs(i, o, latency, range.clone());
+                assert!(
+                    db <= -100.0,
+                    "{what} at {sample_rate} Hz, channel {c}: residual {db:.1} dBFS"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn hostile_audio_stays_finite_bounded_and_recovers() {
+    let sample_rate = 48_000.0;
+    let block = 256;
+    let mut host = OfflineHost::new(sample_rate, 2);
+    let mut reference = OfflineHost::new(sample_rate, 2);
+    let latency = host.latency as usize;
+
+    let seg = (0.25 * sample_rate) as usize;
+    let clean = test_signal(sample_rate, 1.0, 1).remove(0);
+    let mut hostile: Vec<f32> = Vec::new();
+    let kinds: Vec<Box<dyn Fn(usize) -> f32>> = vec![
+        Box::new(|_| f32::NAN),
+        Box::new(|_| f32::INFINITY),
+        Box::new(|_| f32::NEG_INFINITY),
+        Box::new(|i| if i % 2 == 0 { 1e-40 } else { -1e-42 }),
+        Box::new(|i| if (i / 64) % 2 == 0 { 1.0 } else { -1.0 }),
+        Box::new(|_| 1.0),
+        Box::new(|_| 0.0),
+        Box::new(|i| if i % 3 == 0 { f32::NAN } else { 0.5 }),
+    ];
+    for kind in &kinds {
+        hostile.extend((0..seg).map(kind));
+    }
+    let bad_len = hostile.len();
+    hostile.extend_from_slice(&clean);
+    let clean_start = bad_len;
+
+    // The reference sees silence instead of the hostile part, then the same clean signal.
+    let mut ref_in = vec![0.0f32; bad_len];
+    ref_in.extend_from_slice(&clean);
+
+    let mut out = vec![hostile.clone(), hostile.clone()];
+    host.render(&mut out, &[block], |_, _, _, _| {});
+    let mut ref_out = vec![ref_in.clone(), ref_in];
+    reference.render(&mut ref_out, &[block], |_, _, _, _| {});
+
+    // Finite everywhere and never far above full scale (output gain 0 dB here; the voice path
+    // clamps absurd input, and reshaping may add some headroom).
+    for channel in &out {
+        for (i, x) in channel.iter().enumerate() {
+            assert!(x.is_finite(), "sample {i} is {x}");
+            assert!(x.abs() <= 8.0, "sample {i} is {x}");
+        }
+    }
+    // Recovered: once the hostile input has left the window, output equals the reference's.
+    let recovery = latency + 4 * latency + (0.1 * sample_rate) as usize;
+    let check = clean_start + recovery..out[0].len();
+    assert!(
+        check.start < check.end,
+        "signal too short for the recovery check"
+    );
+    for (o, r) in out.iter().zip(&ref_out) {
+        let worst = check
+            .clone()
+            .map(|i| (o[i] - r[i]).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= 1e-4,
+            "no recovery {recovery} samples after hostile input: difference {worst}"
+        );
+    }
+}
+
+#[test]
+fn latency_follows_the_sample_rate_and_mono_works() {
+    let mut host = OfflineHost::new(44_100.0, 2);
+    let at_44 = host.latency;
+    assert_eq!(at_44, host.plugin.latency_samples());
+    host.activate(96_000.0, 2);
+    let at_96 = host.latency;
+    assert_eq!(at_96, host.plugin.latency_samples());
+    if at_44 > 0 {
+        assert!(
+            at_96 > at_44,
+            "latency {at_44} at 44.1 kHz, {at_96} at 96 kHz"
+        );
+        let expected = at_44 as f64 * 96_000.0 / 44_100.0;
+        assert!((at_96 as f64 - expected).abs() <= expected * 0.05 + 2.0);
+    }
+
+    let mut mono = OfflineHost::new(48_000.0, 1);
+    let input = test_signal(48_000.0, 0.5, 1);
+    let mut audio = input.clone();
+    mono.render(&mut audio, &[31, 1024, 3], |_, _, _, _| {});
+    assert!(audio[0].iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn refused_files_report_per_slot_and_audio_keeps_flowing() {
+    let sample_rate = 48_000.0;
+    let mut host = OfflineHost::new(sample_rate, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            write_garbage(dir.path(), "corrupt.kbi", &[0x4b; 4096]),
+            "corrupt",
+        ),
+        (write_garbage(dir.path(), "empty.index", b""), "empty"),
+        (dir.path().join("missing.kbi"), "missing"),
+        (dir.path().to_path_buf(), "directory"),
+    ];
+    for (slot, (path, _)) in cases.iter().enumerate() {
+        host.params.slots.set_path(slot, path).unwrap();
+    }
+    let input = test_signal(sample_rate, 1.0, 2);
+    let mut audio = input.clone();
+    host.render(&mut audio, &[128, 77], |block, _, p, sr| {
+        p.set_plain("voice", 1.0 + (block % 4) as f32, sr, false);
+    });
+    assert!(audio.iter().flatten().all(|x| x.is_finite()));
+    wait_for_loads(&host.params.slots);
+    let control = host.params.slots.control().expect("activated");
+    for (slot, (_, what)) in cases.iter().enumerate() {
+        match control.status(slot).state {
+            LoadState::Failed(message) => {
+                assert!(!message.is_empty(), "{what}: empty message")
+            }
+            other => panic!("{what} file in slot {}: {other:?}", slot + 1),
+        }
+    }
+    // Audio still flows after the failures.
+    let mut again = input.clone();
+    host.render(&mut again, &[512], |_, _, _, _| {});
+    assert!(again.iter().flatten().all(|x| x.is_finite()));
+}
+
+#[test]
+fn slot_state_round_trips_byte_identical() {
+    let params = KnnBlendParams::default();
+    params
+        .slots
+        .set_path(0, Path::new("/voices/alto.kbi"))
+        .unwrap();
+    params
+        .slots
+        .set_path(5, Path::new("/voices/tenor ü.index"))
+        .unwrap();
+    let saved = params.serialize_fields();
+
+    let restored = KnnBlendParams::default();
+    restored.deserialize_fields(&saved);
+    assert_eq!(restored.slots.path(0).as_deref(), Some("/voices/alto.kbi"));
+    assert_eq!(
+        restored.slots.path(5).as_deref(),
+        Some("/voices/tenor ü.index")
+    );
+    assert_eq!(restored.serialize_fields(), saved);
+}
+
+#[test]
+fn hostile_slot_state_gives_messages_not_crashes() {
+    use std::collections::BTreeMap;
+    let cases = [
+        "{\"version\":1,\"slots\":[\"/a.kbi\"",
+        "\u{0}\u{1}garbage",
+        "[1,2,3]",
+        r#"{"slots":{"0":"/a.kbi"}}"#,
+        r#"{"slots":["relative/path.kbi", 17, null, "/ok.kbi"], "unknown": true}"#,
+        r#"{"slots":["/1","/2","/3","/4","/5","/6","/7","/8","/9","/10"]}"#,
+    ];
+    for text in cases {
+        let mut state = PluginState {
+            version: String::new(),
+            params: BTreeMap::new(),
+            fields: BTreeMap::from([("slots".to_string(), text.to_string())]),
+        };
+        knnblend_plugin::params::sanitize_state(&mut state);
+        let params = KnnBlendParams::default();
+        params.deserialize_fields(&state.fields);
+        let messages = (0..SLOTS)
+            .filter(|&s| params.slots.message(s).is_some())
+            .count();
+        assert!(messages > 0, "no message for {text:?}");
+    }
+}
+
+/// The allocation guard really is armed in this build: a child test process that allocates
+/// inside it must die.
+#[test]
+#[cfg(feature = "assert_process_allocs")]
+fn allocation_guard_is_armed() {
+    if std::env::var_os("KNNBLEND_ALLOC_PROBE").is_some() {
+        no_alloc(|| std::hint::black_box(Box::new(7u64)));
+        return;
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "allocation_guard_is_armed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("KNNBLEND_ALLOC_PROBE", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !status.success(),
+        "an allocation inside the guard went unnoticed"
+    );
+}
