@@ -156,10 +156,11 @@ impl IvfIndex {
     ) -> Result<IvfIndex, FormatError> {
         let bytes = backing.bytes();
         let layout = KbiLayout::parse(bytes)?;
-        kbi::check_list_offsets(view::<u64>(bytes, &layout, SectionKind::ListOffsets), layout.ntotal)?;
         if verify {
             kbi::verify_sections(bytes, &layout, progress)?;
         }
+        // Always checked, verified or not: search relies on monotonic, in-bounds offsets.
+        kbi::check_list_offsets(view::<u64>(bytes, &layout, SectionKind::ListOffsets), layout.ntotal)?;
         let metadata = kbi::parse_metadata(bytes, &layout)?;
         let file_bytes = bytes.len() as u64;
         Ok(IvfIndex {

@@ -1,0 +1,58 @@
+//! `knnblend`: inspect, import, query and verify voice indexes; build them from audio or RVC
+//! features; render audio through the realtime path; benchmark against faiss.
+//!
+//! Glue only: every subcommand calls the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod import;
+mod inspect;
+mod query;
+mod verify;
+
+/// Realtime nearest-neighbour feature blending for voice conversion.
+#[derive(Parser)]
+#[command(name = "knnblend", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what an index holds (.kbi or faiss .index).
+    Inspect(inspect::Args),
+    /// Convert a faiss IVF-Flat .index (e.g. RVC's added_*.index) to .kbi.
+    Import(import::Args),
+    /// Search an index for the rows of a .npy file; write ids, distances and blends as .npy.
+    Query(query::Args),
+    /// Validate an index completely, checksums included; exit non-zero on any problem.
+    Verify(verify::Args),
+}
+
+/// Errors are reported as one line per cause.
+pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Import(a) => import::run(a),
+        Command::Query(a) => query::run(a),
+        Command::Verify(a) => verify::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The `knnblend` command line, run as a user would.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use knnblend::format::{self, IndexParts, ListParts, Metadata, Metric};
+use ndarray::Array2;
+use ndarray_npy::{read_npy, write_npy};
+
+fn knnblend(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_knnblend")).args(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn small_kbi(path: &Path, dim: usize) -> Vec<f32> {
+    let data = common::Clustered::new(dim, 6, 3).rows(300, 4);
+    let centroids = common::Clustered::new(dim, 6, 3).rows(6, 5);
+    let mut lists = vec![ListParts::default(); 6];
+    for (i, row) in data.chunks_exact(dim).enumerate() {
+        // assign to nearest centroid, like IVF
+        let l = (0..6)
+            .min_by(|&a, &b| {
+                let da: f32 = row.iter().zip(&centroids[a * dim..]).map(|(x, c)| (x - c).powi(2)).sum();
+                let db: f32 = row.iter().zip(&centroids[b * dim..]).map(|(x, c)| (x - c).powi(2)).sum();
+                da.total_cmp(&db)
+            })
+            .unwrap();
+        lists[l].ids.push(i as i64);
+        lists[l].vectors.extend_from_slice(row);
+    }
+    let parts = IndexParts {
+        dim,
+        metric: Metric::L2,
+        nprobe: 1,
+        centroids,
+        lists,
+        metadata: Metadata { features: "test-16".into(), sources: vec!["a.wav".into()], frames: 300, duration_seconds: 3.0, ..Default::default() },
+    };
+    format::write_kbi(path, &parts).unwrap();
+    data
+}
+
+#[test]
+fn inspect_json_has_the_documented_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("v.kbi");
+    small_kbi(&p, 16);
+    let v: serde_json::Value = serde_json::from_str(&ok(&knnblend(&["inspect", p.to_str().unwrap(), "--json"]))).unwrap();
+    for key in ["format", "dim", "metric", "ntotal", "nlist", "nprobe", "list_min", "list_mean", "list_max", "metadata", "file_bytes", "checksums_ok"] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(v["format"], "knnblend");
+    assert_eq!(v["dim"], 16);
+    assert_eq!(v["metric"], "l2");
+    assert_eq!(v["ntotal"], 300);
+    assert_eq!(v["checksums_ok"], true);
+    assert_eq!(v["metadata"]["features"], "test-16");
+    let text = ok(&knnblend(&["inspect", p.to_str().unwrap()]));
+    assert!(text.contains("checksums   ok"), "{text}");
+}
+
+#[test]
+fn verify_fails_on_a_corrupt_file_and_inspect_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("v.kbi");
+    small_kbi(&p, 16);
+    ok(&knnblend(&["verify", p.to_str().unwrap()]));
+    let mut b = std::fs::read(&p).unwrap();
+    let layout = format::KbiLayout::parse(&b).unwrap();
+    let at = layout.section(format::kbi::SectionKind::Vectors).offset as usize + 5;
+    b[at] ^= 0x10; // a flipped bit inside a stored vector
+    std::fs::write(&p, &b).unwrap();
+    let out = knnblend(&["verify", p.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
+    let v: serde_json::Value = serde_json::from_str(&ok(&knnblend(&["inspect", p.to_str().unwrap(), "--json"]))).unwrap();
+    assert_eq!(v["checksums_ok"], false);
+}
+
+#[test]
+fn query_writes_ids_distances_and_blends_matching_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("v.kbi");
+    let data = small_kbi(&p, 16);
+    let q = Array2::from_shape_vec((20, 16), data[..320].to_vec()).unwrap();
+    let qp = dir.path().join("q.npy");
+    write_npy(&qp, &q).unwrap();
+    let (ids, dists, blended) = (dir.path().join("i.npy"), dir.path().join("d.npy"), dir.path().join("b.npy"));
+    ok(&knnblend(&[
+        "query", p.to_str().unwrap(), "--queries", qp.to_str().unwrap(), "--k", "4", "--ids", ids.to_str().unwrap(),
+        "--distances", dists.to_str().unwrap(), "--ratio", "0.5", "--blended", blended.to_str().unwrap(),
+    ]));
+    let ids: Array2<i64> = read_npy(&ids).unwrap();
+    let dists: Array2<f32> = read_npy(&dists).unwrap();
+    let blended: Array2<f32> = read_npy(&blended).unwrap();
+    assert_eq!(ids.dim(), (20, 4));
+    assert_eq!(blended.dim(), (20, 16));
+    for i in 0..20 {
+        // Each query is a stored row: it is its own nearest neighbour at distance 0.
+        assert_eq!(ids[[i, 0]], i as i64);
+        assert_eq!(dists[[i, 0]], 0.0);
+        for j in 0..16 {
+            assert!((blended[[i, j]] - q[[i, j]]).abs() < 1e-4);
+        }
+    }
+}
+
+#[test]
+fn bad_arguments_and_files_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("v.kbi");
+    small_kbi(&p, 16);
+    let q = dir.path().join("q.npy");
+    write_npy(&q, &Array2::<f32>::zeros((2, 5))).unwrap();
+    let out = knnblend(&["query", p.to_str().unwrap(), "--queries", q.to_str().unwrap(), "--ids", "/tmp/x.npy", "--distances", "/tmp/y.npy"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("5 columns but the index has dim 16"));
+    let out = knnblend(&["query", p.to_str().unwrap(), "--queries", q.to_str().unwrap(), "--k", "99", "--ids", "a", "--distances", "b"]);
+    assert!(!out.status.success());
+    let out = knnblend(&["inspect", dir.path().to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("directory"));
+}
+
+#[cfg(feature = "faiss")]
+#[test]
+fn import_of_an_rvc_style_faiss_file_serves_faiss_neighbours() {
+    use knnblend::index::{rvc_nlist, FaissIvf};
+    let dir = tempfile::tempdir().unwrap();
+    let gen = common::Clustered::new(32, 12, 9);
+    let data = gen.rows(4_000, 10);
+    let mut faiss = FaissIvf::build(32, rvc_nlist(4_000), Metric::L2, &data, &data).unwrap();
+    let src = dir.path().join("added_IVF102_Flat_nprobe_1_voice_v2.index");
+    faiss.write(&src).unwrap();
+    let kbi = dir.path().join("voice.kbi");
+    ok(&knnblend(&["import", src.to_str().unwrap(), "-o", kbi.to_str().unwrap()]));
+    let v: serde_json::Value = serde_json::from_str(&ok(&knnblend(&["inspect", src.to_str().unwrap(), "--json"]))).unwrap();
+    assert_eq!(v["format"], "faiss-ivfflat");
+    assert_eq!(v["nlist"], 102);
+    assert_eq!(v["nprobe"], 1);
+    let queries = gen.rows(200, 11);
+    let qp = dir.path().join("q.npy");
+    write_npy(&qp, &Array2::from_shape_vec((200, 32), queries.clone()).unwrap()).unwrap();
+    let (fi_want_d, fi_want) = faiss.search(&queries, 8).unwrap();
+    for index in [&src, &kbi] {
+        let (ids, d) = (dir.path().join("i.npy"), dir.path().join("d.npy"));
+        ok(&knnblend(&["query", index.to_str().unwrap(), "--queries", qp.to_str().unwrap(), "--ids", ids.to_str().unwrap(), "--distances", d.to_str().unwrap()]));
+        let ids: Array2<i64> = read_npy(&ids).unwrap();
+        let d: Array2<f32> = read_npy(&d).unwrap();
+        let same = (0..200).filter(|&i| ids.row(i).to_vec() == fi_want[i * 8..(i + 1) * 8]).count();
+        assert!(same >= 199, "{same}/200 match faiss");
+        for (a, b) in d.iter().zip(&fi_want_d) {
+            if a.is_finite() && (a - b).abs() > 1e-4 * b.abs().max(1.0) {
+                assert!(same < 200, "distance {a} vs {b}");
+            }
+        }
+    }
+}
