@@ -47,7 +47,11 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
         replace_recursively(from, &to)?;
         println!("installed {} -> {}", ws.show(from), to.display());
     }
-    println!("Rescan plugins in your host (CLAP: ~/.clap, VST3: ~/.vst3) to find \"kNN Blend\".");
+    println!(
+        "Rescan plugins in your host (CLAP: {}, VST3: {}) to find \"kNN Blend\".",
+        pairs[0].1.display(),
+        pairs[1].1.display()
+    );
     Ok(())
 }
 

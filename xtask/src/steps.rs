@@ -120,17 +120,15 @@ impl fmt::Display for Steps {
         let width = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
         writeln!(f, "=== {} summary ===", self.title)?;
         for row in &self.rows {
-            write!(
-                f,
-                "  {:<7}  {:>8}  {:<width$}",
+            let head = format!(
+                "  {:<7}  {:>8}  ",
                 row.outcome.label(),
-                format_duration(row.took),
-                row.name
-            )?;
+                format_duration(row.took)
+            );
             match &row.outcome {
-                Outcome::Passed => writeln!(f)?,
+                Outcome::Passed => writeln!(f, "{head}{}", row.name)?,
                 Outcome::Skipped(why) | Outcome::Failed(why) => {
-                    writeln!(f, "  ({})", first_line(why))?
+                    writeln!(f, "{head}{:<width$}  ({})", row.name, first_line(why))?
                 }
             }
         }

@@ -169,8 +169,7 @@ fn bundle_and_check(ws: &Workspace) -> Result<()> {
     Ok(())
 }
 
-/// Runs the pedalboard VST3 test, streaming its output, and checks its closing
-/// `N passed, M failed` line as well as its exit status.
+/// Runs the pedalboard VST3 test with the virtualenv's Python.
 fn run_vst3_host_test(ws: &Workspace) -> Result<()> {
     let python = ws.venv_python();
     if !python.is_file() {
@@ -180,10 +179,15 @@ fn run_vst3_host_test(ws: &Workspace) -> Result<()> {
     cmd.current_dir(&ws.root)
         .arg(ws.vst3_host_test())
         .arg(ws.vst3_bundle())
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    let line = process::describe(&cmd);
+        .env("PYTHONUNBUFFERED", "1");
+    run_counting_runner(&mut cmd)
+}
+
+/// Runs a test runner that closes with an `N passed, M failed` line, streaming its output,
+/// and fails on a bad exit status, on failures, on no tests, or on a missing closing line.
+fn run_counting_runner(cmd: &mut Command) -> Result<()> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    let line = process::describe(cmd);
     println!("$ {line}");
     let mut child = cmd
         .spawn()
@@ -191,7 +195,7 @@ fn run_vst3_host_test(ws: &Workspace) -> Result<()> {
     let mut summary = None;
     if let Some(stdout) = child.stdout.take() {
         for text in BufReader::new(stdout).lines() {
-            let text = text.context("could not read the VST3 host test's output")?;
+            let text = text.with_context(|| format!("could not read the output of `{line}`"))?;
             println!("{text}");
             if let Some(counts) = parse_summary(&text) {
                 summary = Some(counts);
@@ -200,14 +204,14 @@ fn run_vst3_host_test(ws: &Workspace) -> Result<()> {
     }
     let status = child
         .wait()
-        .context("could not wait for the VST3 host test")?;
+        .with_context(|| format!("could not wait for `{line}`"))?;
     match summary {
         _ if !status.success() => bail!("`{line}` failed ({status})"),
-        None => bail!(
-            "the VST3 host test exited successfully but printed no closing `N passed, M failed` line"
-        ),
-        Some((_, failed)) if failed > 0 => bail!("the VST3 host test reports {failed} failed"),
-        Some((0, 0)) => bail!("the VST3 host test ran no tests"),
+        None => {
+            bail!("`{line}` exited successfully but printed no closing `N passed, M failed` line")
+        }
+        Some((_, failed)) if failed > 0 => bail!("`{line}` reports {failed} failed"),
+        Some((0, 0)) => bail!("`{line}` ran no tests"),
         Some(_) => Ok(()),
     }
 }
@@ -240,5 +244,28 @@ mod tests {
         );
         assert_eq!(parse_summary("passed: all"), None);
         assert_eq!(parse_summary("5 passed"), None);
+    }
+
+    fn runner(script: &str) -> Result<()> {
+        run_counting_runner(Command::new("sh").args(["-c", script]))
+    }
+
+    #[test]
+    fn counting_runner_verdicts() {
+        assert!(runner("echo 'case a ok'; echo '2 passed, 0 failed'").is_ok());
+        let failed = runner("echo '1 passed, 1 failed'; exit 1").unwrap_err();
+        assert!(
+            failed.to_string().contains("failed (exit status: 1)"),
+            "{failed}"
+        );
+        let counted = runner("echo '1 passed, 1 failed'").unwrap_err();
+        assert!(
+            counted.to_string().contains("reports 1 failed"),
+            "{counted}"
+        );
+        let silent = runner("echo hello").unwrap_err();
+        assert!(silent.to_string().contains("no closing"), "{silent}");
+        let empty = runner("echo '0 passed, 0 failed'").unwrap_err();
+        assert!(empty.to_string().contains("ran no tests"), "{empty}");
     }
 }
