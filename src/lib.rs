@@ -11,4 +11,5 @@
 
 pub mod format;
 pub mod index;
+pub mod live;
 pub mod voice;

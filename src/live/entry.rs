@@ -1,0 +1,130 @@
+//! What a slot holds: a loaded [`IvfIndex`] with its description ([`IndexInfo`]), shared by
+//! `Arc` between the control and the audio side, and counted so tests and telemetry can tell
+//! exactly how many are alive.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::format::{FileKind, Metadata, Metric};
+use crate::index::IvfIndex;
+
+/// Process-wide source of index ids (0 means "none").
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Description of a loaded index, for the user interface.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexInfo {
+    /// Unique (per process) id of this load; telemetry refers to indexes by it.
+    pub id: u64,
+    /// Display name: the file name, or the name given for an in-memory index.
+    pub name: String,
+    /// The file it was loaded from (empty for an index built in memory).
+    pub path: PathBuf,
+    /// Native `.kbi` or faiss.
+    pub kind: FileKind,
+    /// Served from a memory map (`.kbi`) rather than owned memory.
+    pub mapped: bool,
+    /// Vector dimension.
+    pub dim: usize,
+    /// Number of stored vectors.
+    pub ntotal: usize,
+    /// Number of inverted lists.
+    pub nlist: usize,
+    /// n_probe stored in the file (searches use 1).
+    pub nprobe: u32,
+    /// Distance metric.
+    pub metric: Metric,
+    /// What the vectors are.
+    pub metadata: Metadata,
+    /// Whether its pages are locked in RAM (`mlock`); best effort, may be false for users with a
+    /// small `RLIMIT_MEMLOCK`, in which case pages could in principle be evicted under memory
+    /// pressure.
+    pub mlocked: bool,
+    /// Bytes of memory it occupies (mapped or owned).
+    pub bytes: u64,
+}
+
+/// One loaded index as the runtime holds it.
+pub(crate) struct Entry {
+    pub(crate) index: IvfIndex,
+    pub(crate) info: Arc<IndexInfo>,
+    alive: Arc<AtomicUsize>,
+}
+
+impl Entry {
+    pub(crate) fn new(
+        index: IvfIndex,
+        name: String,
+        path: PathBuf,
+        alive: Arc<AtomicUsize>,
+    ) -> Entry {
+        let info = IndexInfo {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name,
+            path,
+            kind: index.source_kind(),
+            mapped: index.is_mapped(),
+            dim: index.dim(),
+            ntotal: index.ntotal(),
+            nlist: index.nlist(),
+            nprobe: index.nprobe(),
+            metric: index.metric(),
+            metadata: index.metadata().clone(),
+            mlocked: index.is_locked(),
+            bytes: index.byte_len() as u64,
+        };
+        alive.fetch_add(1, Ordering::Relaxed);
+        Entry {
+            index,
+            info: Arc::new(info),
+            alive,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn id(&self) -> u64 {
+        self.info.id
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.alive.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An index loaded, validated, prefaulted and (if allowed) locked in RAM, ready for
+/// [`Controller::publish`](super::Controller::publish). Made by
+/// [`Controller::prepare`](super::Controller::prepare) or
+/// [`Controller::prepare_index`](super::Controller::prepare_index).
+pub struct PreparedIndex {
+    pub(crate) entry: Arc<Entry>,
+}
+
+impl PreparedIndex {
+    /// Its description.
+    pub fn info(&self) -> &IndexInfo {
+        &self.entry.info
+    }
+
+    /// The index itself.
+    pub fn index(&self) -> &IvfIndex {
+        &self.entry.index
+    }
+}
+
+impl std::fmt::Debug for PreparedIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PreparedIndex")
+            .field(&*self.entry.info)
+            .finish()
+    }
+}
+
+/// The display name of a file: its file name.
+pub(crate) fn display_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
