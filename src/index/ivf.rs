@@ -10,6 +10,8 @@ use memmap2::{Advice, Mmap, MmapOptions};
 use crate::format::kbi::{self, KbiLayout, SectionKind};
 use crate::format::{self, AlignedBytes, FileKind, FormatError, IndexParts, Metadata, Metric};
 
+use super::coarse::CoarseTable;
+
 #[cfg(target_endian = "big")]
 compile_error!("knnblend's index files are little-endian and are used in place; big-endian targets are not supported");
 
@@ -63,6 +65,8 @@ pub struct IvfIndex {
     file_bytes: u64,
     locked: bool,
     verified: bool,
+    /// Half-precision centroid table for list screening (derived, built when the index is made).
+    coarse: Option<CoarseTable>,
 }
 
 fn view<'a, T>(bytes: &'a [u8], layout: &KbiLayout, kind: SectionKind) -> &'a [T] {
@@ -163,6 +167,12 @@ impl IvfIndex {
         kbi::check_list_offsets(view::<u64>(bytes, &layout, SectionKind::ListOffsets), layout.ntotal)?;
         let metadata = kbi::parse_metadata(bytes, &layout)?;
         let file_bytes = bytes.len() as u64;
+        let coarse = CoarseTable::build(
+            view::<f32>(bytes, &layout, SectionKind::Centroids),
+            layout.dim,
+            layout.metric,
+            view::<u64>(bytes, &layout, SectionKind::ListOffsets),
+        );
         Ok(IvfIndex {
             backing,
             layout,
@@ -172,6 +182,7 @@ impl IvfIndex {
             file_bytes,
             locked: false,
             verified: verify,
+            coarse,
         })
     }
 
@@ -205,6 +216,9 @@ impl IvfIndex {
                 unsafe { libc::mlock(b.as_slice().as_ptr().cast(), b.len()) == 0 }
             }
         };
+        if let Some(c) = &self.coarse {
+            self.locked &= c.lock();
+        }
         self.locked
     }
 
@@ -294,6 +308,12 @@ impl IvfIndex {
     #[inline]
     pub fn vector_norms(&self) -> &[f32] {
         view(self.backing.bytes(), &self.layout, SectionKind::VectorNorms)
+    }
+    /// The half-precision centroid table list selection screens with (None if a centroid is
+    /// not finite).
+    #[inline]
+    pub(crate) fn coarse(&self) -> Option<&CoarseTable> {
+        self.coarse.as_ref()
     }
     /// Ids, in storage order.
     #[inline]

@@ -2,6 +2,7 @@
 //! neighbour blend. Everything called per frame here is allocation-free and lock-free.
 
 mod blend;
+mod coarse;
 pub mod kernels;
 mod ivf;
 mod search;
@@ -10,7 +11,7 @@ mod topk;
 pub use blend::{rvc_weights, BlendOutcome, BlendParams, SCORE_EPSILON};
 pub use ivf::{IvfIndex, OpenOptions};
 pub use kernels::Kernels;
-pub use search::{Neighbour, Searcher, MAX_K, MAX_NPROBE};
+pub use search::{BlockResults, Neighbour, SearchStats, Searcher, BLOCK, MAX_K, MAX_NPROBE};
 pub use topk::TopK;
 
 #[cfg(feature = "faiss")]

@@ -1,5 +1,14 @@
 //! [`Searcher`]: the reusable, allocation-free query workspace (n_probe lists, top-k).
+//!
+//! A search has two passes over memory. List selection screens every centroid against the
+//! half-precision table of the index (half the bytes of the f32 centroids) with a rigorous error
+//! bound per centroid, then re-checks the few lists the bound cannot rule out with the exact f32
+//! kernel, so the lists selected are the ones a full f32 scan selects (see `coarse.rs`). The
+//! probed lists are then scanned with the exact f32 kernel, four stored vectors per pass.
+//! [`search_block`](Searcher::search_block) serves up to [`BLOCK`] queries with one pass over
+//! the centroid table.
 
+use super::coarse::CoarseTable;
 use super::kernels::Kernels;
 use super::topk::TopK;
 use super::IvfIndex;
@@ -9,6 +18,21 @@ use crate::format::Metric;
 pub const MAX_K: usize = 32;
 /// Largest n_probe a search scans.
 pub const MAX_NPROBE: usize = 64;
+/// Most queries one [`Searcher::search_block`] call serves (RVC searches about 16 frames per block).
+pub const BLOCK: usize = 16;
+
+/// Centroid rows per screening kernel call (one query).
+const SCREEN_CHUNK: usize = 32;
+/// Stored vectors per list-scan kernel call.
+const LIST_CHUNK: usize = 64;
+/// Lists a single-query screen may keep for re-checking before it gives up and scans exactly.
+const CAND_CAP: usize = 128;
+/// Centroid rows per tile kernel call (block of queries).
+const BLOCK_CHUNK: usize = 16;
+/// Per-query candidate capacity in block screening.
+const BLOCK_CAND_CAP: usize = 32;
+/// Largest n_probe served by the shared block screen (larger ones search query by query).
+const BLOCK_MAX_NPROBE: usize = 8;
 
 /// One search result.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -21,15 +45,192 @@ pub struct Neighbour {
     pub pos: u32,
 }
 
+/// Counters of how list selection went (for benchmarks and tests; never reset by searching).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SearchStats {
+    /// Queries whose lists were selected (single or in a block).
+    pub queries: u64,
+    /// Lists re-checked with the exact f32 kernel after screening.
+    pub rechecked: u64,
+    /// Queries whose lists were selected by an exact f32 scan of every centroid (no table,
+    /// screening switched off, or the screen could not narrow the lists down).
+    pub exact_scans: u64,
+}
+
+/// Screening state of one query: the n-th smallest upper bound seen, and the lists whose lower
+/// bound is not above it (in centroid order).
+#[derive(Clone, Copy, Debug)]
+struct Screen<const NP: usize, const CAP: usize> {
+    upper: TopK<NP>,
+    lower: [f32; CAP],
+    list: [u32; CAP],
+    n: usize,
+    qn: f32,
+    qterm: f32,
+    failed: bool,
+}
+
+impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
+    const fn new() -> Self {
+        Screen {
+            upper: TopK::new(1),
+            lower: [0.0; CAP],
+            list: [0; CAP],
+            n: 0,
+            qn: 0.0,
+            qterm: 0.0,
+            failed: false,
+        }
+    }
+
+    /// Starts a query with squared norm `qn2` (f32 kernel value).
+    fn begin(&mut self, nprobe: usize, qn2: f32, table: &CoarseTable) {
+        self.upper.reset(nprobe);
+        self.n = 0;
+        // The kernel's ‖q‖² may be low by its rounding: widen it by the table's slack.
+        let qn2 = qn2 * (1.0 + table.eps);
+        self.qn = qn2.sqrt();
+        self.qterm = table.eps * qn2;
+        self.failed = !self.qterm.is_finite();
+    }
+
+    /// Offers centroids `base..base + dots.len()` with their screening dot products.
+    #[inline]
+    fn offer(&mut self, table: &CoarseTable, base: usize, dots: &[f32]) {
+        let end = base + dots.len();
+        let (bias, scale) = (&table.bias[base..end], &table.scale[base..end]);
+        let (radius, slack) = (&table.radius[base..end], &table.bias_slack[base..end]);
+        let mut finite = true;
+        for j in 0..dots.len() {
+            let key = bias[j] - scale[j] * dots[j];
+            let err = self.qn * radius[j] + slack[j] + self.qterm;
+            finite &= key.is_finite() & err.is_finite();
+            let (lo, hi) = (key - err, key + err);
+            if hi < self.upper.threshold() {
+                self.upper.push(hi, (base + j) as u32);
+            }
+            if lo <= self.upper.threshold() {
+                if self.n == CAP {
+                    self.compact();
+                    if self.n > CAP - CAP / 4 {
+                        self.failed = true;
+                        return;
+                    }
+                }
+                self.lower[self.n] = lo;
+                self.list[self.n] = (base + j) as u32;
+                self.n += 1;
+            }
+        }
+        self.failed |= !finite;
+    }
+
+    /// Drops the candidates the current bound already rules out (keeps centroid order).
+    fn compact(&mut self) {
+        let u = self.upper.threshold();
+        let mut w = 0;
+        for i in 0..self.n {
+            if self.lower[i] <= u {
+                self.lower[w] = self.lower[i];
+                self.list[w] = self.list[i];
+                w += 1;
+            }
+        }
+        self.n = w;
+    }
+
+    /// Exact f32 keys of the surviving candidates into `probes` (which keeps the n nearest).
+    /// Returns how many lists were re-checked.
+    fn recheck(
+        &self,
+        index: &IvfIndex,
+        query: &[f32],
+        exact: &dyn Fn(&[f32], &[f32]) -> f32,
+        probes: &mut TopK<MAX_NPROBE>,
+    ) -> u64 {
+        let u = self.upper.threshold();
+        let d = index.dim();
+        let (centroids, offsets) = (index.centroids(), index.list_offsets());
+        let mut n = 0;
+        for i in 0..self.n {
+            let l = self.list[i] as usize;
+            if self.lower[i] <= u && offsets[l + 1] != offsets[l] {
+                probes.push(exact(query, &centroids[l * d..(l + 1) * d]), l as u32);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Results of [`Searcher::search_block`]: the neighbours of each query of the block.
+#[derive(Clone, Debug)]
+pub struct BlockResults {
+    neighbours: [[Neighbour; MAX_K]; BLOCK],
+    lens: [usize; BLOCK],
+    m: usize,
+}
+
+impl BlockResults {
+    const fn new() -> Self {
+        BlockResults {
+            neighbours: [[Neighbour {
+                distance: 0.0,
+                id: 0,
+                pos: 0,
+            }; MAX_K]; BLOCK],
+            lens: [0; BLOCK],
+            m: 0,
+        }
+    }
+
+    /// Number of queries in the block.
+    pub fn len(&self) -> usize {
+        self.m
+    }
+
+    /// True for an empty block.
+    pub fn is_empty(&self) -> bool {
+        self.m == 0
+    }
+
+    /// Neighbours of query `i`, best first (like [`Searcher::search`]).
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn get(&self, i: usize) -> &[Neighbour] {
+        assert!(i < self.m, "query {i} is not in a block of {}", self.m);
+        &self.neighbours[i][..self.lens[i]]
+    }
+}
+
 /// A reusable search workspace. Create it once (off the audio thread, though creating it
 /// does not allocate either); [`search`](Self::search) then allocates, locks and blocks on nothing.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Searcher {
     kernels: Kernels,
+    screening: bool,
     probes: TopK<MAX_NPROBE>,
     best: TopK<MAX_K>,
     out: [Neighbour; MAX_K],
     n: usize,
+    screen: Screen<MAX_NPROBE, CAND_CAP>,
+    dots: [f32; LIST_CHUNK],
+    block_screens: [Screen<BLOCK_MAX_NPROBE, BLOCK_CAND_CAP>; BLOCK],
+    block_dots: [f32; BLOCK * BLOCK_CHUNK],
+    block: BlockResults,
+    stats: SearchStats,
+}
+
+impl std::fmt::Debug for Searcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Searcher")
+            .field("kernels", &self.kernels)
+            .field("screening", &self.screening)
+            .field("stats", &self.stats)
+            .field("last", &self.last())
+            .finish()
+    }
 }
 
 impl Default for Searcher {
@@ -48,16 +249,35 @@ impl Searcher {
     pub fn with_kernels(kernels: Kernels) -> Searcher {
         Searcher {
             kernels,
+            screening: true,
             probes: TopK::new(1),
             best: TopK::new(1),
             out: [Neighbour::default(); MAX_K],
             n: 0,
+            screen: Screen::new(),
+            dots: [0.0; LIST_CHUNK],
+            block_screens: [Screen::new(); BLOCK],
+            block_dots: [0.0; BLOCK * BLOCK_CHUNK],
+            block: BlockResults::new(),
+            stats: SearchStats::default(),
         }
     }
 
     /// The kernels in use.
     pub fn kernels(&self) -> Kernels {
         self.kernels
+    }
+
+    /// Switches half-precision list screening on (the default) or off. Off, every search
+    /// computes the exact f32 distance to every centroid: the same lists, more bytes read.
+    /// For comparisons and tests.
+    pub fn set_screening(&mut self, on: bool) {
+        self.screening = on;
+    }
+
+    /// Counters of how list selection went so far.
+    pub fn stats(&self) -> SearchStats {
+        self.stats
     }
 
     /// Finds the `k` (clamped to `1..=MAX_K`) nearest stored vectors to `query`, scanning the
@@ -67,58 +287,426 @@ impl Searcher {
     ///
     /// # Panics
     /// If `query.len() != index.dim()`.
-    pub fn search(&mut self, index: &IvfIndex, query: &[f32], k: usize, nprobe: usize) -> &[Neighbour] {
-        assert_eq!(query.len(), index.dim(), "query length must equal the index dimension");
+    pub fn search(
+        &mut self,
+        index: &IvfIndex,
+        query: &[f32],
+        k: usize,
+        nprobe: usize,
+    ) -> &[Neighbour] {
+        assert_eq!(
+            query.len(),
+            index.dim(),
+            "query length must equal the index dimension"
+        );
         self.n = 0;
         if index.ntotal() == 0 || !query.iter().all(|v| v.is_finite()) {
             return &[];
         }
-        let ip = index.metric() == Metric::InnerProduct;
-        // Keys are "smaller is better": L2 as is, inner product negated.
-        let sign = if ip { -1.0 } else { 1.0 };
-        self.select_lists(index, query, nprobe, ip);
+        let nprobe = nprobe.clamp(1, MAX_NPROBE);
+        self.stats.queries += 1;
+        let screened = match index.coarse() {
+            Some(table) if self.screening => self.screen_single(index, table, query, nprobe),
+            _ => false,
+        };
+        if !screened {
+            self.select_exact(index, query, nprobe);
+        }
+        self.scan_lists(index, query, k);
+        let n = self.emit(index);
+        self.n = n;
+        &self.out[..n]
+    }
 
+    /// Searches up to [`BLOCK`] queries at once (`queries` holds whole rows of `dim`): one pass
+    /// over the centroid table serves them all, then each query's lists are scanned. The
+    /// results are the same as [`search`](Self::search) query by query. Allocation-free.
+    ///
+    /// # Panics
+    /// If `queries.len()` is not a multiple of `index.dim()` or holds more than [`BLOCK`] rows.
+    pub fn search_block(
+        &mut self,
+        index: &IvfIndex,
+        queries: &[f32],
+        k: usize,
+        nprobe: usize,
+    ) -> &BlockResults {
+        let d = index.dim();
+        assert!(
+            d > 0 && queries.len() % d == 0,
+            "queries must be whole rows of the index dimension"
+        );
+        let m = queries.len() / d;
+        assert!(m <= BLOCK, "a block holds at most {BLOCK} queries, got {m}");
+        self.block.m = m;
+        self.block.lens = [0; BLOCK];
+        let nprobe = nprobe.clamp(1, MAX_NPROBE);
+        let table = match index.coarse() {
+            Some(t) if self.screening && nprobe <= BLOCK_MAX_NPROBE && index.ntotal() > 0 => t,
+            _ => {
+                for (qi, q) in queries.chunks_exact(d).enumerate() {
+                    let n = self.search(index, q, k, nprobe).len();
+                    self.block.neighbours[qi][..n].copy_from_slice(&self.out[..n]);
+                    self.block.lens[qi] = n;
+                }
+                return &self.block;
+            }
+        };
+
+        // Screen every query with one pass over the table.
+        let mut live = [false; BLOCK];
+        for (qi, q) in queries.chunks_exact(d).enumerate() {
+            live[qi] = q.iter().all(|v| v.is_finite());
+            let qn2 = (self.kernels.dot)(q, q);
+            self.block_screens[qi].begin(nprobe, qn2, table);
+        }
+        let (halves, nlist) = (table.halves(), index.nlist());
+        let mut base = 0;
+        while base < nlist {
+            let r = BLOCK_CHUNK.min(nlist - base);
+            let dots = &mut self.block_dots[..m * r];
+            (self.kernels.dot_f16_tile)(queries, d, &halves[base * d..(base + r) * d], dots);
+            for qi in 0..m {
+                let s = &mut self.block_screens[qi];
+                if live[qi] && !s.failed {
+                    s.offer(table, base, &dots[qi * r..(qi + 1) * r]);
+                }
+            }
+            base += r;
+        }
+
+        // Re-check and scan each query's lists.
+        for (qi, q) in queries.chunks_exact(d).enumerate() {
+            if !live[qi] {
+                continue;
+            }
+            if self.block_screens[qi].failed {
+                let n = self.search(index, q, k, nprobe).len();
+                self.block.neighbours[qi][..n].copy_from_slice(&self.out[..n]);
+                self.block.lens[qi] = n;
+                continue;
+            }
+            self.stats.queries += 1;
+            self.probes.reset(nprobe);
+            let exact = self.exact_fn(index);
+            let s = &self.block_screens[qi];
+            self.stats.rechecked += s.recheck(index, q, &exact, &mut self.probes);
+            self.scan_lists(index, q, k);
+            let n = self.emit(index);
+            self.block.neighbours[qi][..n].copy_from_slice(&self.out[..n]);
+            self.block.lens[qi] = n;
+        }
+        self.n = 0;
+        &self.block
+    }
+
+    /// The exact list key: squared L2, or negated inner product (smaller is nearer).
+    fn exact_fn(&self, index: &IvfIndex) -> impl Fn(&[f32], &[f32]) -> f32 {
+        let (l2sq, dot) = (self.kernels.l2sq, self.kernels.dot);
+        let ip = index.metric() == Metric::InnerProduct;
+        move |q: &[f32], c: &[f32]| if ip { -dot(q, c) } else { l2sq(q, c) }
+    }
+
+    /// Screens the half table, then re-checks the survivors exactly into `self.probes`.
+    /// Returns false when the screen could not narrow the lists down (nothing selected).
+    fn screen_single(
+        &mut self,
+        index: &IvfIndex,
+        table: &CoarseTable,
+        query: &[f32],
+        nprobe: usize,
+    ) -> bool {
+        let d = index.dim();
+        let qn2 = (self.kernels.dot)(query, query);
+        self.screen.begin(nprobe, qn2, table);
+        let (halves, nlist) = (table.halves(), index.nlist());
+        let mut base = 0;
+        while base < nlist && !self.screen.failed {
+            let r = SCREEN_CHUNK.min(nlist - base);
+            let dots = &mut self.dots[..r];
+            (self.kernels.dot_f16_rows)(query, &halves[base * d..(base + r) * d], dots);
+            self.screen.offer(table, base, dots);
+            base += r;
+        }
+        if self.screen.failed {
+            return false;
+        }
+        self.probes.reset(nprobe);
+        let exact = self.exact_fn(index);
+        self.stats.rechecked += self.screen.recheck(index, query, &exact, &mut self.probes);
+        true
+    }
+
+    /// Picks the `nprobe` nearest non-empty lists into `self.probes` by the exact f32
+    /// distance to every centroid.
+    fn select_exact(&mut self, index: &IvfIndex, query: &[f32], nprobe: usize) {
+        self.stats.exact_scans += 1;
+        self.probes.reset(nprobe);
+        let d = index.dim();
+        let offsets = index.list_offsets();
+        let centroids = index.centroids();
+        let exact = self.exact_fn(index);
+        for (l, c) in centroids.chunks_exact(d).enumerate() {
+            if offsets[l + 1] == offsets[l] {
+                continue; // an empty list can never serve a neighbour: take the next-nearest
+            }
+            self.probes.push(exact(query, c), l as u32);
+        }
+    }
+
+    /// Scans the lists in `self.probes` into `self.best`.
+    fn scan_lists(&mut self, index: &IvfIndex, query: &[f32], k: usize) {
         self.best.reset(k);
         let d = index.dim();
         let vectors = index.vectors();
         let offsets = index.list_offsets();
-        let score = if ip { self.kernels.dot } else { self.kernels.l2sq };
-        for &list in self.probes.vals() {
-            let (start, end) = (offsets[list as usize] as usize, offsets[list as usize + 1] as usize);
-            for (i, v) in vectors[start * d..end * d].chunks_exact(d).enumerate() {
-                self.best.push(sign * score(query, v), (start + i) as u32);
+        let ip = index.metric() == Metric::InnerProduct;
+        let rows = if ip {
+            self.kernels.dot_rows
+        } else {
+            self.kernels.l2sq_rows
+        };
+        for p in 0..self.probes.len() {
+            let list = self.probes.vals()[p] as usize;
+            let (mut start, end) = (offsets[list] as usize, offsets[list + 1] as usize);
+            while start < end {
+                let n = LIST_CHUNK.min(end - start);
+                let dists = &mut self.dots[..n];
+                rows(query, &vectors[start * d..(start + n) * d], dists);
+                if ip {
+                    for (i, &v) in dists.iter().enumerate() {
+                        self.best.push(-v, (start + i) as u32);
+                    }
+                } else {
+                    for (i, &v) in dists.iter().enumerate() {
+                        self.best.push(v, (start + i) as u32);
+                    }
+                }
+                start += n;
             }
         }
+    }
+
+    /// Writes `self.best` as neighbours into `self.out`; returns how many.
+    fn emit(&mut self, index: &IvfIndex) -> usize {
+        let sign = if index.metric() == Metric::InnerProduct {
+            -1.0
+        } else {
+            1.0
+        };
         let ids = index.ids();
-        for (slot, (&key, &pos)) in self.out.iter_mut().zip(self.best.keys().iter().zip(self.best.vals())) {
+        for (slot, (&key, &pos)) in self
+            .out
+            .iter_mut()
+            .zip(self.best.keys().iter().zip(self.best.vals()))
+        {
             *slot = Neighbour {
                 distance: sign * key,
                 id: ids[pos as usize],
                 pos,
             };
         }
-        self.n = self.best.len();
-        &self.out[..self.n]
-    }
-
-    /// Picks the `nprobe` nearest non-empty lists into `self.probes`.
-    fn select_lists(&mut self, index: &IvfIndex, query: &[f32], nprobe: usize, ip: bool) {
-        let nprobe = nprobe.clamp(1, MAX_NPROBE);
-        self.probes.reset(nprobe);
-        let d = index.dim();
-        let offsets = index.list_offsets();
-        let centroids = index.centroids();
-        for (l, c) in centroids.chunks_exact(d).enumerate() {
-            if offsets[l + 1] == offsets[l] {
-                continue; // an empty list can never serve a neighbour: take the next-nearest
-            }
-            let key = if ip { -(self.kernels.dot)(query, c) } else { (self.kernels.l2sq)(query, c) };
-            self.probes.push(key, l as u32);
-        }
+        self.best.len()
     }
 
     /// The results of the last search.
     pub fn last(&self) -> &[Neighbour] {
         &self.out[..self.n]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{IndexParts, ListParts, Metadata};
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        }
+    }
+
+    /// Lists built around `centroids` (each row goes to its nearest centroid, some lists empty).
+    fn index(
+        dim: usize,
+        centroids: Vec<f32>,
+        rows: &[f32],
+        metric: Metric,
+        empty_every: usize,
+    ) -> IvfIndex {
+        let nlist = centroids.len() / dim;
+        let mut lists = vec![ListParts::default(); nlist];
+        for (i, r) in rows.chunks_exact(dim).enumerate() {
+            let l = (0..nlist)
+                .filter(|l| empty_every == 0 || l % empty_every != 0)
+                .min_by(|&a, &b| {
+                    let da: f32 = r
+                        .iter()
+                        .zip(&centroids[a * dim..])
+                        .map(|(x, y)| (x - y) * (x - y))
+                        .sum();
+                    let db: f32 = r
+                        .iter()
+                        .zip(&centroids[b * dim..])
+                        .map(|(x, y)| (x - y) * (x - y))
+                        .sum();
+                    da.total_cmp(&db)
+                })
+                .unwrap();
+            lists[l].ids.push(i as i64);
+            lists[l].vectors.extend_from_slice(r);
+        }
+        let parts = IndexParts {
+            dim,
+            metric,
+            nprobe: 1,
+            centroids,
+            lists,
+            metadata: Metadata::default(),
+        };
+        IvfIndex::from_parts(&parts).unwrap()
+    }
+
+    /// Clustered rows: `centres` centres, rows a centre plus noise of `spread`.
+    fn clustered(rng: &mut Rng, dim: usize, centres: &[f32], n: usize, spread: f32) -> Vec<f32> {
+        let k = centres.len() / dim;
+        let mut out = Vec::with_capacity(n * dim);
+        for _ in 0..n {
+            let c = ((rng.next() + 0.5) * k as f32) as usize % k;
+            out.extend((0..dim).map(|j| centres[c * dim + j] + spread * rng.next()));
+        }
+        out
+    }
+
+    fn assert_same_as_exact(index: &IvfIndex, queries: &[f32], ks: &[usize], nprobes: &[usize]) {
+        let d = index.dim();
+        let mut screened = Searcher::new();
+        let mut exact = Searcher::new();
+        exact.set_screening(false);
+        let mut scalar = Searcher::with_kernels(Kernels::scalar());
+        for &k in ks {
+            for &nprobe in nprobes {
+                for (qi, q) in queries.chunks_exact(d).enumerate() {
+                    let want = exact.search(index, q, k, nprobe).to_vec();
+                    assert_eq!(
+                        screened.search(index, q, k, nprobe),
+                        &want[..],
+                        "query {qi} k {k} nprobe {nprobe}"
+                    );
+                    let got: Vec<i64> = scalar
+                        .search(index, q, k, nprobe)
+                        .iter()
+                        .map(|n| n.id)
+                        .collect();
+                    let want_ids: Vec<i64> = want.iter().map(|n| n.id).collect();
+                    assert_eq!(
+                        got, want_ids,
+                        "scalar kernels, query {qi} k {k} nprobe {nprobe}"
+                    );
+                }
+                for block in queries.chunks(BLOCK * d) {
+                    let res = screened.search_block(index, block, k, nprobe).clone();
+                    assert_eq!(res.len(), block.len() / d);
+                    for (qi, q) in block.chunks_exact(d).enumerate() {
+                        assert_eq!(
+                            res.get(qi),
+                            exact.search(index, q, k, nprobe),
+                            "block query {qi} k {k} nprobe {nprobe}"
+                        );
+                    }
+                }
+            }
+        }
+        let stats = screened.stats();
+        assert!(stats.queries > 0);
+        println!("{stats:?}");
+    }
+
+    #[test]
+    fn screening_selects_the_lists_an_exact_scan_selects() {
+        let mut rng = Rng(1);
+        for (dim, metric) in [
+            (48, Metric::L2),
+            (77, Metric::L2),
+            (64, Metric::InnerProduct),
+            (256, Metric::L2),
+        ] {
+            let centres: Vec<f32> = (0..12 * dim).map(|_| 4.0 * rng.next()).collect();
+            let rows = clustered(&mut rng, dim, &centres, 1500, 1.0);
+            // Centroids: perturbed samples (many near-ties between centroids of one cluster).
+            let centroids: Vec<f32> = rows[..60 * dim]
+                .iter()
+                .map(|v| v + 0.05 * rng.next())
+                .collect();
+            let index = index(dim, centroids, &rows, metric, 7);
+            assert!(index.coarse().is_some());
+            let queries = clustered(&mut rng, dim, &centres, 150, 1.2);
+            assert_same_as_exact(&index, &queries, &[1, 8, 32], &[1, 2, 5, 64]);
+        }
+    }
+
+    #[test]
+    fn screening_survives_duplicate_and_extreme_centroids() {
+        let mut rng = Rng(2);
+        let dim = 40;
+        let mut centroids: Vec<f32> = (0..30 * dim).map(|_| rng.next()).collect();
+        // Exact duplicates (ties resolve to the lower list, like the exact scan).
+        let dup: Vec<f32> = centroids[..5 * dim].to_vec();
+        centroids.extend_from_slice(&dup);
+        // Huge and tiny magnitudes (outside the half range before scaling).
+        centroids.extend((0..dim).map(|j| if j % 2 == 0 { 1e30 } else { -3e29 }));
+        centroids.extend((0..dim).map(|j| 1e-30 * j as f32));
+        centroids.extend((0..dim).map(|j| if j == 3 { 1e-8 } else { 0.0 }));
+        let rows: Vec<f32> = (0..800 * dim).map(|_| rng.next()).collect();
+        let index = index(dim, centroids, &rows, Metric::L2, 0);
+        let mut queries: Vec<f32> = (0..60 * dim).map(|_| rng.next()).collect();
+        queries.extend_from_slice(&rows[..5 * dim]);
+        queries.extend(std::iter::repeat(0.0).take(dim));
+        assert_same_as_exact(&index, &queries, &[1, 8], &[1, 3, 40]);
+    }
+
+    #[test]
+    fn huge_queries_fall_back_to_the_exact_scan() {
+        let mut rng = Rng(3);
+        let dim = 16;
+        let centroids: Vec<f32> = (0..20 * dim).map(|_| rng.next()).collect();
+        let rows: Vec<f32> = (0..300 * dim).map(|_| rng.next()).collect();
+        let index = index(dim, centroids, &rows, Metric::L2, 0);
+        let q = vec![1e30f32; dim];
+        let mut s = Searcher::new();
+        let mut e = Searcher::new();
+        e.set_screening(false);
+        let want = e.search(&index, &q, 4, 1).to_vec();
+        assert_eq!(s.search(&index, &q, 4, 1), &want[..]);
+        assert_eq!(s.stats().exact_scans, 1);
+    }
+
+    #[test]
+    fn block_search_handles_partial_blocks_and_non_finite_rows() {
+        let mut rng = Rng(4);
+        let dim = 24;
+        let centroids: Vec<f32> = (0..40 * dim).map(|_| rng.next()).collect();
+        let rows: Vec<f32> = (0..900 * dim).map(|_| rng.next()).collect();
+        let index = index(dim, centroids, &rows, Metric::L2, 5);
+        let mut queries: Vec<f32> = (0..5 * dim).map(|_| rng.next()).collect();
+        queries[2 * dim + 3] = f32::NAN;
+        let mut s = Searcher::new();
+        let mut e = Searcher::new();
+        let res = s.search_block(&index, &queries, 8, 1).clone();
+        assert_eq!(res.len(), 5);
+        assert!(res.get(2).is_empty());
+        for qi in [0, 1, 3, 4] {
+            assert_eq!(
+                res.get(qi),
+                e.search(&index, &queries[qi * dim..(qi + 1) * dim], 8, 1)
+            );
+            assert_eq!(res.get(qi).len(), 8);
+        }
+        assert!(s.search_block(&index, &[], 8, 1).is_empty());
     }
 }
