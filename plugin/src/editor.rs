@@ -16,7 +16,7 @@ use nice_plug_egui::{
     create_egui_editor, EguiEditor, EguiEditorState, EguiNiceSettings, NiceEguiApp, RepaintNotifier,
 };
 
-use crate::engine::{LoadState, SlotView, TelemetryView, VoiceInfo, MAX_SLOTS};
+use crate::engine::{LoadState, SlotView, TelemetryView, VoiceInfo};
 use crate::meter::{MeterReading, ProcessMeter};
 use crate::params::{KnnBlendParams, SLOTS};
 use crate::slots::SlotStore;
@@ -235,25 +235,23 @@ impl MeterHistory {
         }
     }
 
-    fn figures(&self, active_slot: usize) -> MeterFigures {
-        let slot = active_slot.min(MAX_SLOTS - 1);
+    fn figures(&self) -> MeterFigures {
         let mut sum = 0.0;
         let mut count = 0u32;
         let mut last_queries = None;
         for (_, telemetry, _) in &self.samples {
-            let s = telemetry.slots[slot];
-            if s.queries > 0 && last_queries != Some(s.queries) {
-                sum += s.last_query_ns as f64;
+            if telemetry.queries > 0 && last_queries != Some(telemetry.queries) {
+                sum += telemetry.last_query_ns as f64;
                 count += 1;
             }
-            last_queries = Some(s.queries);
+            last_queries = Some(telemetry.queries);
         }
         let newest = self.samples.back();
         let oldest = self.samples.front();
         MeterFigures {
             avg_query_us: (count > 0).then(|| sum / count as f64 / 1000.0),
             max_query_us: newest
-                .map(|(_, t, _)| t.slots[slot].max_query_ns)
+                .map(|(_, t, _)| t.max_query_ns)
                 .filter(|&ns| ns > 0)
                 .map(|ns| ns as f64 / 1000.0),
             cpu_share: match (oldest, newest) {
@@ -322,17 +320,21 @@ pub fn panel(
         });
 
     ui.add_space(6.0);
-    let figures = state.meter.figures(active);
+    let figures = state.meter.figures();
     let fmt = |v: Option<f64>, unit: &str| {
         v.map(|v| format!("{v:.1}{unit}"))
             .unwrap_or_else(|| "–".to_string())
     };
     ui.label(format!(
-        "Query time (slot {}): avg {} · max {}    CPU {}",
-        active + 1,
+        "Query time: avg {} · max {}    CPU {}{}",
         fmt(figures.avg_query_us, " µs"),
         fmt(figures.max_query_us, " µs"),
         fmt(figures.cpu_share.map(|s| s * 100.0), " %"),
+        if snapshot.telemetry.fading {
+            "    crossfading"
+        } else {
+            ""
+        },
     ));
     if !snapshot.running {
         ui.label("Not processing yet: slots load once the host starts the plugin.");
@@ -456,7 +458,6 @@ fn open_dialog(slot: usize, store: Arc<SlotStore>, busy: Arc<AtomicBool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::SlotTelemetry;
 
     struct NoHost;
 
@@ -555,22 +556,20 @@ mod tests {
             sample_rate: 48_000.0,
         };
         for (i, (queries, last)) in [(1, 10_000), (1, 10_000), (5, 30_000)].iter().enumerate() {
-            telemetry.slots[0] = SlotTelemetry {
-                queries: *queries,
-                last_query_ns: *last,
-                max_query_ns: 50_000,
-            };
+            telemetry.queries = *queries;
+            telemetry.last_query_ns = *last;
+            telemetry.max_query_ns = 50_000;
             history.push(
                 t0 + Duration::from_millis(100 * i as u64),
                 telemetry,
                 reading(4800 * i as u64, 10_000_000 * i as u64),
             );
         }
-        let f = history.figures(0);
+        let f = history.figures();
         assert_eq!(f.avg_query_us, Some(20.0));
         assert_eq!(f.max_query_us, Some(50.0));
         // 20 ms busy for 200 ms of audio.
         assert!((f.cpu_share.unwrap() - 0.1).abs() < 1e-9);
-        assert_eq!(history.figures(1).avg_query_us, None);
+        assert_eq!(MeterHistory::default().figures().avg_query_us, None);
     }
 }

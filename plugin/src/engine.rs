@@ -10,8 +10,10 @@
 
 use std::path::{Path, PathBuf};
 
-use contract::live;
-use knnblend::voice;
+use std::sync::Arc;
+
+use knnblend::index::BlendOutcome;
+use knnblend::{live, voice};
 
 /// Number of voice slots the runtime supports.
 pub const MAX_SLOTS: usize = live::MAX_SLOTS;
@@ -83,24 +85,23 @@ pub struct SlotView {
     pub info: Option<VoiceInfo>,
 }
 
-/// Query-time figures for one slot.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct SlotTelemetry {
-    /// Queries served since the runtime started.
-    pub queries: u64,
-    /// Duration of the last query in nanoseconds.
-    pub last_query_ns: u64,
-    /// Longest query in nanoseconds.
-    pub max_query_ns: u64,
-}
-
 /// Telemetry of the whole runtime.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TelemetryView {
-    /// Per-slot query figures.
-    pub slots: [SlotTelemetry; MAX_SLOTS],
-    /// Audio blocks processed since the runtime started.
+    /// Blend calls (feature frames retrieved) in total.
+    pub queries: u64,
+    /// Blend calls per slot, made while that slot was active.
+    pub slot_queries: [u64; MAX_SLOTS],
+    /// Duration of the last blend call, ns.
+    pub last_query_ns: u64,
+    /// Longest blend call, ns.
+    pub max_query_ns: u64,
+    /// Audio blocks processed.
     pub blocks: u64,
+    /// Whether a crossfade is running.
+    pub fading: bool,
+    /// Slot the audio side is using, 0-based.
+    pub active_slot: usize,
 }
 
 /// Control side of the runtime; cheap to share, safe to call from any non-audio thread.
@@ -117,7 +118,8 @@ impl ControlHandle {
 
     /// Empties `slot`.
     pub fn unload(&self, slot: usize) {
-        self.controller.unload(slot);
+        // Only fails for a slot number out of range, which the slot store never sends.
+        let _ = self.controller.unload(slot);
     }
 
     /// Current status of `slot`.
@@ -136,9 +138,41 @@ impl ControlHandle {
     }
 }
 
-/// Audio side of the runtime; owned by the audio thread.
+/// The live runtime's audio side as the voice engine's retriever. The `Option` lets a new voice
+/// engine (after a sample-rate change) take over the same runtime, loaded voices included.
+struct LiveRetriever(Option<live::AudioEngine>);
+
+impl voice::Retriever for LiveRetriever {
+    #[inline]
+    fn begin_block(&mut self, active_slot: usize, crossfade_seconds: f32) {
+        if let Some(audio) = &mut self.0 {
+            audio.begin_block(active_slot, crossfade_seconds);
+        }
+    }
+
+    #[inline]
+    fn blend(&mut self, query: &[f32], k: usize, ratio: f32, out: &mut [f32]) -> BlendOutcome {
+        match &mut self.0 {
+            Some(audio) => audio.blend(query, k, ratio, out),
+            None => {
+                out.copy_from_slice(query);
+                BlendOutcome::Empty
+            }
+        }
+    }
+
+    #[inline]
+    fn end_block(&mut self) {
+        if let Some(audio) = &mut self.0 {
+            audio.end_block();
+        }
+    }
+}
+
+/// Audio side of the runtime; owned by the audio thread (create and drop it elsewhere).
 pub struct AudioHandle {
-    voice: voice::VoiceEngine<live::AudioEngine>,
+    voice: voice::VoiceEngine<LiveRetriever>,
+    spec: voice::FeatureSpec,
     sample_rate: f32,
     channels: usize,
 }
@@ -149,12 +183,12 @@ impl AudioHandle {
         self.voice.latency_samples()
     }
 
-    /// Sample rate this runtime was built for.
+    /// Sample rate this handle was built for.
     pub fn sample_rate(&self) -> f32 {
         self.sample_rate
     }
 
-    /// Channel count this runtime was built for.
+    /// Channel count this handle was built for.
     pub fn channels(&self) -> usize {
         self.channels
     }
@@ -177,20 +211,59 @@ impl AudioHandle {
     pub fn reset(&mut self) {
         self.voice.reset();
     }
+
+    /// A handle for another sample rate or channel count on the same runtime: loaded voices and
+    /// the controller stay. Allocates; call it off the audio thread.
+    pub fn reconfigure(mut self, sample_rate: f32, channels: usize) -> AudioHandle {
+        let audio = self
+            .voice
+            .retriever_mut()
+            .0
+            .take()
+            .expect("an audio handle always owns its runtime's audio side");
+        build_audio(audio, self.spec.clone(), sample_rate, channels)
+    }
 }
 
-/// Creates the runtime for `sample_rate` and up to `channels` channels.
+fn build_audio(
+    mut audio: live::AudioEngine,
+    spec: voice::FeatureSpec,
+    sample_rate: f32,
+    channels: usize,
+) -> AudioHandle {
+    let framing = voice::Framing::new(&spec, sample_rate);
+    audio.set_frame_period_seconds(framing.hop as f32 / sample_rate);
+    let voice = voice::VoiceEngine::with_retriever(
+        LiveRetriever(Some(audio)),
+        &spec,
+        sample_rate,
+        channels,
+    );
+    AudioHandle {
+        voice,
+        spec,
+        sample_rate,
+        channels,
+    }
+}
+
+/// Creates the runtime for `sample_rate` and up to `channels` channels. Indexes are checked
+/// against the voice engine's features before they are published.
 pub fn start(sample_rate: f32, channels: usize) -> (ControlHandle, AudioHandle) {
     let spec = voice::FeatureSpec::default();
-    let (controller, audio) = live::live(live::LiveConfig::for_spec(&spec));
-    let voice = voice::VoiceEngine::with_retriever(audio, &spec, sample_rate, channels);
+    let check_spec = spec.clone();
+    let validator: live::Validator = Arc::new(move |index| check_spec.check(index));
+    let framing = voice::Framing::new(&spec, sample_rate);
+    let (controller, audio) = live::live(live::LiveConfig {
+        slots: MAX_SLOTS,
+        max_dim: spec.dim(),
+        crossfade_seconds: 0.05,
+        frame_period_seconds: framing.hop as f32 / sample_rate,
+        validator: Some(validator),
+    });
     (
         ControlHandle { controller },
-        AudioHandle {
-            voice,
-            sample_rate,
-            channels,
-        },
+        build_audio(audio, spec, sample_rate, channels),
     )
 }
 
@@ -202,14 +275,14 @@ fn convert_status(status: live::SlotStatus) -> SlotView {
         live::SlotState::Failed(message) => LoadState::Failed(message),
     };
     let info = status.info.map(|info| VoiceInfo {
-        name: info.name,
-        path: info.path,
+        name: info.name.clone(),
+        path: info.path.clone(),
         dim: info.dim,
-        vectors: info.ntotal,
+        vectors: info.ntotal as u64,
         lists: info.nlist,
-        frames: info.frames,
-        duration_seconds: info.duration_seconds,
-        features: info.features,
+        frames: info.metadata.frames,
+        duration_seconds: info.metadata.duration_seconds,
+        features: info.metadata.features.clone(),
         mlocked: info.mlocked,
     });
     SlotView { state, info }
@@ -217,140 +290,16 @@ fn convert_status(status: live::SlotStatus) -> SlotView {
 
 fn convert_telemetry(snapshot: &live::TelemetrySnapshot) -> TelemetryView {
     let mut view = TelemetryView {
+        queries: snapshot.queries,
+        last_query_ns: snapshot.last_query_ns,
+        max_query_ns: snapshot.max_query_ns,
         blocks: snapshot.blocks,
+        fading: snapshot.fading,
+        active_slot: snapshot.active_slot,
         ..TelemetryView::default()
     };
-    for (out, slot) in view.slots.iter_mut().zip(snapshot.slots.iter()) {
-        *out = SlotTelemetry {
-            queries: slot.queries,
-            last_query_ns: slot.last_query_ns,
-            max_query_ns: slot.max_query_ns,
-        };
+    for (out, slot) in view.slot_queries.iter_mut().zip(&snapshot.slots) {
+        *out = slot.queries;
     }
     view
-}
-
-/// Stand-in for `knnblend::live` with the agreed shape, used until that module exists in the
-/// library: every load is refused with a clear message and the voice path retrieves nothing
-/// (features pass through unchanged).
-mod contract {
-    pub mod live {
-        use std::path::{Path, PathBuf};
-        use std::sync::Mutex;
-
-        pub const MAX_SLOTS: usize = 8;
-
-        pub struct LiveConfig;
-
-        impl LiveConfig {
-            pub fn for_spec(_spec: &knnblend::voice::FeatureSpec) -> Self {
-                LiveConfig
-            }
-        }
-
-        pub struct LoadTicket;
-
-        pub enum SlotState {
-            Empty,
-            #[allow(dead_code)]
-            Loading {
-                done: u64,
-                total: u64,
-            },
-            #[allow(dead_code)]
-            Ready,
-            Failed(String),
-        }
-
-        pub struct IndexInfo {
-            pub name: String,
-            pub path: PathBuf,
-            pub dim: usize,
-            pub ntotal: u64,
-            pub nlist: usize,
-            pub frames: u64,
-            pub duration_seconds: f64,
-            pub features: String,
-            pub mlocked: bool,
-        }
-
-        pub struct SlotStatus {
-            pub state: SlotState,
-            pub info: Option<IndexInfo>,
-        }
-
-        #[derive(Default, Clone, Copy)]
-        pub struct SlotTelemetry {
-            pub queries: u64,
-            pub last_query_ns: u64,
-            pub max_query_ns: u64,
-        }
-
-        #[derive(Default)]
-        pub struct TelemetrySnapshot {
-            pub slots: [SlotTelemetry; MAX_SLOTS],
-            pub blocks: u64,
-        }
-
-        pub struct Controller {
-            requested: Mutex<[bool; MAX_SLOTS]>,
-        }
-
-        impl Controller {
-            pub fn load(&self, slot: usize, _path: &Path) -> LoadTicket {
-                if let Some(flag) = self.requested.lock().unwrap().get_mut(slot) {
-                    *flag = true;
-                }
-                LoadTicket
-            }
-            pub fn unload(&self, slot: usize) {
-                if let Some(flag) = self.requested.lock().unwrap().get_mut(slot) {
-                    *flag = false;
-                }
-            }
-            pub fn status(&self, slot: usize) -> SlotStatus {
-                let requested = self.requested.lock().unwrap().get(slot).copied();
-                SlotStatus {
-                    state: if requested == Some(true) {
-                        SlotState::Failed(
-                            "voice indexes are not supported by this build yet".to_string(),
-                        )
-                    } else {
-                        SlotState::Empty
-                    },
-                    info: None,
-                }
-            }
-            pub fn telemetry(&self) -> TelemetrySnapshot {
-                TelemetrySnapshot::default()
-            }
-            pub fn collect(&self) {}
-        }
-
-        pub struct AudioEngine;
-
-        impl knnblend::voice::Retriever for AudioEngine {
-            fn begin_block(&mut self, _active_slot: usize, _crossfade_seconds: f32) {}
-            fn blend(
-                &mut self,
-                query: &[f32],
-                _k: usize,
-                _ratio: f32,
-                out: &mut [f32],
-            ) -> knnblend::index::BlendOutcome {
-                out.copy_from_slice(query);
-                knnblend::index::BlendOutcome::Empty
-            }
-            fn end_block(&mut self) {}
-        }
-
-        pub fn live(_config: LiveConfig) -> (Controller, AudioEngine) {
-            (
-                Controller {
-                    requested: Mutex::new([false; MAX_SLOTS]),
-                },
-                AudioEngine,
-            )
-        }
-    }
 }

@@ -128,16 +128,19 @@ impl Plugin for KnnBlend {
             .main_output_channels
             .map_or(2, NonZeroU32::get) as usize;
 
-        let reusable = self
-            .audio
-            .as_ref()
-            .is_some_and(|a| a.sample_rate() == sample_rate && a.channels() == channels);
-        if !reusable {
-            // A new runtime for the new rate; the slots are requested again from its loader.
-            let (control, audio) = engine::start(sample_rate, channels);
-            self.audio = Some(audio);
-            self.params.slots.attach(Arc::new(control));
-        }
+        self.audio = match self.audio.take() {
+            Some(audio) if audio.sample_rate() == sample_rate && audio.channels() == channels => {
+                Some(audio)
+            }
+            // Same runtime, new rate: loaded voices stay.
+            Some(audio) => Some(audio.reconfigure(sample_rate, channels)),
+            None => {
+                let (control, audio) = engine::start(sample_rate, channels);
+                // The persisted slots are requested from the new runtime's loader.
+                self.params.slots.attach(Arc::new(control));
+                Some(audio)
+            }
+        };
         self.meter.set_sample_rate(sample_rate);
         context.set_latency_samples(self.latency_samples());
         true

@@ -51,6 +51,12 @@ fn odd_blocks_automation_and_slot_changes_without_allocating() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = write_garbage(dir.path(), "garbage.kbi", b"not an index at all");
     let missing = dir.path().join("missing.kbi");
+    let voice_a = make_voice(dir.path(), "a.kbi", true);
+    let voice_b = make_voice(dir.path(), "b.kbi", false);
+    // Two voices are there from the start; the rest changes while audio runs.
+    host.params.slots.set_path(0, &voice_a).unwrap();
+    host.params.slots.set_path(1, &voice_b).unwrap();
+    wait_for_loads(&host.params.slots);
     let store = host.params.slots.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let control_thread = std::thread::spawn({
@@ -60,10 +66,12 @@ fn odd_blocks_automation_and_slot_changes_without_allocating() {
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let slot = i % SLOTS;
-                match i % 4 {
-                    0 => store.set_path(slot, &garbage).unwrap(),
-                    1 => store.set_path(slot, &missing).unwrap(),
-                    2 => store.set_path(slot, &dir_path).unwrap(),
+                match i % 6 {
+                    0 => store.set_path(slot, &voice_a).unwrap(),
+                    1 => store.set_path(slot, &garbage).unwrap(),
+                    2 => store.set_path(slot, &voice_b).unwrap(),
+                    3 => store.set_path(slot, &missing).unwrap(),
+                    4 => store.set_path(slot, &dir_path).unwrap(),
                     _ => store.clear(slot),
                 }
                 i += 1;
@@ -83,6 +91,11 @@ fn odd_blocks_automation_and_slot_changes_without_allocating() {
     });
     stop.store(true, Ordering::Relaxed);
     control_thread.join().unwrap();
+    let telemetry = host.params.slots.control().unwrap().telemetry();
+    assert!(
+        telemetry.queries > 0,
+        "no frame was retrieved: {telemetry:?}"
+    );
 
     let in_peak = input.iter().map(|c| peak(c)).fold(0.0, f32::max);
     for channel in &audio {
@@ -111,8 +124,14 @@ fn render_fixed(host: &mut OfflineHost, input: &[Vec<f32>], blend: f32, mix: f32
 
 #[test]
 fn nulls_at_blend_zero_and_dry_wet_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let voice = make_voice(dir.path(), "voice.kbi", true);
     for &sample_rate in &[44_100.0f32, 48_000.0, 96_000.0] {
         let mut host = OfflineHost::new(sample_rate, 2);
+        host.params.slots.set_path(0, &voice).unwrap();
+        wait_for_loads(&host.params.slots);
+        let control = host.params.slots.control().unwrap();
+        assert_eq!(control.status(0).state, LoadState::Ready);
         let input = test_signal(sample_rate, 1.5, 2);
         let latency = host.latency as usize;
         // Skip the first fade-in and compare where input and delayed output overlap.
@@ -129,6 +148,19 @@ fn nulls_at_blend_zero_and_dry_wet_zero() {
                 );
             }
         }
+
+        // The same setup at full blend does convert: the null above is not vacuous.
+        let before = control.telemetry().queries;
+        let output = render_fixed(&mut host, &input, 1.0, 1.0);
+        assert!(
+            control.telemetry().queries > before,
+            "the voice was not queried"
+        );
+        let db = residual_dbfs(&input[0], &output[0], latency, range.clone());
+        assert!(
+            db > -60.0,
+            "Blend 1 left the signal unchanged ({db:.1} dBFS)"
+        );
     }
 }
 
@@ -139,6 +171,12 @@ fn hostile_audio_stays_finite_bounded_and_recovers() {
     let mut host = OfflineHost::new(sample_rate, 2);
     let mut reference = OfflineHost::new(sample_rate, 2);
     let latency = host.latency as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let voice = make_voice(dir.path(), "voice.kbi", false);
+    for h in [&mut host, &mut reference] {
+        h.params.slots.set_path(0, &voice).unwrap();
+        wait_for_loads(&h.params.slots);
+    }
 
     let seg = (0.25 * sample_rate) as usize;
     let clean = test_signal(sample_rate, 1.0, 1).remove(0);
@@ -333,5 +371,139 @@ fn allocation_guard_is_armed() {
     assert!(
         !status.success(),
         "an allocation inside the guard went unnoticed"
+    );
+}
+
+#[test]
+fn refused_load_keeps_the_previous_voice_serving() {
+    let sample_rate = 48_000.0;
+    let dir = tempfile::tempdir().unwrap();
+    let voice = make_voice(dir.path(), "alto.kbi", true);
+    let corrupt = {
+        // A real index with one byte flipped in the middle: a checksum failure.
+        let mut bytes = std::fs::read(&voice).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        write_garbage(dir.path(), "corrupt.kbi", &bytes)
+    };
+    let truncated = {
+        let bytes = std::fs::read(&voice).unwrap();
+        write_garbage(dir.path(), "truncated.kbi", &bytes[..bytes.len() / 3])
+    };
+    let mismatched = make_mismatched(dir.path(), "rvc.kbi");
+
+    let mut tested = OfflineHost::new(sample_rate, 2);
+    let mut twin = OfflineHost::new(sample_rate, 2);
+    for h in [&mut tested, &mut twin] {
+        h.params.slots.set_path(0, &voice).unwrap();
+        wait_for_loads(&h.params.slots);
+        h.handles.set_plain("blend", 1.0, sample_rate, true);
+    }
+    let input = test_signal(sample_rate, 3.0, 2);
+    let third = input[0].len() / 3;
+    let part = |k: usize| -> Vec<Vec<f32>> {
+        input
+            .iter()
+            .map(|c| c[k * third..(k + 1) * third].to_vec())
+            .collect()
+    };
+
+    let mut out_tested = Vec::new();
+    let mut out_twin = Vec::new();
+    for (k, refused) in [
+        (0, None),
+        (1, Some(&corrupt)),
+        (2, Some(&truncated)),
+        (2, Some(&mismatched)),
+    ] {
+        if let Some(path) = refused {
+            // Requested mid-stream; the loader refuses it while audio keeps running.
+            tested.params.slots.set_path(0, path).unwrap();
+        }
+        let mut a = part(k);
+        let mut b = part(k);
+        tested.render(&mut a, &[256, 31], |_, _, _, _| {});
+        twin.render(&mut b, &[256, 31], |_, _, _, _| {});
+        wait_for_loads(&tested.params.slots);
+        if let Some(path) = refused {
+            let status = tested.params.slots.control().unwrap().status(0);
+            match (&status.state, &status.info) {
+                (LoadState::Failed(message), Some(info)) => {
+                    assert!(!message.is_empty());
+                    assert_eq!(info.path, voice, "serving {:?}", info.path);
+                    if path == &mismatched {
+                        // Refused early on its width, or by the feature check.
+                        assert!(
+                            message.contains("768") || message.contains("rvc-v2-768"),
+                            "{message}"
+                        );
+                    }
+                }
+                other => panic!("{}: {other:?}", path.display()),
+            }
+            // What a saved project would reload is the voice that is actually serving.
+            assert_eq!(
+                tested.params.slots.saved().paths[0].as_deref(),
+                voice.to_str()
+            );
+        }
+        out_tested.push(a);
+        out_twin.push(b);
+    }
+    for (a, b) in out_tested.iter().zip(&out_twin) {
+        for (ca, cb) in a.iter().zip(b) {
+            let worst = ca
+                .iter()
+                .zip(cb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 1e-6,
+                "output changed after a refused load: {worst}"
+            );
+        }
+    }
+}
+
+/// Largest step between neighbouring samples after `skip` samples.
+fn max_step(x: &[f32], skip: usize) -> f32 {
+    x.windows(2)
+        .skip(skip)
+        .map(|w| (w[1] - w[0]).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn switching_voices_crossfades_without_clicks() {
+    let sample_rate = 48_000.0;
+    let dir = tempfile::tempdir().unwrap();
+    let high = make_voice(dir.path(), "high.kbi", true);
+    let low = make_voice(dir.path(), "low.kbi", false);
+    let input = test_signal(sample_rate, 3.0, 1);
+    let switch_every = (0.3 * sample_rate) as usize;
+
+    let render = |switching: bool, fixed_voice: f32| -> Vec<f32> {
+        let mut host = OfflineHost::new(sample_rate, 1);
+        host.params.slots.set_path(0, &high).unwrap();
+        host.params.slots.set_path(1, &low).unwrap();
+        wait_for_loads(&host.params.slots);
+        host.handles.set_plain("blend", 1.0, sample_rate, true);
+        host.handles.set_plain("crossfade", 50.0, sample_rate, true);
+        host.handles
+            .set_plain("voice", fixed_voice, sample_rate, true);
+        let mut audio = input.clone();
+        host.render(&mut audio, &[128], |_, pos, p, sr| {
+            if switching {
+                p.set_plain("voice", 1.0 + ((pos / switch_every) % 2) as f32, sr, false);
+            }
+        });
+        audio.remove(0)
+    };
+    let skip = (0.2 * sample_rate) as usize;
+    let fixed = max_step(&render(false, 1.0), skip).max(max_step(&render(false, 2.0), skip));
+    let switching = max_step(&render(true, 1.0), skip);
+    assert!(
+        switching <= fixed * 1.5,
+        "a voice switch made a step of {switching} (fixed voices: {fixed})"
     );
 }
