@@ -507,7 +507,7 @@ fn clap_bundle_in_a_real_host() {
     // keeps processing.
     let mut garbled = decode_state(&saved);
     garbled["fields"]["slots"] = serde_json::Value::String("{\"slots\": [".into());
-    garbled["params"]["blend"] = serde_json::json!({"F32": 1e30});
+    garbled["params"]["blend"] = serde_json::json!({"f32": 1e30});
     let cases: Vec<Vec<u8>> = vec![
         b"garbage".to_vec(),
         Vec::new(),
