@@ -4,9 +4,11 @@
 //!
 //! 1. each channel's last `window` samples, sine-windowed and zero-padded, are transformed
 //!    (`realfft`); the mid spectrum is their mean;
-//! 2. the mid power spectrum gives the frame's features ([`BandLayout::features`]) and level;
-//! 3. the retriever blends the features with their nearest stored neighbours at the blend ratio
-//!    (RVC's `index_rate`): that is the target envelope;
+//! 2. the mid power spectrum gives the frame's envelope ([`BandLayout::features`]) and level;
+//!    the query is the envelope relative to a running mean of the input's voiced frames, with
+//!    the absolute envelope alongside (see [`features`](super::features));
+//! 3. the retriever blends the query with its nearest stored neighbours at the blend ratio
+//!    (RVC's `index_rate`); the blend's absolute half is the target envelope;
 //! 4. per band, the amplitude gain is `exp((target − input) / 2)`, scaled towards 0 dB by the
 //!    level gate (silence and near-silence are left alone) and limited to ±`max_gain_db`;
 //!    interpolated onto bins (linear in mel); optionally renormalised so the frame keeps its
@@ -82,6 +84,14 @@ pub struct VoiceSettings {
     pub ramp_ms: f32,
     /// Renormalise each frame's gains so the frame keeps its energy.
     pub preserve_energy: bool,
+    /// Time constant of the input speaker's running mean envelope, seconds of voiced frames
+    /// (a plain average until that much has been heard).
+    pub speaker_mean_seconds: f32,
+    /// The processed (wet) signal is clamped to this many dB above the input's recent peak
+    /// (instant attack, 100 ms release, looking ahead by the latency): a safety net for
+    /// signals the conversion makes no sense for (DC steps, pure tones), never reached by a
+    /// voice at ratio 0.
+    pub wet_headroom_db: f32,
 }
 
 impl Default for VoiceSettings {
@@ -89,9 +99,11 @@ impl Default for VoiceSettings {
         VoiceSettings {
             gate_open_db: -50.0,
             gate_closed_db: -65.0,
-            max_gain_db: 24.0,
+            max_gain_db: 18.0,
             ramp_ms: 20.0,
             preserve_energy: true,
+            speaker_mean_seconds: 3.0,
+            wet_headroom_db: 12.0,
         }
     }
 }
@@ -133,8 +145,13 @@ pub struct VoiceEngine<R: Retriever> {
     spectra: Vec<Complex<f32>>,
     mid: Vec<Complex<f32>>,
     power: Vec<f32>,
-    features: Vec<f32>,
+    envelope: Vec<f32>,
+    query: Vec<f32>,
+    blended: Vec<f32>,
     target: Vec<f32>,
+    speaker_mean: Vec<f32>,
+    mean_frames: u32,
+    mean_horizon: u32,
     band_gain: Vec<f32>,
     bin_gain: Vec<f32>,
     fill: usize,
@@ -143,6 +160,9 @@ pub struct VoiceEngine<R: Retriever> {
     dry_wet: Ramp,
     gain: Ramp,
     started: bool,
+    peak: f32,
+    peak_release: f32,
+    headroom: f32,
     stats: VoiceStats,
     last_outcome: Option<BlendOutcome>,
 }
@@ -152,6 +172,16 @@ fn finite_or(v: f32, fallback: f32) -> f32 {
         v
     } else {
         fallback
+    }
+}
+
+/// Touches every page of `buf` so no page fault happens later on the audio thread (zeroed
+/// allocations are mapped lazily).
+fn prefault<T: Copy>(buf: &mut [T]) {
+    let step = (1024 / std::mem::size_of::<T>().max(1)).max(1);
+    for i in (0..buf.len()).step_by(step) {
+        // SAFETY: `i` is in bounds; a volatile write of the value already there.
+        unsafe { std::ptr::write_volatile(&mut buf[i], buf[i]) };
     }
 }
 
@@ -219,7 +249,7 @@ impl<R: Retriever> VoiceEngine<R> {
             })
             .collect();
         let ramp_len = (settings.ramp_ms.max(0.0) * sample_rate / 1000.0).round() as u32;
-        VoiceEngine {
+        let mut engine = VoiceEngine {
             retriever,
             layout: BandLayout::new(spec, sample_rate, n_fft),
             framing,
@@ -238,8 +268,15 @@ impl<R: Retriever> VoiceEngine<R> {
             spectra: vec![Complex::default(); max_channels * bins],
             mid: vec![Complex::default(); bins],
             power: vec![0.0; bins],
-            features: vec![0.0; spec.bands],
+            envelope: vec![0.0; spec.bands],
+            query: vec![0.0; spec.dim()],
+            blended: vec![0.0; spec.dim()],
             target: vec![0.0; spec.bands],
+            speaker_mean: vec![0.0; spec.bands],
+            mean_frames: 0,
+            mean_horizon: ((settings.speaker_mean_seconds.max(0.0) * 1000.0 / spec.hop_ms).round()
+                as u32)
+                .max(1),
             band_gain: vec![0.0; spec.bands],
             bin_gain: vec![1.0; bins],
             fill: 0,
@@ -248,9 +285,27 @@ impl<R: Retriever> VoiceEngine<R> {
             dry_wet: Ramp::new(1.0, ramp_len),
             gain: Ramp::new(1.0, ramp_len),
             started: false,
+            peak: 0.0,
+            peak_release: (-1.0 / (0.1 * sample_rate)).exp(),
+            headroom: 10f32.powf(settings.wet_headroom_db / 20.0),
             stats: VoiceStats::default(),
             last_outcome: None,
-        }
+        };
+        engine.prefault();
+        engine
+    }
+
+    fn prefault(&mut self) {
+        prefault(&mut self.scratch);
+        prefault(&mut self.time);
+        prefault(&mut self.input);
+        prefault(&mut self.acc);
+        prefault(&mut self.ready);
+        prefault(&mut self.dry);
+        prefault(&mut self.spectra);
+        prefault(&mut self.mid);
+        prefault(&mut self.power);
+        prefault(&mut self.bin_gain);
     }
 
     /// Output delay relative to the input, in samples (report it to the host).
@@ -293,6 +348,9 @@ impl<R: Retriever> VoiceEngine<R> {
         self.fill = 0;
         self.dry_pos = 0;
         self.started = false;
+        self.speaker_mean.fill(0.0);
+        self.mean_frames = 0;
+        self.peak = 0.0;
     }
 
     /// Processes one block in place. `channels` are equally long slices (the shortest length
@@ -328,13 +386,20 @@ impl<R: Retriever> VoiceEngine<R> {
             let r = self.ratio.next();
             let dw = self.dry_wet.next();
             let g = self.gain.next();
-            for (c, ch) in channels.iter_mut().enumerate() {
+            let mut peak = self.peak * self.peak_release;
+            for (c, ch) in channels.iter().enumerate() {
                 let x = sanitize(ch[i]);
                 self.input[c * win + base + self.fill] = x;
+                peak = peak.max(x.abs());
+            }
+            self.peak = peak;
+            let limit = peak * self.headroom;
+            for (c, ch) in channels.iter_mut().enumerate() {
+                let x = self.input[c * win + base + self.fill];
                 let d = &mut self.dry[c * win + self.dry_pos];
                 let delayed = *d;
                 *d = x;
-                let wet = self.ready[c * hop + self.fill];
+                let wet = self.ready[c * hop + self.fill].clamp(-limit, limit);
                 ch[i] = (delayed * (1.0 - dw) + wet * dw) * g;
             }
             self.dry_pos = if self.dry_pos + 1 == win {
@@ -396,12 +461,21 @@ impl<R: Retriever> VoiceEngine<R> {
         let s = &self.settings;
         let gate = ((level_db - s.gate_closed_db) / (s.gate_open_db - s.gate_closed_db).max(1e-3))
             .clamp(0.0, 1.0);
-        self.layout.features(&self.power, &mut self.features);
+        self.layout.features(&self.power, &mut self.envelope);
+        if gate >= 0.5 {
+            self.mean_frames = (self.mean_frames + 1).min(self.mean_horizon);
+            let w = 1.0 / self.mean_frames as f32;
+            for (m, &e) in self.speaker_mean.iter_mut().zip(&self.envelope) {
+                *m += w * (e - *m);
+            }
+        }
+        FeatureSpec::compose(&self.envelope, &self.speaker_mean, &mut self.query);
 
-        // 3. retrieval.
+        // 3. retrieval: the blend's absolute half is the target envelope.
         let outcome = self
             .retriever
-            .blend(&self.features, k, ratio, &mut self.target);
+            .blend(&self.query, k, ratio, &mut self.blended);
+        FeatureSpec::absolute(&self.blended, &mut self.target);
         self.stats.frames += 1;
         if let BlendOutcome::Blended { .. } = outcome {
             self.stats.blended += 1;
@@ -415,7 +489,7 @@ impl<R: Retriever> VoiceEngine<R> {
             .band_gain
             .iter_mut()
             .zip(&self.target)
-            .zip(&self.features)
+            .zip(&self.envelope)
         {
             let v = 0.5 * (t - f) * gate;
             *g = if v.is_finite() {

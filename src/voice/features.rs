@@ -10,7 +10,25 @@
 //! is normalised to unit weight (a band energy is a mean, not a sum, so it does not depend on the
 //! FFT size). The feature is `ln(energy + floor)` per band, minus its mean over the bands, where
 //! the floor is `floor_db` below the frame's mean band energy: scaling the signal by any factor
-//! leaves the feature unchanged.
+//! leaves the feature unchanged. That per-frame vector is the frame's *envelope*.
+//!
+//! ## The stored and queried vector
+//! Envelopes of two speakers differ by a long-term shape (vocal tract length, phonation) on top
+//! of what is being said. Matching absolute envelopes across speakers therefore picks the
+//! target frames that look most like the *input speaker*, and the conversion only goes part of
+//! the way. As in speaker-normalised speech features, matching uses the envelope relative to the
+//! speaker's long-term mean (the index's mean for stored frames, a running mean of the input
+//! for queries). The absolute envelope rides along in the same vector, scaled by
+//! [`ABSOLUTE_WEIGHT`] (2⁻¹⁰, an exact scaling) so that it has no say in the search, and RVC's
+//! blend carries it through untouched:
+//!
+//! ```text
+//! vector = [ envelope − speaker_mean (bands values) | 2⁻¹⁰ · envelope (bands values) ]
+//! ```
+//!
+//! With the input's own absolute envelope in the query, `blend(query, ratio)`'s second half is
+//! `2⁻¹⁰ · (r · Σ wᵢ targetᵢ + (1 − r) · input)`: the target envelope, and exactly the input
+//! envelope at ratio 0 or whenever the query is copied (nothing loaded, crossfades included).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +37,9 @@ use crate::index::IvfIndex;
 
 /// The feature kind stored in index metadata for [`FeatureSpec`] features.
 pub const FEATURE_KIND: &str = "knnblend-logmel-v1";
+
+/// Weight of the absolute envelope in the second half of a vector (2⁻¹⁰: scaling by it is exact).
+pub const ABSOLUTE_WEIGHT: f32 = 1.0 / 1024.0;
 
 /// The definition of the voice features, in physical units.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,17 +62,18 @@ pub struct FeatureSpec {
 }
 
 impl Default for FeatureSpec {
-    /// 40 bands, 50–7600 Hz (so 16 kHz recordings qualify), 150 Hz minimum half-width,
-    /// 40 ms frames, 10 ms hop (RVC's frame rate), floor 60 dB below the mean.
+    /// 40 bands, 50–7600 Hz (so 16 kHz recordings qualify), 200 Hz minimum half-width (a
+    /// band always spans a harmonic of voices up to ~400 Hz f0), 40 ms frames, 10 ms hop (RVC's
+    /// frame rate), floor 70 dB below the mean.
     fn default() -> Self {
         FeatureSpec {
             bands: 40,
             f_min_hz: 50.0,
             f_max_hz: 7600.0,
-            min_half_width_hz: 150.0,
+            min_half_width_hz: 200.0,
             frame_ms: 40.0,
             hop_ms: 10.0,
-            floor_db: -60.0,
+            floor_db: -70.0,
         }
     }
 }
@@ -72,9 +94,58 @@ impl FeatureSpec {
         FEATURE_KIND
     }
 
-    /// The feature dimension.
+    /// The dimension of stored and queried vectors: `2 × bands` (relative envelope, then the
+    /// down-weighted absolute envelope).
     pub fn dim(&self) -> usize {
+        2 * self.bands
+    }
+
+    /// The envelope dimension, `bands`.
+    pub fn envelope_dim(&self) -> usize {
         self.bands
+    }
+
+    /// Writes the vector `[envelope − mean | ABSOLUTE_WEIGHT · envelope]` into `out` (`dim()`
+    /// values).
+    pub fn compose(envelope: &[f32], mean: &[f32], out: &mut [f32]) {
+        let b = envelope.len();
+        debug_assert_eq!(mean.len(), b);
+        debug_assert_eq!(out.len(), 2 * b);
+        let (rel, abs) = out.split_at_mut(b);
+        for ((r, a), (&e, &m)) in rel
+            .iter_mut()
+            .zip(abs.iter_mut())
+            .zip(envelope.iter().zip(mean))
+        {
+            *r = e - m;
+            *a = e * ABSOLUTE_WEIGHT;
+        }
+    }
+
+    /// The absolute envelope carried in the second half of `vector`, into `out` (`bands` values).
+    pub fn absolute(vector: &[f32], out: &mut [f32]) {
+        let b = out.len();
+        debug_assert_eq!(vector.len(), 2 * b);
+        for (o, &v) in out.iter_mut().zip(&vector[b..]) {
+            *o = v / ABSOLUTE_WEIGHT;
+        }
+    }
+
+    /// Index rows from a speaker's envelopes (`n × bands`): every row composed against the
+    /// envelopes' mean. Returns the rows (`n × dim()`) and the mean.
+    pub fn speaker_rows(&self, envelopes: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let b = self.bands;
+        let n = envelopes.len() / b;
+        let mut mean = vec![0f64; b];
+        for e in envelopes.chunks_exact(b) {
+            mean.iter_mut().zip(e).for_each(|(m, &v)| *m += v as f64);
+        }
+        let mean: Vec<f32> = mean.iter().map(|m| (m / n.max(1) as f64) as f32).collect();
+        let mut rows = vec![0f32; n * 2 * b];
+        for (e, r) in envelopes.chunks_exact(b).zip(rows.chunks_exact_mut(2 * b)) {
+            FeatureSpec::compose(e, &mean, r);
+        }
+        (rows, mean)
     }
 
     /// Checks that the parameters make sense; the message says which does not.
@@ -318,7 +389,7 @@ impl BandLayout {
         self.interp.len()
     }
 
-    /// Features of one frame from its power spectrum (`bins()` values) into `out` (`len()`
+    /// The envelope of one frame from its power spectrum (`bins()` values) into `out` (`len()`
     /// values). Allocation-free; finite for any finite, non-negative input.
     pub fn features(&self, power: &[f32], out: &mut [f32]) {
         debug_assert_eq!(power.len(), self.bins());
@@ -415,7 +486,7 @@ mod tests {
         spec.validate().unwrap();
         let meta = spec.metadata(vec!["a.wav".into()], 10, 0.1);
         assert_eq!(FeatureSpec::from_metadata(&meta).unwrap(), spec);
-        spec.check_metadata(&meta, 40).unwrap();
+        spec.check_metadata(&meta, 80).unwrap();
     }
 
     #[test]
@@ -498,6 +569,23 @@ mod tests {
             diff < 0.1 * spread,
             "22.05 vs 48 kHz features differ by {diff} (spread {spread})"
         );
+    }
+
+    #[test]
+    fn composed_vectors_carry_the_exact_absolute_envelope() {
+        let spec = FeatureSpec::default();
+        let env: Vec<f32> = (0..spec.bands)
+            .map(|i| (i as f32 * 0.37).sin() * 5.0)
+            .collect();
+        let mean: Vec<f32> = (0..spec.bands).map(|i| i as f32 * 0.01).collect();
+        let mut v = vec![0f32; spec.dim()];
+        FeatureSpec::compose(&env, &mean, &mut v);
+        let mut back = vec![0f32; spec.bands];
+        FeatureSpec::absolute(&v, &mut back);
+        assert_eq!(back, env);
+        let (rows, m) = spec.speaker_rows(&[env.clone(), env.clone()].concat());
+        assert_eq!(m, env);
+        assert!(rows[..spec.bands].iter().all(|&r| r == 0.0));
     }
 
     #[test]

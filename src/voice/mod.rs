@@ -9,12 +9,21 @@
 //! - [`features`]: [`FeatureSpec`] (physical units), [`Framing`], [`BandLayout`].
 //! - [`engine`]: [`VoiceEngine`], [`BlockParams`], [`VoiceSettings`].
 //! - [`retriever`]: the per-frame retrieval the engine calls ([`Retriever`]).
+//! - [`extract`]: offline feature extraction (index building).
+//! - [`synth`]: a small formant synthesiser for tests and demos.
 
 pub mod engine;
+pub mod extract;
 pub mod features;
+mod flat;
+pub mod offline;
 mod ramp;
 pub mod retriever;
+pub mod synth;
 
 pub use engine::{BlockParams, VoiceEngine, VoiceSettings, VoiceStats, INPUT_LIMIT};
+pub use extract::{downmix, Extracted, Extractor, SilenceRule};
 pub use features::{BandLayout, FeatureSpec, Framing, FEATURE_KIND};
+pub use flat::flat_parts;
+pub use offline::{render_buffers, Schedule};
 pub use retriever::{IndexRetriever, Retriever};
