@@ -36,6 +36,7 @@ use super::features::{BandLayout, FeatureSpec, Framing};
 use super::ramp::Ramp;
 use super::retriever::Retriever;
 use crate::index::{BlendOutcome, MAX_K};
+use crate::live::AudioEngine;
 
 /// Input samples are clamped to ±this (about +60 dBFS) before anything else.
 pub const INPUT_LIMIT: f32 = 1000.0;
@@ -119,8 +120,9 @@ pub struct VoiceStats {
     pub recoveries: u64,
 }
 
-/// The realtime voice path. See the [module docs](self).
-pub struct VoiceEngine<R: Retriever> {
+/// The realtime voice path. See the [module docs](self). `R` is where retrieval comes from:
+/// the live runtime ([`AudioEngine`], the default) or any other [`Retriever`].
+pub struct VoiceEngine<R: Retriever = AudioEngine> {
     retriever: R,
     layout: BandLayout,
     framing: Framing,
@@ -191,6 +193,32 @@ fn sanitize(x: f32) -> f32 {
         0.0
     } else {
         x.clamp(-INPUT_LIMIT, INPUT_LIMIT)
+    }
+}
+
+impl VoiceEngine<AudioEngine> {
+    /// The voice path on a live runtime's audio side (see [`FeatureSpec::live_config`] for the
+    /// runtime's configuration). Sets the runtime's crossfade frame period to this engine's hop
+    /// at `sample_rate`. Allocates; call it off the audio thread.
+    ///
+    /// # Panics
+    /// As [`with_retriever`](Self::with_retriever).
+    pub fn new(
+        mut audio: AudioEngine,
+        spec: &FeatureSpec,
+        sample_rate: f32,
+        max_channels: usize,
+    ) -> Self {
+        if sample_rate.is_finite() && sample_rate > 0.0 {
+            let framing = Framing::new(spec, sample_rate);
+            audio.set_frame_period_seconds(framing.hop as f32 / sample_rate);
+        }
+        Self::with_retriever(audio, spec, sample_rate, max_channels)
+    }
+
+    /// Gives the runtime's audio side back (e.g. to build an engine for another sample rate).
+    pub fn into_audio(self) -> AudioEngine {
+        self.retriever
     }
 }
 

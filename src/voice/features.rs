@@ -32,8 +32,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::format::Metadata;
 use crate::index::IvfIndex;
+use crate::live::LiveConfig;
 
 /// The feature kind stored in index metadata for [`FeatureSpec`] features.
 pub const FEATURE_KIND: &str = "knnblend-logmel-v1";
@@ -240,6 +243,22 @@ impl FeatureSpec {
     /// holds and what is expected.
     pub fn check(&self, index: &IvfIndex) -> Result<(), String> {
         self.check_metadata(index.metadata(), index.dim())
+    }
+
+    /// A live runtime configuration for these features: `slots` slots, a frame period of one
+    /// hop, and [`check`](Self::check) as the validator so that an index of other features is
+    /// refused with a message saying what it holds before it is published. `max_dim` is
+    /// `dim()` but at least 1024, so that RVC indexes (256/768) reach the validator and get
+    /// that message rather than a bare width error (it only sizes a crossfade buffer).
+    pub fn live_config(&self, slots: usize) -> LiveConfig {
+        let spec = self.clone();
+        LiveConfig {
+            slots,
+            max_dim: self.dim().max(1024),
+            frame_period_seconds: self.hop_ms / 1000.0,
+            validator: Some(Arc::new(move |index: &IvfIndex| spec.check(index))),
+            ..LiveConfig::default()
+        }
     }
 
     /// [`check`](Self::check) on metadata and dimension alone.

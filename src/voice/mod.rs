@@ -11,19 +11,24 @@
 //! - [`retriever`]: the per-frame retrieval the engine calls ([`Retriever`]).
 //! - [`extract`]: offline feature extraction (index building).
 //! - [`synth`]: a small formant synthesiser for tests and demos.
+//! - [`render`]: `knnblend render` ([`render_file`]); [`audio_file`]: decoding and WAV output.
 
+pub mod audio_file;
 pub mod engine;
 pub mod extract;
 pub mod features;
 mod flat;
 pub mod offline;
 mod ramp;
+pub mod render;
 pub mod retriever;
 pub mod synth;
 
+pub use audio_file::{read_audio, write_wav_f32, Audio, AudioError};
 pub use engine::{BlockParams, VoiceEngine, VoiceSettings, VoiceStats, INPUT_LIMIT};
 pub use extract::{downmix, Extracted, Extractor, SilenceRule};
 pub use features::{BandLayout, FeatureSpec, Framing, FEATURE_KIND};
 pub use flat::flat_parts;
 pub use offline::{render_buffers, Schedule};
+pub use render::{render_file, RenderError, RenderOptions, RenderStage, RenderSummary};
 pub use retriever::{IndexRetriever, Retriever};

@@ -50,16 +50,6 @@ impl Ramp {
         }
         self.current
     }
-
-    /// The current value.
-    pub fn value(&self) -> f32 {
-        self.current
-    }
-
-    /// The target.
-    pub fn target(&self) -> f32 {
-        self.target
-    }
 }
 
 #[cfg(test)]

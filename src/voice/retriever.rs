@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::index::{BlendOutcome, BlendParams, IvfIndex, Searcher};
+use crate::live::AudioEngine;
 
 /// Per-frame retrieval, called from the audio thread: implementations must not allocate,
 /// lock or block in any method.
@@ -56,4 +57,22 @@ impl Retriever for IndexRetriever {
     }
 
     fn end_block(&mut self) {}
+}
+
+/// The live runtime's audio side: slots, publications and crossfades.
+impl Retriever for AudioEngine {
+    #[inline]
+    fn begin_block(&mut self, active_slot: usize, crossfade_seconds: f32) {
+        AudioEngine::begin_block(self, active_slot, crossfade_seconds);
+    }
+
+    #[inline]
+    fn blend(&mut self, query: &[f32], k: usize, ratio: f32, out: &mut [f32]) -> BlendOutcome {
+        AudioEngine::blend(self, query, k, ratio, out)
+    }
+
+    #[inline]
+    fn end_block(&mut self) {
+        AudioEngine::end_block(self);
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use knnblend::format::Metric;
+use knnblend::format::{IndexParts, Metric};
 use knnblend::index::IvfIndex;
 use knnblend::voice::{flat_parts, Extractor, FeatureSpec, SilenceRule};
 use realfft::RealFftPlanner;
@@ -55,8 +55,8 @@ pub fn distance(a: &[f64], b: &[f64]) -> f64 {
     (a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / a.len() as f64).sqrt()
 }
 
-/// An exact (single-list) index of `signal`'s voiced frames.
-pub fn voice_index(signal: &[f32], sr: f32, spec: &FeatureSpec) -> Arc<IvfIndex> {
+/// Exact (single-list) index parts of `signal`'s voiced frames.
+pub fn voice_parts(signal: &[f32], sr: f32, spec: &FeatureSpec) -> IndexParts {
     let ex = Extractor::new(spec, sr);
     let got = ex.extract(signal, &SilenceRule::default());
     let meta = spec.metadata(
@@ -65,8 +65,12 @@ pub fn voice_index(signal: &[f32], sr: f32, spec: &FeatureSpec) -> Arc<IvfIndex>
         signal.len() as f64 / sr as f64,
     );
     let (rows, _mean) = spec.speaker_rows(&got.rows);
-    let parts = flat_parts(&rows, spec.dim(), Metric::L2, meta);
-    Arc::new(IvfIndex::from_parts(&parts).unwrap())
+    flat_parts(&rows, spec.dim(), Metric::L2, meta)
+}
+
+/// An exact (single-list) index of `signal`'s voiced frames.
+pub fn voice_index(signal: &[f32], sr: f32, spec: &FeatureSpec) -> Arc<IvfIndex> {
+    Arc::new(IvfIndex::from_parts(&voice_parts(signal, sr, spec)).unwrap())
 }
 
 /// Deterministic white noise in [-1, 1).
