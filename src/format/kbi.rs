@@ -239,13 +239,6 @@ impl KbiLayout {
         if ntotal > MAX_NTOTAL {
             return Err(FormatError::field("ntotal", ntotal, format!("must be at most {MAX_NTOTAL}")));
         }
-        if ntotal > 0 && nlist > ntotal {
-            return Err(FormatError::field(
-                "nlist",
-                nlist,
-                format!("more lists than vectors ({ntotal})"),
-            ));
-        }
         let file_len = u64_at(bytes, 48);
         if file_len != actual {
             return Err(if file_len > actual {
@@ -381,9 +374,13 @@ pub fn verify_sections(
         for (c, chunk) in data.chunks(CHUNK).enumerate() {
             hasher.update(chunk);
             if kind.holds_floats() {
+                // A squared norm overflows to +inf for vectors whose values are all finite
+                // (above about 1.8e19): that is not corruption.
+                let norms = matches!(kind, SectionKind::CentroidNorms | SectionKind::VectorNorms);
+                let bad = |v: f32| !(v.is_finite() || (norms && v == f32::INFINITY));
                 if let Some(i) = chunk
                     .chunks_exact(4)
-                    .position(|f| !f32::from_le_bytes(f.try_into().expect("4 bytes")).is_finite())
+                    .position(|f| bad(f32::from_le_bytes(f.try_into().expect("4 bytes"))))
                 {
                     return Err(FormatError::NonFinite {
                         section: kind.name(),
