@@ -53,10 +53,13 @@ impl Default for BlendParams {
 }
 
 /// Normalised RVC weights for the given scores, written into `out[..scores.len()]`.
+/// Scores that are infinite or NaN (distances that overflowed f32) weigh like the largest
+/// finite score, so the weights are always finite, non-negative and sum to 1.
 pub fn rvc_weights(scores: &[f32], out: &mut [f64]) {
     let mut sum = 0.0;
     for (w, &s) in out.iter_mut().zip(scores) {
-        let s = (s as f64).abs().max(SCORE_EPSILON);
+        let s = (s as f64).abs();
+        let s = if s.is_nan() { f32::MAX as f64 } else { s.clamp(SCORE_EPSILON, f32::MAX as f64) };
         *w = 1.0 / (s * s);
         sum += *w;
     }
