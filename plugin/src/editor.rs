@@ -22,9 +22,13 @@ use crate::params::{KnnBlendParams, SLOTS};
 use crate::slots::SlotStore;
 
 const WIDTH: u32 = 760;
-const HEIGHT: u32 = 620;
+const HEIGHT: u32 = 720;
 /// How often figures on screen are refreshed while the editor is open.
 const REFRESH: Duration = Duration::from_millis(100);
+/// Colour of the active slot.
+const ACCENT: egui::Color32 = egui::Color32::from_rgb(90, 180, 240);
+/// Colour of error lines.
+const ERROR: egui::Color32 = egui::Color32::from_rgb(230, 90, 80);
 /// Averaging window of the meter.
 const METER_WINDOW: Duration = Duration::from_millis(1000);
 
@@ -102,6 +106,14 @@ pub struct PanelState {
     dialog_open: Arc<AtomicBool>,
     meter: MeterHistory,
     cached: Option<(Instant, Snapshot)>,
+    expected: Option<String>,
+}
+
+impl PanelState {
+    fn expected(&mut self) -> &str {
+        self.expected
+            .get_or_insert_with(crate::engine::expected_features)
+    }
 }
 
 /// What the panel shows, polled at most every [`REFRESH`].
@@ -270,6 +282,18 @@ pub fn panel(
     setter: &ParamSetter,
     state: &mut PanelState,
 ) {
+    egui::Frame::new()
+        .inner_margin(10.0)
+        .show(ui, |ui| panel_contents(ui, params, meter, setter, state));
+}
+
+fn panel_contents(
+    ui: &mut egui::Ui,
+    params: &KnnBlendParams,
+    meter: &ProcessMeter,
+    setter: &ParamSetter,
+    state: &mut PanelState,
+) {
     ui.ctx().request_repaint_after(REFRESH);
     let now = Instant::now();
     let stale = state
@@ -293,6 +317,13 @@ pub fn panel(
     let active = (params.voice.value().clamp(1, SLOTS as i32) - 1) as usize;
 
     ui.heading("kNN Blend");
+    ui.label(
+        egui::RichText::new(format!(
+            "Voices: .kbi or RVC .index files with {}",
+            state.expected()
+        ))
+        .small(),
+    );
     ui.add_space(4.0);
 
     egui::Grid::new("params")
@@ -358,11 +389,11 @@ fn slot_ui(
     state: &mut PanelState,
 ) {
     ui.horizontal(|ui| {
-        let label = format!("{}{}", slot + 1, if active { " ▶" } else { "" });
-        ui.add_sized(
-            [32.0, 18.0],
-            egui::Label::new(egui::RichText::new(label).strong()),
-        );
+        let mut label = egui::RichText::new(format!("{}", slot + 1)).strong();
+        if active {
+            label = label.color(ACCENT);
+        }
+        ui.add_sized([32.0, 18.0], egui::Label::new(label));
         let dialog_busy = state.dialog_open.load(Ordering::Acquire);
         if ui
             .add_enabled(!dialog_busy, egui::Button::new("Load…"))
@@ -379,6 +410,9 @@ fn slot_ui(
         }
         ui.label(egui::RichText::new(&info.title).strong())
             .on_hover_text(info.path.as_deref().unwrap_or("no file"));
+        if active {
+            ui.label(egui::RichText::new("active").color(ACCENT).small());
+        }
     });
     ui.horizontal(|ui| {
         ui.add_space(36.0);
@@ -417,7 +451,7 @@ fn slot_ui(
     if let Some(error) = &info.error {
         ui.horizontal(|ui| {
             ui.add_space(36.0);
-            ui.colored_label(egui::Color32::from_rgb(230, 90, 80), error);
+            ui.add(egui::Label::new(egui::RichText::new(error).color(ERROR)).wrap());
         });
     }
 }

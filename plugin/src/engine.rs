@@ -247,6 +247,12 @@ fn build_audio(
     }
 }
 
+/// What the voice engine expects an index to hold, for the editor, e.g.
+/// "knnblend-logmel-v1 (40 bands, 50–7600 Hz, 40 ms frames, 10 ms hop)".
+pub fn expected_features() -> String {
+    voice::FeatureSpec::default().describe()
+}
+
 /// Creates the runtime for `sample_rate` and up to `channels` channels. Indexes are checked
 /// against the voice engine's features before they are published.
 pub fn start(sample_rate: f32, channels: usize) -> (ControlHandle, AudioHandle) {

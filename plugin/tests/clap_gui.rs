@@ -1,0 +1,417 @@
+//! The editor in a real X11 window through the CLAP gui extension: embedded in a host window,
+//! opened and closed repeatedly while audio is processed, its window really appearing as a child
+//! of the host's.
+//!
+//! Needs `target/bundled/knnblend.clap` and an X server: `DISPLAY`, or `Xvfb` on the path (the
+//! test starts one). Without either it prints why and passes.
+
+use std::cell::Cell;
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clack_extensions::gui::{
+    GuiApiType, GuiConfiguration, HostGui, HostGuiImpl, PluginGui, Window,
+};
+use clack_host::prelude::*;
+use x11_dl::xlib;
+
+const PLUGIN_ID: &CStr = c"org.knnblend.knn-blend";
+
+#[derive(Default)]
+struct Shared {
+    callback_requested: AtomicBool,
+    gui: OnceLock<Option<PluginGui>>,
+    state: OnceLock<Option<clack_extensions::state::PluginState>>,
+}
+
+impl<'a> SharedHandler<'a> for Shared {
+    fn initializing(&self, instance: InitializingPluginHandle<'a>) {
+        let _ = self.gui.set(instance.get_extension());
+        let _ = self.state.set(instance.get_extension());
+    }
+    fn request_restart(&self) {}
+    fn request_process(&self) {}
+    fn request_callback(&self) {
+        self.callback_requested.store(true, Ordering::SeqCst);
+    }
+}
+
+impl HostGuiImpl for Shared {
+    fn resize_hints_changed(&self) {}
+    fn request_resize(&self, _new_size: clack_extensions::gui::GuiSize) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn request_show(&self) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn request_hide(&self) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn closed(&self, _was_destroyed: bool) {}
+}
+
+struct MainThread {
+    _unused: Cell<()>,
+}
+
+impl<'a> MainThreadHandler<'a> for MainThread {}
+
+impl clack_extensions::state::HostStateImpl for MainThread {
+    fn mark_dirty(&self) {}
+}
+
+struct GuiHost;
+
+impl HostHandlers for GuiHost {
+    type Shared<'a> = Shared;
+    type MainThread<'a> = MainThread;
+    type AudioProcessor<'a> = ();
+
+    fn declare_extensions(builder: &mut HostExtensions<Self>, _shared: &Self::Shared<'_>) {
+        builder
+            .register::<HostGui>()
+            .register::<clack_extensions::state::HostState>();
+    }
+}
+
+fn bundle_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("KNNBLEND_CLAP_BUNDLE") {
+        return Some(PathBuf::from(path));
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bundled/knnblend.clap");
+    path.exists().then_some(path)
+}
+
+/// An X server for the test: the existing `DISPLAY`, or a private Xvfb.
+struct XServer {
+    child: Option<Child>,
+}
+
+impl XServer {
+    fn start() -> Option<XServer> {
+        if std::env::var_os("DISPLAY").is_some() {
+            return Some(XServer { child: None });
+        }
+        // Xvfb picks a free display and writes its number to stdout once it accepts clients.
+        let mut child = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x1024x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        let stdout = child.stdout.take()?;
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).ok()?;
+        let number: u32 = line.trim().parse().ok()?;
+        // This test binary holds only this test, so no other thread reads the environment.
+        std::env::set_var("DISPLAY", format!(":{number}"));
+        Some(XServer { child: Some(child) })
+    }
+}
+
+impl Drop for XServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            // SIGTERM lets Xvfb remove its lock file and socket.
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The host's window, which the editor embeds itself into.
+struct HostWindow {
+    xlib: xlib::Xlib,
+    display: *mut xlib::Display,
+    window: xlib::Window,
+}
+
+impl HostWindow {
+    fn open() -> Option<HostWindow> {
+        let xlib = xlib::Xlib::open().ok()?;
+        // SAFETY: plain Xlib calls on a display this struct owns.
+        unsafe {
+            let display = (xlib.XOpenDisplay)(std::ptr::null());
+            if display.is_null() {
+                return None;
+            }
+            let screen = (xlib.XDefaultScreen)(display);
+            let root = (xlib.XRootWindow)(display, screen);
+            let window = (xlib.XCreateSimpleWindow)(display, root, 0, 0, 900, 800, 0, 0, 0);
+            (xlib.XMapWindow)(display, window);
+            (xlib.XSync)(display, 0);
+            Some(HostWindow {
+                xlib,
+                display,
+                window,
+            })
+        }
+    }
+
+    fn children(&self) -> u32 {
+        // SAFETY: querying our own window; the returned list is freed with XFree.
+        unsafe {
+            (self.xlib.XSync)(self.display, 0);
+            let (mut root, mut parent) = (0, 0);
+            let mut children: *mut xlib::Window = std::ptr::null_mut();
+            let mut count = 0u32;
+            (self.xlib.XQueryTree)(
+                self.display,
+                self.window,
+                &mut root,
+                &mut parent,
+                &mut children,
+                &mut count,
+            );
+            if !children.is_null() {
+                (self.xlib.XFree)(children.cast());
+            }
+            count
+        }
+    }
+}
+
+impl HostWindow {
+    /// Fraction of pixels in the top-left `w`×`h` of the host window that are not black (the
+    /// host window's own background): how much of it the editor painted.
+    fn painted_fraction(&self, w: u32, h: u32) -> f64 {
+        // SAFETY: reading our own window's pixels; the image is destroyed with XDestroyImage.
+        unsafe {
+            (self.xlib.XSync)(self.display, 0);
+            let image =
+                (self.xlib.XGetImage)(self.display, self.window, 0, 0, w, h, !0, xlib::ZPixmap);
+            if image.is_null() {
+                return 0.0;
+            }
+            let get_pixel = (*image).funcs.get_pixel.expect("XGetPixel");
+            if let Some(path) = std::env::var_os("KNNBLEND_GUI_SNAPSHOT") {
+                // A binary PPM of the host window, for looking at the editor.
+                let mut ppm = format!("P6 {w} {h} 255\n").into_bytes();
+                for y in 0..h as i32 {
+                    for x in 0..w as i32 {
+                        let p = get_pixel(image, x, y);
+                        ppm.extend_from_slice(&[(p >> 16) as u8, (p >> 8) as u8, p as u8]);
+                    }
+                }
+                let _ = std::fs::write(path, ppm);
+            }
+            let mut painted = 0u64;
+            for y in (0..h as i32).step_by(4) {
+                for x in (0..w as i32).step_by(4) {
+                    if get_pixel(image, x, y) & 0x00ff_ffff != 0 {
+                        painted += 1;
+                    }
+                }
+            }
+            let destroy = (*image).funcs.destroy_image.expect("XDestroyImage");
+            destroy(image);
+            painted as f64 / (((w as u64).div_ceil(4)) * ((h as u64).div_ceil(4))) as f64
+        }
+    }
+}
+
+impl Drop for HostWindow {
+    fn drop(&mut self) {
+        // SAFETY: our own window and display.
+        unsafe {
+            (self.xlib.XDestroyWindow)(self.display, self.window);
+            (self.xlib.XCloseDisplay)(self.display);
+        }
+    }
+}
+
+fn pump(instance: &mut PluginInstance<GuiHost>, for_how_long: Duration) {
+    let end = Instant::now() + for_how_long;
+    while Instant::now() < end {
+        if instance.access_shared_handler(|s| s.callback_requested.swap(false, Ordering::SeqCst)) {
+            instance.call_on_main_thread_callback();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn process_some(
+    processor: StoppedPluginAudioProcessor<GuiHost>,
+    blocks: usize,
+) -> StoppedPluginAudioProcessor<GuiHost> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let mut processor = processor.start_processing().expect("start processing");
+                let mut in_ports = AudioPorts::with_capacity(2, 1);
+                let mut out_ports = AudioPorts::with_capacity(2, 1);
+                let mut input = vec![vec![0.0f32; 256]; 2];
+                let mut output = vec![vec![0.0f32; 256]; 2];
+                for block in 0..blocks {
+                    for (i, s) in input[0].iter_mut().enumerate() {
+                        *s = ((block * 256 + i) as f32 * 0.05).sin() * 0.3;
+                    }
+                    let inputs = in_ports.with_input_buffers([AudioPortBuffer {
+                        latency: 0,
+                        channels: AudioPortBufferType::f32_input_only(
+                            input.iter_mut().map(|b| InputChannel::variable(b)),
+                        ),
+                    }]);
+                    let mut outputs = out_ports.with_output_buffers([AudioPortBuffer {
+                        latency: 0,
+                        channels: AudioPortBufferType::f32_output_only(
+                            output.iter_mut().map(|b| b.as_mut_slice()),
+                        ),
+                    }]);
+                    processor
+                        .process(
+                            &inputs,
+                            &mut outputs,
+                            &InputEvents::empty(),
+                            &mut OutputEvents::void(),
+                            None,
+                            None,
+                        )
+                        .expect("process");
+                    assert!(output.iter().flatten().all(|x| x.is_finite()));
+                }
+                processor.stop_processing()
+            })
+            .join()
+            .expect("audio thread")
+    })
+}
+
+#[test]
+fn editor_opens_and_closes_repeatedly_in_a_host_window() {
+    let Some(bundle) = bundle_path() else {
+        println!("skipped: target/bundled/knnblend.clap does not exist (run `cargo xtask test`)");
+        return;
+    };
+    let Some(_server) = XServer::start() else {
+        println!("skipped: no DISPLAY and no Xvfb to start (install the xvfb package)");
+        return;
+    };
+    let Some(host_window) = HostWindow::open() else {
+        println!("skipped: cannot open the X display");
+        return;
+    };
+
+    // SAFETY: loading the bundle under test.
+    let entry = unsafe { PluginEntry::load(&bundle) }.expect("load the CLAP bundle");
+    let host_info = HostInfo::new(
+        "knnblend gui test host",
+        "knnblend",
+        "https://crates.io",
+        "0.1.0",
+    )
+    .unwrap();
+    let mut instance = PluginInstance::<GuiHost>::new(
+        |_| Shared::default(),
+        |_| MainThread {
+            _unused: Cell::new(()),
+        },
+        &entry,
+        PLUGIN_ID,
+        &host_info,
+    )
+    .expect("instantiate");
+    let gui = instance
+        .access_shared_handler(|s| *s.gui.get().unwrap())
+        .expect("the plugin has an editor");
+    let mut processor = Some(
+        instance
+            .activate(
+                |_, _| (),
+                PluginAudioConfiguration {
+                    sample_rate: 48_000.0,
+                    min_frames_count: 1,
+                    max_frames_count: 1024,
+                },
+            )
+            .expect("activate"),
+    );
+
+    assert!(gui.is_api_supported(
+        &mut instance.plugin_handle(),
+        GuiConfiguration {
+            api_type: GuiApiType::X11,
+            is_floating: false
+        }
+    ));
+    // Something to show: one slot with a missing file, one with a file that is not an index.
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("not-an-index.kbi");
+    std::fs::write(&garbage, b"garbage").unwrap();
+    let state = instance
+        .access_shared_handler(|s| *s.state.get().unwrap())
+        .expect("state extension");
+    let mut saved = Vec::new();
+    state
+        .save(&mut instance.plugin_handle(), &mut saved)
+        .unwrap();
+    let len = u64::from_le_bytes(saved[..8].try_into().unwrap()) as usize;
+    let mut json: serde_json::Value = serde_json::from_slice(&saved[8..8 + len]).unwrap();
+    json["fields"]["slots"] = serde_json::Value::String(
+        serde_json::json!({"version": 1, "slots": [null, "/no/such/voice.kbi", garbage]})
+            .to_string(),
+    );
+    let bytes = serde_json::to_vec(&json).unwrap();
+    let mut blob = (bytes.len() as u64).to_le_bytes().to_vec();
+    blob.extend_from_slice(&bytes);
+    state
+        .load(
+            &mut instance.plugin_handle(),
+            &mut std::io::Cursor::new(blob),
+        )
+        .expect("load state");
+
+    for round in 0..5 {
+        let config = GuiConfiguration {
+            api_type: GuiApiType::X11,
+            is_floating: false,
+        };
+        gui.create(&mut instance.plugin_handle(), config)
+            .expect("create the editor");
+        let size = gui
+            .get_size(&mut instance.plugin_handle())
+            .expect("editor size");
+        assert!(size.width >= 400 && size.height >= 300, "{size:?}");
+        // SAFETY: the host window outlives the editor (destroyed below, before the window).
+        unsafe {
+            gui.set_parent(
+                &mut instance.plugin_handle(),
+                Window::from_x11_handle(host_window.window),
+            )
+        }
+        .expect("embed the editor");
+        gui.show(&mut instance.plugin_handle()).expect("show");
+        // Audio keeps running while the editor is open.
+        processor = Some(process_some(processor.take().unwrap(), 200));
+        pump(&mut instance, Duration::from_millis(300));
+        assert!(
+            host_window.children() >= 1,
+            "round {round}: the editor window did not appear in the host window"
+        );
+        let painted = host_window.painted_fraction(size.width.min(900), size.height.min(800));
+        println!(
+            "round {round}: editor painted {:.0} % of its area",
+            painted * 100.0
+        );
+        gui.hide(&mut instance.plugin_handle()).expect("hide");
+        gui.destroy(&mut instance.plugin_handle());
+        pump(&mut instance, Duration::from_millis(100));
+        processor = Some(process_some(processor.take().unwrap(), 50));
+    }
+    instance.deactivate(processor.take().unwrap());
+    drop(instance);
+    println!("editor opened and closed 5 times in a host window");
+}
