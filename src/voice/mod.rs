@@ -11,20 +11,31 @@
 //! - [`retriever`]: the per-frame retrieval the engine calls ([`Retriever`]).
 //! - [`extract`]: offline feature extraction (index building).
 //! - [`synth`]: a small formant synthesiser for tests and demos.
+//! - [`build`] (feature `faiss`): `knnblend build` ([`build_from_audio`], [`build_from_npy`]);
+//!   [`npy`]: RVC feature folders; [`shuffle`]: RVC's shuffle, reproducibly.
 //! - [`render`]: `knnblend render` ([`render_file`]); [`audio_file`]: decoding and WAV output.
 
 pub mod audio_file;
+#[cfg(feature = "faiss")]
+pub mod build;
 pub mod engine;
 pub mod extract;
 pub mod features;
 mod flat;
+pub mod npy;
 pub mod offline;
 mod ramp;
 pub mod render;
 pub mod retriever;
+pub mod shuffle;
 pub mod synth;
 
 pub use audio_file::{read_audio, write_wav_f32, Audio, AudioError};
+#[cfg(feature = "faiss")]
+pub use build::{
+    build_from_audio, build_from_npy, AlphaExpand, BuildError, BuildOptions, BuildStage,
+    BuildSummary,
+};
 pub use engine::{BlockParams, VoiceEngine, VoiceSettings, VoiceStats, INPUT_LIMIT};
 pub use extract::{downmix, Extracted, Extractor, SilenceRule};
 pub use features::{BandLayout, FeatureSpec, Framing, FEATURE_KIND};
