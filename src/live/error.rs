@@ -46,6 +46,12 @@ pub enum LoadError {
         /// The file.
         path: PathBuf,
     },
+    /// Another program has the file open for writing (or started writing it during the load).
+    #[error("{} is being written by another program; load it again once it is complete", .path.display())]
+    Busy {
+        /// The file.
+        path: PathBuf,
+    },
     /// The vectors are wider than this instance's scratch space.
     #[error("{} holds vectors of dimension {dim}, more than the {max_dim} this instance was set up for", .path.display())]
     TooWide {

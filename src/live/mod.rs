@@ -79,10 +79,16 @@
 //!   name a new inode; the mapping keeps the old one, which stays intact (even if deleted)
 //!   until it is unmapped, so a file replaced or deleted while serving keeps serving its old
 //!   contents, and loading the path again picks up the new file.
+//! - while loading, the loader holds a read lease on the file (Linux, `F_SETLEASE`): a file
+//!   another program has open for writing is refused ([`LoadError::Busy`]), and another
+//!   program's `open` for writing or `truncate` waits until the load has finished reading, so
+//!   the loader's own reads can never hit a truncated page; if a writer started waiting, the load
+//!   gives way to it ([`LoadError::Busy`]). Without lease support (a file of another user without
+//!   `CAP_LEASE`, some network file systems) this protection is absent.
 //! - the loader checks the file's declared size against its real size, verifies every section
 //!   checksum, and compares the file's identity, size and modification time before and after
-//!   loading: a file another program is still writing gives [`LoadError::Changed`] or a format
-//!   error, never a half-written index.
+//!   loading: a file another program is writing gives [`LoadError::Busy`],
+//!   [`LoadError::Changed`] or a format error, never a half-written index.
 //! - faiss files are read into owned memory and are immune.
 //!
 //! Replace index files by renaming (`mv`, or write elsewhere then rename), never by copying over

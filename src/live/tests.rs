@@ -427,22 +427,55 @@ fn a_file_written_while_loading_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_file(dir.path(), "growing.kbi", 100.0);
     let (c, _a) = build(config(), false);
-    let mut calls = 0;
+    let mut writer = None;
     let e = c
         .prepare(&path, |_, _| {
-            calls += 1;
-            if calls == 2 {
-                // Another program appends while the file is being validated.
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&path)
-                    .unwrap();
-                f.write_all(&[0u8; 4096]).unwrap();
+            if writer.is_none() {
+                // Another program starts appending while the file is being loaded. With a
+                // lease held, its open waits until the load ends and the load gives way.
+                let path = path.clone();
+                writer = Some(std::thread::spawn(move || {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .unwrap();
+                    f.write_all(&[0u8; 4096]).unwrap();
+                }));
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
         })
         .unwrap_err();
-    assert!(matches!(e, LoadError::Changed { .. }), "{e}");
+    writer.unwrap().join().unwrap();
+    assert!(
+        matches!(e, LoadError::Busy { .. } | LoadError::Changed { .. }),
+        "{e}"
+    );
+    // Once the writer is done, the file is judged on its (now damaged) contents.
+    let e = c.prepare(&path, |_, _| {}).unwrap_err();
+    assert!(matches!(e, LoadError::Format { .. }), "{e}");
+}
+
+/// A file another program holds open for writing is refused while it does.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_file_open_for_writing_elsewhere_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "open.kbi", 100.0);
+    let (c, _a) = build(config(), false);
+    let w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let e = c.prepare(&path, |_, _| {}).unwrap_err();
+    assert!(matches!(e, LoadError::Busy { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("is being written by another program"),
+        "{e}"
+    );
+    drop(w);
+    assert!(c.prepare(&path, |_, _| {}).is_ok());
 }
 
 #[test]

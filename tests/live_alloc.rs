@@ -1,0 +1,181 @@
+//! The audio side of the live runtime never allocates or frees, across many swaps: pick-up,
+//! queries, blends, crossfades and slot switches run under `assert_no_alloc`'s global allocator,
+//! which aborts the process on any (de)allocation inside a guarded region. A second test shows
+//! the guard fires on a deliberate allocation (in a child process, since it aborts).
+
+#[path = "live_support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use assert_no_alloc::{assert_no_alloc, AllocDisabler};
+use knnblend::live::{live, LiveConfig, LoadOutcome};
+use support::*;
+
+#[global_allocator]
+static ALLOCATOR: AllocDisabler = AllocDisabler;
+
+const CHILD_ENV: &str = "KNNBLEND_LIVE_ALLOC_CHILD";
+
+#[test]
+fn the_audio_side_never_allocates_or_frees_across_swaps() {
+    assert!(
+        cfg!(debug_assertions),
+        "assert_no_alloc only checks in debug builds"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<_> = (1..=4)
+        .map(|i| write(dir.path(), &format!("v{i}.kbi"), 100.0 * i as f32, 2000))
+        .collect();
+    let (control, mut audio) = live(LiveConfig {
+        slots: 4,
+        max_dim: DIM,
+        crossfade_seconds: 0.02,
+        frame_period_seconds: 0.005,
+        validator: None,
+    });
+    let control = Arc::new(control);
+    let active = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let audio_thread = {
+        let (active, stop) = (active.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let queries = queries(64, 3);
+            let mut out = vec![0f32; DIM];
+            let mut seen = Vec::with_capacity(4096); // serving ids, recorded without allocating
+            let mut blocks = 0u64;
+            let mut fading_blocks = 0u64;
+            while !stop.load(Relaxed) {
+                assert_no_alloc(|| {
+                    let slot = active.load(Relaxed);
+                    // Alternate instant and crossfaded switches.
+                    let fade = if blocks % 2 == 0 { 0.0 } else { -1.0 };
+                    audio.begin_block(slot, fade);
+                    if audio.is_fading() {
+                        fading_blocks += 1;
+                    }
+                    for q in queries.chunks_exact(DIM).take(16) {
+                        audio.blend(q, 8, 0.9, &mut out);
+                    }
+                    let id = audio.serving_id().unwrap_or(0);
+                    if seen.last() != Some(&id) && seen.len() < seen.capacity() {
+                        seen.push(id);
+                    }
+                    audio.end_block();
+                });
+                blocks += 1;
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            (audio, seen, blocks, fading_blocks)
+        })
+    };
+
+    // The control side swaps among the four files: background loads, prepare + publish, unloads
+    // and slot switches.
+    let mut rng = Rng(42);
+    let mut tickets = Vec::new();
+    for i in 0..400 {
+        let slot = rng.below(4);
+        match i % 5 {
+            0 | 1 => tickets.push(control.load(slot, &files[rng.below(4)])),
+            2 => {
+                let p = control.prepare(&files[rng.below(4)], |_, _| {}).unwrap();
+                control.publish(slot, p).unwrap();
+            }
+            3 => active.store(slot, Relaxed),
+            _ => {
+                if rng.below(4) == 0 {
+                    control.unload(slot).unwrap();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_micros(700));
+    }
+    for t in &tickets {
+        assert!(!matches!(t.wait(), LoadOutcome::Failed(_)));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Relaxed);
+    let (audio, seen, blocks, fading_blocks) = audio_thread.join().expect("audio thread");
+    println!(
+        "{blocks} guarded blocks, {fading_blocks} of them crossfading, {} changes of the serving index",
+        seen.len()
+    );
+    assert!(
+        blocks > 200,
+        "the audio thread ran too few blocks to prove anything"
+    );
+    assert!(fading_blocks > 0, "no crossfade was exercised");
+    assert!(
+        seen.len() > 20,
+        "too few swaps were picked up: {}",
+        seen.len()
+    );
+    drop(audio);
+    control.collect();
+    assert_eq!(control.indexes_alive(), 0);
+}
+
+/// Runs in a child process: the audio path under the guard, then a deliberate allocation,
+/// which must abort the process.
+#[test]
+#[ignore = "run by the_guard_fires_on_a_deliberate_allocation in a child process"]
+fn deliberate_allocation_child() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    let (control, mut audio) = live(LiveConfig {
+        max_dim: DIM,
+        ..LiveConfig::default()
+    });
+    let p = control.prepare_index(
+        knnblend::index::IvfIndex::from_parts(&parts(5.0, 500, 8)).unwrap(),
+        "x",
+    );
+    control.publish(0, p.unwrap()).unwrap();
+    let q = queries(1, 1);
+    let mut out = vec![0f32; DIM];
+    assert_no_alloc(|| {
+        audio.begin_block(0, 0.0);
+        audio.blend(&q, 8, 1.0, &mut out);
+        audio.end_block();
+    });
+    eprintln!("guarded audio path passed; now allocating on purpose");
+    let v = assert_no_alloc(|| std::hint::black_box(vec![1u8; 64]));
+    eprintln!("NOT CAUGHT: allocated {} bytes inside the guard", v.len());
+}
+
+#[test]
+fn the_guard_fires_on_a_deliberate_allocation() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "deliberate_allocation_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("guarded audio path passed"),
+        "the child did not reach the deliberate allocation:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("NOT CAUGHT"),
+        "the allocation guard did not fire:\n{stderr}"
+    );
+    assert!(
+        !out.status.success(),
+        "the child should have been aborted:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("memory allocation of 64 bytes failed"),
+        "{stderr}"
+    );
+}

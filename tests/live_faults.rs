@@ -1,0 +1,152 @@
+//! No page faults on the audio thread: right after a freshly written and loaded index is
+//! published, ≥ 10 000 queries against it (including the crossfade onto it) cause zero minor and
+//! zero major faults on the audio thread (`getrusage(RUSAGE_THREAD)`). A control experiment
+//! shows the measurement does see faults when an index is mapped without prefaulting.
+
+#[path = "live_support/mod.rs"]
+mod support;
+
+use std::sync::mpsc;
+
+use knnblend::live::{live, LiveConfig, LoadOutcome};
+use support::*;
+
+const QUERIES: usize = 10_240;
+const PER_BLOCK: usize = 64;
+
+#[test]
+fn queries_right_after_publishing_a_fresh_index_do_not_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let warm = write(dir.path(), "warm.kbi", 100.0, 4000);
+    let (control, mut audio) = live(LiveConfig {
+        slots: 2,
+        max_dim: DIM,
+        crossfade_seconds: 0.05,
+        frame_period_seconds: 0.01,
+        validator: None,
+    });
+    assert!(matches!(
+        control.load(0, &warm).wait(),
+        LoadOutcome::Published(_)
+    ));
+
+    let (to_control, from_audio) = mpsc::channel::<()>();
+    let (to_audio, from_control) = mpsc::channel::<()>();
+    let audio_thread = std::thread::spawn(move || {
+        let qs = queries(QUERIES, 11);
+        let mut out = vec![0f32; DIM];
+        let mut run = |audio: &mut knnblend::live::AudioEngine, slot: usize, n: usize| {
+            for block in qs.chunks_exact(DIM * PER_BLOCK).take(n / PER_BLOCK) {
+                audio.begin_block(slot, 0.05);
+                for q in block.chunks_exact(DIM) {
+                    audio.blend(q, 8, 0.75, &mut out);
+                }
+                audio.end_block();
+            }
+        };
+        // Warm up this thread's stack, the searcher, the crossfade scratch and the code paths,
+        // against the first index (the fade from "nothing" onto it included), and getrusage
+        // itself.
+        run(&mut audio, 0, QUERIES);
+        thread_faults();
+        let warm_faults = thread_faults();
+        run(&mut audio, 0, 2 * PER_BLOCK);
+        let after_warm = thread_faults() - warm_faults;
+
+        to_control.send(()).unwrap();
+        from_control.recv().unwrap(); // the fresh index is published into slot 1
+
+        let before = thread_faults();
+        run(&mut audio, 1, QUERIES); // picks it up, crossfades onto it, queries it
+        let faults = thread_faults() - before;
+        (audio, after_warm, faults, out[1])
+    });
+
+    from_audio.recv().unwrap();
+    // A file written just now, loaded through the library's loader thread.
+    let fresh = write(dir.path(), "fresh.kbi", 200.0, 4000);
+    let LoadOutcome::Published(info) = control.load(1, &fresh).wait() else {
+        panic!("load failed")
+    };
+    println!(
+        "fresh index: {} bytes, mlocked: {}",
+        info.bytes, info.mlocked
+    );
+    to_audio.send(()).unwrap();
+
+    let (audio, after_warm, faults, _) = audio_thread.join().unwrap();
+    let t = control.telemetry();
+    println!(
+        "audio thread page faults over {QUERIES} queries after publishing: {faults} (steady state before: {after_warm}); \
+         max query {} ns",
+        t.max_query_ns
+    );
+    assert_eq!(
+        t.slots[1].queries, QUERIES as u64,
+        "the queries ran against slot 1"
+    );
+    assert_eq!(
+        t.serving.as_ref().map(|r| r.name.as_str()),
+        Some("fresh.kbi")
+    );
+    assert_eq!(
+        faults, 0,
+        "the audio thread page-faulted after a publication"
+    );
+    drop(audio);
+}
+
+/// The measurement is not blind: the same experiment, but the published index's vector pages
+/// are dropped from this process's page tables first (`munlock` + `madvise(MADV_DONTNEED)`, as
+/// if evicted), does fault on the audio thread.
+#[test]
+fn the_fault_counter_sees_faults_when_an_index_is_not_resident() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "cold.kbi", 300.0, 4000);
+    let (control, mut audio) = live(LiveConfig {
+        slots: 1,
+        max_dim: DIM,
+        ..LiveConfig::default()
+    });
+    let prepared = control.prepare(&path, |_, _| {}).unwrap();
+    let vectors = prepared.index().vectors();
+    let (ptr, len) = (
+        vectors.as_ptr() as *mut libc::c_void,
+        std::mem::size_of_val(vectors),
+    );
+    assert_eq!(
+        ptr as usize % 4096,
+        0,
+        "the vectors section is page-aligned"
+    );
+    // SAFETY: the range is a page-aligned part of the index's read-only file mapping; dropping
+    // its page-table entries only makes the next reads fault the pages back in.
+    unsafe {
+        libc::munlock(ptr, len);
+        assert_eq!(libc::madvise(ptr, len, libc::MADV_DONTNEED), 0);
+    }
+    control.publish(0, prepared).unwrap();
+    let faults = std::thread::spawn(move || {
+        let qs = queries(QUERIES, 11);
+        let mut out = vec![0f32; DIM];
+        thread_faults();
+        let before = thread_faults();
+        for block in qs.chunks_exact(DIM * PER_BLOCK) {
+            audio.begin_block(0, 0.0);
+            for q in block.chunks_exact(DIM) {
+                audio.blend(q, 8, 0.75, &mut out);
+            }
+            audio.end_block();
+        }
+        let faults = thread_faults() - before;
+        drop(audio);
+        faults
+    })
+    .join()
+    .unwrap();
+    println!("faults querying a non-resident index: {faults}");
+    assert!(
+        faults > 0,
+        "reading pages dropped from the page tables must fault"
+    );
+}
