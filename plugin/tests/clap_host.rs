@@ -197,6 +197,22 @@ impl Instance {
         String::from_utf8_lossy(&text[..end]).into_owned()
     }
 
+    /// The CLAP value of `text` for a parameter, parsed by the plugin (CLAP values are the
+    /// plugin's own representation, e.g. normalised or a step index).
+    fn parse(&mut self, name: &str, text: &str) -> f64 {
+        let id = self.id(name);
+        let ext = self.params_ext();
+        let text = std::ffi::CString::new(text).unwrap();
+        ext.text_to_value(&mut self.instance.plugin_handle(), id, &text)
+            .unwrap_or_else(|| panic!("{name}: cannot parse {text:?}"))
+    }
+
+    /// The current value of a parameter as the plugin displays it.
+    fn shown(&mut self, name: &str) -> String {
+        let value = self.value(name);
+        self.text(name, value)
+    }
+
     fn latency(&mut self) -> u32 {
         let ext = self
             .instance
@@ -420,9 +436,14 @@ fn clap_bundle_in_a_real_host() {
     ] {
         assert!(names.contains(&expected), "missing {expected} in {names:?}");
     }
-    assert_eq!(a.text("Blend", 0.75), "75%");
-    assert_eq!(a.text("Output Gain", -6.0), "-6.0 dB");
-    assert_eq!(a.text("Voice", 3.0), "Slot 3");
+    assert_eq!(a.shown("Blend"), "75%");
+    assert_eq!(a.shown("Output Gain"), "0.0 dB");
+    assert_eq!(a.shown("Voice"), "Slot 1");
+    assert_eq!(a.shown("Crossfade"), "50 ms");
+    let v = a.parse("Voice", "Slot 3");
+    assert_eq!(a.text("Voice", v), "Slot 3");
+    let v = a.parse("Output Gain", "-6.0");
+    assert_eq!(a.text("Output Gain", v), "-6.0 dB");
 
     // A state naming the voice in slot 1, as a project would restore it.
     let mut state = decode_state(&a.save());
@@ -435,37 +456,33 @@ fn clap_bundle_in_a_real_host() {
     let latency_48 = a.latency() as usize;
     assert!(latency_48 > 0, "the voice path has latency");
     let input = common::test_signal(48_000.0, 2.0, 2);
-    let out = a.process(
-        &input,
-        &[1, 17, 256, 4096, 333, 64],
-        &[
-            (1000, "Blend", 0.25),
-            (20_000, "Neighbours", 3.0),
-            (30_000, "Output Gain", -6.0),
-            (40_000, "Dry/Wet", 0.5),
-            (50_000, "Crossfade", 120.0),
-            (60_000, "Voice", 2.0),
-            (70_000, "Voice", 1.0),
-        ],
-    );
+    let changes: Vec<(usize, &str, f64)> = vec![
+        (1000, "Blend", a.parse("Blend", "25%")),
+        (20_000, "Neighbours", a.parse("Neighbours", "3")),
+        (30_000, "Output Gain", a.parse("Output Gain", "-6.0")),
+        (40_000, "Dry/Wet", a.parse("Dry/Wet", "50%")),
+        (50_000, "Crossfade", a.parse("Crossfade", "120")),
+        (60_000, "Voice", a.parse("Voice", "Slot 2")),
+        (70_000, "Voice", a.parse("Voice", "Slot 1")),
+    ];
+    let out = a.process(&input, &[1, 17, 256, 4096, 333, 64], &changes);
     assert!(out.iter().flatten().all(|x| x.is_finite()));
-    assert!((a.value("Blend") - 0.25).abs() < 1e-6);
-    assert_eq!(a.value("Neighbours"), 3.0);
-    assert!((a.value("Output Gain") + 6.0).abs() < 1e-4);
-    assert!((a.value("Dry/Wet") - 0.5).abs() < 1e-6);
+    assert_eq!(a.shown("Blend"), "25%");
+    assert_eq!(a.shown("Neighbours"), "3");
+    assert_eq!(a.shown("Output Gain"), "-6.0 dB");
+    assert_eq!(a.shown("Dry/Wet"), "50%");
+    assert_eq!(a.shown("Crossfade"), "120 ms");
+    assert_eq!(a.shown("Voice"), "Slot 1");
 
     // Full blend, full wet, unity gain; wait for the restored voice to serve.
     let probe = common::test_signal(48_000.0, 0.5, 2);
-    a.process(
-        &probe,
-        &[512],
-        &[
-            (0, "Blend", 1.0),
-            (0, "Dry/Wet", 1.0),
-            (0, "Output Gain", 0.0),
-            (0, "Neighbours", 8.0),
-        ],
-    );
+    let full = vec![
+        (0, "Blend", a.parse("Blend", "100%")),
+        (0, "Dry/Wet", a.parse("Dry/Wet", "100%")),
+        (0, "Output Gain", a.parse("Output Gain", "0")),
+        (0, "Neighbours", a.parse("Neighbours", "8")),
+    ];
+    a.process(&probe, &[512], &full);
     let db = wait_until_converting(&mut a, &probe, latency_48);
     println!("voice serving: residual against the input {db:.1} dBFS");
 
@@ -520,8 +537,9 @@ fn clap_bundle_in_a_real_host() {
         let _ = b.load(case);
         let out = b.process(&input_96, &[256, 1], &[]);
         assert!(out.iter().flatten().all(|x| x.is_finite()));
-        let blend = b.value("Blend");
-        assert!((0.0..=1.0).contains(&blend), "blend {blend}");
+        let blend = b.shown("Blend");
+        let percent: f64 = blend.trim_end_matches('%').parse().unwrap();
+        assert!((0.0..=100.0).contains(&percent), "blend {blend}");
     }
 
     b.deactivate();

@@ -18,17 +18,18 @@ pub fn make_voice(dir: &std::path::Path, name: &str, high: bool) -> std::path::P
     let audio = synth::synth_voice(&params, sample_rate, seconds);
     let extracted = Extractor::new(&spec, sample_rate).extract(&audio, &SilenceRule::default());
     assert!(extracted.frames > 10, "synthetic voice gave no frames");
-    let metadata = spec.metadata(
+    // As `knnblend build --audio` composes them (without its faiss training step: one exact
+    // list is enough for a few hundred frames).
+    let (rows, mean) = spec.speaker_rows(&extracted.rows);
+    let mut metadata = spec.metadata(
         vec![name.to_string()],
         extracted.frames as u64,
         seconds as f64,
     );
-    let parts = voice::flat_parts(
-        &extracted.rows,
-        spec.dim(),
-        knnblend::format::Metric::L2,
-        metadata,
-    );
+    metadata
+        .extra
+        .insert("speaker_mean".into(), serde_json::json!(mean));
+    let parts = voice::flat_parts(&rows, spec.dim(), knnblend::format::Metric::L2, metadata);
     let path = dir.join(name);
     knnblend::format::write_kbi(&path, &parts).expect("write test voice");
     path
