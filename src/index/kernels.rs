@@ -5,9 +5,10 @@
 //!
 //! Besides the one-pair kernels ([`l2sq`](Kernels::l2sq), [`dot`](Kernels::dot)) there are
 //! "many rows" kernels that keep one query in registers while streaming several stored rows
-//! (contiguous lists and centroid tables), and kernels over the half-precision centroid table
-//! the searcher screens lists with (see `coarse.rs`): one query against many rows, and a tile
-//! of several queries against several rows, so a block of queries shares one pass over memory.
+//! (contiguous lists and centroid tables), and integer kernels over the 8-bit centroid table the
+//! searcher screens lists with (see `coarse.rs`): an `i16` query against many `i8` rows, and a
+//! tile of several queries against several rows, so a block of queries shares one pass over
+//! memory. Integer sums are exact, and every kernel set quantises queries the same way.
 
 /// The distance kernels one searcher uses.
 #[derive(Clone, Copy)]
@@ -20,11 +21,15 @@ pub struct Kernels {
     pub l2sq_rows: fn(q: &[f32], rows: &[f32], out: &mut [f32]),
     /// `out[i] = q · rows[i]` for the `out.len()` rows of `q.len()` floats in `rows`.
     pub dot_rows: fn(q: &[f32], rows: &[f32], out: &mut [f32]),
-    /// `out[i] = q · rows[i]` where `rows` holds `out.len()` rows of `q.len()` IEEE half floats.
-    pub dot_f16_rows: fn(q: &[f32], rows: &[u16], out: &mut [f32]),
-    /// Tile of dot products: `queries` holds `m` rows of `dim` floats, `rows` holds `r` rows of
-    /// `dim` halves, `out` (`m × r`) receives `out[qi * r + ri] = queries[qi] · rows[ri]`.
-    pub dot_f16_tile: fn(queries: &[f32], dim: usize, rows: &[u16], out: &mut [f32]),
+    /// Exact integer `out[i] = q · rows[i]` for the `out.len()` rows of `q.len()` bytes in `rows`.
+    /// `q.len()` must not exceed [`I8_MAX_DIM`] (the sums then cannot overflow).
+    pub dot_i8_rows: fn(q: &[i16], rows: &[i8], out: &mut [i32]),
+    /// Quantises a finite query to `i16` (`q ≈ t·out`, largest magnitude [`I16_QUERY_MAX`],
+    /// ties to even); returns `(t, e)` with `e ≥ ‖q − t·out‖` (a rigorous upper bound).
+    pub quantise: fn(q: &[f32], out: &mut [i16]) -> (f32, f32),
+    /// Tile of exact integer dot products: `queries` holds `m` rows of `dim` (≤ [`I8_MAX_DIM`]),
+    /// `rows` holds `r` rows of `dim`, `out` (`m × r`) receives `out[qi * r + ri] = queries[qi] · rows[ri]`.
+    pub dot_i8_tile: fn(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]),
     /// Name of the instruction set in use (`avx2+fma` or `scalar`).
     pub name: &'static str,
 }
@@ -42,15 +47,15 @@ impl Kernels {
         {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
             {
                 return Kernels {
                     l2sq: avx2::l2sq,
                     dot: avx2::dot,
                     l2sq_rows: avx2::l2sq_rows,
                     dot_rows: avx2::dot_rows,
-                    dot_f16_rows: avx2::dot_f16_rows,
-                    dot_f16_tile: avx2::dot_f16_tile,
+                    dot_i8_rows: avx2::dot_i8_rows,
+                    quantise: avx2::quantise,
+                    dot_i8_tile: avx2::dot_i8_tile,
                     name: "avx2+fma",
                 };
             }
@@ -65,11 +70,54 @@ impl Kernels {
             dot: scalar::dot,
             l2sq_rows: scalar::l2sq_rows,
             dot_rows: scalar::dot_rows,
-            dot_f16_rows: scalar::dot_f16_rows,
-            dot_f16_tile: scalar::dot_f16_tile,
+            dot_i8_rows: scalar::dot_i8_rows,
+            quantise: scalar::quantise,
+            dot_i8_tile: scalar::dot_i8_tile,
             name: "scalar",
         }
     }
+}
+
+/// Asks the CPU to start loading `bytes` bytes at `p` into cache (no effect elsewhere than
+/// x86-64; never faults, whatever the address).
+#[inline]
+pub fn prefetch(p: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: prefetch is a hint; it never faults, even for invalid addresses.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast()) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
+}
+
+/// The query scale for largest magnitude `max`: `(t, 1/t)`. Magnitudes so small that `1/t`
+/// would leave the normal range get an infinite `t` (the caller's bound then makes the
+/// searcher scan exactly).
+#[inline]
+fn query_scale(max: f32) -> (f32, f32) {
+    if max == 0.0 {
+        (1.0, 1.0)
+    } else if max >= f32::powi(2.0, -100) && max.is_finite() {
+        let t = max / I16_QUERY_MAX as f32;
+        (t, 1.0 / t)
+    } else {
+        (f32::INFINITY, 0.0)
+    }
+}
+
+/// A rigorous bound on ‖q − t·q̂‖ from the residuals `e = x − b` computed in units of `t`
+/// (`x = v·(1/t)` rounded, `b` its rounded integer; `x − b` is exact). `x` is within
+/// `|v/t|·2⁻²³ ≤ 2⁻⁹` of `v/t`, so each true residual is within 2⁻⁹ units of `e`; the f32 sum
+/// of squares is within far less than 10⁻⁴ relative.
+#[inline]
+fn residual_bound(err2_units: f32, t: f32, d: usize) -> f32 {
+    t * ((err2_units * (1.0 + 1e-4)).sqrt() + (d as f32).sqrt() * f32::powi(2.0, -9)) * (1.0 + 1e-6)
 }
 
 /// Checks the shapes shared by every "many rows" kernel: `rows` holds exactly `n` rows of `d`.
@@ -82,61 +130,13 @@ fn check_rows(d: usize, rows: usize, n: usize) {
     );
 }
 
-/// IEEE 754 half (binary16) bits to f32 (exact: every half is an f32).
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h & 0x8000) as u32) << 16;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let man = (h & 0x3ff) as u32;
-    let bits = match exp {
-        0 => {
-            // Zero or subnormal: man × 2⁻²⁴, exact in f32.
-            let v = man as f32 * f32::from_bits(0x3380_0000); // 2^-24
-            return if sign != 0 { -v } else { v };
-        }
-        31 => sign | 0x7f80_0000 | (man << 13),
-        _ => sign | ((exp + 112) << 23) | (man << 13),
-    };
-    f32::from_bits(bits)
-}
-
-/// f32 to IEEE 754 half bits, rounding to nearest even; overflow gives ±infinity.
-pub fn f32_to_f16(x: f32) -> u16 {
-    let b = x.to_bits();
-    let sign = ((b >> 16) & 0x8000) as u16;
-    let exp = ((b >> 23) & 0xff) as i32;
-    let man = b & 0x7f_ffff;
-    if exp == 0xff {
-        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 112; // rebias 127 → 15
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        // Subnormal half (or zero): value = m × 2^(exp − 150), half unit 2⁻²⁴.
-        if e < -10 {
-            return sign;
-        }
-        let m = man | 0x80_0000;
-        let shift = (14 - e) as u32;
-        let mut h = m >> shift;
-        let rem = m & ((1 << shift) - 1);
-        let half = 1 << (shift - 1);
-        if rem > half || (rem == half && h & 1 == 1) {
-            h += 1;
-        }
-        return sign | h as u16;
-    }
-    let mut h = ((e as u32) << 10) | (man >> 13);
-    let rem = man & 0x1fff;
-    if rem > 0x1000 || (rem == 0x1000 && h & 1 == 1) {
-        h += 1; // a carry into the exponent is the correct rounding (up to infinity)
-    }
-    sign | h as u16
-}
+/// Largest magnitude of a quantised query element.
+pub const I16_QUERY_MAX: i32 = 16_384;
+/// Largest dimension the integer kernels accept: `I8_MAX_DIM · 127 · I16_QUERY_MAX < 2³¹`.
+pub const I8_MAX_DIM: usize = 1024;
 
 mod scalar {
-    use super::{check_rows, f16_to_f32};
+    use super::{check_rows, query_scale, residual_bound, I16_QUERY_MAX, I8_MAX_DIM};
 
     const LANES: usize = 8;
 
@@ -195,35 +195,45 @@ mod scalar {
         }
     }
 
-    fn dot_f16(q: &[f32], r: &[u16]) -> f32 {
-        let mut acc = [0f32; LANES];
-        let (qc, qt) = q.split_at(q.len() / LANES * LANES);
-        let (rc, rt) = r.split_at(qc.len());
-        for (x, y) in qc.chunks_exact(LANES).zip(rc.chunks_exact(LANES)) {
-            for i in 0..LANES {
-                acc[i] += x[i] * f16_to_f32(y[i]);
-            }
-        }
-        let mut s: f32 = acc.iter().sum();
-        for (x, &y) in qt.iter().zip(rt) {
-            s += x * f16_to_f32(y);
-        }
-        s
+    fn dot_i8(q: &[i16], r: &[i8]) -> i32 {
+        q.iter().zip(r).map(|(&a, &b)| a as i32 * b as i32).sum()
     }
 
-    pub fn dot_f16_rows(q: &[f32], rows: &[u16], out: &mut [f32]) {
+    pub fn dot_i8_rows(q: &[i16], rows: &[i8], out: &mut [i32]) {
         check_rows(q.len(), rows.len(), out.len());
+        assert!(
+            q.len() <= I8_MAX_DIM,
+            "integer kernels take at most {I8_MAX_DIM} dimensions"
+        );
         if q.is_empty() {
-            return out.fill(0.0);
+            return out.fill(0);
         }
         for (o, r) in out.iter_mut().zip(rows.chunks_exact(q.len())) {
-            *o = dot_f16(q, r);
+            *o = dot_i8(q, r);
         }
     }
 
-    pub fn dot_f16_tile(queries: &[f32], dim: usize, rows: &[u16], out: &mut [f32]) {
+    pub fn quantise(q: &[f32], out: &mut [i16]) -> (f32, f32) {
+        assert_eq!(q.len(), out.len(), "out must match the query");
+        let max = q
+            .iter()
+            .fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+        let (t, inv) = query_scale(max);
+        let limit = I16_QUERY_MAX as f32;
+        let mut err2 = 0f32;
+        for (o, &v) in out.iter_mut().zip(q) {
+            let x = v * inv;
+            let b = x.round_ties_even().clamp(-limit, limit);
+            *o = b as i16;
+            let e = x - b;
+            err2 += e * e;
+        }
+        (t, residual_bound(err2, t, q.len()))
+    }
+
+    pub fn dot_i8_tile(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]) {
         if dim == 0 {
-            return out.fill(0.0);
+            return out.fill(0);
         }
         assert!(
             queries.len() % dim == 0 && rows.len() % dim == 0,
@@ -239,14 +249,14 @@ mod scalar {
             .chunks_exact(dim)
             .zip(out.chunks_exact_mut(r.max(1)))
         {
-            dot_f16_rows(q, rows, &mut o[..r]);
+            dot_i8_rows(q, rows, &mut o[..r]);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{check_rows, f16_to_f32};
+    use super::{check_rows, query_scale, residual_bound, I16_QUERY_MAX, I8_MAX_DIM};
     use std::arch::x86_64::*;
 
     /// Horizontal sum of 8 lanes.
@@ -258,12 +268,6 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
-    }
-
-    /// Eight halves at `p` as eight floats.
-    #[inline(always)]
-    unsafe fn load_h(p: *const u16) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
     }
 
     pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
@@ -453,16 +457,35 @@ mod avx2 {
         }
     }
 
-    pub fn dot_f16_rows(q: &[f32], rows: &[u16], out: &mut [f32]) {
-        check_rows(q.len(), rows.len(), out.len());
-        // SAFETY: avx2+fma+f16c checked by `Kernels::detect`; `rows` holds out.len() rows of q.len().
-        unsafe { dot_f16_rows_impl(q, rows.as_ptr(), out) }
+    /// Sum of the eight i32 lanes.
+    #[inline(always)]
+    unsafe fn hsum_i32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
     }
 
-    /// One query against four half rows per pass (two accumulators per row): per 16 elements,
-    /// two query loads, eight conversions, eight FMAs.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_f16_rows_impl(q: &[f32], rows: *const u16, out: &mut [f32]) {
+    /// Sixteen bytes at `p` sign-extended to sixteen i16.
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> __m256i {
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast()))
+    }
+
+    pub fn dot_i8_rows(q: &[i16], rows: &[i8], out: &mut [i32]) {
+        check_rows(q.len(), rows.len(), out.len());
+        assert!(
+            q.len() <= I8_MAX_DIM,
+            "integer kernels take at most {I8_MAX_DIM} dimensions"
+        );
+        // SAFETY: avx2 checked by `Kernels::detect`; `rows` holds out.len() rows of q.len().
+        unsafe { dot_i8_rows_impl(q, rows.as_ptr(), out) }
+    }
+
+    /// One query against four byte rows per pass: per 16 elements, one query load, four
+    /// sign extensions, four multiply-add-pairs into exact i32 sums.
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot_i8_rows_impl(q: &[i16], rows: *const i8, out: &mut [i32]) {
         let d = q.len();
         let pq = q.as_ptr();
         let n = out.len();
@@ -476,29 +499,29 @@ mod avx2 {
                 rows.add((i + 2.min(t_n - 1)) * d),
                 rows.add((i + 3.min(t_n - 1)) * d),
             ];
-            let mut a0 = [_mm256_setzero_ps(); 4];
-            let mut a1 = [_mm256_setzero_ps(); 4];
+            let mut acc = [_mm256_setzero_si256(); 4];
             let mut j = 0;
-            while j + 16 <= d {
-                let q0 = _mm256_loadu_ps(pq.add(j));
-                let q1 = _mm256_loadu_ps(pq.add(j + 8));
+            while j + 32 <= d {
+                let q0 = _mm256_loadu_si256(pq.add(j).cast());
+                let q1 = _mm256_loadu_si256(pq.add(j + 16).cast());
                 for t in 0..4 {
-                    a0[t] = _mm256_fmadd_ps(q0, load_h(r[t].add(j)), a0[t]);
-                    a1[t] = _mm256_fmadd_ps(q1, load_h(r[t].add(j + 8)), a1[t]);
+                    let a = _mm256_madd_epi16(q0, load_i8(r[t].add(j)));
+                    let b = _mm256_madd_epi16(q1, load_i8(r[t].add(j + 16)));
+                    acc[t] = _mm256_add_epi32(acc[t], _mm256_add_epi32(a, b));
+                }
+                j += 32;
+            }
+            if j + 16 <= d {
+                let q0 = _mm256_loadu_si256(pq.add(j).cast());
+                for t in 0..4 {
+                    acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(q0, load_i8(r[t].add(j))));
                 }
                 j += 16;
             }
-            if j + 8 <= d {
-                let q0 = _mm256_loadu_ps(pq.add(j));
-                for t in 0..4 {
-                    a0[t] = _mm256_fmadd_ps(q0, load_h(r[t].add(j)), a0[t]);
-                }
-                j += 8;
-            }
             for t in 0..t_n {
-                let mut s = hsum(_mm256_add_ps(a0[t], a1[t]));
+                let mut s = hsum_i32(acc[t]);
                 for jj in j..d {
-                    s += *pq.add(jj) * f16_to_f32(*r[t].add(jj));
+                    s += *pq.add(jj) as i32 * *r[t].add(jj) as i32;
                 }
                 *out.get_unchecked_mut(i + t) = s;
             }
@@ -506,32 +529,93 @@ mod avx2 {
         }
     }
 
-    pub fn dot_f16_tile(queries: &[f32], dim: usize, rows: &[u16], out: &mut [f32]) {
+    pub fn quantise(q: &[f32], out: &mut [i16]) -> (f32, f32) {
+        assert_eq!(q.len(), out.len(), "out must match the query");
+        // SAFETY: avx2+fma checked by `Kernels::detect`; lengths checked above.
+        unsafe { quantise_impl(q, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn quantise_impl(q: &[f32], out: &mut [i16]) -> (f32, f32) {
+        let d = q.len();
+        let p = q.as_ptr();
+        let sign = _mm256_set1_ps(-0.0);
+        let mut vmax = _mm256_setzero_ps();
+        let mut j = 0;
+        while j + 8 <= d {
+            vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(j))));
+            j += 8;
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), vmax);
+        let mut max = lanes.iter().fold(0f32, |m, &v| if v > m { v } else { m });
+        for &v in &q[j..] {
+            if v.abs() > max {
+                max = v.abs();
+            }
+        }
+        let (t, inv) = query_scale(max);
+        let vinv = _mm256_set1_ps(inv);
+        let (lo, hi) = (
+            _mm256_set1_epi32(-I16_QUERY_MAX),
+            _mm256_set1_epi32(I16_QUERY_MAX),
+        );
+        let mut acc = _mm256_setzero_ps();
+        let o = out.as_mut_ptr();
+        j = 0;
+        while j + 8 <= d {
+            let x = _mm256_mul_ps(_mm256_loadu_ps(p.add(j)), vinv);
+            // Round to nearest even (the default MXCSR mode), like `round_ties_even`.
+            let b = _mm256_min_epi32(hi, _mm256_max_epi32(lo, _mm256_cvtps_epi32(x)));
+            let e = _mm256_sub_ps(x, _mm256_cvtepi32_ps(b));
+            acc = _mm256_fmadd_ps(e, e, acc);
+            let packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(b, b), 0b11_01_10_00);
+            _mm_storeu_si128(o.add(j).cast(), _mm256_castsi256_si128(packed));
+            j += 8;
+        }
+        let mut err2 = hsum(acc);
+        let limit = I16_QUERY_MAX as f32;
+        while j < d {
+            let x = *p.add(j) * inv;
+            let b = x.round_ties_even().clamp(-limit, limit);
+            *o.add(j) = b as i16;
+            let e = x - b;
+            err2 += e * e;
+            j += 1;
+        }
+        (t, residual_bound(err2, t, d))
+    }
+
+    pub fn dot_i8_tile(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]) {
         if dim == 0 {
-            return out.fill(0.0);
+            return out.fill(0);
         }
         assert!(
             queries.len() % dim == 0 && rows.len() % dim == 0,
             "queries and rows must be whole rows"
         );
+        assert!(
+            dim <= I8_MAX_DIM,
+            "integer kernels take at most {I8_MAX_DIM} dimensions"
+        );
         let r = rows.len() / dim;
         let m = queries.len() / dim;
         assert_eq!(out.len(), m * r, "out must hold one value per (query, row)");
-        // SAFETY: avx2+fma+f16c checked by `Kernels::detect`; shapes checked above.
-        unsafe { dot_f16_tile_impl(queries.as_ptr(), m, dim, rows.as_ptr(), r, out.as_mut_ptr()) }
+        // SAFETY: avx2 checked by `Kernels::detect`; shapes checked above.
+        unsafe { dot_i8_tile_impl(queries.as_ptr(), m, dim, rows.as_ptr(), r, out.as_mut_ptr()) }
     }
 
-    /// Two half rows × four queries per pass: eight accumulators; per eight elements, two
-    /// conversions feed eight FMAs (the query loads fold into the FMAs). Each row pair is
-    /// converted once per query quad and stays in L1 across the quads.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_f16_tile_impl(
-        qs: *const f32,
+    /// Two byte rows × four queries per pass: eight accumulators; per 16 elements, two sign
+    /// extensions feed eight multiply-add-pairs. Each row pair is extended once per query quad
+    /// and stays in L1 across the quads.
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot_i8_tile_impl(
+        qs: *const i16,
         m: usize,
         d: usize,
-        rows: *const u16,
+        rows: *const i8,
         r: usize,
-        out: *mut f32,
+        out: *mut i32,
     ) {
         let mut ri = 0;
         while ri < r {
@@ -546,23 +630,23 @@ mod avx2 {
                     qs.add((qi + 2.min(qn - 1)) * d),
                     qs.add((qi + 3.min(qn - 1)) * d),
                 ];
-                let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+                let mut acc = [[_mm256_setzero_si256(); 4]; 2];
                 let mut j = 0;
-                while j + 8 <= d {
-                    let c0 = load_h(c[0].add(j));
-                    let c1 = load_h(c[1].add(j));
+                while j + 16 <= d {
+                    let c0 = load_i8(c[0].add(j));
+                    let c1 = load_i8(c[1].add(j));
                     for t in 0..4 {
-                        let qv = _mm256_loadu_ps(q[t].add(j));
-                        acc[0][t] = _mm256_fmadd_ps(qv, c0, acc[0][t]);
-                        acc[1][t] = _mm256_fmadd_ps(qv, c1, acc[1][t]);
+                        let qv = _mm256_loadu_si256(q[t].add(j).cast());
+                        acc[0][t] = _mm256_add_epi32(acc[0][t], _mm256_madd_epi16(qv, c0));
+                        acc[1][t] = _mm256_add_epi32(acc[1][t], _mm256_madd_epi16(qv, c1));
                     }
-                    j += 8;
+                    j += 16;
                 }
                 for (rr, acc) in acc.iter().enumerate().take(rn) {
                     for t in 0..qn {
-                        let mut s = hsum(acc[t]);
+                        let mut s = hsum_i32(acc[t]);
                         for jj in j..d {
-                            s += *q[t].add(jj) * f16_to_f32(*c[rr].add(jj));
+                            s += *q[t].add(jj) as i32 * *c[rr].add(jj) as i32;
                         }
                         *out.add((qi + t) * r + ri + rr) = s;
                     }
@@ -627,16 +711,12 @@ mod tests {
                 for n in [0usize, 1, 2, 3, 4, 5, 7, 8, 9, 13] {
                     let q: Vec<f32> = (0..d).map(|_| next()).collect();
                     let rows: Vec<f32> = (0..n * d).map(|_| next()).collect();
-                    let halves: Vec<u16> = rows.iter().map(|&x| f32_to_f16(x)).collect();
-                    let decoded: Vec<f32> = halves.iter().map(|&h| f16_to_f32(h)).collect();
-                    let (mut l2, mut dot, mut dh) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+                    let (mut l2, mut dot) = (vec![0f32; n], vec![0f32; n]);
                     (k.l2sq_rows)(&q, &rows, &mut l2);
                     (k.dot_rows)(&q, &rows, &mut dot);
-                    (k.dot_f16_rows)(&q, &halves, &mut dh);
                     let tol = 1e-5 * (d as f64 + 1.0);
                     for i in 0..n {
                         let (rl2, rdot) = reference(&q, &rows[i * d..(i + 1) * d]);
-                        let (_, rdh) = reference(&q, &decoded[i * d..(i + 1) * d]);
                         assert!(
                             (l2[i] as f64 - rl2).abs() <= tol,
                             "{} l2_rows d={d} n={n} i={i}",
@@ -647,12 +727,98 @@ mod tests {
                             "{} dot_rows d={d} n={n} i={i}",
                             k.name
                         );
-                        assert!(
-                            (dh[i] as f64 - rdh).abs() <= tol,
-                            "{} dot_f16_rows d={d} n={n} i={i}",
-                            k.name
-                        );
                     }
+                }
+            }
+        }
+    }
+
+    fn extreme_i16(next: &mut impl FnMut() -> f32) -> i16 {
+        let x = next();
+        if x > 0.45 {
+            I16_QUERY_MAX as i16
+        } else if x < -0.45 {
+            -(I16_QUERY_MAX as i16)
+        } else {
+            (x * 2.0 * I16_QUERY_MAX as f32) as i16
+        }
+    }
+
+    fn extreme_i8(next: &mut impl FnMut() -> f32) -> i8 {
+        let x = next();
+        if x > 0.45 {
+            127
+        } else if x < -0.45 {
+            -127
+        } else {
+            (x * 254.0) as i8
+        }
+    }
+
+    #[test]
+    fn integer_kernels_are_exact_up_to_the_largest_dimension() {
+        let mut next = lcg(19);
+        for k in [Kernels::scalar(), Kernels::detect()] {
+            for d in (0..40).chain([255, 256, 257, 767, 768, 1023, I8_MAX_DIM]) {
+                for n in [0usize, 1, 3, 4, 5, 9] {
+                    let q: Vec<i16> = (0..d).map(|_| extreme_i16(&mut next)).collect();
+                    let rows: Vec<i8> = (0..n * d).map(|_| extreme_i8(&mut next)).collect();
+                    let mut out = vec![0i32; n];
+                    (k.dot_i8_rows)(&q, &rows, &mut out);
+                    for i in 0..n {
+                        let want: i64 = q
+                            .iter()
+                            .zip(&rows[i * d..(i + 1) * d])
+                            .map(|(&a, &b)| a as i64 * b as i64)
+                            .sum();
+                        assert_eq!(out[i] as i64, want, "{} d={d} n={n} i={i}", k.name);
+                    }
+                }
+            }
+            // The worst case: every product at its largest magnitude.
+            let q = vec![I16_QUERY_MAX as i16; I8_MAX_DIM];
+            let rows = vec![-127i8; 5 * I8_MAX_DIM];
+            let mut out = vec![0i32; 5];
+            (k.dot_i8_rows)(&q, &rows, &mut out);
+            assert!(out
+                .iter()
+                .all(|&v| v as i64 == -(127 * I16_QUERY_MAX as i64 * I8_MAX_DIM as i64)));
+        }
+    }
+
+    #[test]
+    fn quantised_queries_agree_and_the_residual_bound_holds() {
+        let mut next = lcg(29);
+        for d in (0..40).chain([255, 256, 768, 1000]) {
+            for scale in [0.0f32, 1e-30, 1e-3, 1.0, 3e4, 1e30] {
+                let q: Vec<f32> = (0..d).map(|_| next() * scale).collect();
+                let (mut a, mut b) = (vec![0i16; d], vec![0i16; d]);
+                let (ta, ea) = (Kernels::scalar().quantise)(&q, &mut a);
+                let (tb, eb) = (Kernels::detect().quantise)(&q, &mut b);
+                assert_eq!(a, b, "d={d} scale={scale}");
+                assert_eq!(ta, tb);
+                assert!(a.iter().all(|&v| (v as i32).abs() <= I16_QUERY_MAX));
+                if ta.is_infinite() {
+                    // Too small to quantise: the bound is infinite and the searcher scans exactly.
+                    assert!(ea.is_infinite() && eb.is_infinite());
+                    continue;
+                }
+                let truth: f64 = q
+                    .iter()
+                    .zip(&a)
+                    .map(|(&v, &x)| (v as f64 - x as f64 * ta as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                assert!(
+                    ea as f64 >= truth && eb as f64 >= truth,
+                    "d={d} scale={scale}: {ea} {eb} < {truth}"
+                );
+                if scale >= 1e-3 {
+                    let slack = ta as f64 * (d as f64).sqrt() * 4e-3;
+                    assert!(
+                        ea as f64 <= truth * 1.001 + slack,
+                        "d={d} scale={scale}: bound too loose: {ea} vs {truth} (t {ta})"
+                    );
                 }
             }
         }
@@ -662,95 +828,25 @@ mod tests {
     fn tile_kernel_matches_row_kernel_for_every_shape() {
         let mut next = lcg(13);
         for k in [Kernels::scalar(), Kernels::detect()] {
-            for d in [1usize, 7, 8, 9, 16, 17, 256, 768] {
+            for d in [1usize, 7, 15, 16, 17, 33, 256, 768] {
                 for m in 0..=6 {
                     for r in 0..=5 {
-                        let qs: Vec<f32> = (0..m * d).map(|_| next()).collect();
-                        let halves: Vec<u16> = (0..r * d).map(|_| f32_to_f16(next())).collect();
-                        let mut out = vec![f32::NAN; m * r];
-                        (k.dot_f16_tile)(&qs, d, &halves, &mut out);
+                        let qs: Vec<i16> = (0..m * d).map(|_| extreme_i16(&mut next)).collect();
+                        let rows: Vec<i8> = (0..r * d).map(|_| extreme_i8(&mut next)).collect();
+                        let mut out = vec![i32::MIN; m * r];
+                        (k.dot_i8_tile)(&qs, d, &rows, &mut out);
                         for qi in 0..m {
-                            let mut want = vec![0f32; r];
-                            (k.dot_f16_rows)(&qs[qi * d..(qi + 1) * d], &halves, &mut want);
-                            for ri in 0..r {
-                                let got = out[qi * r + ri];
-                                assert!(
-                                    (got - want[ri]).abs() <= 1e-5 * (d as f32 + 1.0),
-                                    "{} d={d} m={m} r={r}: {got} vs {}",
-                                    k.name,
-                                    want[ri]
-                                );
-                            }
+                            let mut want = vec![0i32; r];
+                            (k.dot_i8_rows)(&qs[qi * d..(qi + 1) * d], &rows, &mut want);
+                            assert_eq!(
+                                &out[qi * r..(qi + 1) * r],
+                                &want[..],
+                                "{} d={d} m={m} r={r} qi={qi}",
+                                k.name
+                            );
                         }
                     }
                 }
-            }
-        }
-    }
-
-    #[test]
-    fn half_conversion_round_trips_and_rounds_to_nearest_even() {
-        // Every half converts to f32 and back unchanged (NaNs stay NaN).
-        for h in 0..=u16::MAX {
-            let f = f16_to_f32(h);
-            if f.is_nan() {
-                assert!(f16_to_f32(f32_to_f16(f)).is_nan());
-            } else {
-                assert_eq!(f32_to_f16(f), h, "half {h:#06x} ({f})");
-            }
-        }
-        // Rounding: the nearest half, ties to even, against an f64 search over neighbours.
-        let mut next = lcg(17);
-        for i in 0..200_000 {
-            let scale = [1e-7f32, 1e-5, 1e-3, 1.0, 100.0, 60_000.0][i % 6];
-            let x = next() * 2.0 * scale;
-            let h = f32_to_f16(x);
-            let got = f16_to_f32(h) as f64;
-            let err = (got - x as f64).abs();
-            for nb in [h.wrapping_sub(1), h.wrapping_add(1)] {
-                let v = f16_to_f32(nb);
-                if v.is_finite() && (v as f64).signum() == got.signum() {
-                    assert!(
-                        err <= (v as f64 - x as f64).abs(),
-                        "{x}: {got} is not nearest ({v} is nearer)"
-                    );
-                }
-            }
-        }
-        assert_eq!(f32_to_f16(65520.0), 0x7c00); // rounds up to infinity
-        assert_eq!(f32_to_f16(65519.0), 0x7bff);
-        assert_eq!(f32_to_f16(-0.0), 0x8000);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn software_half_conversion_matches_f16c() {
-        if !std::arch::is_x86_feature_detected!("f16c") {
-            return;
-        }
-        #[target_feature(enable = "f16c")]
-        unsafe fn hw(x: [f32; 4]) -> [u16; 4] {
-            use std::arch::x86_64::*;
-            let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_loadu_ps(x.as_ptr()));
-            let mut out = [0u16; 8];
-            _mm_storeu_si128(out.as_mut_ptr().cast(), h);
-            [out[0], out[1], out[2], out[3]]
-        }
-        let mut seed = 23u64;
-        for _ in 0..100_000 {
-            let mut x = [0f32; 4];
-            for v in &mut x {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                // Random bits within the half range and below it (subnormals, zero).
-                let bits = (seed >> 33) as u32 & 0x7fff_ffff;
-                *v = f32::from_bits(bits % 0x4780_0000) * if seed & 1 == 0 { 1.0 } else { -1.0 };
-            }
-            // SAFETY: f16c detected above.
-            let want = unsafe { hw(x) };
-            for i in 0..4 {
-                assert_eq!(f32_to_f16(x[i]), want[i], "{}", x[i]);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! [`Searcher`]: the reusable, allocation-free query workspace (n_probe lists, top-k).
 //!
 //! A search has two passes over memory. List selection screens every centroid against the
-//! half-precision table of the index (half the bytes of the f32 centroids) with a rigorous error
+//! 8-bit table of the index (a quarter of the bytes of the f32 centroids) with a rigorous error
 //! bound per centroid, then re-checks the few lists the bound cannot rule out with the exact f32
 //! kernel, so the lists selected are the ones a full f32 scan selects (see `coarse.rs`). The
 //! probed lists are then scanned with the exact f32 kernel, four stored vectors per pass.
@@ -9,7 +9,7 @@
 //! the centroid table.
 
 use super::coarse::CoarseTable;
-use super::kernels::Kernels;
+use super::kernels::{prefetch, Kernels, I8_MAX_DIM};
 use super::topk::TopK;
 use super::IvfIndex;
 use crate::format::Metric;
@@ -22,15 +22,18 @@ pub const MAX_NPROBE: usize = 64;
 pub const BLOCK: usize = 16;
 
 /// Centroid rows per screening kernel call (one query).
-const SCREEN_CHUNK: usize = 32;
+const SCREEN_CHUNK: usize = 64;
 /// Stored vectors per list-scan kernel call.
 const LIST_CHUNK: usize = 64;
 /// Lists a single-query screen may keep for re-checking before it gives up and scans exactly.
 const CAND_CAP: usize = 128;
 /// Centroid rows per tile kernel call (block of queries).
 const BLOCK_CHUNK: usize = 16;
+const _: () = assert!(BLOCK_CHUNK <= SCREEN_CHUNK);
 /// Per-query candidate capacity in block screening.
 const BLOCK_CAND_CAP: usize = 32;
+/// Bytes of a likely list prefetched before the exact re-check.
+const LIST_PREFETCH: usize = 8 << 10;
 /// Largest n_probe served by the shared block screen (larger ones search query by query).
 const BLOCK_MAX_NPROBE: usize = 8;
 
@@ -65,7 +68,10 @@ struct Screen<const NP: usize, const CAP: usize> {
     lower: [f32; CAP],
     list: [u32; CAP],
     n: usize,
+    /// ‖q‖, ‖q − t q̂‖, t, ε‖q‖² of the query.
     qn: f32,
+    eq: f32,
+    t: f32,
     qterm: f32,
     failed: bool,
 }
@@ -78,38 +84,70 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
             list: [0; CAP],
             n: 0,
             qn: 0.0,
+            eq: 0.0,
+            t: 0.0,
             qterm: 0.0,
             failed: false,
         }
     }
 
-    /// Starts a query with squared norm `qn2` (f32 kernel value).
-    fn begin(&mut self, nprobe: usize, qn2: f32, table: &CoarseTable) {
+    /// Starts a query with squared norm `qn2` (f32 kernel value), quantised with scale `t`
+    /// and quantisation error `eq` (see `Kernels::quantise`).
+    fn begin(&mut self, nprobe: usize, qn2: f32, t: f32, eq: f32, table: &CoarseTable) {
         self.upper.reset(nprobe);
         self.n = 0;
         // The kernel's ‖q‖² may be low by its rounding: widen it by the table's slack.
         let qn2 = qn2 * (1.0 + table.eps);
         self.qn = qn2.sqrt();
+        self.eq = eq;
+        self.t = t;
         self.qterm = table.eps * qn2;
-        self.failed = !self.qterm.is_finite();
+        self.failed = !(self.qterm.is_finite() && eq.is_finite() && t.is_finite());
     }
 
-    /// Offers centroids `base..base + dots.len()` with their screening dot products.
+    /// Offers centroids `base..base + dots.len()` (at most [`SCREEN_CHUNK`]) with their integer
+    /// screening dot products.
     #[inline]
-    fn offer(&mut self, table: &CoarseTable, base: usize, dots: &[f32]) {
-        let end = base + dots.len();
+    fn offer(&mut self, table: &CoarseTable, base: usize, dots: &[i32]) {
+        let n = dots.len();
+        let end = base + n;
         let (bias, scale) = (&table.bias[base..end], &table.scale[base..end]);
-        let (radius, slack) = (&table.radius[base..end], &table.bias_slack[base..end]);
+        let (radius, qradius) = (&table.radius[base..end], &table.qradius[base..end]);
+        let slack = &table.bias_slack[base..end];
+        let (qn, eq, t, qterm) = (self.qn, self.eq, self.t, self.qterm);
+        // Bounds for the whole chunk in one vectorisable pass.
+        let mut lo = [0f32; SCREEN_CHUNK];
+        let mut hi = [0f32; SCREEN_CHUNK];
         let mut finite = true;
-        for j in 0..dots.len() {
-            let key = bias[j] - scale[j] * dots[j];
-            let err = self.qn * radius[j] + slack[j] + self.qterm;
-            finite &= key.is_finite() & err.is_finite();
-            let (lo, hi) = (key - err, key + err);
-            if hi < self.upper.threshold() {
-                self.upper.push(hi, (base + j) as u32);
+        for j in 0..n {
+            let key = bias[j] - (scale[j] * t) * dots[j] as f32;
+            let err = qn * radius[j] + eq * qradius[j] + slack[j] + qterm;
+            lo[j] = key - err;
+            hi[j] = key + err;
+            finite &= (key.abs() < f32::INFINITY) & (err < f32::INFINITY);
+        }
+        if !finite {
+            self.failed = true;
+            return;
+        }
+        if self.upper.k() == 1 {
+            let (mut m, mut at) = (f32::INFINITY, 0);
+            for (j, &h) in hi[..n].iter().enumerate() {
+                if h < m {
+                    (m, at) = (h, j);
+                }
             }
-            if lo <= self.upper.threshold() {
+            self.upper.push(m, (base + at) as u32);
+        } else {
+            for (j, &h) in hi[..n].iter().enumerate() {
+                if h < self.upper.threshold() {
+                    self.upper.push(h, (base + j) as u32);
+                }
+            }
+        }
+        let u = self.upper.threshold();
+        for (j, &l) in lo[..n].iter().enumerate() {
+            if l <= u {
                 if self.n == CAP {
                     self.compact();
                     if self.n > CAP - CAP / 4 {
@@ -117,12 +155,11 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
                         return;
                     }
                 }
-                self.lower[self.n] = lo;
+                self.lower[self.n] = l;
                 self.list[self.n] = (base + j) as u32;
                 self.n += 1;
             }
         }
-        self.failed |= !finite;
     }
 
     /// Drops the candidates the current bound already rules out (keeps centroid order).
@@ -151,6 +188,27 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
         let u = self.upper.threshold();
         let d = index.dim();
         let (centroids, offsets) = (index.centroids(), index.list_offsets());
+        // Start every memory load at once: the surviving f32 centroids, and the head of the
+        // lists most likely to be probed (the hardware prefetcher continues those streams).
+        for i in 0..self.n {
+            if self.lower[i] <= u {
+                prefetch(
+                    centroids[self.list[i] as usize * d..].as_ptr().cast(),
+                    d * 4,
+                );
+            }
+        }
+        let vectors = index.vectors();
+        for &l in self.upper.vals() {
+            let (start, end) = (
+                offsets[l as usize] as usize,
+                offsets[l as usize + 1] as usize,
+            );
+            prefetch(
+                vectors[start * d..].as_ptr().cast(),
+                ((end - start) * d * 4).min(LIST_PREFETCH),
+            );
+        }
         let mut n = 0;
         for i in 0..self.n {
             let l = self.list[i] as usize;
@@ -216,8 +274,11 @@ pub struct Searcher {
     n: usize,
     screen: Screen<MAX_NPROBE, CAND_CAP>,
     dots: [f32; LIST_CHUNK],
+    query_i16: [i16; I8_MAX_DIM],
+    idots: [i32; SCREEN_CHUNK],
     block_screens: [Screen<BLOCK_MAX_NPROBE, BLOCK_CAND_CAP>; BLOCK],
-    block_dots: [f32; BLOCK * BLOCK_CHUNK],
+    block_queries: [i16; BLOCK * I8_MAX_DIM],
+    block_dots: [i32; BLOCK * BLOCK_CHUNK],
     block: BlockResults,
     stats: SearchStats,
 }
@@ -256,8 +317,11 @@ impl Searcher {
             n: 0,
             screen: Screen::new(),
             dots: [0.0; LIST_CHUNK],
+            query_i16: [0; I8_MAX_DIM],
+            idots: [0; SCREEN_CHUNK],
             block_screens: [Screen::new(); BLOCK],
-            block_dots: [0.0; BLOCK * BLOCK_CHUNK],
+            block_queries: [0; BLOCK * I8_MAX_DIM],
+            block_dots: [0; BLOCK * BLOCK_CHUNK],
             block: BlockResults::new(),
             stats: SearchStats::default(),
         }
@@ -268,7 +332,7 @@ impl Searcher {
         self.kernels
     }
 
-    /// Switches half-precision list screening on (the default) or off. Off, every search
+    /// Switches 8-bit list screening on (the default) or off. Off, every search
     /// computes the exact f32 distance to every centroid: the same lists, more bytes read.
     /// For comparisons and tests.
     pub fn set_screening(&mut self, on: bool) {
@@ -358,14 +422,21 @@ impl Searcher {
         for (qi, q) in queries.chunks_exact(d).enumerate() {
             live[qi] = q.iter().all(|v| v.is_finite());
             let qn2 = (self.kernels.dot)(q, q);
-            self.block_screens[qi].begin(nprobe, qn2, table);
+            let qb = &mut self.block_queries[qi * d..(qi + 1) * d];
+            if live[qi] {
+                let (t, eq) = (self.kernels.quantise)(q, qb);
+                self.block_screens[qi].begin(nprobe, qn2, t, eq, table);
+            } else {
+                qb.fill(0);
+            }
         }
-        let (halves, nlist) = (table.halves(), index.nlist());
+        let (rows, nlist) = (table.rows(), index.nlist());
+        let qs = &self.block_queries[..m * d];
         let mut base = 0;
         while base < nlist {
             let r = BLOCK_CHUNK.min(nlist - base);
             let dots = &mut self.block_dots[..m * r];
-            (self.kernels.dot_f16_tile)(queries, d, &halves[base * d..(base + r) * d], dots);
+            (self.kernels.dot_i8_tile)(qs, d, &rows[base * d..(base + r) * d], dots);
             for qi in 0..m {
                 let s = &mut self.block_screens[qi];
                 if live[qi] && !s.failed {
@@ -400,6 +471,39 @@ impl Searcher {
         &self.block
     }
 
+    #[doc(hidden)]
+    pub fn profile_search(&mut self, index: &IvfIndex, query: &[f32], k: usize) -> [f64; 4] {
+        let t0 = std::time::Instant::now();
+        let table = index.coarse().unwrap();
+        let d = index.dim();
+        let qn2 = (self.kernels.dot)(query, query);
+        let (t, eq) = (self.kernels.quantise)(query, &mut self.query_i16[..d]);
+        self.screen.begin(1, qn2, t, eq, table);
+        let t1 = std::time::Instant::now();
+        let (rows, nlist) = (table.rows(), index.nlist());
+        let mut base = 0;
+        while base < nlist && !self.screen.failed {
+            let r = SCREEN_CHUNK.min(nlist - base);
+            let dots = &mut self.idots[..r];
+            (self.kernels.dot_i8_rows)(&self.query_i16[..d], &rows[base * d..(base + r) * d], dots);
+            self.screen.offer(table, base, dots);
+            base += r;
+        }
+        let t2 = std::time::Instant::now();
+        self.probes.reset(1);
+        let exact = self.exact_fn(index);
+        self.stats.rechecked += self.screen.recheck(index, query, &exact, &mut self.probes);
+        let t3 = std::time::Instant::now();
+        self.scan_lists(index, query, k);
+        let t4 = std::time::Instant::now();
+        [
+            (t1 - t0).as_secs_f64() * 1e6,
+            (t2 - t1).as_secs_f64() * 1e6,
+            (t3 - t2).as_secs_f64() * 1e6,
+            (t4 - t3).as_secs_f64() * 1e6,
+        ]
+    }
+
     /// The exact list key: squared L2, or negated inner product (smaller is nearer).
     fn exact_fn(&self, index: &IvfIndex) -> impl Fn(&[f32], &[f32]) -> f32 {
         let (l2sq, dot) = (self.kernels.l2sq, self.kernels.dot);
@@ -407,7 +511,7 @@ impl Searcher {
         move |q: &[f32], c: &[f32]| if ip { -dot(q, c) } else { l2sq(q, c) }
     }
 
-    /// Screens the half table, then re-checks the survivors exactly into `self.probes`.
+    /// Screens the 8-bit table, then re-checks the survivors exactly into `self.probes`.
     /// Returns false when the screen could not narrow the lists down (nothing selected).
     fn screen_single(
         &mut self,
@@ -418,13 +522,14 @@ impl Searcher {
     ) -> bool {
         let d = index.dim();
         let qn2 = (self.kernels.dot)(query, query);
-        self.screen.begin(nprobe, qn2, table);
-        let (halves, nlist) = (table.halves(), index.nlist());
+        let (t, eq) = (self.kernels.quantise)(query, &mut self.query_i16[..d]);
+        self.screen.begin(nprobe, qn2, t, eq, table);
+        let (rows, nlist) = (table.rows(), index.nlist());
         let mut base = 0;
         while base < nlist && !self.screen.failed {
             let r = SCREEN_CHUNK.min(nlist - base);
-            let dots = &mut self.dots[..r];
-            (self.kernels.dot_f16_rows)(query, &halves[base * d..(base + r) * d], dots);
+            let dots = &mut self.idots[..r];
+            (self.kernels.dot_i8_rows)(&self.query_i16[..d], &rows[base * d..(base + r) * d], dots);
             self.screen.offer(table, base, dots);
             base += r;
         }
@@ -659,7 +764,7 @@ mod tests {
         let dup: Vec<f32> = centroids[..5 * dim].to_vec();
         centroids.extend_from_slice(&dup);
         // Huge and tiny magnitudes (outside the half range before scaling).
-        centroids.extend((0..dim).map(|j| if j % 2 == 0 { 1e30 } else { -3e29 }));
+        centroids.extend((0..dim).map(|j| if j % 2 == 0 { 1e17 } else { -3e16 }));
         centroids.extend((0..dim).map(|j| 1e-30 * j as f32));
         centroids.extend((0..dim).map(|j| if j == 3 { 1e-8 } else { 0.0 }));
         let rows: Vec<f32> = (0..800 * dim).map(|_| rng.next()).collect();

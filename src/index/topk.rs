@@ -13,7 +13,13 @@ pub struct TopK<const CAP: usize> {
 impl<const CAP: usize> TopK<CAP> {
     /// An empty selection keeping at most `k` (clamped to `1..=CAP`).
     pub const fn new(k: usize) -> Self {
-        let k = if k == 0 { 1 } else if k > CAP { CAP } else { k };
+        let k = if k == 0 {
+            1
+        } else if k > CAP {
+            CAP
+        } else {
+            k
+        };
         TopK {
             keys: [0.0; CAP],
             vals: [0; CAP],
@@ -44,7 +50,11 @@ impl<const CAP: usize> TopK<CAP> {
         if !(key < self.threshold()) {
             return;
         }
-        let mut i = if self.len < self.k { self.len } else { self.len - 1 };
+        let mut i = if self.len < self.k {
+            self.len
+        } else {
+            self.len - 1
+        };
         while i > 0 && self.keys[i - 1] > key {
             self.keys[i] = self.keys[i - 1];
             self.vals[i] = self.vals[i - 1];
@@ -55,6 +65,12 @@ impl<const CAP: usize> TopK<CAP> {
         if self.len < self.k {
             self.len += 1;
         }
+    }
+
+    /// The number of entries kept (`k`).
+    #[inline]
+    pub fn k(&self) -> usize {
+        self.k
     }
 
     /// Number of entries held.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod import;
 mod inspect;
 mod query;
@@ -30,6 +31,8 @@ enum Command {
     Query(query::Args),
     /// Validate an index completely, checksums included; exit non-zero on any problem.
     Verify(verify::Args),
+    /// Benchmark per-frame search against faiss on RVC-shaped indexes (latency, block mode, floors).
+    Bench(bench::Args),
 }
 
 /// Errors are reported as one line per cause.
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Import(a) => import::run(a),
         Command::Query(a) => query::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,1103 @@
+//! Benchmark of per-frame search against faiss `IndexIVFFlat` (feature `faiss`): the same index
+//! (built with RVC's recipe, or a real `.index`), the same queries, the same process, calls
+//! alternating, faiss on one thread. Prints latency distributions, block mode, the ratio
+//! faiss/knnblend, whether both found the same neighbours, and the hardware floor of each case
+//! (bytes touched against measured single-core read bandwidth, FMAs against measured peak).
+//!
+//! Nothing here runs on an audio thread. The CLI (`knnblend bench`) is a thin wrapper.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use faiss::index::ivf_flat::IVFFlatIndexImpl;
+use faiss::index::Index;
+use serde::Serialize;
+
+use super::{rvc_nlist, FaissIvf, IvfIndex, Searcher, BLOCK};
+use crate::format::{FormatError, Metric};
+
+extern "C" {
+    /// libgomp (linked statically with faiss): faiss runs on this many threads.
+    fn omp_set_num_threads(n: std::os::raw::c_int);
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Reduced set (N = 10 000 and 30 000, fewer queries): under a minute once indexes are cached.
+    pub quick: bool,
+    /// Timed single queries per case (at least 20 000 for the full set).
+    pub queries: usize,
+    /// Where built indexes are cached (keyed by shape and seed).
+    pub cache_dir: PathBuf,
+    /// Real faiss IVF-Flat `.index` files to run as extra cases.
+    pub indexes: Vec<PathBuf>,
+    /// Seed of the synthetic data.
+    pub seed: u64,
+    /// Skip the synthetic RVC-shaped cases (run only `indexes`).
+    pub only_indexes: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            quick: false,
+            queries: 20_000,
+            cache_dir: PathBuf::from("target/bench-cache"),
+            indexes: Vec::new(),
+            seed: 1,
+            only_indexes: false,
+        }
+    }
+}
+
+/// Latency distribution of one engine in one case, microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Slowest call.
+    pub max_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+}
+
+impl Latency {
+    fn from_ns(mut ns: Vec<f64>) -> Latency {
+        if ns.is_empty() {
+            return Latency::default();
+        }
+        ns.sort_by(f64::total_cmp);
+        let at = |p: f64| ns[((p * ns.len() as f64).ceil() as usize).clamp(1, ns.len()) - 1] / 1e3;
+        Latency {
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+            max_us: ns[ns.len() - 1] / 1e3,
+            mean_us: ns.iter().sum::<f64>() / ns.len() as f64 / 1e3,
+        }
+    }
+}
+
+/// One benchmark case: flat fields for `--json` (the names the README and CI read).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CaseResult {
+    /// Case name (`v2-30k`, or the file name of a real index).
+    pub name: String,
+    /// Vectors in the index.
+    pub n: usize,
+    /// Dimension.
+    pub d: usize,
+    /// Lists.
+    pub nlist: usize,
+    /// Neighbours per query.
+    pub k: usize,
+    /// Lists probed.
+    pub nprobe: usize,
+    /// Timed single queries.
+    pub queries: usize,
+    /// knnblend single-query median, µs.
+    pub knnblend_p50_us: f64,
+    /// knnblend single-query 99th percentile, µs.
+    pub knnblend_p99_us: f64,
+    /// knnblend single-query 99.9th percentile, µs.
+    pub knnblend_p999_us: f64,
+    /// knnblend slowest single query, µs.
+    pub knnblend_max_us: f64,
+    /// faiss single-query median, µs.
+    pub faiss_p50_us: f64,
+    /// faiss single-query 99th percentile, µs.
+    pub faiss_p99_us: f64,
+    /// faiss single-query 99.9th percentile, µs.
+    pub faiss_p999_us: f64,
+    /// faiss slowest single query, µs.
+    pub faiss_max_us: f64,
+    /// knnblend per-query time in blocks of 16 (median block / 16), µs.
+    pub knnblend_block16_us: f64,
+    /// faiss per-query time in blocks of 16 (median block / 16), µs.
+    pub faiss_block16_us: f64,
+    /// faiss p50 / knnblend p50.
+    pub ratio_p50: f64,
+    /// faiss p99 / knnblend p99.
+    pub ratio_p99: f64,
+    /// faiss p99.9 / knnblend p99.9.
+    pub ratio_p999: f64,
+    /// faiss block / knnblend block, per query.
+    pub ratio_block16: f64,
+    /// knnblend p99.9 / knnblend p50 (tail flatness; target ≤ 2).
+    pub knnblend_tail: f64,
+    /// faiss p99.9 / faiss p50.
+    pub faiss_tail: f64,
+    /// Percentage of queries (single and block) where both returned the same ids in order.
+    pub same_neighbours_pct: f64,
+    /// Bytes knnblend reads per query: 8-bit centroid table + its constants, lists re-checked
+    /// in f32, the probed list (expected size), ids.
+    pub bytes_per_query: f64,
+    /// Bytes an f32 centroid scan (faiss) reads per query.
+    pub faiss_bytes_per_query: f64,
+    /// Measured single-core read bandwidth for the centroid-table working set, GB/s.
+    pub table_bandwidth_gbs: f64,
+    /// Measured single-core read bandwidth for the whole index as working set, GB/s.
+    pub list_bandwidth_gbs: f64,
+    /// Memory floor: table bytes at table bandwidth + list bytes at index bandwidth, µs.
+    pub memory_floor_us: f64,
+    /// Compute floor: FMAs per query at the measured peak FMA rate, µs.
+    pub fma_floor_us: f64,
+    /// The larger of the two floors, µs.
+    pub floor_us: f64,
+    /// knnblend p50 / floor.
+    pub p50_over_floor: f64,
+    /// The same floor for an f32 centroid scan (what faiss must read), µs.
+    pub faiss_floor_us: f64,
+    /// faiss p50 / its floor.
+    pub faiss_p50_over_floor: f64,
+    /// Lists re-checked exactly per query after half-precision screening.
+    pub rechecked_per_query: f64,
+    /// Queries that fell back to an exact scan of every centroid.
+    pub exact_scans: u64,
+}
+
+/// Median single-query latency at one k (the k sweep).
+#[derive(Clone, Debug, Serialize)]
+pub struct KPoint {
+    /// Case name.
+    pub case: String,
+    /// Neighbours.
+    pub k: usize,
+    /// knnblend median, µs.
+    pub knnblend_p50_us: f64,
+    /// faiss median, µs.
+    pub faiss_p50_us: f64,
+}
+
+/// The machine the figures come from.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    /// CPU model (from /proc/cpuinfo).
+    pub cpu: String,
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Kernel set in use.
+    pub kernels: String,
+    /// Measured single-core peak, FMAs per second (×1e9).
+    pub peak_gfma: f64,
+    /// Measured single-core read bandwidth by working-set size: (bytes, GB/s).
+    pub bandwidth: Vec<(usize, f64)>,
+    /// 1-minute load average when the benchmark started (others building on the machine).
+    pub load_average: f64,
+    /// How the timing thread ran: `SCHED_FIFO` (like an audio thread) pinned to one CPU when
+    /// the system allowed it, else the normal scheduler.
+    pub scheduling: String,
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The machine.
+    pub machine: Machine,
+    /// One entry per case.
+    pub cases: Vec<CaseResult>,
+    /// Median latency vs k.
+    pub k_sweep: Vec<KPoint>,
+}
+
+/// SplitMix64, for deterministic synthetic data.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn normal(&mut self) -> f32 {
+        let u1 = (self.uniform() as f64).max(1e-12);
+        let u2 = self.uniform() as f64;
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Clustered data resembling speech feature frames: 48 centres (like phonemes), rows drifting
+/// between two centres 30 % of the time (transitions), anisotropic noise, |x| of order 1.
+pub fn speech_like_rows(dim: usize, n: usize, data_seed: u64, row_seed: u64) -> Vec<f32> {
+    let clusters = 48;
+    let mut rng = Rng(data_seed);
+    let centres: Vec<f32> = (0..clusters * dim).map(|_| rng.normal()).collect();
+    let spread: Vec<f32> = (0..dim).map(|_| 0.15 + 0.35 * rng.uniform()).collect();
+    let mut rng = Rng(row_seed);
+    let mut out = Vec::with_capacity(n * dim);
+    for _ in 0..n {
+        let c = rng.below(clusters);
+        let c2 = rng.below(clusters);
+        let t = if rng.uniform() < 0.3 {
+            rng.uniform() * 0.5
+        } else {
+            0.0
+        };
+        for j in 0..dim {
+            let a = centres[c * dim + j];
+            let b = centres[c2 * dim + j];
+            out.push(a + t * (b - a) + spread[j] * rng.normal());
+        }
+    }
+    out
+}
+
+/// A synthetic RVC-shaped case.
+struct Shape {
+    name: &'static str,
+    dim: usize,
+    n: usize,
+}
+
+const FULL: &[Shape] = &[
+    Shape {
+        name: "v2-10k",
+        dim: 768,
+        n: 10_000,
+    },
+    Shape {
+        name: "v2-30k",
+        dim: 768,
+        n: 30_000,
+    },
+    Shape {
+        name: "v2-100k",
+        dim: 768,
+        n: 100_000,
+    },
+    Shape {
+        name: "v2-200k",
+        dim: 768,
+        n: 200_000,
+    },
+    Shape {
+        name: "v1-30k",
+        dim: 256,
+        n: 30_000,
+    },
+];
+
+/// Builds (or reads from the cache) the faiss index of a shape; returns its path.
+fn cached_index(
+    opts: &BenchOptions,
+    shape: &Shape,
+    log: &mut dyn FnMut(&str),
+) -> Result<PathBuf, FormatError> {
+    let nlist = rvc_nlist(shape.n);
+    let path = opts.cache_dir.join(format!(
+        "rvc-d{}-n{}-ivf{}-seed{}-v1.index",
+        shape.dim, shape.n, nlist, opts.seed
+    ));
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&opts.cache_dir).map_err(|e| FormatError::io(&opts.cache_dir, e))?;
+    log(&format!(
+        "building {} (d {}, N {}, {} lists) with faiss; cached in {}",
+        shape.name,
+        shape.dim,
+        shape.n,
+        nlist,
+        path.display()
+    ));
+    let t = Instant::now();
+    let data = speech_like_rows(shape.dim, shape.n, opts.seed, opts.seed + 1);
+    // Training uses every core; the timed searches run faiss on one thread.
+    // SAFETY: plain libgomp setter.
+    unsafe {
+        omp_set_num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()) as _)
+    };
+    let faiss = FaissIvf::build(shape.dim, nlist, Metric::L2, &data, &data)?;
+    let tmp = path.with_extension("index.tmp");
+    faiss.write(&tmp)?;
+    std::fs::rename(&tmp, &path).map_err(|e| FormatError::io(&path, e))?;
+    log(&format!("  built in {:.1} s", t.elapsed().as_secs_f64()));
+    Ok(path)
+}
+
+fn read_faiss(path: &Path) -> Result<IVFFlatIndexImpl, FormatError> {
+    let p = path
+        .to_str()
+        .ok_or_else(|| FormatError::InvalidParts("path is not UTF-8".into()))?;
+    let err = |what: &str, e: faiss::error::Error| {
+        FormatError::InvalidParts(format!("faiss failed to {what} {}: {e}", path.display()))
+    };
+    let index = faiss::read_index(p).map_err(|e| err("read", e))?;
+    let mut ivf = index
+        .into_ivf_flat()
+        .map_err(|e| err("open as IVF-Flat", e))?;
+    ivf.set_nprobe(1);
+    Ok(ivf)
+}
+
+/// Queries for an index: the synthetic distribution for synthetic cases; for a real index,
+/// stored vectors with noise of a tenth of the per-dimension spread (nearby, never identical).
+fn queries_for(index: &IvfIndex, synthetic: Option<u64>, nq: usize) -> Vec<f32> {
+    let d = index.dim();
+    if let Some(seed) = synthetic {
+        return speech_like_rows(d, nq, seed, seed + 1_000_003);
+    }
+    let vectors = index.vectors();
+    let n = index.ntotal();
+    let mut sd = vec![0f64; d];
+    let mut mean = vec![0f64; d];
+    for v in vectors.chunks_exact(d).take(10_000) {
+        for j in 0..d {
+            mean[j] += v[j] as f64;
+            sd[j] += (v[j] as f64).powi(2);
+        }
+    }
+    let m = n.min(10_000).max(1) as f64;
+    for j in 0..d {
+        mean[j] /= m;
+        sd[j] = (sd[j] / m - mean[j] * mean[j]).max(0.0).sqrt();
+    }
+    let mut rng = Rng(12345);
+    let mut out = Vec::with_capacity(nq * d);
+    for _ in 0..nq {
+        let row = index.vector(rng.below(n.max(1)));
+        out.extend(
+            row.iter()
+                .zip(&sd)
+                .map(|(&x, &s)| x + 0.1 * s as f32 * rng.normal()),
+        );
+    }
+    out
+}
+
+/// Measures single-core read bandwidth (GB/s) streaming a `bytes` buffer repeatedly (best of
+/// several passes, warm).
+pub fn read_bandwidth(bytes: usize) -> f64 {
+    let floats = (bytes / 4).max(1024) / 64 * 64;
+    let buf: Vec<f32> = (0..floats).map(|i| (i % 7) as f32).collect();
+    let passes = (256 << 20) / (floats * 4) + 3;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..passes {
+            black_box(read_sum(black_box(&buf)));
+        }
+        best = best.min(t.elapsed().as_secs_f64() / passes as f64);
+    }
+    (floats * 4) as f64 / best / 1e9
+}
+
+fn read_sum(buf: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: avx2 detected.
+            return unsafe { read_sum_avx2(buf) };
+        }
+    }
+    buf.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn read_sum_avx2(buf: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let p = buf.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut i = 0;
+    while i + 64 <= buf.len() {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_add_ps(*a, _mm256_loadu_ps(p.add(i + 8 * j)));
+        }
+        i += 64;
+    }
+    let mut s = [0f32; 8];
+    let mut t = acc[0];
+    for a in &acc[1..] {
+        t = _mm256_add_ps(t, *a);
+    }
+    _mm256_storeu_ps(s.as_mut_ptr(), t);
+    s.iter().sum()
+}
+
+/// Measures the single-core peak rate of 8-wide FMAs, in FMAs (multiply-adds) per second.
+pub fn peak_fma_rate() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            let iters = 20_000_000u64;
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let t = Instant::now();
+                // SAFETY: avx2 and fma detected.
+                black_box(unsafe { fma_loop(black_box(iters)) });
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            return (iters * 10 * 8) as f64 / best;
+        }
+    }
+    0.0
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_set1_ps(0.0); 10];
+    let a = _mm256_set1_ps(0.999_9);
+    let b = _mm256_set1_ps(1e-7);
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut s = [0f32; 8];
+    let mut t = acc[0];
+    for x in &acc[1..] {
+        t = _mm256_add_ps(t, *x);
+    }
+    _mm256_storeu_ps(s.as_mut_ptr(), t);
+    s.iter().sum()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Bandwidth (GB/s) for a working set of `bytes`, measured once per size (within 10 %).
+struct BandwidthCache(Vec<(usize, f64)>);
+
+impl BandwidthCache {
+    fn get(&mut self, bytes: usize) -> f64 {
+        // Sizes within 10 % share a measurement.
+        if let Some(&(_, bw)) = self
+            .0
+            .iter()
+            .find(|(b, _)| (*b as f64 - bytes as f64).abs() <= 0.1 * bytes as f64)
+        {
+            return bw;
+        }
+        let class = bytes.max(64 << 10);
+        let bw = read_bandwidth(class.min(1 << 30));
+        self.0.push((class, bw));
+        self.0.sort_by_key(|e| e.0);
+        bw
+    }
+}
+
+/// Runs one case: single queries alternating with faiss, blocks of 16, neighbour agreement.
+#[allow(clippy::too_many_arguments)]
+fn run_case(
+    name: &str,
+    index: &IvfIndex,
+    faiss: &mut IVFFlatIndexImpl,
+    queries: &[f32],
+    k: usize,
+    bw: &mut BandwidthCache,
+    peak_fma: f64,
+) -> Result<CaseResult, FormatError> {
+    let d = index.dim();
+    let nq = queries.len() / d;
+    let ferr =
+        |e: faiss::error::Error| FormatError::InvalidParts(format!("faiss search failed: {e}"));
+    let mut s = Searcher::new();
+    // Warm both (page in the index, train branch predictors).
+    for q in queries.chunks_exact(d).take(500) {
+        black_box(s.search(index, q, k, 1));
+        black_box(faiss.search(q, k).map_err(ferr)?);
+    }
+    let stats0 = s.stats();
+    let mut ours = Vec::with_capacity(nq);
+    let mut theirs = Vec::with_capacity(nq);
+    let mut same = 0usize;
+    let mut ids = [0i64; super::MAX_K];
+    let mut breather = Breather(Instant::now());
+    for (i, q) in queries.chunks_exact(d).enumerate() {
+        breather.tick();
+        let ours_first = i % 2 == 0;
+        let time_ours = |s: &mut Searcher, ids: &mut [i64; super::MAX_K]| {
+            let t = Instant::now();
+            let r = black_box(s.search(index, black_box(q), k, 1));
+            let ns = t.elapsed().as_nanos() as f64;
+            for (slot, n) in ids.iter_mut().zip(r) {
+                *slot = n.id;
+            }
+            (ns, r.len())
+        };
+        let (ns_o, len);
+        let (ns_f, res);
+        if ours_first {
+            (ns_o, len) = time_ours(&mut s, &mut ids);
+            let t = Instant::now();
+            res = black_box(faiss.search(black_box(q), k).map_err(ferr)?);
+            ns_f = t.elapsed().as_nanos() as f64;
+        } else {
+            let t = Instant::now();
+            res = black_box(faiss.search(black_box(q), k).map_err(ferr)?);
+            ns_f = t.elapsed().as_nanos() as f64;
+            (ns_o, len) = time_ours(&mut s, &mut ids);
+        }
+        ours.push(ns_o);
+        theirs.push(ns_f);
+        let fl: Vec<i64> = res
+            .labels
+            .iter()
+            .filter_map(|l| l.get())
+            .map(|v| v as i64)
+            .collect();
+        if fl[..] == ids[..len] {
+            same += 1;
+        }
+    }
+    let stats1 = s.stats();
+
+    // Blocks of 16.
+    let mut ours_b = Vec::new();
+    let mut theirs_b = Vec::new();
+    let mut same_b = 0usize;
+    let mut nb = 0usize;
+    for (i, block) in queries.chunks_exact(BLOCK * d).enumerate() {
+        breather.tick();
+        let run_ours = |s: &mut Searcher| {
+            let t = Instant::now();
+            black_box(s.search_block(index, black_box(block), k, 1));
+            t.elapsed().as_nanos() as f64
+        };
+        let (o, f, res);
+        if i % 2 == 0 {
+            o = run_ours(&mut s);
+            let t = Instant::now();
+            res = black_box(faiss.search(black_box(block), k).map_err(ferr)?);
+            f = t.elapsed().as_nanos() as f64;
+        } else {
+            let t = Instant::now();
+            res = black_box(faiss.search(black_box(block), k).map_err(ferr)?);
+            f = t.elapsed().as_nanos() as f64;
+            o = run_ours(&mut s);
+        }
+        ours_b.push(o / BLOCK as f64);
+        theirs_b.push(f / BLOCK as f64);
+        let r = s.search_block(index, block, k, 1).clone();
+        for qi in 0..BLOCK {
+            let fl: Vec<i64> = res.labels[qi * k..(qi + 1) * k]
+                .iter()
+                .filter_map(|l| l.get())
+                .map(|v| v as i64)
+                .collect();
+            let ol: Vec<i64> = r.get(qi).iter().map(|n| n.id).collect();
+            same_b += (fl == ol) as usize;
+            nb += 1;
+        }
+    }
+
+    let lo = Latency::from_ns(ours);
+    let lf = Latency::from_ns(theirs);
+    let bo = Latency::from_ns(ours_b).p50_us;
+    let bf = Latency::from_ns(theirs_b).p50_us;
+
+    // Floors.
+    let nlist = index.nlist();
+    let n = index.ntotal().max(1);
+    let offsets = index.list_offsets();
+    // A query lands in a list about in proportion to its size: E[len] = Σ len² / N.
+    let expected_len: f64 = (0..nlist)
+        .map(|l| ((offsets[l + 1] - offsets[l]) as f64).powi(2))
+        .sum::<f64>()
+        / n as f64;
+    let rechecked = (stats1.rechecked - stats0.rechecked) as f64 / nq.max(1) as f64;
+    let list_bytes = expected_len * (d as f64 * 4.0 + 8.0);
+    let table_bytes = (nlist * d + nlist * 20) as f64 + rechecked * d as f64 * 4.0;
+    let faiss_table_bytes = (nlist * d * 4) as f64;
+    let table_bw = bw.get(table_bytes as usize);
+    let faiss_table_bw = bw.get(faiss_table_bytes as usize);
+    let list_bw = bw.get(index.byte_len());
+    let mem_floor = table_bytes / table_bw / 1e3 + list_bytes / list_bw / 1e3;
+    let fmas = ((nlist + rechecked as usize) * d) as f64 + expected_len * d as f64;
+    let fma_floor = if peak_fma > 0.0 {
+        fmas / peak_fma * 1e6
+    } else {
+        0.0
+    };
+    let floor = mem_floor.max(fma_floor);
+    let faiss_floor =
+        (faiss_table_bytes / faiss_table_bw / 1e3 + list_bytes / list_bw / 1e3).max(fma_floor);
+
+    let total = nq + nb;
+    Ok(CaseResult {
+        name: name.to_string(),
+        n: index.ntotal(),
+        d,
+        nlist,
+        k,
+        nprobe: 1,
+        queries: nq,
+        knnblend_p50_us: lo.p50_us,
+        knnblend_p99_us: lo.p99_us,
+        knnblend_p999_us: lo.p999_us,
+        knnblend_max_us: lo.max_us,
+        faiss_p50_us: lf.p50_us,
+        faiss_p99_us: lf.p99_us,
+        faiss_p999_us: lf.p999_us,
+        faiss_max_us: lf.max_us,
+        knnblend_block16_us: bo,
+        faiss_block16_us: bf,
+        ratio_p50: lf.p50_us / lo.p50_us,
+        ratio_p99: lf.p99_us / lo.p99_us,
+        ratio_p999: lf.p999_us / lo.p999_us,
+        ratio_block16: bf / bo,
+        knnblend_tail: lo.p999_us / lo.p50_us,
+        faiss_tail: lf.p999_us / lf.p50_us,
+        same_neighbours_pct: 100.0 * (same + same_b) as f64 / total.max(1) as f64,
+        bytes_per_query: table_bytes + list_bytes,
+        faiss_bytes_per_query: faiss_table_bytes + list_bytes,
+        table_bandwidth_gbs: table_bw,
+        list_bandwidth_gbs: list_bw,
+        memory_floor_us: mem_floor,
+        fma_floor_us: fma_floor,
+        floor_us: floor,
+        p50_over_floor: lo.p50_us / floor,
+        faiss_floor_us: faiss_floor,
+        faiss_p50_over_floor: lf.p50_us / faiss_floor,
+        rechecked_per_query: rechecked,
+        exact_scans: stats1.exact_scans - stats0.exact_scans,
+    })
+}
+
+/// Median single-query latency of both engines at one k (alternating, fewer queries).
+fn k_point(
+    name: &str,
+    index: &IvfIndex,
+    faiss: &mut IVFFlatIndexImpl,
+    queries: &[f32],
+    k: usize,
+) -> Result<KPoint, FormatError> {
+    let d = index.dim();
+    let ferr =
+        |e: faiss::error::Error| FormatError::InvalidParts(format!("faiss search failed: {e}"));
+    let mut s = Searcher::new();
+    let (mut o, mut f) = (Vec::new(), Vec::new());
+    let mut breather = Breather(Instant::now());
+    for q in queries.chunks_exact(d) {
+        breather.tick();
+        let t = Instant::now();
+        black_box(s.search(index, black_box(q), k, 1));
+        o.push(t.elapsed().as_nanos() as f64);
+        let t = Instant::now();
+        black_box(faiss.search(black_box(q), k).map_err(ferr)?);
+        f.push(t.elapsed().as_nanos() as f64);
+    }
+    Ok(KPoint {
+        case: name.to_string(),
+        k,
+        knnblend_p50_us: Latency::from_ns(o).p50_us,
+        faiss_p50_us: Latency::from_ns(f).p50_us,
+    })
+}
+
+/// Moves the calling thread to `SCHED_FIFO` (priority 40, like an audio thread) pinned to the
+/// CPU it runs on, when the system allows it; returns a description of what it got.
+fn realtime_scheduling() -> String {
+    // SAFETY: plain syscalls on the calling thread with valid arguments.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        let mut pinned = false;
+        if cpu >= 0 {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut set);
+            pinned = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0;
+        }
+        let param = libc::sched_param { sched_priority: 40 };
+        let fifo = libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) == 0;
+        format!(
+            "{}{}",
+            if fifo {
+                "SCHED_FIFO 40"
+            } else {
+                "normal scheduler (SCHED_FIFO refused)"
+            },
+            if pinned {
+                format!(", pinned to CPU {cpu}")
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// Gives the CPU back for a moment every 20 ms of timing, so a realtime-priority benchmark
+/// never runs into the kernel's realtime throttling (which would show up as a false tail).
+struct Breather(Instant);
+
+impl Breather {
+    fn tick(&mut self) {
+        if self.0.elapsed().as_millis() >= 20 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            self.0 = Instant::now();
+        }
+    }
+}
+
+/// Runs the benchmark. `log` receives progress lines (build steps, case names).
+pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report, FormatError> {
+    let load = load_average();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut bw = BandwidthCache(Vec::new());
+    let mut cases = Vec::new();
+    let mut k_sweep = Vec::new();
+    let nq = if opts.quick {
+        opts.queries.min(5_000)
+    } else {
+        opts.queries
+    };
+
+    let mut jobs: Vec<(String, PathBuf, Option<u64>)> = Vec::new();
+    if !opts.only_indexes {
+        for shape in FULL.iter().filter(|s| !opts.quick || s.n <= 30_000) {
+            jobs.push((
+                shape.name.to_string(),
+                cached_index(opts, shape, log)?,
+                Some(opts.seed),
+            ));
+        }
+    }
+    for p in &opts.indexes {
+        let name = p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        jobs.push((name, p.clone(), None));
+    }
+    // SAFETY: plain libgomp setter; from here on faiss searches on one thread.
+    unsafe { omp_set_num_threads(1) };
+    // Indexes are built (on every core); time on one pinned realtime thread.
+    let scheduling = realtime_scheduling();
+    log(&format!("timing thread: {scheduling}"));
+    let peak = peak_fma_rate();
+
+    for (name, path, synthetic) in &jobs {
+        log(&format!("case {name}: loading {}", path.display()));
+        let index = IvfIndex::open(path)?;
+        if index.metric() != Metric::L2 {
+            log(&format!(
+                "  skipped: {name} uses inner product; the benchmark compares L2 indexes"
+            ));
+            continue;
+        }
+        let mut faiss = read_faiss(path)?;
+        let queries = queries_for(&index, *synthetic, nq);
+        let r = run_case(name, &index, &mut faiss, &queries, 8, &mut bw, peak)?;
+        log(&format!(
+            "  p50 {:.1} µs vs faiss {:.1} µs ({:.1}×), p99.9 {:.1} vs {:.1}",
+            r.knnblend_p50_us, r.faiss_p50_us, r.ratio_p50, r.knnblend_p999_us, r.faiss_p999_us
+        ));
+        cases.push(r);
+        if name == "v2-30k" {
+            let sweep_q = &queries[..queries.len().min(3_000 * index.dim())];
+            for k in [1, 4, 8, 16, 32] {
+                k_sweep.push(k_point(name, &index, &mut faiss, sweep_q, k)?);
+            }
+        }
+    }
+    Ok(Report {
+        machine: Machine {
+            cpu: cpu_model(),
+            cpus,
+            kernels: Searcher::new().kernels().name.to_string(),
+            peak_gfma: peak / 1e9,
+            bandwidth: bw.0,
+            load_average: load,
+            scheduling,
+        },
+        cases,
+        k_sweep,
+    })
+}
+
+/// The report as text tables.
+pub fn format_text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        s,
+        "machine: {} ({} CPUs), kernels {}, peak {:.1} GFMA/s per core, load average {:.2} at start\ntiming thread: {}",
+        m.cpu, m.cpus, m.kernels, m.peak_gfma, m.load_average, m.scheduling
+    );
+    let bws: Vec<String> = m
+        .bandwidth
+        .iter()
+        .map(|(b, g)| format!("{} {:.1} GB/s", human_bytes(*b as f64), g))
+        .collect();
+    let _ = writeln!(
+        s,
+        "single-core read bandwidth by working set: {}",
+        bws.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "faiss: IndexIVFFlat, one thread (omp_set_num_threads(1)), n_probe 1; times in µs\n"
+    );
+    let _ = writeln!(
+        s,
+        "{:<22} {:>7} {:>4} {:>5} | {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>6} {:>6} {:>6} | {:>7} {:>7} {:>5} | {:>6}",
+        "case", "N", "d", "nlist", "ours p50", "p99", "p99.9", "max", "faiss50", "p99", "p99.9", "max", "×p50", "×p99", "×p999", "blk16", "f.blk16", "×blk", "same%"
+    );
+    for c in &r.cases {
+        let _ = writeln!(
+            s,
+            "{:<22} {:>7} {:>4} {:>5} | {:>8.1} {:>8.1} {:>8.1} {:>8.1} | {:>8.1} {:>8.1} {:>8.1} {:>8.1} | {:>6.2} {:>6.2} {:>6.2} | {:>7.1} {:>7.1} {:>5.2} | {:>6.2}",
+            c.name,
+            c.n,
+            c.d,
+            c.nlist,
+            c.knnblend_p50_us,
+            c.knnblend_p99_us,
+            c.knnblend_p999_us,
+            c.knnblend_max_us,
+            c.faiss_p50_us,
+            c.faiss_p99_us,
+            c.faiss_p999_us,
+            c.faiss_max_us,
+            c.ratio_p50,
+            c.ratio_p99,
+            c.ratio_p999,
+            c.knnblend_block16_us,
+            c.faiss_block16_us,
+            c.ratio_block16,
+            c.same_neighbours_pct
+        );
+    }
+    let _ = writeln!(s, "\nfloors (bytes touched per query at the measured bandwidth for that working set; FMAs at peak):");
+    let _ = writeln!(
+        s,
+        "{:<22} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} | {:>10} {:>9} {:>9} | {:>7} {:>6} {:>6}",
+        "case", "bytes/q", "table GB/s", "list GB/s", "mem floor", "fma fl.", "floor", "p50/fl", "f32 bytes", "f32 floor", "faiss/fl", "recheck", "tail", "f.tail"
+    );
+    for c in &r.cases {
+        let _ = writeln!(
+            s,
+            "{:<22} {:>10} {:>10.1} {:>9.1} {:>9.1} {:>8.1} {:>9.1} {:>8.2} | {:>10} {:>9.1} {:>9.2} | {:>7.2} {:>6.2} {:>6.2}",
+            c.name,
+            human_bytes(c.bytes_per_query),
+            c.table_bandwidth_gbs,
+            c.list_bandwidth_gbs,
+            c.memory_floor_us,
+            c.fma_floor_us,
+            c.floor_us,
+            c.p50_over_floor,
+            human_bytes(c.faiss_bytes_per_query),
+            c.faiss_floor_us,
+            c.faiss_p50_over_floor,
+            c.rechecked_per_query,
+            c.knnblend_tail,
+            c.faiss_tail
+        );
+    }
+    if !r.k_sweep.is_empty() {
+        let _ = writeln!(s, "\nlatency vs k ({}), p50 µs:", r.k_sweep[0].case);
+        let _ = writeln!(s, "{:>4} {:>9} {:>9} {:>6}", "k", "knnblend", "faiss", "×");
+        for p in &r.k_sweep {
+            let _ = writeln!(
+                s,
+                "{:>4} {:>9.1} {:>9.1} {:>6.2}",
+                p.k,
+                p.knnblend_p50_us,
+                p.faiss_p50_us,
+                p.faiss_p50_us / p.knnblend_p50_us
+            );
+        }
+    }
+    s
+}
+
+fn human_bytes(b: f64) -> String {
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1 << 20) as f64 {
+        format!("{:.2} MiB", b / (1 << 20) as f64)
+    } else {
+        format!("{:.0} KiB", b / 1024.0)
+    }
+}
+
+/// Times the phases of one search on `index` (kernels over the whole centroid table, searches
+/// hot and rotating, block search) and returns the lines to print. For finding where time goes.
+pub fn phases(index: &IvfIndex) -> String {
+    use super::kernels::Kernels;
+    use std::fmt::Write;
+    let mut s = String::new();
+    let (d, nlist) = (index.dim(), index.nlist());
+    let _ = writeln!(s, "d {d}, nlist {nlist}, N {}", index.ntotal());
+    let mut time = |name: &str, reps: usize, bytes: f64, f: &mut dyn FnMut()| {
+        for _ in 0..reps / 10 + 1 {
+            f();
+        }
+        let mut v = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = Instant::now();
+            f();
+            v.push(t.elapsed().as_nanos() as f64 / 1e3);
+        }
+        v.sort_by(f64::total_cmp);
+        let p50 = v[v.len() / 2];
+        let _ = writeln!(
+            s,
+            "{name:<44} p50 {p50:>9.2} µs  min {:>9.2} µs  {:>6.1} GB/s",
+            v[0],
+            bytes / p50 / 1e3
+        );
+    };
+    let k = Kernels::detect();
+    let cents = index.centroids();
+    let bytes: Vec<i8> = cents
+        .iter()
+        .map(|&x| (x * 40.0).round().clamp(-127.0, 127.0) as i8)
+        .collect();
+    let queries = speech_like_rows(d, 4000, 1, 1_000_004);
+    let q = &queries[..d];
+    let q16: Vec<i16> = queries
+        .iter()
+        .map(|&x| (x * 4000.0).round().clamp(-16384.0, 16384.0) as i16)
+        .collect();
+    let mut out = vec![0f32; nlist];
+    let mut iout = vec![0i32; nlist];
+    let (hb, fb) = ((nlist * d) as f64, (nlist * d * 4) as f64);
+    if d <= super::kernels::I8_MAX_DIM {
+        time("dot_i8_rows, whole 8-bit table", 2000, hb, &mut || {
+            (k.dot_i8_rows)(black_box(&q16[..d]), &bytes, &mut iout)
+        });
+    }
+    time("dot_rows, whole f32 table", 2000, fb, &mut || {
+        (k.dot_rows)(black_box(q), cents, &mut out)
+    });
+    time("l2sq_rows, whole f32 table", 2000, fb, &mut || {
+        (k.l2sq_rows)(black_box(q), cents, &mut out)
+    });
+    if d <= super::kernels::I8_MAX_DIM {
+        let r = nlist.min(64);
+        let mut o64 = vec![0i32; r];
+        let hot = (r * d) as f64;
+        time("dot_i8_rows, 64 rows (hot)", 20_000, hot, &mut || {
+            (k.dot_i8_rows)(black_box(&q16[..d]), &bytes[..r * d], &mut o64)
+        });
+        let r = nlist.min(16);
+        let mut tile = vec![0i32; 16 * r];
+        time(
+            "dot_i8_tile, 16 queries × 16 rows (hot)",
+            20_000,
+            (r * d) as f64,
+            &mut || (k.dot_i8_tile)(black_box(&q16[..16 * d]), d, &bytes[..r * d], &mut tile),
+        );
+    }
+    let offsets = index.list_offsets();
+    let vectors = index.vectors();
+    let mut rng = Rng(99);
+    let mut dist = vec![0f32; 4096];
+    let big = (0..nlist)
+        .max_by_key(|&l| offsets[l + 1] - offsets[l])
+        .unwrap_or(0);
+    let largest = offsets[big + 1] - offsets[big];
+    let mut lb = 0f64;
+    time(
+        "l2sq_rows over a random list (cold)",
+        4000,
+        0.0,
+        &mut || {
+            let l = rng.below(nlist);
+            let (a, b) = (offsets[l] as usize, offsets[l + 1] as usize);
+            let n = (b - a).min(4096);
+            lb += (n * d * 4) as f64;
+            (k.l2sq_rows)(black_box(q), &vectors[a * d..(a + n) * d], &mut dist[..n]);
+        },
+    );
+    time(
+        "9 random f32 centroids, l2sq (cold-ish)",
+        4000,
+        0.0,
+        &mut || {
+            for _ in 0..9 {
+                let l = rng.below(nlist);
+                black_box((k.l2sq)(black_box(q), &cents[l * d..(l + 1) * d]));
+            }
+        },
+    );
+    let mut sr = Searcher::new();
+    time("search, one query repeated (hot)", 5000, 0.0, &mut || {
+        black_box(sr.search(index, black_box(q), 8, 1));
+    });
+    let mut i = 0;
+    time("search, rotating 4000 queries", 4000, 0.0, &mut || {
+        i = (i + 1) % 4000;
+        black_box(sr.search(index, black_box(&queries[i * d..(i + 1) * d]), 8, 1));
+    });
+    let mut e = Searcher::new();
+    e.set_screening(false);
+    time(
+        "search with exact f32 centroid scan, rotating",
+        4000,
+        0.0,
+        &mut || {
+            i = (i + 1) % 4000;
+            black_box(e.search(index, black_box(&queries[i * d..(i + 1) * d]), 8, 1));
+        },
+    );
+    time(
+        "search_block of 16, rotating (per block)",
+        1000,
+        0.0,
+        &mut || {
+            i = (i + 16) % 3984;
+            black_box(sr.search_block(index, black_box(&queries[i * d..(i + 16) * d]), 8, 1));
+        },
+    );
+    let _ = writeln!(s, "{:?}", sr.stats());
+    let mut acc = vec![Vec::new(); 4];
+    for i in 0..4000 {
+        let p = sr.profile_search(index, &queries[i * d..(i + 1) * d], 8);
+        for j in 0..4 {
+            acc[j].push(p[j] * 1e3);
+        }
+    }
+    for (j, name) in ["quantise", "screen", "recheck", "list scan"]
+        .iter()
+        .enumerate()
+    {
+        let l = Latency::from_ns(acc[j].clone());
+        let _ = writeln!(
+            s,
+            "phase {name:<10} p50 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} mean {:>7.2}",
+            l.p50_us, l.p99_us, l.p999_us, l.mean_us
+        );
+    }
+    let _ = writeln!(
+        s,
+        "largest list {largest} vectors; mean random list {:.0} KiB",
+        lb / 4400.0 / 1024.0
+    );
+    s
+}
