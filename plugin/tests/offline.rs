@@ -519,3 +519,31 @@ fn switching_voices_crossfades_without_clicks() {
         "a voice switch made a step of {switching} (fixed voices: {fixed})"
     );
 }
+
+#[test]
+fn no_page_faults_in_process_once_running() {
+    let sample_rate = 48_000.0;
+    let dir = tempfile::tempdir().unwrap();
+    let high = make_voice(dir.path(), "high.kbi", true);
+    let low = make_voice(dir.path(), "low.kbi", false);
+    let mut host = OfflineHost::new(sample_rate, 2);
+    host.params.slots.set_path(0, &high).unwrap();
+    host.params.slots.set_path(1, &low).unwrap();
+    wait_for_loads(&host.params.slots);
+    host.handles.set_plain("blend", 1.0, sample_rate, true);
+    let input = test_signal(sample_rate, 1.0, 2);
+
+    let mut warm = input.clone();
+    host.render(&mut warm, ODD_BLOCKS, |block, _, p, sr| {
+        p.set_plain("voice", 1.0 + (block % 2) as f32, sr, false);
+    });
+    println!("page faults in process() while warming up: {}", host.faults);
+
+    host.faults = 0;
+    let mut audio = input.clone();
+    host.render(&mut audio, ODD_BLOCKS, |block, _, p, sr| {
+        p.set_plain("voice", 1.0 + ((block / 3) % 2) as f32, sr, false);
+        p.set_plain("neighbours", 1.0 + (block % 16) as f32, sr, false);
+    });
+    assert_eq!(host.faults, 0, "page faults inside process() after warm-up");
+}

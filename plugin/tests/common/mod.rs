@@ -142,6 +142,18 @@ pub struct OfflineHost {
     pub sample_rate: f32,
     pub channels: usize,
     pub latency: u32,
+    /// Page faults (minor + major) counted on this thread inside `process()` calls.
+    pub faults: u64,
+}
+
+/// Minor + major page faults of the calling thread so far.
+pub fn thread_faults() -> u64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        (usage.ru_minflt + usage.ru_majflt) as u64
+    }
 }
 
 impl OfflineHost {
@@ -159,6 +171,7 @@ impl OfflineHost {
             sample_rate,
             channels,
             latency: 0,
+            faults: 0,
         };
         host.activate(sample_rate, channels);
         host
@@ -232,10 +245,12 @@ impl OfflineHost {
             let plugin = &mut self.plugin;
             let handles = &self.handles;
             let sample_rate = self.sample_rate;
+            let before = thread_faults();
             let status = no_alloc(|| {
                 automate(block_index, pos, handles, sample_rate);
                 plugin.process(&mut buffer, &mut aux, &mut ctx)
             });
+            self.faults += thread_faults() - before;
             assert!(
                 !matches!(status, ProcessStatus::Error(_)),
                 "process failed: {status:?}"
