@@ -270,3 +270,24 @@ fn no_index_passes_audio_through() {
     assert!(peak < 1e-5, "{peak}");
     assert_eq!(e.stats().blended, 0);
 }
+
+#[test]
+fn an_index_from_22k_recordings_serves_a_48k_session() {
+    let spec = FeatureSpec::default();
+    let index = voice_index(
+        &synth_voice(&VoiceParams::high().with_seed(12), 22_050.0, 5.0),
+        22_050.0,
+        &spec,
+    );
+    let sr = 48_000.0;
+    let target = ltas_db(
+        &synth_voice(&VoiceParams::high().with_seed(13), sr, 3.0),
+        sr,
+    );
+    let input = synth_voice(&VoiceParams::low().with_seed(11), sr, 3.0);
+    let d_input = distance(&ltas_db(&input, sr), &target);
+    let out = render(&mut engine(Some(index), sr, 1), &[input], params(1.0), 512);
+    let d = distance(&ltas_db(&out[0], sr), &target);
+    println!("22.05 kHz index at 48 kHz: LTAS distance {d_input:.2} dB → {d:.2} dB");
+    assert!(d <= 0.6 * d_input, "{d_input:.2} dB → {d:.2} dB");
+}

@@ -274,7 +274,7 @@ pub fn alpha_expand(
             };
             let sim = found.distances[i * k + j].max(0.0);
             let w = sim.powf(expand.alpha);
-            if !(w > 0.0) {
+            if w.is_nan() || w <= 0.0 {
                 continue;
             }
             wsum += w as f64;
