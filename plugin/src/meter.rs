@@ -30,7 +30,7 @@ impl MeterReading {
     pub fn cpu_share_since(&self, earlier: &MeterReading) -> Option<f64> {
         let samples = self.samples.checked_sub(earlier.samples)?;
         let busy = self.busy_ns.checked_sub(earlier.busy_ns)?;
-        if samples == 0 || !(self.sample_rate > 0.0) {
+        if samples == 0 || self.sample_rate.is_nan() || self.sample_rate <= 0.0 {
             return None;
         }
         let audio_ns = samples as f64 / self.sample_rate as f64 * 1e9;

@@ -262,7 +262,7 @@ fn process_some(
                     let inputs = in_ports.with_input_buffers([AudioPortBuffer {
                         latency: 0,
                         channels: AudioPortBufferType::f32_input_only(
-                            input.iter_mut().map(|b| InputChannel::variable(b)),
+                            input.iter_mut().map(InputChannel::variable),
                         ),
                     }]);
                     let mut outputs = out_ports.with_output_buffers([AudioPortBuffer {
@@ -341,7 +341,7 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
     );
 
     assert!(gui.is_api_supported(
-        &mut instance.plugin_handle(),
+        &instance.plugin_handle(),
         GuiConfiguration {
             api_type: GuiApiType::X11,
             is_floating: false
@@ -355,9 +355,7 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
         .access_shared_handler(|s| *s.state.get().unwrap())
         .expect("state extension");
     let mut saved = Vec::new();
-    state
-        .save(&mut instance.plugin_handle(), &mut saved)
-        .unwrap();
+    state.save(&instance.plugin_handle(), &mut saved).unwrap();
     let len = u64::from_le_bytes(saved[..8].try_into().unwrap()) as usize;
     let mut json: serde_json::Value = serde_json::from_slice(&saved[8..8 + len]).unwrap();
     json["fields"]["slots"] = serde_json::Value::String(
@@ -368,10 +366,7 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
     let mut blob = (bytes.len() as u64).to_le_bytes().to_vec();
     blob.extend_from_slice(&bytes);
     state
-        .load(
-            &mut instance.plugin_handle(),
-            &mut std::io::Cursor::new(blob),
-        )
+        .load(&instance.plugin_handle(), &mut std::io::Cursor::new(blob))
         .expect("load state");
 
     for round in 0..5 {
@@ -379,21 +374,21 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
             api_type: GuiApiType::X11,
             is_floating: false,
         };
-        gui.create(&mut instance.plugin_handle(), config)
+        gui.create(&instance.plugin_handle(), config)
             .expect("create the editor");
         let size = gui
-            .get_size(&mut instance.plugin_handle())
+            .get_size(&instance.plugin_handle())
             .expect("editor size");
         assert!(size.width >= 400 && size.height >= 300, "{size:?}");
         // SAFETY: the host window outlives the editor (destroyed below, before the window).
         unsafe {
             gui.set_parent(
-                &mut instance.plugin_handle(),
+                &instance.plugin_handle(),
                 Window::from_x11_handle(host_window.window),
             )
         }
         .expect("embed the editor");
-        gui.show(&mut instance.plugin_handle()).expect("show");
+        gui.show(&instance.plugin_handle()).expect("show");
         // Audio keeps running while the editor is open.
         processor = Some(process_some(processor.take().unwrap(), 200));
         pump(&mut instance, Duration::from_millis(300));
@@ -406,8 +401,8 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
             "round {round}: editor painted {:.0} % of its area",
             painted * 100.0
         );
-        gui.hide(&mut instance.plugin_handle()).expect("hide");
-        gui.destroy(&mut instance.plugin_handle());
+        gui.hide(&instance.plugin_handle()).expect("hide");
+        gui.destroy(&instance.plugin_handle());
         pump(&mut instance, Duration::from_millis(100));
         processor = Some(process_some(processor.take().unwrap(), 50));
     }

@@ -144,14 +144,12 @@ impl Instance {
         let ext = instance
             .access_shared_handler(|s| *s.params.get().unwrap())
             .expect("the plugin has the params extension");
-        let mut handle = instance.plugin_handle();
-        let count = ext.count(&mut handle);
+        let handle = instance.plugin_handle();
+        let count = ext.count(&handle);
         let mut params = Vec::new();
         for i in 0..count {
             let mut buffer = ParamInfoBuffer::new();
-            let info = ext
-                .get_info(&mut handle, i, &mut buffer)
-                .expect("param info");
+            let info = ext.get_info(&handle, i, &mut buffer).expect("param info");
             params.push((String::from_utf8_lossy(info.name).into_owned(), info.id));
         }
         let mut out = Instance {
@@ -182,7 +180,7 @@ impl Instance {
     fn value(&mut self, name: &str) -> f64 {
         let id = self.id(name);
         let ext = self.params_ext();
-        ext.get_value(&mut self.instance.plugin_handle(), id)
+        ext.get_value(&self.instance.plugin_handle(), id)
             .expect("param value")
     }
 
@@ -191,7 +189,7 @@ impl Instance {
         let ext = self.params_ext();
         let mut buffer = [0u8; 256];
         let text = ext
-            .value_to_text(&mut self.instance.plugin_handle(), id, value, &mut buffer)
+            .value_to_text(&self.instance.plugin_handle(), id, value, &mut buffer)
             .expect("value to text");
         let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
         String::from_utf8_lossy(&text[..end]).into_owned()
@@ -203,7 +201,7 @@ impl Instance {
         let id = self.id(name);
         let ext = self.params_ext();
         let text = std::ffi::CString::new(text).unwrap();
-        ext.text_to_value(&mut self.instance.plugin_handle(), id, &text)
+        ext.text_to_value(&self.instance.plugin_handle(), id, &text)
             .unwrap_or_else(|| panic!("{name}: cannot parse {text:?}"))
     }
 
@@ -218,7 +216,7 @@ impl Instance {
             .instance
             .access_shared_handler(|s| *s.latency.get().unwrap())
             .expect("the plugin has the latency extension");
-        ext.get(&mut self.instance.plugin_handle())
+        ext.get(&self.instance.plugin_handle())
     }
 
     /// Runs main-thread callbacks the plugin asked for (parameter rescans, latency changes).
@@ -261,7 +259,7 @@ impl Instance {
             .access_shared_handler(|s| *s.state.get().unwrap())
             .expect("the plugin has the state extension");
         let mut bytes = Vec::new();
-        ext.save(&mut self.instance.plugin_handle(), &mut bytes)
+        ext.save(&self.instance.plugin_handle(), &mut bytes)
             .expect("save state");
         bytes
     }
@@ -273,7 +271,7 @@ impl Instance {
             .expect("the plugin has the state extension");
         let ok = ext
             .load(
-                &mut self.instance.plugin_handle(),
+                &self.instance.plugin_handle(),
                 &mut std::io::Cursor::new(bytes),
             )
             .is_ok();
@@ -330,7 +328,7 @@ impl Instance {
                         let inputs = in_ports.with_input_buffers([AudioPortBuffer {
                             latency: 0,
                             channels: AudioPortBufferType::f32_input_only(
-                                in_bufs.iter_mut().map(|b| InputChannel::variable(b)),
+                                in_bufs.iter_mut().map(InputChannel::variable),
                             ),
                         }]);
                         let mut outputs = out_ports.with_output_buffers([AudioPortBuffer {

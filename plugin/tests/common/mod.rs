@@ -310,4 +310,5 @@ pub fn residual_dbfs(
 }
 
 mod voice;
+#[allow(unused_imports)]
 pub use voice::{make_mismatched, make_voice};
