@@ -471,39 +471,6 @@ impl Searcher {
         &self.block
     }
 
-    #[doc(hidden)]
-    pub fn profile_search(&mut self, index: &IvfIndex, query: &[f32], k: usize) -> [f64; 4] {
-        let t0 = std::time::Instant::now();
-        let table = index.coarse().unwrap();
-        let d = index.dim();
-        let qn2 = (self.kernels.dot)(query, query);
-        let (t, eq) = (self.kernels.quantise)(query, &mut self.query_i16[..d]);
-        self.screen.begin(1, qn2, t, eq, table);
-        let t1 = std::time::Instant::now();
-        let (rows, nlist) = (table.rows(), index.nlist());
-        let mut base = 0;
-        while base < nlist && !self.screen.failed {
-            let r = SCREEN_CHUNK.min(nlist - base);
-            let dots = &mut self.idots[..r];
-            (self.kernels.dot_i8_rows)(&self.query_i16[..d], &rows[base * d..(base + r) * d], dots);
-            self.screen.offer(table, base, dots);
-            base += r;
-        }
-        let t2 = std::time::Instant::now();
-        self.probes.reset(1);
-        let exact = self.exact_fn(index);
-        self.stats.rechecked += self.screen.recheck(index, query, &exact, &mut self.probes);
-        let t3 = std::time::Instant::now();
-        self.scan_lists(index, query, k);
-        let t4 = std::time::Instant::now();
-        [
-            (t1 - t0).as_secs_f64() * 1e6,
-            (t2 - t1).as_secs_f64() * 1e6,
-            (t3 - t2).as_secs_f64() * 1e6,
-            (t4 - t3).as_secs_f64() * 1e6,
-        ]
-    }
-
     /// The exact list key: squared L2, or negated inner product (smaller is nearer).
     fn exact_fn(&self, index: &IvfIndex) -> impl Fn(&[f32], &[f32]) -> f32 {
         let (l2sq, dot) = (self.kernels.l2sq, self.kernels.dot);
