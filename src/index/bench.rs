@@ -1076,24 +1076,6 @@ pub fn phases(index: &IvfIndex) -> String {
         },
     );
     let _ = writeln!(s, "{:?}", sr.stats());
-    let mut acc = vec![Vec::new(); 4];
-    for i in 0..4000 {
-        let p = sr.profile_search(index, &queries[i * d..(i + 1) * d], 8);
-        for j in 0..4 {
-            acc[j].push(p[j] * 1e3);
-        }
-    }
-    for (j, name) in ["quantise", "screen", "recheck", "list scan"]
-        .iter()
-        .enumerate()
-    {
-        let l = Latency::from_ns(acc[j].clone());
-        let _ = writeln!(
-            s,
-            "phase {name:<10} p50 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} mean {:>7.2}",
-            l.p50_us, l.p99_us, l.p999_us, l.mean_us
-        );
-    }
     let _ = writeln!(
         s,
         "largest list {largest} vectors; mean random list {:.0} KiB",
