@@ -64,3 +64,26 @@ fn process_allocates_nothing_and_touches_no_new_page() {
     assert_eq!(faults, 0, "page faults while processing");
     assert!(engine.stats().blended > 100);
 }
+
+#[test]
+fn prints_the_cost_of_realtime_processing() {
+    // A figure, not an assertion (debug builds are slow; run with --release for real numbers).
+    for sr in [48_000.0f32, 96_000.0] {
+        let spec = FeatureSpec::default();
+        let index = voice_index(&synth_voice(&VoiceParams::high(), sr, 2.0), sr, &spec);
+        let mut engine =
+            VoiceEngine::with_retriever(IndexRetriever::new(Some(index)), &spec, sr, 2);
+        let voice = synth_voice(&VoiceParams::low(), sr, 1.0);
+        let (mut l, mut r) = (voice.clone(), voice);
+        let start = std::time::Instant::now();
+        for (a, b) in l.chunks_mut(512).zip(r.chunks_mut(512)) {
+            engine.process(&mut [a, b], &BlockParams::default());
+        }
+        let took = start.elapsed().as_secs_f64();
+        println!(
+            "{sr} Hz stereo: {:.1} µs per 10 ms frame, {:.1} % of one core in real time",
+            took * 1e6 / engine.stats().frames as f64,
+            100.0 * took
+        );
+    }
+}

@@ -187,37 +187,36 @@ pub fn write_wav_f32(path: &Path, audio: &Audio) -> Result<(), AudioError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|source| AudioError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let spec = hound::WavSpec {
         channels: audio.channels as u16,
         sample_rate: audio.sample_rate,
         bits_per_sample: 32,
         sample_format: hound::SampleFormat::Float,
     };
-    {
-        let file = std::io::BufWriter::new(tmp.as_file());
-        let mut writer = hound::WavWriter::new(file, spec).map_err(err)?;
+    let mut failure = None;
+    let written = crate::format::write_atomically(path, |file| {
+        let mut writer = hound::WavWriter::new(std::io::BufWriter::new(file), spec)
+            .map_err(|e| keep(&mut failure, e))?;
         for &s in &audio.samples {
-            writer.write_sample(s).map_err(err)?;
+            writer.write_sample(s).map_err(|e| keep(&mut failure, e))?;
         }
-        writer.finalize().map_err(err)?;
+        writer.finalize().map_err(|e| keep(&mut failure, e))
+    });
+    match (written, failure) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(e)) => Err(err(e)),
+        (Err(source), None) => Err(AudioError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
-    tmp.as_file().sync_all().map_err(|source| AudioError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    tmp.persist(path).map_err(|e| AudioError::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+}
+
+/// Keeps a WAV encoder error for the message and turns it into an I/O error for the writer.
+fn keep(slot: &mut Option<hound::Error>, e: hound::Error) -> std::io::Error {
+    let io = std::io::Error::other(e.to_string());
+    *slot = Some(e);
+    io
 }
 
 /// The audio files named by `inputs`: files as given, directories searched recursively for

@@ -497,6 +497,8 @@ impl<R: Retriever> VoiceEngine<R> {
                 *m += w * (e - *m);
             }
         }
+        // No transfer before the input speaker has been heard at all.
+        let gate = if self.mean_frames == 0 { 0.0 } else { gate };
         FeatureSpec::compose(&self.envelope, &self.speaker_mean, &mut self.query);
 
         // 3. retrieval: the blend's absolute half is the target envelope.
