@@ -2,6 +2,7 @@
 //! never a panic, an out-of-bounds read or a huge allocation.
 
 mod common;
+mod handmade;
 
 use knnblend::format::kbi::{self, KbiLayout, SectionKind, HEADER_LEN};
 use knnblend::format::{self, FormatError, IndexParts, ListParts, Metadata, Metric};
@@ -25,7 +26,10 @@ fn sample_parts() -> IndexParts {
         nprobe: 1,
         centroids: common::Clustered::new(dim, 4, 7).rows(4, 8),
         lists,
-        metadata: Metadata { features: "test-8".into(), ..Metadata::default() },
+        metadata: Metadata {
+            features: "test-8".into(),
+            ..Metadata::default()
+        },
     }
 }
 
@@ -71,16 +75,26 @@ fn truncation_at_every_field_and_section_boundary_is_an_error() {
     let mut cuts: Vec<usize> = (0..=HEADER_LEN).step_by(4).collect();
     for s in layout.sections {
         let r = s.range();
-        cuts.extend([r.start, r.start + 1, (r.start + r.end) / 2, r.end.saturating_sub(1)]);
+        cuts.extend([
+            r.start,
+            r.start + 1,
+            (r.start + r.end) / 2,
+            r.end.saturating_sub(1),
+        ]);
     }
     cuts.push(good.len() - 1);
     for cut in cuts {
         if cut >= good.len() {
             continue;
         }
-        let err = open(&good[..cut]).err().unwrap_or_else(|| panic!("truncated at {cut} opened"));
+        let err = open(&good[..cut])
+            .err()
+            .unwrap_or_else(|| panic!("truncated at {cut} opened"));
         assert!(
-            matches!(err, FormatError::Truncated { .. } | FormatError::UnknownFormat { .. }),
+            matches!(
+                err,
+                FormatError::Truncated { .. } | FormatError::UnknownFormat { .. }
+            ),
             "cut at {cut}: {err}"
         );
     }
@@ -101,10 +115,14 @@ fn a_flipped_bit_in_any_section_or_header_is_caught() {
         for bit in [0u8, 3, 7] {
             let mut b = good.clone();
             b[at] ^= 1 << bit;
-            let err = open(&b).err().unwrap_or_else(|| panic!("flip at {at} bit {bit} opened"));
+            let err = open(&b)
+                .err()
+                .unwrap_or_else(|| panic!("flip at {at} bit {bit} opened"));
             let ok = matches!(
                 err,
-                FormatError::Checksum { .. } | FormatError::UnsupportedVersion { .. } | FormatError::NonFinite { .. }
+                FormatError::Checksum { .. }
+                    | FormatError::UnsupportedVersion { .. }
+                    | FormatError::NonFinite { .. }
             );
             assert!(ok, "flip at {at}: {err}");
         }
@@ -116,9 +134,28 @@ fn a_flipped_bit_in_any_section_or_header_is_caught() {
 #[test]
 fn absurd_header_values_are_typed_errors() {
     let good = valid_kbi();
-    let fields: [(usize, usize); 9] = [(12, 4), (16, 4), (20, 4), (24, 4), (28, 4), (32, 8), (40, 8), (48, 8), (56, 4)];
+    let fields: [(usize, usize); 9] = [
+        (12, 4),
+        (16, 4),
+        (20, 4),
+        (24, 4),
+        (28, 4),
+        (32, 8),
+        (40, 8),
+        (48, 8),
+        (56, 4),
+    ];
     for (at, width) in fields {
-        for value in [0u64, 1, 3, 0xFFFF, 1 << 31, u32::MAX as u64, u64::MAX, 1 << 40] {
+        for value in [
+            0u64,
+            1,
+            3,
+            0xFFFF,
+            1 << 31,
+            u32::MAX as u64,
+            u64::MAX,
+            1 << 40,
+        ] {
             let mut b = good.clone();
             let bytes = value.to_le_bytes();
             b[at..at + width].copy_from_slice(&bytes[..width]);
@@ -133,7 +170,16 @@ fn absurd_header_values_are_typed_errors() {
             }
             match open(&b) {
                 Ok(_) => panic!("field at {at} = {value} opened"),
-                Err(e) => assert!(!matches!(e, FormatError::Checksum { section: "header", .. }), "{e}"),
+                Err(e) => assert!(
+                    !matches!(
+                        e,
+                        FormatError::Checksum {
+                            section: "header",
+                            ..
+                        }
+                    ),
+                    "{e}"
+                ),
             }
         }
     }
@@ -147,7 +193,13 @@ fn sizes_that_overflow_when_multiplied_are_refused() {
     b[40..48].copy_from_slice(&(u32::MAX as u64).to_le_bytes()); // ntotal
     rehash_header(&mut b);
     let err = open(&b).unwrap_err();
-    assert!(matches!(err, FormatError::BadSection { .. } | FormatError::InvalidField { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            FormatError::BadSection { .. } | FormatError::InvalidField { .. }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -155,7 +207,12 @@ fn list_offsets_out_of_order_or_not_summing_are_refused() {
     let good = valid_kbi();
     let layout = KbiLayout::parse(&good).unwrap();
     let at = layout.section(SectionKind::ListOffsets).offset as usize;
-    let cases: [&[u64]; 4] = [&[0, 30, 10, 60, 60], &[5, 20, 40, 60, 60], &[0, 20, 40, 60, 59], &[0, 20, 40, 60, 61]];
+    let cases: [&[u64]; 4] = [
+        &[0, 30, 10, 60, 60],
+        &[5, 20, 40, 60, 60],
+        &[0, 20, 40, 60, 59],
+        &[0, 20, 40, 60, 61],
+    ];
     for offsets in cases {
         let mut b = good.clone();
         for (i, o) in offsets.iter().enumerate() {
@@ -163,7 +220,10 @@ fn list_offsets_out_of_order_or_not_summing_are_refused() {
         }
         rehash_section(&mut b, 2);
         let err = open(&b).unwrap_err();
-        assert!(matches!(err, FormatError::BadLists(_)), "{offsets:?}: {err}");
+        assert!(
+            matches!(err, FormatError::BadLists(_)),
+            "{offsets:?}: {err}"
+        );
     }
 }
 
@@ -176,7 +236,13 @@ fn overlapping_or_misaligned_sections_are_refused() {
         b[at..at + 8].copy_from_slice(&new_offset.to_le_bytes());
         rehash_header(&mut b);
         let err = open(&b).unwrap_err();
-        assert!(matches!(err, FormatError::BadSection { .. } | FormatError::Truncated { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FormatError::BadSection { .. } | FormatError::Truncated { .. }
+            ),
+            "{err}"
+        );
     }
 }
 
@@ -187,7 +253,13 @@ fn non_finite_vectors_with_valid_checksums_are_refused() {
     let at = layout.section(SectionKind::Vectors).offset as usize + 12;
     b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     rehash_section(&mut b, 3);
-    assert!(matches!(open(&b).unwrap_err(), FormatError::NonFinite { section: "vectors", .. }));
+    assert!(matches!(
+        open(&b).unwrap_err(),
+        FormatError::NonFinite {
+            section: "vectors",
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -220,58 +292,55 @@ fn other_files_are_named_not_guessed() {
 #[test]
 fn directories_and_missing_files_are_io_errors() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(IvfIndex::open(dir.path()).unwrap_err(), FormatError::Io { .. }));
-    assert!(matches!(IvfIndex::open(&dir.path().join("nope.kbi")).unwrap_err(), FormatError::Io { .. }));
+    assert!(matches!(
+        IvfIndex::open(dir.path()).unwrap_err(),
+        FormatError::Io { .. }
+    ));
+    assert!(matches!(
+        IvfIndex::open(&dir.path().join("nope.kbi")).unwrap_err(),
+        FormatError::Io { .. }
+    ));
+}
+
+/// The parts of the small faiss file below: d 4, 4 lists, ids 0.. with vectors `id + j/4`.
+fn handmade_faiss_parts(sparse: bool) -> IndexParts {
+    let (d, nlist) = (4usize, 4usize);
+    let lists: Vec<Vec<i64>> = if sparse {
+        vec![vec![], vec![0, 1, 2], vec![], vec![]]
+    } else {
+        vec![vec![0], vec![1, 2], vec![3], vec![4]]
+    };
+    IndexParts {
+        dim: d,
+        metric: Metric::L2,
+        nprobe: 7,
+        centroids: (0..nlist * d).map(|i| i as f32).collect(),
+        lists: lists
+            .into_iter()
+            .map(|ids| ListParts {
+                vectors: ids
+                    .iter()
+                    .flat_map(|&id| (0..d).map(move |j| id as f32 + j as f32 * 0.25))
+                    .collect(),
+                ids,
+            })
+            .collect(),
+        metadata: Metadata::default(),
+    }
 }
 
 /// A faiss IVF-Flat file built by hand in faiss's layout, so this runs without faiss.
-fn handmade_faiss(sparse: bool) -> Vec<u8> {
-    let (d, nlist) = (4usize, 4usize);
-    let lists: Vec<Vec<i64>> = if sparse { vec![vec![], vec![0, 1, 2], vec![], vec![]] } else { vec![vec![0], vec![1, 2], vec![3], vec![4]] };
-    let ntotal: usize = lists.iter().map(Vec::len).sum();
-    let mut b = Vec::new();
-    let header = |b: &mut Vec<u8>, ntotal: i64| {
-        b.extend((d as i32).to_le_bytes());
-        b.extend(ntotal.to_le_bytes());
-        b.extend((1i64 << 20).to_le_bytes());
-        b.extend((1i64 << 20).to_le_bytes());
-        b.push(1);
-        b.extend(1i32.to_le_bytes()); // METRIC_L2
+fn handmade_faiss_file(sparse: bool) -> handmade::Written {
+    let style = handmade::FaissStyle {
+        nprobe: 7,
+        sparse,
+        ..Default::default()
     };
-    b.extend(b"IwFl");
-    header(&mut b, ntotal as i64);
-    b.extend((nlist as u64).to_le_bytes());
-    b.extend(7u64.to_le_bytes()); // nprobe 7, like old RVC files
-    b.extend(b"IxF2");
-    header(&mut b, nlist as i64);
-    b.extend(((nlist * d) as u64).to_le_bytes());
-    for i in 0..nlist * d {
-        b.extend((i as f32).to_le_bytes());
-    }
-    b.push(0); // direct map: none
-    b.extend(0u64.to_le_bytes());
-    b.extend(b"ilar");
-    b.extend((nlist as u64).to_le_bytes());
-    b.extend(((d * 4) as u64).to_le_bytes());
-    if sparse {
-        b.extend(b"sprs");
-        let pairs: Vec<u64> = lists.iter().enumerate().filter(|(_, l)| !l.is_empty()).flat_map(|(i, l)| [i as u64, l.len() as u64]).collect();
-        b.extend((pairs.len() as u64).to_le_bytes());
-        pairs.iter().for_each(|p| b.extend(p.to_le_bytes()));
-    } else {
-        b.extend(b"full");
-        b.extend((nlist as u64).to_le_bytes());
-        lists.iter().for_each(|l| b.extend((l.len() as u64).to_le_bytes()));
-    }
-    for l in &lists {
-        for &id in l {
-            for j in 0..d {
-                b.extend((id as f32 + j as f32 * 0.25).to_le_bytes());
-            }
-        }
-        l.iter().for_each(|id| b.extend(id.to_le_bytes()));
-    }
-    b
+    handmade::faiss(&handmade_faiss_parts(sparse), &style)
+}
+
+fn handmade_faiss(sparse: bool) -> Vec<u8> {
+    handmade_faiss_file(sparse).bytes
 }
 
 #[test]
@@ -280,8 +349,19 @@ fn handmade_faiss_files_read_with_stored_nprobe() {
         let p = format::read_faiss_index(&handmade_faiss(sparse)).unwrap();
         assert_eq!(p.nprobe, 7);
         assert_eq!(p.ntotal(), if sparse { 3 } else { 5 });
-        assert_eq!(p.lists[1].ids, if sparse { vec![0, 1, 2] } else { vec![1, 2] });
-        assert_eq!(&p.lists[1].vectors[..4], &[if sparse { 0.0 } else { 1.0 }, 0.25 + if sparse { 0.0 } else { 1.0 }, 0.5 + if sparse { 0.0 } else { 1.0 }, 0.75 + if sparse { 0.0 } else { 1.0 }]);
+        assert_eq!(
+            p.lists[1].ids,
+            if sparse { vec![0, 1, 2] } else { vec![1, 2] }
+        );
+        assert_eq!(
+            &p.lists[1].vectors[..4],
+            &[
+                if sparse { 0.0 } else { 1.0 },
+                0.25 + if sparse { 0.0 } else { 1.0 },
+                0.5 + if sparse { 0.0 } else { 1.0 },
+                0.75 + if sparse { 0.0 } else { 1.0 }
+            ]
+        );
     }
 }
 
@@ -306,10 +386,460 @@ fn faiss_files_truncated_anywhere_or_flipped_anywhere_never_panic() {
 
 #[test]
 fn faiss_sizes_larger_than_the_file_do_not_allocate() {
-    let mut b = handmade_faiss(false);
+    let file = handmade_faiss_file(false);
+    let mut b = file.bytes;
     // The centroid count field: claim 2^60 floats.
-    let at = 4 + 33 + 16 + 4 + 33;
+    let at = file
+        .fields
+        .iter()
+        .find(|f| f.name == "centroid count")
+        .unwrap()
+        .at;
     assert_eq!(u64::from_le_bytes(b[at..at + 8].try_into().unwrap()), 16);
     b[at..at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
-    assert!(matches!(format::read_faiss_index(&b).unwrap_err(), FormatError::Truncated { .. } | FormatError::BadFaiss(_)));
+    assert!(matches!(
+        format::read_faiss_index(&b).unwrap_err(),
+        FormatError::Truncated { .. } | FormatError::BadFaiss(_)
+    ));
+}
+
+#[global_allocator]
+static ALLOCATOR: handmade::Measuring = handmade::Measuring;
+
+/// The largest allocation a reader may make for an input of `len` bytes: the parts it returns
+/// (a copy of the data, one small struct per list, at most one list per 4 bytes) plus slack.
+fn allocation_cap(len: usize) -> usize {
+    16 * len + (1 << 20)
+}
+
+/// Reads faiss bytes, checking the allocation cap; whatever is accepted must build an index.
+fn read_faiss_capped(bytes: &[u8]) -> Result<IndexParts, FormatError> {
+    let (r, largest) = handmade::largest_allocation(|| format::read_faiss_index(bytes));
+    assert!(
+        largest <= allocation_cap(bytes.len()),
+        "{largest} bytes allocated for a {}-byte file",
+        bytes.len()
+    );
+    match &r {
+        Ok(parts) => {
+            parts.validate().unwrap();
+            IvfIndex::from_parts(parts).unwrap();
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+    r
+}
+
+/// A few faiss files covering every optional part of the layout.
+fn faiss_variants() -> Vec<handmade::Written> {
+    let mut ip = handmade_faiss_parts(false);
+    ip.metric = Metric::InnerProduct;
+    vec![
+        handmade_faiss_file(false),
+        handmade_faiss_file(true),
+        handmade::faiss(
+            &ip,
+            &handmade::FaissStyle {
+                direct_map: 1,
+                ..Default::default()
+            },
+        ),
+        handmade::faiss(
+            &handmade_faiss_parts(true),
+            &handmade::FaissStyle {
+                direct_map: 2,
+                sparse: true,
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+#[test]
+fn faiss_truncated_at_every_field_boundary_names_what_is_missing() {
+    for file in faiss_variants() {
+        let good = &file.bytes;
+        read_faiss_capped(good).unwrap();
+        let mut cuts: Vec<usize> = file
+            .fields
+            .iter()
+            .flat_map(|f| [f.at, f.at + 1, f.at + f.width - 1])
+            .collect();
+        cuts.extend(0..good.len());
+        for cut in cuts {
+            match read_faiss_capped(&good[..cut]) {
+                Err(FormatError::Truncated {
+                    what,
+                    needed,
+                    actual,
+                }) => {
+                    assert!(
+                        !what.is_empty() && needed > actual && actual == cut as u64,
+                        "cut at {cut}: {what} {needed} {actual}"
+                    )
+                }
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn every_faiss_field_set_to_zero_max_or_absurd_is_a_typed_error_or_harmless() {
+    // Structural fields must be refused when changed; the others (metric, n_probe, dummies,
+    // values, a sparse list number moved to another list …) may read as a different index,
+    // which must then be valid and build (checked by `read_faiss_capped`).
+    let values: [u64; 9] = [
+        0,
+        1,
+        2,
+        3,
+        0x7F,
+        1 << 31,
+        u32::MAX as u64,
+        1 << 40,
+        u64::MAX,
+    ];
+    for file in faiss_variants() {
+        read_faiss_capped(&file.bytes).unwrap();
+        for field in &file.fields {
+            for value in values
+                .iter()
+                .copied()
+                .chain([i64::MAX as u64, i64::MIN as u64])
+            {
+                let mut b = file.bytes.clone();
+                b[field.at..field.at + field.width]
+                    .copy_from_slice(&value.to_le_bytes()[..field.width]);
+                let r = read_faiss_capped(&b);
+                let must_fail = matches!(
+                    field.name,
+                    "index type"
+                        | "quantizer type"
+                        | "inverted lists type"
+                        | "list size encoding"
+                        | "code size"
+                        | "d"
+                        | "quantizer d"
+                        | "nlist"
+                        | "inverted lists nlist"
+                        | "quantizer ntotal"
+                        | "centroid count"
+                        | "list size count"
+                        | "sparse pair count"
+                        | "ntotal"
+                        | "list size"
+                        | "direct map length"
+                );
+                if must_fail && b != file.bytes {
+                    assert!(r.is_err(), "{} = {value:#x} was accepted", field.name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn faiss_list_sizes_that_overflow_overlap_or_disagree_are_refused() {
+    let full = handmade_faiss_file(false);
+    let sizes: Vec<usize> = full
+        .fields
+        .iter()
+        .filter(|f| f.name == "list size")
+        .map(|f| f.at)
+        .collect();
+    let cases: [[u64; 4]; 5] = [
+        [u64::MAX, 2, 1, 3], // the sum overflows
+        [u64::MAX / 2, u64::MAX / 2, 1, 0],
+        [1, 2, 1, 2], // adds up to more than ntotal
+        [0, 0, 0, 0], // adds up to less
+        [0, 1, 1, 1],
+    ];
+    // (Sizes with the right sum, such as [5, 0, 0, 0], re-partition the same bytes: faiss files
+    // carry no checksum, so that reads as a different but well-formed index.)
+    for case in cases {
+        let mut b = full.bytes.clone();
+        for (at, v) in sizes.iter().zip(case) {
+            b[*at..*at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let err = read_faiss_capped(&b).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FormatError::BadFaiss(_) | FormatError::Truncated { .. }
+            ),
+            "{case:?}: {err}"
+        );
+    }
+
+    let sparse = handmade_faiss_file(true);
+    let pair_at = sparse
+        .fields
+        .iter()
+        .find(|f| f.name == "sparse pair count")
+        .unwrap()
+        .at;
+    // One pair (1, 3) originally; make it two pairs that overlap or run backwards.
+    for pairs in [[1u64, 3, 1, 0], [2, 1, 1, 2], [1, 3, 9, 0], [4, 3, 0, 0]] {
+        let mut b = sparse.bytes[..pair_at].to_vec();
+        b.extend(4u64.to_le_bytes());
+        pairs.iter().for_each(|v| b.extend(v.to_le_bytes()));
+        b.extend(&sparse.bytes[pair_at + 8 + 16..]);
+        let err = read_faiss_capped(&b).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FormatError::BadFaiss(_) | FormatError::Truncated { .. }
+            ),
+            "{pairs:?}: {err}"
+        );
+    }
+}
+
+/// Opens bytes as a file and checks the allocation cap.
+fn open_capped(bytes: &[u8]) -> Result<IvfIndex, FormatError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.kbi");
+    std::fs::write(&path, bytes).unwrap();
+    let (r, largest) = handmade::largest_allocation(|| IvfIndex::open(&path));
+    assert!(
+        largest <= allocation_cap(bytes.len()),
+        "{largest} bytes allocated for a {}-byte file",
+        bytes.len()
+    );
+    if let Err(e) = &r {
+        assert!(!e.to_string().is_empty());
+    }
+    r
+}
+
+#[test]
+fn section_table_entries_set_to_zero_max_or_absurd_are_refused() {
+    let good = valid_kbi();
+    let values = [0u64, 1, 4096, 4095, 1 << 40, u64::MAX - 4095, u64::MAX];
+    for entry in 0..kbi::SECTION_COUNT {
+        // kind, offset, length, checksum
+        for (field, width) in [(0usize, 4usize), (8, 8), (16, 8), (24, 8)] {
+            for value in values {
+                let mut b = good.clone();
+                let at = 64 + entry * 32 + field;
+                b[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+                if b == good {
+                    continue;
+                }
+                rehash_header(&mut b);
+                let err = open_capped(&b)
+                    .err()
+                    .unwrap_or_else(|| panic!("entry {entry} field {field} = {value:#x} opened"));
+                assert!(
+                    matches!(
+                        err,
+                        FormatError::BadSection { .. }
+                            | FormatError::Truncated { .. }
+                            | FormatError::Checksum { .. }
+                    ),
+                    "entry {entry} field {field} = {value:#x}: {err}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn list_offsets_overlapping_or_huge_are_refused() {
+    let good = valid_kbi();
+    let layout = KbiLayout::parse(&good).unwrap();
+    let at = layout.section(SectionKind::ListOffsets).offset as usize;
+    let cases: [&[u64]; 5] = [
+        &[0, 40, 20, 60, 60],       // list 1 overlaps list 0
+        &[0, u64::MAX, 40, 60, 60], // far outside, then back
+        &[0, 20, 40, 60, u64::MAX], // the end beyond every vector
+        &[u64::MAX, 20, 40, 60, 60],
+        &[0, 1 << 63, 1 << 63, 1 << 63, 60],
+    ];
+    for offsets in cases {
+        let mut b = good.clone();
+        for (i, o) in offsets.iter().enumerate() {
+            b[at + 8 * i..at + 8 * i + 8].copy_from_slice(&o.to_le_bytes());
+        }
+        rehash_section(&mut b, 2);
+        let err = open_capped(&b).unwrap_err();
+        assert!(
+            matches!(err, FormatError::BadLists(_)),
+            "{offsets:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn header_counts_that_would_need_huge_allocations_are_refused_without_them() {
+    let good = valid_kbi();
+    // nlist, ntotal, dim at their maxima, and metadata length at its cap, one at a time.
+    for (at, width, value) in [
+        (32usize, 8usize, 1 << 24),
+        (40, 8, u32::MAX as u64),
+        (16, 4, 65_536),
+        (64 + 6 * 32 + 16, 8, kbi::MAX_METADATA),
+        (64 + 6 * 32 + 16, 8, kbi::MAX_METADATA + 1),
+    ] {
+        let mut b = good.clone();
+        b[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+        rehash_header(&mut b);
+        let err = open_capped(&b).unwrap_err();
+        assert!(
+            !matches!(
+                err,
+                FormatError::Checksum {
+                    section: "header",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn indexes_with_more_lists_than_vectors_or_huge_values_import_and_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    // More lists than vectors (4 lists, 3 vectors), and values whose squared norms overflow f32.
+    let mut huge = handmade_faiss_parts(false);
+    huge.centroids[5] = 3e38;
+    huge.lists[1].vectors[2] = -2e20;
+    for parts in [handmade_faiss_parts(true), huge] {
+        let faiss = dir.path().join("added.index");
+        std::fs::write(
+            &faiss,
+            handmade::faiss(
+                &parts,
+                &handmade::FaissStyle {
+                    nprobe: 7,
+                    ..Default::default()
+                },
+            )
+            .bytes,
+        )
+        .unwrap();
+        let imported = IvfIndex::open(&faiss).unwrap();
+        let kbi_path = dir.path().join("converted.kbi");
+        kbi::write_kbi(&kbi_path, &imported.to_parts()).unwrap();
+        let reopened = IvfIndex::open(&kbi_path).unwrap();
+        assert_eq!(reopened.to_parts().lists, parts.lists);
+        assert_eq!(reopened.to_parts().centroids, parts.centroids);
+    }
+}
+
+/// The seed inputs of the fuzz targets (`fuzz/seeds/<target>/<name>`): small real files.
+fn fuzz_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let kbi_seed = |mode: u8, parts: &IndexParts| {
+        let mut b = vec![mode];
+        b.extend_from_slice(kbi::encode(parts).unwrap().as_slice());
+        b
+    };
+    let ip = IndexParts {
+        dim: 3,
+        metric: Metric::InnerProduct,
+        nprobe: 2,
+        centroids: vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        lists: vec![
+            ListParts {
+                ids: vec![10, 11],
+                vectors: vec![0.9, 0.1, 0.0, 1.1, -0.2, 0.1],
+            },
+            ListParts::default(),
+            ListParts {
+                ids: vec![12, -13, 14],
+                vectors: vec![0.0, 0.1, 0.8, 0.1, 0.0, 1.2, -0.3, 0.2, 0.9],
+            },
+        ],
+        metadata: Metadata {
+            features: "knnblend-logmel-v1".into(),
+            feature_params: serde_json::json!({ "sample_rate": 48000, "bands": 3 }),
+            sources: vec!["voice.wav".into()],
+            frames: 5,
+            duration_seconds: 0.05,
+            extra: [("tool".to_string(), serde_json::json!("knnblend 0.1.0"))]
+                .into_iter()
+                .collect(),
+        },
+    };
+    let empty = IndexParts {
+        dim: 2,
+        metric: Metric::L2,
+        nprobe: 1,
+        centroids: vec![0.0, 0.0, 1.0, 1.0],
+        lists: vec![ListParts::default(); 2],
+        metadata: Metadata::default(),
+    };
+    let variants = faiss_variants();
+    let slots = r#"{\"slots\":[\"/voices/alto.kbi\",null,null,null,null,null,null,\"/voices/added_IVF256_Flat_nprobe_1_v2.index\"],\"version\":1}"#;
+    vec![
+        ("kbi_reader", "small_l2", kbi_seed(0, &sample_parts())),
+        ("kbi_reader", "ip_empty_list_all_repairs", kbi_seed(7, &ip)),
+        ("kbi_reader", "no_vectors_header_repair", kbi_seed(1, &empty)),
+        ("faiss_reader", "full.index", variants[0].bytes.clone()),
+        ("faiss_reader", "sparse_more_lists_than_vectors.index", variants[1].bytes.clone()),
+        ("faiss_reader", "ip_direct_map.index", variants[2].bytes.clone()),
+        ("faiss_reader", "hashtable_direct_map.index", variants[3].bytes.clone()),
+        ("faiss_reader", "trained_only.index", handmade::faiss(&IndexParts { dim: 2, ..empty }, &Default::default()).bytes),
+        (
+            "plugin_state",
+            "state.json",
+            format!(
+                r#"{{"version":"0.1.0","params":{{"blend":{{"f32":0.75}},"crossfade":{{"f32":50.0}},"gain":{{"f32":0.0}},"mix":{{"f32":1.0}},"neighbours":{{"i32":8}},"voice":{{"i32":1}}}},"fields":{{"slots":"{slots}"}}}}"#
+            )
+            .into_bytes(),
+        ),
+        (
+            "plugin_state",
+            "hostile_state.json",
+            br#"{"params":{"blend":{"f32":1e39},"voice":{"string":"x"},"neighbours":{"bool":true},"other":{"i32":3}},"fields":{"slots":"{\"slots\":[\"relative.kbi\",5,\"\",\"/a\\u0000b\",null,{\"a\":1}],\"version\":99,\"future\":[]}","unknown":"x"}}"#.to_vec(),
+        ),
+        ("plugin_state", "slot_field.json", br#"{"slots":["/voices/a.kbi",null,"/voices/b.index"],"version":1}"#.to_vec()),
+        ("plugin_state", "bare_list.json", br#"["/a.kbi","/b.kbi","/c.kbi","/d.kbi","/e.kbi","/f.kbi","/g.kbi","/h.kbi","/i.kbi"]"#.to_vec()),
+        ("plugin_state", "garbled.json", br#"{"slots": ["/a.kbi""#.to_vec()),
+    ]
+}
+
+/// The committed fuzz seeds are exactly what the current writers produce, and the index seeds
+/// read. After a format change, regenerate them with
+/// `KNNBLEND_WRITE_FUZZ_SEEDS=1 cargo test --test corrupt_files fuzz_seeds`.
+#[test]
+fn fuzz_seeds_are_current() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join("seeds");
+    let write = std::env::var_os("KNNBLEND_WRITE_FUZZ_SEEDS").is_some();
+    for (target, name, bytes) in fuzz_seeds() {
+        match target {
+            "kbi_reader" => {
+                let mut image = format::AlignedBytes::zeroed(bytes.len() - 1);
+                image.as_mut_slice().copy_from_slice(&bytes[1..]);
+                IvfIndex::from_image(image).unwrap();
+            }
+            "faiss_reader" if name.starts_with("trained_only") => {
+                assert!(matches!(
+                    format::read_faiss_index(&bytes),
+                    Err(FormatError::TrainedOnly)
+                ))
+            }
+            "faiss_reader" => {
+                IvfIndex::from_parts(&format::read_faiss_index(&bytes).unwrap()).unwrap();
+            }
+            _ => {}
+        }
+        let path = root.join(target).join(name);
+        if write {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        } else {
+            let committed =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                committed == bytes,
+                "{} is out of date; regenerate it (see this test's doc)",
+                path.display()
+            );
+        }
+    }
 }

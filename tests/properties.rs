@@ -7,6 +7,7 @@
 //! included), and continuous data compared with a rounding tolerance.
 
 mod common;
+mod handmade;
 
 use common::Rng;
 use knnblend::format::kbi::{self, KbiLayout};
@@ -175,7 +176,6 @@ fn brute_force(parts: &IndexParts, lists: &[usize], q: &[f32]) -> Vec<(f64, f64,
 /// rounding tolerance otherwise.
 fn assert_k_nearest(
     case: &Case,
-    parts: &IndexParts,
     found: &[Neighbour],
     reference: &[(f64, f64, i64)],
     k: usize,
@@ -247,7 +247,7 @@ proptest! {
         for q in &qs {
             let reference = brute_force(&parts, &all, q);
             let found = searcher.search(&index, q, k, case.nlist).to_vec();
-            assert_k_nearest(&case, &parts, &found, &reference, k)?;
+            assert_k_nearest(&case, &found, &reference, k)?;
             prop_assert_eq!(&found[..], exact.search(&index, q, k, case.nlist));
         }
         // A block of queries gives what they give one by one.
@@ -290,7 +290,7 @@ proptest! {
                 .unwrap();
             prop_assert!(nearest.contains(&list), "searched list {list}, nearest are {nearest:?}");
             let reference = brute_force(&parts, &[list], &q);
-            assert_k_nearest(&case, &parts, &found, &reference, k)?;
+            assert_k_nearest(&case, &found, &reference, k)?;
         }
     }
 
@@ -466,71 +466,6 @@ fn same_bits(a: &IndexParts, b: &IndexParts) -> bool {
             .all(|(x, y)| bits(&x.vectors) == bits(&y.vectors))
 }
 
-/// faiss `write_index` layout of an IVF-Flat index (see `format::faiss`), with the free
-/// choices (list size encoding, direct map, header dummies) taken from `style`.
-fn faiss_bytes(p: &IndexParts, nprobe: u64, sparse: bool, direct_map: u8, style: u64) -> Vec<u8> {
-    let (d, nlist, ntotal) = (p.dim, p.nlist(), p.ntotal());
-    let metric: i32 = match p.metric {
-        Metric::L2 => 1,
-        Metric::InnerProduct => 0,
-    };
-    let header = |b: &mut Vec<u8>, ntotal: i64| {
-        b.extend((d as i32).to_le_bytes());
-        b.extend(ntotal.to_le_bytes());
-        b.extend((style as i64).to_le_bytes());
-        b.extend((1i64 << 20).to_le_bytes());
-        b.push((style & 1) as u8); // is_trained
-        b.extend(metric.to_le_bytes());
-    };
-    let mut b = Vec::new();
-    b.extend(b"IwFl");
-    header(&mut b, ntotal as i64);
-    b.extend((nlist as u64).to_le_bytes());
-    b.extend(nprobe.to_le_bytes());
-    b.extend(if p.metric == Metric::L2 {
-        b"IxF2"
-    } else {
-        b"IxFI"
-    });
-    header(&mut b, nlist as i64);
-    b.extend((p.centroids.len() as u64).to_le_bytes());
-    p.centroids.iter().for_each(|v| b.extend(v.to_le_bytes()));
-    b.push(direct_map);
-    let map_len = if direct_map == 0 { 0 } else { ntotal as u64 };
-    b.extend(map_len.to_le_bytes());
-    (0..map_len).for_each(|i| b.extend((i as i64).to_le_bytes()));
-    if direct_map == 2 {
-        b.extend(2u64.to_le_bytes());
-        (0..4i64).for_each(|i| b.extend(i.to_le_bytes()));
-    }
-    b.extend(b"ilar");
-    b.extend((nlist as u64).to_le_bytes());
-    b.extend(((d * 4) as u64).to_le_bytes());
-    if sparse {
-        b.extend(b"sprs");
-        let pairs: Vec<u64> = p
-            .lists
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| !l.ids.is_empty())
-            .flat_map(|(i, l)| [i as u64, l.ids.len() as u64])
-            .collect();
-        b.extend((pairs.len() as u64).to_le_bytes());
-        pairs.iter().for_each(|v| b.extend(v.to_le_bytes()));
-    } else {
-        b.extend(b"full");
-        b.extend((nlist as u64).to_le_bytes());
-        p.lists
-            .iter()
-            .for_each(|l| b.extend((l.ids.len() as u64).to_le_bytes()));
-    }
-    for l in &p.lists {
-        l.vectors.iter().for_each(|v| b.extend(v.to_le_bytes()));
-        l.ids.iter().for_each(|id| b.extend(id.to_le_bytes()));
-    }
-    b
-}
-
 proptest! {
     #![proptest_config(config(256))]
 
@@ -569,7 +504,14 @@ proptest! {
         direct_map in 0u8..=2,
         style in any::<u64>(),
     ) {
-        let bytes = faiss_bytes(&parts, nprobe, sparse, direct_map, style);
+        let style = handmade::FaissStyle {
+            nprobe,
+            sparse,
+            direct_map,
+            dummy: style as i64,
+            is_trained: (style & 1) as u8,
+        };
+        let bytes = handmade::faiss(&parts, &style).bytes;
         prop_assert!(matches!(format::sniff_bytes(&bytes), Ok(format::FileKind::Faiss)));
         let read = format::read_faiss_index(&bytes);
         if parts.ntotal() == 0 {
