@@ -277,7 +277,8 @@ impl Controller {
         self.shared.telemetry.reset_peaks.store(true, Relaxed);
     }
 
-    /// Reads the audio side's telemetry (lock-free with respect to the audio side).
+    /// Reads the audio side's telemetry (lock-free with respect to the audio side). The first
+    /// call within 5 ms of creation waits for the rest of those 5 ms, to calibrate the clock.
     pub fn telemetry(&self) -> TelemetrySnapshot {
         let t = &*self.shared.telemetry;
         let ns_per_tick = self.shared.calibration.ns_per_tick();
@@ -453,8 +454,22 @@ fn run_load(shared: &Shared, ticket: &Arc<TicketState>, generation: u64) {
         ticket.finish(LoadOutcome::Superseded);
         return;
     }
-    let result = prepare::prepare_file(&ticket.path, &shared.checks, &mut |d, t| {
-        ticket.progress(d, t)
+    // A panic in a validator must neither kill the loader nor leave the ticket unfinished.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        prepare::prepare_file(&ticket.path, &shared.checks, &mut |d, t| {
+            ticket.progress(d, t)
+        })
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(LoadError::Rejected {
+            path: ticket.path.clone(),
+            reason: format!("checking the index failed unexpectedly ({what})"),
+        })
     });
     match result {
         Ok(prepared) => {

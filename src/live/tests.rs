@@ -382,6 +382,27 @@ fn a_failed_load_leaves_the_current_index_serving() {
 }
 
 #[test]
+fn a_panicking_validator_fails_the_load_and_the_loader_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_file(dir.path(), "bad.kbi", 666.0);
+    let good = write_file(dir.path(), "good.kbi", 100.0);
+    let cfg = LiveConfig {
+        validator: Some(Arc::new(|ix: &IvfIndex| {
+            assert!(ix.vector(0)[0] != 666.0, "validator bug");
+            Ok(())
+        })),
+        ..config()
+    };
+    let (c, _a) = live(cfg);
+    let LoadOutcome::Failed(e) = c.load(0, &bad).wait() else {
+        panic!("must fail")
+    };
+    assert!(matches!(*e, LoadError::Rejected { .. }), "{e}");
+    assert!(e.to_string().contains("validator bug"), "{e}");
+    assert!(matches!(c.load(0, &good).wait(), LoadOutcome::Published(_)));
+}
+
+#[test]
 fn the_validator_and_the_width_limit_refuse_indexes() {
     let cfg = LiveConfig {
         max_dim: 32,
