@@ -15,6 +15,9 @@ use std::sync::Arc;
 use knnblend::index::BlendOutcome;
 use knnblend::{live, voice};
 
+/// Dimension of RVC v2 features, the widest index a user is likely to try.
+const RVC_V2_DIM: usize = 768;
+
 /// Number of voice slots the runtime supports.
 pub const MAX_SLOTS: usize = live::MAX_SLOTS;
 
@@ -262,7 +265,9 @@ pub fn start(sample_rate: f32, channels: usize) -> (ControlHandle, AudioHandle) 
     let framing = voice::Framing::new(&spec, sample_rate);
     let (controller, audio) = live::live(live::LiveConfig {
         slots: MAX_SLOTS,
-        max_dim: spec.dim(),
+        // Wide enough for RVC indexes (768-d), so a user who loads one is told by the feature
+        // check what it holds and what is expected, instead of only that it is too wide.
+        max_dim: spec.dim().max(RVC_V2_DIM),
         crossfade_seconds: 0.05,
         frame_period_seconds: framing.hop as f32 / sample_rate,
         validator: Some(validator),
