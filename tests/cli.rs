@@ -161,3 +161,39 @@ fn import_of_an_rvc_style_faiss_file_serves_faiss_neighbours() {
         }
     }
 }
+
+/// The voice workflow a newcomer follows: synthesise two voices, build indexes from them,
+/// render a phrase through the realtime path, with and without a live swap.
+#[cfg(feature = "faiss")]
+#[test]
+fn synth_build_render_workflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    ok(&knnblend(&["synth", "--voice", "low", "--seconds", "6", &p("low.wav")]));
+    ok(&knnblend(&["synth", "--voice", "high", "--seconds", "6", "--seed", "2", &p("high.wav")]));
+    ok(&knnblend(&["synth", "--voice", "low", "--seconds", "2", "--seed", "7", &p("phrase.wav")]));
+    let built = ok(&knnblend(&["build", "--audio", &p("high.wav"), "-o", &p("high.kbi")]));
+    assert!(built.contains("knnblend-logmel-v1"), "{built}");
+    ok(&knnblend(&["build", "--audio", &p("low.wav"), "-o", &p("low.kbi")]));
+    let v: serde_json::Value = serde_json::from_str(&ok(&knnblend(&["inspect", &p("high.kbi"), "--json"]))).unwrap();
+    assert_eq!(v["metadata"]["features"], "knnblend-logmel-v1");
+    assert_eq!(v["metadata"]["sources"][0], "high.wav");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(p("high.kbi")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o044, 0o044, "indexes are readable by others, like any file a tool writes");
+    }
+    let out = ok(&knnblend(&["render", "--index", &p("high.kbi"), "--ratio", "1", &p("phrase.wav"), &p("out.wav")]));
+    assert!(out.contains("frames blended"), "{out}");
+    ok(&knnblend(&["render", "--index", &p("high.kbi"), "--swap-to", &p("low.kbi"), "--swap-at", "1.0", &p("phrase.wav"), &p("swap.wav")]));
+    let (a, b) = (hound::WavReader::open(p("phrase.wav")).unwrap(), hound::WavReader::open(p("out.wav")).unwrap());
+    assert_eq!((a.len(), a.spec().sample_rate), (b.len(), b.spec().sample_rate));
+    // Refusals name the problem.
+    let bad = knnblend(&["render", "--index", &p("low.wav"), &p("phrase.wav"), &p("x.wav")]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an index file"));
+    let bad = knnblend(&["build", "--audio", &p("nothing-here"), "-o", &p("x.kbi")]);
+    assert!(!bad.status.success());
+    let bad = knnblend(&["render", "--index", &p("high.kbi"), "--swap-to", &p("low.kbi"), &p("phrase.wav"), &p("x.wav")]);
+    assert!(!bad.status.success(), "--swap-to needs --swap-at");
+}

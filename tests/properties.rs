@@ -359,7 +359,16 @@ proptest! {
             let found = searcher.search(&index, q, k, nprobe).to_vec();
             prop_assert_eq!(found.len(), neighbours);
             let r = ratio.clamp(0.0, 1.0) as f64;
-            let scores: Vec<f32> = found.iter().map(|n| n.distance).collect();
+            // Weights follow squared Euclidean distance for both metrics (for inner product:
+            // ‖q‖² + ‖v‖² − 2·q·v from the stored norms).
+            let qn: f32 = q.iter().map(|x| x * x).sum();
+            let scores: Vec<f32> = found
+                .iter()
+                .map(|n| match index.metric() {
+                    Metric::L2 => n.distance,
+                    Metric::InnerProduct => (qn + index.vector_norms()[n.pos as usize] - 2.0 * n.distance).max(0.0),
+                })
+                .collect();
             let mut w = [0f64; MAX_K];
             rvc_weights(&scores, &mut w);
             for (j, (&o, &qv)) in out.iter().zip(q).enumerate() {

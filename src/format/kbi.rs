@@ -498,27 +498,9 @@ pub fn encode(parts: &IndexParts) -> Result<AlignedBytes, FormatError> {
     Ok(buf)
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory is written,
-/// synced and renamed over `path`, then the directory is synced. Readers (and live memory maps
-/// of the old file) never see a partial or truncated file.
+/// Writes `bytes` to `path` atomically (see [`write_atomically`](super::write_atomically)).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FormatError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kbi-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| FormatError::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| FormatError::io(tmp.path(), e))?;
-    tmp.as_file().sync_all().map_err(|e| FormatError::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| FormatError::io(path, e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        // Durability of the rename; failure here does not make the file inconsistent.
-        let _ = d.sync_all();
-    }
-    Ok(())
+    super::write_atomically(path, |f| f.write_all(bytes)).map_err(|e| FormatError::io(path, e))
 }
 
 /// Encodes `parts` and writes them atomically to `path`. Returns the file size.

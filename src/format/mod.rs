@@ -1,6 +1,7 @@
 //! Bytes on disk: the native memory-mappable `.kbi` format and the faiss IVF-Flat reader.
 
 mod aligned;
+mod atomic;
 mod error;
 pub mod faiss;
 pub mod kbi;
@@ -9,6 +10,7 @@ mod parts;
 use std::path::Path;
 
 pub use aligned::AlignedBytes;
+pub use atomic::write_atomically;
 pub use error::FormatError;
 pub use faiss::read_faiss_index;
 pub use kbi::{write_kbi, KbiLayout};

@@ -6,8 +6,13 @@
 //! makes RVC divide infinity by infinity and emit NaN; here every score is first clamped to
 //! [`SCORE_EPSILON`], so an exact match gets an overwhelming but finite weight (and several exact
 //! matches share it equally). Weights are computed in f64.
+//!
+//! For inner-product indexes the weights use the squared Euclidean distance as well
+//! (`‖q‖² + ‖v‖² − 2·q·v`, from the stored norms), so the most similar neighbour weighs most;
+//! applying `1/score²` to similarities would invert the order.
 
 use super::search::{Searcher, MAX_K};
+use crate::format::Metric;
 use super::IvfIndex;
 
 /// Scores are clamped to at least this before `1 / score²` (squared-L2 units). It is far below
@@ -93,8 +98,14 @@ impl Searcher {
         }
         let mut scores = [0f32; MAX_K];
         let mut positions = [0u32; MAX_K];
+        // Weights always follow squared Euclidean distance, whatever metric picked the
+        // neighbours: for an inner-product index ‖q − v‖² = ‖q‖² + ‖v‖² − 2·q·v, from the stored
+        // norms (for L2 the score already is that distance, as in RVC).
+        let ip = index.metric() == Metric::InnerProduct;
+        let query_norm = if ip { query.iter().map(|x| x * x).sum::<f32>() } else { 0.0 };
+        let norms = index.vector_norms();
         for (i, nb) in found.iter().enumerate() {
-            scores[i] = nb.distance;
+            scores[i] = if ip { (query_norm + norms[nb.pos as usize] - 2.0 * nb.distance).max(0.0) } else { nb.distance };
             positions[i] = nb.pos;
         }
         let mut weights = [0f64; MAX_K];
@@ -131,6 +142,27 @@ impl Searcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inner_product_blends_weigh_the_most_similar_neighbour_most() {
+        use crate::format::{IndexParts, ListParts, Metadata};
+        // Unit vectors at 0°, 60° and 90° from the query.
+        let (c, s) = (0.5f32, 0.75f32.sqrt());
+        let parts = IndexParts {
+            dim: 2,
+            metric: Metric::InnerProduct,
+            nprobe: 1,
+            centroids: vec![1.0, 0.0],
+            lists: vec![ListParts { ids: vec![0, 1, 2], vectors: vec![0.99, 0.141, c, s, 0.0, 1.0] }],
+            metadata: Metadata::default(),
+        };
+        let index = IvfIndex::from_parts(&parts).unwrap();
+        let mut out = [0f32; 2];
+        let params = BlendParams { k: 3, nprobe: 1, ratio: 1.0 };
+        Searcher::new().blend(&index, &[1.0, 0.0], &params, &mut out);
+        // Dominated by the nearly identical first vector.
+        assert!(out[0] > 0.9 && out[1] < 0.2, "{out:?}");
+    }
 
     #[test]
     fn weights_are_normalised_and_finite_even_for_exact_matches() {

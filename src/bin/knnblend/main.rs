@@ -8,9 +8,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod build;
 mod import;
 mod inspect;
+mod progress;
 mod query;
+mod render;
+mod synth;
 mod verify;
 
 /// Realtime nearest-neighbour feature blending for voice conversion.
@@ -29,6 +33,12 @@ enum Command {
     Import(import::Args),
     /// Search an index for the rows of a .npy file; write ids, distances and blends as .npy.
     Query(query::Args),
+    /// Build a voice index from recordings (--audio) or RVC feature files (--npy).
+    Build(build::Args),
+    /// Run audio through the realtime voice path (live runtime, optional mid-file swap).
+    Render(render::Args),
+    /// Write one of the built-in synthetic voices (for trying things without recordings).
+    Synth(synth::Args),
     /// Validate an index completely, checksums included; exit non-zero on any problem.
     Verify(verify::Args),
     /// Benchmark per-frame search against faiss on RVC-shaped indexes (latency, block mode, floors).
@@ -45,15 +55,24 @@ fn main() -> ExitCode {
         Command::Import(a) => import::run(a),
         Command::Query(a) => query::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Build(a) => build::run(a),
+        Command::Render(a) => render::run(a),
+        Command::Synth(a) => synth::run(a),
         Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            let mut shown = e.to_string();
+            eprintln!("error: {shown}");
             let mut source = e.source();
             while let Some(s) = source {
-                eprintln!("  caused by: {s}");
+                // Many messages already include their cause; print only what is new.
+                let text = s.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown = text;
+                }
                 source = s.source();
             }
             ExitCode::FAILURE

@@ -1,0 +1,78 @@
+use std::path::PathBuf;
+
+/// Arguments of `knnblend build`.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["audio", "npy"])))]
+pub struct Args {
+    /// Recordings of the target voice (WAV, FLAC, MP3, OGG; directories are searched).
+    #[arg(long, num_args = 1.., value_name = "FILES_OR_DIRS")]
+    audio: Vec<PathBuf>,
+    /// RVC feature files (3_feature256 / 3_feature768 folders or .npy files), RVC's recipe.
+    #[arg(long, num_args = 1.., value_name = "DIRS_OR_FILES")]
+    npy: Vec<PathBuf>,
+    /// The .kbi to write (atomically).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Distance: l2 (RVC) or ip (cosine: rows L2-normalised, inner product).
+    #[arg(long, value_parser = ["l2", "ip"], default_value = "l2")]
+    metric: String,
+    /// Number of inverted lists (default: RVC's rule min(16·√N, N/39), at least 1).
+    #[arg(long)]
+    nlist: Option<usize>,
+    /// Compress to N k-means centroids first (RVC does 10 000 above 200 000 rows of --npy).
+    #[arg(long, value_name = "N")]
+    compress: Option<usize>,
+    /// α-query expansion: replace each row by the sim^α-weighted sum of its K neighbours.
+    #[arg(long, value_name = "K", requires = "alpha")]
+    alpha_expand: Option<usize>,
+    /// The α of --alpha-expand.
+    #[arg(long, value_name = "A", requires = "alpha_expand")]
+    alpha: Option<f32>,
+    /// Seed of the shuffle (numpy's legacy np.random.seed, as RVC) and of k-means.
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+}
+
+#[cfg(feature = "faiss")]
+pub fn run(a: Args) -> crate::Result {
+    use knnblend::format::Metric;
+    use knnblend::voice::{build_from_audio, build_from_npy, AlphaExpand, BuildOptions, FeatureSpec};
+    let opts = BuildOptions {
+        metric: if a.metric == "ip" { Metric::InnerProduct } else { Metric::L2 },
+        nlist: a.nlist,
+        compress: a.compress,
+        alpha_expand: a.alpha_expand.zip(a.alpha).map(|(k, alpha)| AlphaExpand { k, alpha }),
+        seed: a.seed,
+        ..BuildOptions::default()
+    };
+    let mut bar = crate::progress::StageBar::new();
+    let mut report = |stage, done, total| bar.update(stage, done, total);
+    let summary = if a.npy.is_empty() {
+        build_from_audio(&a.audio, &a.output, &FeatureSpec::default(), &opts, &mut report)
+    } else {
+        build_from_npy(&a.npy, &a.output, &opts, &mut report)
+    };
+    bar.finish();
+    let s = summary?;
+    println!(
+        "wrote {} ({} bytes): {} vectors × {} ({}), {} lists, from {} file(s){}",
+        s.output.display(),
+        s.bytes,
+        s.vectors,
+        s.dim,
+        s.features,
+        s.nlist,
+        s.sources,
+        if s.duration_seconds > 0.0 {
+            format!(", {:.1} s of audio, {} silent frames dropped", s.duration_seconds, s.dropped_frames)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "faiss"))]
+pub fn run(_: Args) -> crate::Result {
+    Err("this knnblend was built without the `faiss` feature, which trains indexes; rebuild with default features".into())
+}
