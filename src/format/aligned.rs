@@ -18,8 +18,8 @@ unsafe impl Send for AlignedBytes {}
 unsafe impl Sync for AlignedBytes {}
 
 impl AlignedBytes {
-    /// Allocates `len` zeroed bytes aligned to [`ALIGN`]. Panics only if the allocator fails
-    /// (like `Vec`), or if `len` overflows a layout.
+    /// Allocates `len` zeroed bytes aligned to `ALIGN` (4096 bytes). Panics only if the
+    /// allocator fails (like `Vec`), or if `len` overflows a layout.
     pub fn zeroed(len: usize) -> Self {
         let layout = Self::layout(len);
         // SAFETY: the layout has a non-zero size.

@@ -415,8 +415,8 @@ fn write(
 }
 
 /// `knnblend build --npy DIR_OR_FILES… -o OUTPUT`: RVC's recipe on RVC feature files (see
-/// [`resolve_npy_inputs`](super::npy::resolve_npy_inputs) for how inputs are found). The
-/// feature kind is `rvc-v1-256` / `rvc-v2-768` by dimension (`npy-<dim>` otherwise).
+/// [`resolve_npy_inputs`] for how inputs are found). The feature kind is `rvc-v1-256` /
+/// `rvc-v2-768` by dimension (`npy-<dim>` otherwise).
 pub fn build_from_npy(
     inputs: &[PathBuf],
     output: &Path,
