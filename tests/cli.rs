@@ -10,11 +10,18 @@ use ndarray::Array2;
 use ndarray_npy::{read_npy, write_npy};
 
 fn knnblend(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_knnblend")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_knnblend"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
@@ -26,8 +33,16 @@ fn small_kbi(path: &Path, dim: usize) -> Vec<f32> {
         // assign to nearest centroid, like IVF
         let l = (0..6)
             .min_by(|&a, &b| {
-                let da: f32 = row.iter().zip(&centroids[a * dim..]).map(|(x, c)| (x - c).powi(2)).sum();
-                let db: f32 = row.iter().zip(&centroids[b * dim..]).map(|(x, c)| (x - c).powi(2)).sum();
+                let da: f32 = row
+                    .iter()
+                    .zip(&centroids[a * dim..])
+                    .map(|(x, c)| (x - c).powi(2))
+                    .sum();
+                let db: f32 = row
+                    .iter()
+                    .zip(&centroids[b * dim..])
+                    .map(|(x, c)| (x - c).powi(2))
+                    .sum();
                 da.total_cmp(&db)
             })
             .unwrap();
@@ -40,7 +55,13 @@ fn small_kbi(path: &Path, dim: usize) -> Vec<f32> {
         nprobe: 1,
         centroids,
         lists,
-        metadata: Metadata { features: "test-16".into(), sources: vec!["a.wav".into()], frames: 300, duration_seconds: 3.0, ..Default::default() },
+        metadata: Metadata {
+            features: "test-16".into(),
+            sources: vec!["a.wav".into()],
+            frames: 300,
+            duration_seconds: 3.0,
+            ..Default::default()
+        },
     };
     format::write_kbi(path, &parts).unwrap();
     data
@@ -51,8 +72,22 @@ fn inspect_json_has_the_documented_keys() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("v.kbi");
     small_kbi(&p, 16);
-    let v: serde_json::Value = serde_json::from_str(&ok(&knnblend(&["inspect", p.to_str().unwrap(), "--json"]))).unwrap();
-    for key in ["format", "dim", "metric", "ntotal", "nlist", "nprobe", "list_min", "list_mean", "list_max", "metadata", "file_bytes", "checksums_ok"] {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&knnblend(&["inspect", p.to_str().unwrap(), "--json"]))).unwrap();
+    for key in [
+        "format",
+        "dim",
+        "metric",
+        "ntotal",
+        "nlist",
+        "nprobe",
+        "list_min",
+        "list_mean",
+        "list_max",
+        "metadata",
+        "file_bytes",
+        "checksums_ok",
+    ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
     assert_eq!(v["format"], "knnblend");
@@ -79,7 +114,8 @@ fn verify_fails_on_a_corrupt_file_and_inspect_reports_it() {
     let out = knnblend(&["verify", p.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
-    let v: serde_json::Value = serde_json::from_str(&ok(&knnblend(&["inspect", p.to_str().unwrap(), "--json"]))).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&knnblend(&["inspect", p.to_str().unwrap(), "--json"]))).unwrap();
     assert_eq!(v["checksums_ok"], false);
 }
 
@@ -91,10 +127,26 @@ fn query_writes_ids_distances_and_blends_matching_the_library() {
     let q = Array2::from_shape_vec((20, 16), data[..320].to_vec()).unwrap();
     let qp = dir.path().join("q.npy");
     write_npy(&qp, &q).unwrap();
-    let (ids, dists, blended) = (dir.path().join("i.npy"), dir.path().join("d.npy"), dir.path().join("b.npy"));
+    let (ids, dists, blended) = (
+        dir.path().join("i.npy"),
+        dir.path().join("d.npy"),
+        dir.path().join("b.npy"),
+    );
     ok(&knnblend(&[
-        "query", p.to_str().unwrap(), "--queries", qp.to_str().unwrap(), "--k", "4", "--ids", ids.to_str().unwrap(),
-        "--distances", dists.to_str().unwrap(), "--ratio", "0.5", "--blended", blended.to_str().unwrap(),
+        "query",
+        p.to_str().unwrap(),
+        "--queries",
+        qp.to_str().unwrap(),
+        "--k",
+        "4",
+        "--ids",
+        ids.to_str().unwrap(),
+        "--distances",
+        dists.to_str().unwrap(),
+        "--ratio",
+        "0.5",
+        "--blended",
+        blended.to_str().unwrap(),
     ]));
     let ids: Array2<i64> = read_npy(&ids).unwrap();
     let dists: Array2<f32> = read_npy(&dists).unwrap();
@@ -118,10 +170,30 @@ fn bad_arguments_and_files_give_clear_errors() {
     small_kbi(&p, 16);
     let q = dir.path().join("q.npy");
     write_npy(&q, &Array2::<f32>::zeros((2, 5))).unwrap();
-    let out = knnblend(&["query", p.to_str().unwrap(), "--queries", q.to_str().unwrap(), "--ids", "/tmp/x.npy", "--distances", "/tmp/y.npy"]);
+    let out = knnblend(&[
+        "query",
+        p.to_str().unwrap(),
+        "--queries",
+        q.to_str().unwrap(),
+        "--ids",
+        "/tmp/x.npy",
+        "--distances",
+        "/tmp/y.npy",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("5 columns but the index has dim 16"));
-    let out = knnblend(&["query", p.to_str().unwrap(), "--queries", q.to_str().unwrap(), "--k", "99", "--ids", "a", "--distances", "b"]);
+    let out = knnblend(&[
+        "query",
+        p.to_str().unwrap(),
+        "--queries",
+        q.to_str().unwrap(),
+        "--k",
+        "99",
+        "--ids",
+        "a",
+        "--distances",
+        "b",
+    ]);
     assert!(!out.status.success());
     let out = knnblend(&["inspect", dir.path().to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("directory"));
@@ -138,21 +210,46 @@ fn import_of_an_rvc_style_faiss_file_serves_faiss_neighbours() {
     let src = dir.path().join("added_IVF102_Flat_nprobe_1_voice_v2.index");
     faiss.write(&src).unwrap();
     let kbi = dir.path().join("voice.kbi");
-    ok(&knnblend(&["import", src.to_str().unwrap(), "-o", kbi.to_str().unwrap()]));
-    let v: serde_json::Value = serde_json::from_str(&ok(&knnblend(&["inspect", src.to_str().unwrap(), "--json"]))).unwrap();
+    ok(&knnblend(&[
+        "import",
+        src.to_str().unwrap(),
+        "-o",
+        kbi.to_str().unwrap(),
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&ok(&knnblend(&[
+        "inspect",
+        src.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
     assert_eq!(v["format"], "faiss-ivfflat");
     assert_eq!(v["nlist"], 102);
     assert_eq!(v["nprobe"], 1);
     let queries = gen.rows(200, 11);
     let qp = dir.path().join("q.npy");
-    write_npy(&qp, &Array2::from_shape_vec((200, 32), queries.clone()).unwrap()).unwrap();
+    write_npy(
+        &qp,
+        &Array2::from_shape_vec((200, 32), queries.clone()).unwrap(),
+    )
+    .unwrap();
     let (fi_want_d, fi_want) = faiss.search(&queries, 8).unwrap();
     for index in [&src, &kbi] {
         let (ids, d) = (dir.path().join("i.npy"), dir.path().join("d.npy"));
-        ok(&knnblend(&["query", index.to_str().unwrap(), "--queries", qp.to_str().unwrap(), "--ids", ids.to_str().unwrap(), "--distances", d.to_str().unwrap()]));
+        ok(&knnblend(&[
+            "query",
+            index.to_str().unwrap(),
+            "--queries",
+            qp.to_str().unwrap(),
+            "--ids",
+            ids.to_str().unwrap(),
+            "--distances",
+            d.to_str().unwrap(),
+        ]));
         let ids: Array2<i64> = read_npy(&ids).unwrap();
         let d: Array2<f32> = read_npy(&d).unwrap();
-        let same = (0..200).filter(|&i| ids.row(i).to_vec() == fi_want[i * 8..(i + 1) * 8]).count();
+        let same = (0..200)
+            .filter(|&i| ids.row(i).to_vec() == fi_want[i * 8..(i + 1) * 8])
+            .count();
         assert!(same >= 199, "{same}/200 match faiss");
         for (a, b) in d.iter().zip(&fi_want_d) {
             if a.is_finite() && (a - b).abs() > 1e-4 * b.abs().max(1.0) {
@@ -169,31 +266,114 @@ fn import_of_an_rvc_style_faiss_file_serves_faiss_neighbours() {
 fn synth_build_render_workflow() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    ok(&knnblend(&["synth", "--voice", "low", "--seconds", "6", &p("low.wav")]));
-    ok(&knnblend(&["synth", "--voice", "high", "--seconds", "6", "--seed", "2", &p("high.wav")]));
-    ok(&knnblend(&["synth", "--voice", "low", "--seconds", "2", "--seed", "7", &p("phrase.wav")]));
-    let built = ok(&knnblend(&["build", "--audio", &p("high.wav"), "-o", &p("high.kbi")]));
+    ok(&knnblend(&[
+        "synth",
+        "--voice",
+        "low",
+        "--seconds",
+        "6",
+        &p("low.wav"),
+    ]));
+    ok(&knnblend(&[
+        "synth",
+        "--voice",
+        "high",
+        "--seconds",
+        "6",
+        "--seed",
+        "2",
+        &p("high.wav"),
+    ]));
+    ok(&knnblend(&[
+        "synth",
+        "--voice",
+        "low",
+        "--seconds",
+        "2",
+        "--seed",
+        "7",
+        &p("phrase.wav"),
+    ]));
+    let built = ok(&knnblend(&[
+        "build",
+        "--audio",
+        &p("high.wav"),
+        "-o",
+        &p("high.kbi"),
+    ]));
     assert!(built.contains("knnblend-logmel-v1"), "{built}");
-    ok(&knnblend(&["build", "--audio", &p("low.wav"), "-o", &p("low.kbi")]));
-    let v: serde_json::Value = serde_json::from_str(&ok(&knnblend(&["inspect", &p("high.kbi"), "--json"]))).unwrap();
+    ok(&knnblend(&[
+        "build",
+        "--audio",
+        &p("low.wav"),
+        "-o",
+        &p("low.kbi"),
+    ]));
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&knnblend(&["inspect", &p("high.kbi"), "--json"]))).unwrap();
     assert_eq!(v["metadata"]["features"], "knnblend-logmel-v1");
     assert_eq!(v["metadata"]["sources"][0], "high.wav");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(p("high.kbi")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o044, 0o044, "indexes are readable by others, like any file a tool writes");
+        let mode = std::fs::metadata(p("high.kbi"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o044,
+            0o044,
+            "indexes are readable by others, like any file a tool writes"
+        );
     }
-    let out = ok(&knnblend(&["render", "--index", &p("high.kbi"), "--ratio", "1", &p("phrase.wav"), &p("out.wav")]));
+    let out = ok(&knnblend(&[
+        "render",
+        "--index",
+        &p("high.kbi"),
+        "--ratio",
+        "1",
+        &p("phrase.wav"),
+        &p("out.wav"),
+    ]));
     assert!(out.contains("frames blended"), "{out}");
-    ok(&knnblend(&["render", "--index", &p("high.kbi"), "--swap-to", &p("low.kbi"), "--swap-at", "1.0", &p("phrase.wav"), &p("swap.wav")]));
-    let (a, b) = (hound::WavReader::open(p("phrase.wav")).unwrap(), hound::WavReader::open(p("out.wav")).unwrap());
-    assert_eq!((a.len(), a.spec().sample_rate), (b.len(), b.spec().sample_rate));
+    ok(&knnblend(&[
+        "render",
+        "--index",
+        &p("high.kbi"),
+        "--swap-to",
+        &p("low.kbi"),
+        "--swap-at",
+        "1.0",
+        &p("phrase.wav"),
+        &p("swap.wav"),
+    ]));
+    let (a, b) = (
+        hound::WavReader::open(p("phrase.wav")).unwrap(),
+        hound::WavReader::open(p("out.wav")).unwrap(),
+    );
+    assert_eq!(
+        (a.len(), a.spec().sample_rate),
+        (b.len(), b.spec().sample_rate)
+    );
     // Refusals name the problem.
-    let bad = knnblend(&["render", "--index", &p("low.wav"), &p("phrase.wav"), &p("x.wav")]);
+    let bad = knnblend(&[
+        "render",
+        "--index",
+        &p("low.wav"),
+        &p("phrase.wav"),
+        &p("x.wav"),
+    ]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not an index file"));
     let bad = knnblend(&["build", "--audio", &p("nothing-here"), "-o", &p("x.kbi")]);
     assert!(!bad.status.success());
-    let bad = knnblend(&["render", "--index", &p("high.kbi"), "--swap-to", &p("low.kbi"), &p("phrase.wav"), &p("x.wav")]);
+    let bad = knnblend(&[
+        "render",
+        "--index",
+        &p("high.kbi"),
+        "--swap-to",
+        &p("low.kbi"),
+        &p("phrase.wav"),
+        &p("x.wav"),
+    ]);
     assert!(!bad.status.success(), "--swap-to needs --swap-at");
 }

@@ -26,10 +26,20 @@ fn build_case(dim: usize, n: usize, nq: usize, metric: Metric, seed: u64) -> Cas
     let queries = gen.rows(nq, seed + 2);
     let faiss = FaissIvf::build(dim, rvc_nlist(n), metric, &data, &data).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(format!("added_IVF{}_Flat_nprobe_1_test_v2.index", rvc_nlist(n)));
+    let path = dir.path().join(format!(
+        "added_IVF{}_Flat_nprobe_1_test_v2.index",
+        rvc_nlist(n)
+    ));
     faiss.write(&path).unwrap();
     let ours = IvfIndex::open(&path).unwrap();
-    Case { dim, data, queries, faiss, ours, _dir: dir }
+    Case {
+        dim,
+        data,
+        queries,
+        faiss,
+        ours,
+        _dir: dir,
+    }
 }
 
 /// f64 distance from `q` to every centroid of `index` (L2 or negated IP: smaller is nearer),
@@ -43,8 +53,16 @@ fn centroid_ranking(index: &IvfIndex, q: &[f32]) -> Vec<(f64, usize)> {
         .filter(|(l, _)| index.list_len(*l) > 0)
         .map(|(l, c)| {
             let v = match index.metric() {
-                Metric::L2 => c.iter().zip(q).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum(),
-                Metric::InnerProduct => -c.iter().zip(q).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>(),
+                Metric::L2 => c
+                    .iter()
+                    .zip(q)
+                    .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                    .sum(),
+                Metric::InnerProduct => -c
+                    .iter()
+                    .zip(q)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>(),
             };
             (v, l)
         })
@@ -75,13 +93,22 @@ fn assert_parity(case: &mut Case, k: usize) {
         if ids == fi[..faiss_n] {
             same += 1;
             for (n, &d) in res.iter().zip(fd) {
-                assert!(rel_close(n.distance, d, 1e-4), "query {q}: distance {} vs faiss {d}", n.distance);
+                assert!(
+                    rel_close(n.distance, d, 1e-4),
+                    "query {q}: distance {} vs faiss {d}",
+                    n.distance
+                );
             }
             continue;
         }
         let ranking = centroid_ranking(&case.ours, query);
-        let centroid_tie = ranking.len() > 1 && (ranking[1].0 - ranking[0].0).abs() <= 1e-5 * ranking[0].0.abs().max(1e-9);
-        let distance_tie = res.len() == faiss_n && res.iter().zip(fd).all(|(n, &d)| rel_close(n.distance, d, 1e-4));
+        let centroid_tie = ranking.len() > 1
+            && (ranking[1].0 - ranking[0].0).abs() <= 1e-5 * ranking[0].0.abs().max(1e-9);
+        let distance_tie = res.len() == faiss_n
+            && res
+                .iter()
+                .zip(fd)
+                .all(|(n, &d)| rel_close(n.distance, d, 1e-4));
         assert!(
             centroid_tie || distance_tie,
             "query {q}: ids {ids:?} vs faiss {:?} is not a near-tie (centroid gaps {:?})",
@@ -92,7 +119,11 @@ fn assert_parity(case: &mut Case, k: usize) {
     }
     let rate = same as f64 / nq as f64;
     println!("parity: {same}/{nq} identical, {ties} near-ties");
-    assert!(rate >= 0.995, "only {:.2}% of queries match faiss", rate * 100.0);
+    assert!(
+        rate >= 0.995,
+        "only {:.2}% of queries match faiss",
+        rate * 100.0
+    );
 }
 
 #[test]
@@ -123,18 +154,38 @@ fn rvc_v2_shape_matches_faiss_and_blend_matches_f64_reference() {
     let mut compared = 0;
     for q in 0..case.queries.len() / d {
         let query = &case.queries[q * d..(q + 1) * d];
-        let ids: Vec<i64> = s.search(&case.ours, query, K, 1).iter().map(|n| n.id).collect();
+        let ids: Vec<i64> = s
+            .search(&case.ours, query, K, 1)
+            .iter()
+            .map(|n| n.id)
+            .collect();
         if ids != fi[q * K..(q + 1) * K] {
             continue; // a near-tie (checked above): the neighbour sets differ legitimately
         }
-        let params = BlendParams { k: K, nprobe: 1, ratio: ratio as f32 };
-        assert_eq!(s.blend(&case.ours, query, &params, &mut out), BlendOutcome::Blended { neighbours: K });
-        let w: Vec<f64> = fd[q * K..(q + 1) * K].iter().map(|&s| (1.0 / s as f64).powi(2)).collect();
+        let params = BlendParams {
+            k: K,
+            nprobe: 1,
+            ratio: ratio as f32,
+        };
+        assert_eq!(
+            s.blend(&case.ours, query, &params, &mut out),
+            BlendOutcome::Blended { neighbours: K }
+        );
+        let w: Vec<f64> = fd[q * K..(q + 1) * K]
+            .iter()
+            .map(|&s| (1.0 / s as f64).powi(2))
+            .collect();
         let sum: f64 = w.iter().sum();
         for j in 0..d {
-            let blended: f64 = (0..K).map(|i| w[i] / sum * case.data[ids[i] as usize * d + j] as f64).sum();
+            let blended: f64 = (0..K)
+                .map(|i| w[i] / sum * case.data[ids[i] as usize * d + j] as f64)
+                .sum();
             let want = ratio * blended + (1.0 - ratio) * query[j] as f64;
-            assert!((out[j] as f64 - want).abs() <= 1e-4 * scale, "query {q} dim {j}: {} vs {want}", out[j]);
+            assert!(
+                (out[j] as f64 - want).abs() <= 1e-4 * scale,
+                "query {q} dim {j}: {} vs {want}",
+                out[j]
+            );
         }
         compared += 1;
     }
@@ -149,8 +200,15 @@ fn exact_matches_blend_to_the_stored_vector_without_nan() {
     let mut out = vec![0f32; d];
     for id in [0usize, 17, 3_999] {
         let query = &case.data[id * d..(id + 1) * d];
-        let params = BlendParams { k: 8, nprobe: 1, ratio: 1.0 };
-        assert!(matches!(s.blend(&case.ours, query, &params, &mut out), BlendOutcome::Blended { .. }));
+        let params = BlendParams {
+            k: 8,
+            nprobe: 1,
+            ratio: 1.0,
+        };
+        assert!(matches!(
+            s.blend(&case.ours, query, &params, &mut out),
+            BlendOutcome::Blended { .. }
+        ));
         assert!(out.iter().all(|v| v.is_finite()));
         // RVC would emit NaN here (1/0² normalised); the clamped score makes the match dominate.
         for (o, q) in out.iter().zip(query) {
@@ -179,10 +237,17 @@ fn sparse_lists_read_and_empty_nearest_list_falls_back_to_next_non_empty() {
     let path = dir.path().join("sparse.index");
     faiss.write(&path).unwrap();
     let raw = std::fs::read(&path).unwrap();
-    assert!(raw.windows(4).any(|w| w == b"sprs"), "expected a sparse list encoding");
+    assert!(
+        raw.windows(4).any(|w| w == b"sprs"),
+        "expected a sparse list encoding"
+    );
     let ours = IvfIndex::open(&path).unwrap();
     let empty = (0..ours.nlist()).filter(|&l| ours.list_len(l) == 0).count();
-    assert!(empty > ours.nlist() / 2, "{empty} empty lists of {}", ours.nlist());
+    assert!(
+        empty > ours.nlist() / 2,
+        "{empty} empty lists of {}",
+        ours.nlist()
+    );
 
     let queries = broad.rows(500, 55);
     let (_, fi) = faiss.search(&queries, K).unwrap();
@@ -190,8 +255,15 @@ fn sparse_lists_read_and_empty_nearest_list_falls_back_to_next_non_empty() {
     let (mut agreed, mut fallbacks) = (0, 0);
     for q in 0..500 {
         let query = &queries[q * dim..(q + 1) * dim];
-        let res: Vec<(i64, u32)> = s.search(&ours, query, K, 1).iter().map(|n| (n.id, n.pos)).collect();
-        assert!(!res.is_empty(), "we always find neighbours in a non-empty index");
+        let res: Vec<(i64, u32)> = s
+            .search(&ours, query, K, 1)
+            .iter()
+            .map(|n| (n.id, n.pos))
+            .collect();
+        assert!(
+            !res.is_empty(),
+            "we always find neighbours in a non-empty index"
+        );
         let faiss_ids = &fi[q * K..(q + 1) * K];
         if faiss_ids[0] >= 0 {
             let ids: Vec<i64> = res.iter().map(|r| r.0).collect();
@@ -229,17 +301,28 @@ fn trained_only_index_is_refused_with_a_helpful_message() {
 fn faiss_import_to_kbi_round_trips_to_identical_results() {
     let case = build_case(96, 6_000, 500, Metric::L2, 71);
     let kbi = case._dir.path().join("voice.kbi");
-    let faiss_path = std::fs::read_dir(case._dir.path()).unwrap().next().unwrap().unwrap().path();
+    let faiss_path = std::fs::read_dir(case._dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     // What `knnblend import` does: open the faiss file, write its parts as .kbi.
     let parts = IvfIndex::open(&faiss_path).unwrap().to_parts();
     format::write_kbi(&kbi, &parts).unwrap();
     let native = IvfIndex::open(&kbi).unwrap();
     assert!(native.is_mapped());
-    assert!(native.to_parts() == parts, "the .kbi holds different data than the faiss file");
+    assert!(
+        native.to_parts() == parts,
+        "the .kbi holds different data than the faiss file"
+    );
     let (mut a, mut b) = (Searcher::new(), Searcher::new());
     for q in case.queries.chunks_exact(case.dim) {
         for nprobe in [1, 3] {
-            assert_eq!(a.search(&case.ours, q, K, nprobe), b.search(&native, q, K, nprobe));
+            assert_eq!(
+                a.search(&case.ours, q, K, nprobe),
+                b.search(&native, q, K, nprobe)
+            );
         }
     }
 }
@@ -251,12 +334,20 @@ fn probing_every_list_is_exact_brute_force() {
     let nlist = case.ours.nlist();
     assert!(nlist <= knnblend::index::MAX_NPROBE);
     for q in case.queries.chunks_exact(case.dim) {
-        let got: Vec<i64> = s.search(&case.ours, q, K, nlist).iter().map(|n| n.id).collect();
+        let got: Vec<i64> = s
+            .search(&case.ours, q, K, nlist)
+            .iter()
+            .map(|n| n.id)
+            .collect();
         let want = common::brute_force(&case.data, case.dim, q, K);
         for (g, w) in got.iter().zip(&want) {
             // Ties aside, the ids agree; on a tie the distances must.
             if *g != w.1 as i64 {
-                let dg = common::brute_force(&case.data, case.dim, q, 2_400).iter().find(|x| x.1 as i64 == *g).unwrap().0;
+                let dg = common::brute_force(&case.data, case.dim, q, 2_400)
+                    .iter()
+                    .find(|x| x.1 as i64 == *g)
+                    .unwrap()
+                    .0;
                 assert!((dg - w.0).abs() <= 1e-5 * w.0.max(1e-9));
             }
         }

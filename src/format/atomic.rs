@@ -10,7 +10,10 @@ use std::path::Path;
 /// Writes `path` atomically: `fill` writes the content into a temporary file next to it, which
 /// then replaces `path` in one rename. The new file gets the permissions of the file it
 /// replaces, or `rw-r--r--` (subject to the umask's effect on other users' bits) when new.
-pub fn write_atomically(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
+pub fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -42,7 +45,10 @@ fn default_permissions() -> std::fs::Permissions {
 
 #[cfg(not(unix))]
 fn default_permissions() -> std::fs::Permissions {
-    let mut p = tempfile::tempfile().and_then(|f| f.metadata()).map(|m| m.permissions()).expect("temp file");
+    let mut p = tempfile::tempfile()
+        .and_then(|f| f.metadata())
+        .map(|m| m.permissions())
+        .expect("temp file");
     p.set_readonly(false);
     p
 }
@@ -61,7 +67,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o644
+            );
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         write_atomically(&p, |f| f.write_all(b"two!")).unwrap();
@@ -69,7 +78,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         // A failed fill leaves the old file and no temporary behind.
         let r = write_atomically(&p, |_| Err(io::Error::other("disk full")));

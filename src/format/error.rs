@@ -27,7 +27,9 @@ pub enum FormatError {
         found: String,
     },
     /// The file ends before a field or section it declares.
-    #[error("file is truncated: {what} needs bytes up to offset {needed}, but the file has {actual}")]
+    #[error(
+        "file is truncated: {what} needs bytes up to offset {needed}, but the file has {actual}"
+    )]
     Truncated {
         /// What was being read.
         what: String,
@@ -113,7 +115,11 @@ impl FormatError {
         }
     }
 
-    pub(crate) fn field(field: &'static str, value: impl ToString, reason: impl Into<String>) -> Self {
+    pub(crate) fn field(
+        field: &'static str,
+        value: impl ToString,
+        reason: impl Into<String>,
+    ) -> Self {
         FormatError::InvalidField {
             field,
             value: value.to_string(),

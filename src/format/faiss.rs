@@ -82,18 +82,26 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1, what)?[0])
     }
     fn i32(&mut self, what: &str) -> Result<i32, FormatError> {
-        Ok(i32::from_le_bytes(self.take(4, what)?.try_into().expect("4")))
+        Ok(i32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4"),
+        ))
     }
     fn i64(&mut self, what: &str) -> Result<i64, FormatError> {
-        Ok(i64::from_le_bytes(self.take(8, what)?.try_into().expect("8")))
+        Ok(i64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8"),
+        ))
     }
     fn u64(&mut self, what: &str) -> Result<u64, FormatError> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8"),
+        ))
     }
     /// A length-prefixed vector of `elem`-byte items; the length is checked against the input.
     fn vector(&mut self, elem: u64, what: &str) -> Result<&'a [u8], FormatError> {
         let n = self.u64(what)?;
-        let bytes = n.checked_mul(elem).ok_or_else(|| bad(format!("{what}: length {n} overflows")))?;
+        let bytes = n
+            .checked_mul(elem)
+            .ok_or_else(|| bad(format!("{what}: length {n} overflows")))?;
         self.take(bytes, what)
     }
 }
@@ -132,7 +140,9 @@ fn metric_of(code: i32) -> Result<Metric, FormatError> {
     match code {
         METRIC_L2 => Ok(Metric::L2),
         METRIC_INNER_PRODUCT => Ok(Metric::InnerProduct),
-        m => Err(bad(format!("metric type {m} is not supported (only L2 and inner product)"))),
+        m => Err(bad(format!(
+            "metric type {m} is not supported (only L2 and inner product)"
+        ))),
     }
 }
 
@@ -160,17 +170,29 @@ pub fn read_faiss_index(bytes: &[u8]) -> Result<IndexParts, FormatError> {
     }
     let h = index_header(&mut c, "the IVF header")?;
     if h.d <= 0 || h.d as usize > MAX_DIM {
-        return Err(FormatError::field("d", h.d, format!("must be in 1..={MAX_DIM}")));
+        return Err(FormatError::field(
+            "d",
+            h.d,
+            format!("must be in 1..={MAX_DIM}"),
+        ));
     }
     let dim = h.d as usize;
     let metric = metric_of(h.metric)?;
     if h.ntotal < 0 || h.ntotal as u64 > MAX_NTOTAL {
-        return Err(FormatError::field("ntotal", h.ntotal, format!("must be in 0..={MAX_NTOTAL}")));
+        return Err(FormatError::field(
+            "ntotal",
+            h.ntotal,
+            format!("must be in 0..={MAX_NTOTAL}"),
+        ));
     }
     let nlist = c.u64("nlist")?;
     let nprobe = c.u64("nprobe")?;
     if nlist == 0 || nlist > MAX_NLIST {
-        return Err(FormatError::field("nlist", nlist, format!("must be in 1..={MAX_NLIST}")));
+        return Err(FormatError::field(
+            "nlist",
+            nlist,
+            format!("must be in 1..={MAX_NLIST}"),
+        ));
     }
 
     let q = c.fourcc("the quantizer type")?;
@@ -223,14 +245,22 @@ pub fn read_faiss_index(bytes: &[u8]) -> Result<IndexParts, FormatError> {
     let il_nlist = c.u64("the inverted lists")?;
     let code_size = c.u64("the inverted lists")?;
     if il_nlist != nlist {
-        return Err(bad(format!("inverted lists count {il_nlist} differs from nlist {nlist}")));
+        return Err(bad(format!(
+            "inverted lists count {il_nlist} differs from nlist {nlist}"
+        )));
     }
     if code_size != dim as u64 * 4 {
-        return Err(bad(format!("code size {code_size} is not d × 4 = {}", dim * 4)));
+        return Err(bad(format!(
+            "code size {code_size} is not d × 4 = {}",
+            dim * 4
+        )));
     }
     let list_type = c.fourcc("the list size encoding")?;
     let raw = c.vector(8, "the list sizes")?;
-    let raw: Vec<u64> = raw.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8"))).collect();
+    let raw: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8")))
+        .collect();
     let mut sizes = vec![0u64; 0];
     match &list_type {
         b"full" => {
@@ -241,14 +271,18 @@ pub fn read_faiss_index(bytes: &[u8]) -> Result<IndexParts, FormatError> {
         }
         b"sprs" => {
             if raw.len() % 2 != 0 {
-                return Err(bad("sparse list sizes come in (list, size) pairs; the count is odd"));
+                return Err(bad(
+                    "sparse list sizes come in (list, size) pairs; the count is odd",
+                ));
             }
             sizes.resize(nlist as usize, 0);
             let mut prev: Option<u64> = None;
             for pair in raw.chunks_exact(2) {
                 let (list, n) = (pair[0], pair[1]);
                 if list >= nlist || prev.is_some_and(|p| list <= p) {
-                    return Err(bad(format!("sparse list number {list} is out of order or out of range")));
+                    return Err(bad(format!(
+                        "sparse list number {list} is out of order or out of range"
+                    )));
                 }
                 prev = Some(list);
                 sizes[list as usize] = n;
@@ -279,7 +313,10 @@ pub fn read_faiss_index(bytes: &[u8]) -> Result<IndexParts, FormatError> {
         let ids = c.take(n * 8, &format!("the ids of list {l}"))?;
         lists.push(ListParts {
             vectors: floats(codes),
-            ids: ids.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8"))).collect(),
+            ids: ids
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8")))
+                .collect(),
         });
     }
     let parts = IndexParts {

@@ -205,16 +205,30 @@ impl KbiLayout {
         }
         let header_len = u32_at(bytes, 12);
         if header_len as usize != HEADER_LEN {
-            return Err(FormatError::field("header_len", header_len, format!("must be {HEADER_LEN}")));
+            return Err(FormatError::field(
+                "header_len",
+                header_len,
+                format!("must be {HEADER_LEN}"),
+            ));
         }
         let dim = u32_at(bytes, 16) as u64;
         if dim == 0 || dim > MAX_DIM as u64 {
-            return Err(FormatError::field("dim", dim, format!("must be in 1..={MAX_DIM}")));
+            return Err(FormatError::field(
+                "dim",
+                dim,
+                format!("must be in 1..={MAX_DIM}"),
+            ));
         }
         let metric = match u32_at(bytes, 20) {
             0 => Metric::L2,
             1 => Metric::InnerProduct,
-            m => return Err(FormatError::field("metric", m, "must be 0 (L2) or 1 (inner product)")),
+            m => {
+                return Err(FormatError::field(
+                    "metric",
+                    m,
+                    "must be 0 (L2) or 1 (inner product)",
+                ))
+            }
         };
         match u32_at(bytes, 24) {
             ELEMENT_F32 => {}
@@ -234,10 +248,18 @@ impl KbiLayout {
         let nlist = u64_at(bytes, 32);
         let ntotal = u64_at(bytes, 40);
         if nlist == 0 || nlist > MAX_NLIST {
-            return Err(FormatError::field("nlist", nlist, format!("must be in 1..={MAX_NLIST}")));
+            return Err(FormatError::field(
+                "nlist",
+                nlist,
+                format!("must be in 1..={MAX_NLIST}"),
+            ));
         }
         if ntotal > MAX_NTOTAL {
-            return Err(FormatError::field("ntotal", ntotal, format!("must be at most {MAX_NTOTAL}")));
+            return Err(FormatError::field(
+                "ntotal",
+                ntotal,
+                format!("must be at most {MAX_NTOTAL}"),
+            ));
         }
         let file_len = u64_at(bytes, 48);
         if file_len != actual {
@@ -257,14 +279,22 @@ impl KbiLayout {
         }
         let count = u32_at(bytes, 56);
         if count as usize != SECTION_COUNT {
-            return Err(FormatError::field("section_count", count, format!("must be {SECTION_COUNT}")));
+            return Err(FormatError::field(
+                "section_count",
+                count,
+                format!("must be {SECTION_COUNT}"),
+            ));
         }
         let flags = u32_at(bytes, 60);
         if flags != 0 {
             return Err(FormatError::field("flags", flags, "unknown flags set"));
         }
 
-        let mut sections = [SectionEntry { offset: 0, len: 0, checksum: 0 }; SECTION_COUNT];
+        let mut sections = [SectionEntry {
+            offset: 0,
+            len: 0,
+            checksum: 0,
+        }; SECTION_COUNT];
         let meta_len = u64_at(bytes, TABLE_AT + 6 * ENTRY_LEN + 16);
         if meta_len > MAX_METADATA {
             return Err(FormatError::section(
@@ -273,7 +303,11 @@ impl KbiLayout {
             ));
         }
         let expected = section_sizes(dim, nlist, ntotal, meta_len).ok_or_else(|| {
-            FormatError::field("ntotal", ntotal, format!("sizes overflow with dim {dim} and nlist {nlist}"))
+            FormatError::field(
+                "ntotal",
+                ntotal,
+                format!("sizes overflow with dim {dim} and nlist {nlist}"),
+            )
         })?;
         let mut end = PAGE;
         for (i, kind) in SectionKind::ALL.into_iter().enumerate() {
@@ -286,10 +320,16 @@ impl KbiLayout {
             };
             let name = kind.name();
             if k != kind as u32 {
-                return Err(FormatError::section(name, format!("table entry {i} has kind {k}, expected {}", kind as u32)));
+                return Err(FormatError::section(
+                    name,
+                    format!("table entry {i} has kind {k}, expected {}", kind as u32),
+                ));
             }
             if entry.offset % PAGE != 0 {
-                return Err(FormatError::section(name, format!("offset {} is not page-aligned", entry.offset)));
+                return Err(FormatError::section(
+                    name,
+                    format!("offset {} is not page-aligned", entry.offset),
+                ));
             }
             if entry.offset < end {
                 return Err(FormatError::section(
@@ -300,16 +340,21 @@ impl KbiLayout {
             if entry.len != expected[i] {
                 return Err(FormatError::section(
                     name,
-                    format!("length {} does not match the header (expected {})", entry.len, expected[i]),
+                    format!(
+                        "length {} does not match the header (expected {})",
+                        entry.len, expected[i]
+                    ),
                 ));
             }
-            let stop = entry.offset.checked_add(entry.len).filter(|&s| s <= actual).ok_or_else(|| {
-                FormatError::Truncated {
+            let stop = entry
+                .offset
+                .checked_add(entry.len)
+                .filter(|&s| s <= actual)
+                .ok_or_else(|| FormatError::Truncated {
                     what: format!("section `{name}`"),
                     needed: entry.offset.saturating_add(entry.len),
                     actual,
-                }
-            })?;
+                })?;
             end = stop;
             sections[i] = entry;
         }
@@ -418,9 +463,13 @@ pub fn encode(parts: &IndexParts) -> Result<AlignedBytes, FormatError> {
     let dim = parts.dim;
     let nlist = parts.nlist();
     let ntotal = parts.ntotal();
-    let meta = serde_json::to_vec(&parts.metadata).map_err(|e| FormatError::BadMetadata(e.to_string()))?;
+    let meta =
+        serde_json::to_vec(&parts.metadata).map_err(|e| FormatError::BadMetadata(e.to_string()))?;
     if meta.len() as u64 > MAX_METADATA {
-        return Err(FormatError::InvalidParts(format!("metadata is {} bytes, over the {MAX_METADATA}-byte limit", meta.len())));
+        return Err(FormatError::InvalidParts(format!(
+            "metadata is {} bytes, over the {MAX_METADATA}-byte limit",
+            meta.len()
+        )));
     }
     let sizes = section_sizes(dim as u64, nlist as u64, ntotal as u64, meta.len() as u64)
         .ok_or_else(|| FormatError::InvalidParts("index too large".into()))?;
@@ -449,7 +498,11 @@ pub fn encode(parts: &IndexParts) -> Result<AlignedBytes, FormatError> {
     };
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>();
     put(0, &mut parts.centroids.iter().map(|&v| f32b(v)), 4);
-    put(1, &mut parts.centroids.chunks_exact(dim).map(|c| f32b(norm(c))), 4);
+    put(
+        1,
+        &mut parts.centroids.chunks_exact(dim).map(|c| f32b(norm(c))),
+        4,
+    );
     let mut running = 0u64;
     put(
         2,
@@ -461,9 +514,33 @@ pub fn encode(parts: &IndexParts) -> Result<AlignedBytes, FormatError> {
             .map(u64::to_le_bytes),
         8,
     );
-    put(3, &mut parts.lists.iter().flat_map(|l| l.vectors.iter()).map(|&v| f32b(v)), 4);
-    put(4, &mut parts.lists.iter().flat_map(|l| l.vectors.chunks_exact(dim)).map(|v| f32b(norm(v))), 4);
-    put(5, &mut parts.lists.iter().flat_map(|l| l.ids.iter()).map(|&i| i.to_le_bytes()), 8);
+    put(
+        3,
+        &mut parts
+            .lists
+            .iter()
+            .flat_map(|l| l.vectors.iter())
+            .map(|&v| f32b(v)),
+        4,
+    );
+    put(
+        4,
+        &mut parts
+            .lists
+            .iter()
+            .flat_map(|l| l.vectors.chunks_exact(dim))
+            .map(|v| f32b(norm(v))),
+        4,
+    );
+    put(
+        5,
+        &mut parts
+            .lists
+            .iter()
+            .flat_map(|l| l.ids.iter())
+            .map(|&i| i.to_le_bytes()),
+        8,
+    );
     let m = offsets[6] as usize;
     out[m..m + meta.len()].copy_from_slice(&meta);
 

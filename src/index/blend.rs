@@ -12,8 +12,8 @@
 //! applying `1/score²` to similarities would invert the order.
 
 use super::search::{Searcher, MAX_K};
-use crate::format::Metric;
 use super::IvfIndex;
+use crate::format::Metric;
 
 /// Scores are clamped to at least this before `1 / score²` (squared-L2 units). It is far below
 /// any distance between distinct feature frames at f32 precision, and far above where
@@ -64,7 +64,11 @@ pub fn rvc_weights(scores: &[f32], out: &mut [f64]) {
     let mut sum = 0.0;
     for (w, &s) in out.iter_mut().zip(scores) {
         let s = (s as f64).abs();
-        let s = if s.is_nan() { f32::MAX as f64 } else { s.clamp(SCORE_EPSILON, f32::MAX as f64) };
+        let s = if s.is_nan() {
+            f32::MAX as f64
+        } else {
+            s.clamp(SCORE_EPSILON, f32::MAX as f64)
+        };
         *w = 1.0 / (s * s);
         sum += *w;
     }
@@ -79,9 +83,23 @@ impl Searcher {
     ///
     /// # Panics
     /// If `query.len()` or `out.len()` differ from `index.dim()`.
-    pub fn blend(&mut self, index: &IvfIndex, query: &[f32], params: &BlendParams, out: &mut [f32]) -> BlendOutcome {
-        assert_eq!(out.len(), query.len(), "output length must equal the query length");
-        let ratio = if params.ratio.is_nan() { 0.0 } else { params.ratio.clamp(0.0, 1.0) };
+    pub fn blend(
+        &mut self,
+        index: &IvfIndex,
+        query: &[f32],
+        params: &BlendParams,
+        out: &mut [f32],
+    ) -> BlendOutcome {
+        assert_eq!(
+            out.len(),
+            query.len(),
+            "output length must equal the query length"
+        );
+        let ratio = if params.ratio.is_nan() {
+            0.0
+        } else {
+            params.ratio.clamp(0.0, 1.0)
+        };
         if !query.iter().all(|v| v.is_finite()) {
             out.copy_from_slice(query);
             return BlendOutcome::NonFiniteQuery;
@@ -102,10 +120,18 @@ impl Searcher {
         // neighbours: for an inner-product index ‖q − v‖² = ‖q‖² + ‖v‖² − 2·q·v, from the stored
         // norms (for L2 the score already is that distance, as in RVC).
         let ip = index.metric() == Metric::InnerProduct;
-        let query_norm = if ip { query.iter().map(|x| x * x).sum::<f32>() } else { 0.0 };
+        let query_norm = if ip {
+            query.iter().map(|x| x * x).sum::<f32>()
+        } else {
+            0.0
+        };
         let norms = index.vector_norms();
         for (i, nb) in found.iter().enumerate() {
-            scores[i] = if ip { (query_norm + norms[nb.pos as usize] - 2.0 * nb.distance).max(0.0) } else { nb.distance };
+            scores[i] = if ip {
+                (query_norm + norms[nb.pos as usize] - 2.0 * nb.distance).max(0.0)
+            } else {
+                nb.distance
+            };
             positions[i] = nb.pos;
         }
         let mut weights = [0f64; MAX_K];
@@ -125,7 +151,13 @@ impl Searcher {
 
     /// Blends `queries` (rows of `dim`) into `out` row by row; returns how many rows were blended
     /// with neighbours (the others were copied).
-    pub fn blend_batch(&mut self, index: &IvfIndex, queries: &[f32], params: &BlendParams, out: &mut [f32]) -> usize {
+    pub fn blend_batch(
+        &mut self,
+        index: &IvfIndex,
+        queries: &[f32],
+        params: &BlendParams,
+        out: &mut [f32],
+    ) -> usize {
         let d = index.dim();
         assert_eq!(queries.len() % d, 0, "queries must be whole rows");
         assert_eq!(out.len(), queries.len(), "output must match the queries");
@@ -153,12 +185,19 @@ mod tests {
             metric: Metric::InnerProduct,
             nprobe: 1,
             centroids: vec![1.0, 0.0],
-            lists: vec![ListParts { ids: vec![0, 1, 2], vectors: vec![0.99, 0.141, c, s, 0.0, 1.0] }],
+            lists: vec![ListParts {
+                ids: vec![0, 1, 2],
+                vectors: vec![0.99, 0.141, c, s, 0.0, 1.0],
+            }],
             metadata: Metadata::default(),
         };
         let index = IvfIndex::from_parts(&parts).unwrap();
         let mut out = [0f32; 2];
-        let params = BlendParams { k: 3, nprobe: 1, ratio: 1.0 };
+        let params = BlendParams {
+            k: 3,
+            nprobe: 1,
+            ratio: 1.0,
+        };
         Searcher::new().blend(&index, &[1.0, 0.0], &params, &mut out);
         // Dominated by the nearly identical first vector.
         assert!(out[0] > 0.9 && out[1] < 0.2, "{out:?}");

@@ -29,17 +29,27 @@ fn faiss_err(what: &str, e: faiss::error::Error) -> FormatError {
 impl FaissIvf {
     /// Trains `IVF{nlist},Flat` on `train` and adds `add` with ids `0..n`, as RVC does
     /// (n_probe is set to 1 before training, so the file stores 1).
-    pub fn build(dim: usize, nlist: usize, metric: Metric, train: &[f32], add: &[f32]) -> Result<FaissIvf, FormatError> {
+    pub fn build(
+        dim: usize,
+        nlist: usize,
+        metric: Metric,
+        train: &[f32],
+        add: &[f32],
+    ) -> Result<FaissIvf, FormatError> {
         if dim == 0 || train.len() % dim != 0 || add.len() % dim != 0 {
-            return Err(FormatError::InvalidParts(format!("data is not whole rows of dim {dim}")));
+            return Err(FormatError::InvalidParts(format!(
+                "data is not whole rows of dim {dim}"
+            )));
         }
         let mt = match metric {
             Metric::L2 => MetricType::L2,
             Metric::InnerProduct => MetricType::InnerProduct,
         };
-        let index: IndexImpl =
-            faiss::index_factory(dim as u32, format!("IVF{nlist},Flat"), mt).map_err(|e| faiss_err("create the index", e))?;
-        let mut index = index.into_ivf_flat().map_err(|e| faiss_err("cast to IVF-Flat", e))?;
+        let index: IndexImpl = faiss::index_factory(dim as u32, format!("IVF{nlist},Flat"), mt)
+            .map_err(|e| faiss_err("create the index", e))?;
+        let mut index = index
+            .into_ivf_flat()
+            .map_err(|e| faiss_err("cast to IVF-Flat", e))?;
         index.set_nprobe(1);
         index.train(train).map_err(|e| faiss_err("train", e))?;
         if !add.is_empty() {
@@ -54,15 +64,28 @@ impl FaissIvf {
     }
 
     /// faiss's k nearest for each row of `queries`: (distances, ids), `k` per query, id -1 when missing.
-    pub fn search(&mut self, queries: &[f32], k: usize) -> Result<(Vec<f32>, Vec<i64>), FormatError> {
-        let r = self.index.search(queries, k).map_err(|e| faiss_err("search", e))?;
-        let ids = r.labels.iter().map(|l| l.get().map_or(-1, |v| v as i64)).collect();
+    pub fn search(
+        &mut self,
+        queries: &[f32],
+        k: usize,
+    ) -> Result<(Vec<f32>, Vec<i64>), FormatError> {
+        let r = self
+            .index
+            .search(queries, k)
+            .map_err(|e| faiss_err("search", e))?;
+        let ids = r
+            .labels
+            .iter()
+            .map(|l| l.get().map_or(-1, |v| v as i64))
+            .collect();
         Ok((r.distances, ids))
     }
 
     /// Writes the index with faiss's own `write_index` (the format RVC ships).
     pub fn write(&self, path: &Path) -> Result<(), FormatError> {
-        let p = path.to_str().ok_or_else(|| FormatError::InvalidParts("path is not UTF-8".into()))?;
+        let p = path
+            .to_str()
+            .ok_or_else(|| FormatError::InvalidParts("path is not UTF-8".into()))?;
         faiss::write_index(&self.index, p).map_err(|e| faiss_err("write the index", e))
     }
 

@@ -75,7 +75,9 @@ fn view<'a, T>(bytes: &'a [u8], layout: &KbiLayout, kind: SectionKind) -> &'a [T
     debug_assert_eq!(s.as_ptr() as usize % std::mem::align_of::<T>(), 0);
     // SAFETY: `layout` was validated against `bytes` (range inside, page-aligned offset on a
     // page-aligned base, length a multiple of size_of::<T>()), and f32/u64/i64 accept any bits.
-    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<T>(), s.len() / std::mem::size_of::<T>()) }
+    unsafe {
+        std::slice::from_raw_parts(s.as_ptr().cast::<T>(), s.len() / std::mem::size_of::<T>())
+    }
 }
 
 impl IvfIndex {
@@ -95,7 +97,10 @@ impl IvfIndex {
         if meta.is_dir() {
             return Err(FormatError::io(
                 path,
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a directory, not an index file"),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "is a directory, not an index file",
+                ),
             ));
         }
         let mut index = match format::sniff(path)? {
@@ -127,7 +132,10 @@ impl IvfIndex {
         index.path = Some(path.to_path_buf());
         if let Some(name) = path.file_name() {
             if index.metadata.sources.is_empty() && index.source == FileKind::Faiss {
-                index.metadata.sources.push(name.to_string_lossy().into_owned());
+                index
+                    .metadata
+                    .sources
+                    .push(name.to_string_lossy().into_owned());
             }
         }
         if opts.prefault {
@@ -142,7 +150,8 @@ impl IvfIndex {
     /// Builds an owned, in-memory index from parts (validated).
     pub fn from_parts(parts: &IndexParts) -> Result<IvfIndex, FormatError> {
         let image = kbi::encode(parts)?;
-        let mut index = Self::from_backing(Backing::Owned(image), FileKind::Kbi, false, &mut |_, _| {})?;
+        let mut index =
+            Self::from_backing(Backing::Owned(image), FileKind::Kbi, false, &mut |_, _| {})?;
         index.file_bytes = 0;
         Ok(index)
     }
@@ -164,7 +173,10 @@ impl IvfIndex {
             kbi::verify_sections(bytes, &layout, progress)?;
         }
         // Always checked, verified or not: search relies on monotonic, in-bounds offsets.
-        kbi::check_list_offsets(view::<u64>(bytes, &layout, SectionKind::ListOffsets), layout.ntotal)?;
+        kbi::check_list_offsets(
+            view::<u64>(bytes, &layout, SectionKind::ListOffsets),
+            layout.ntotal,
+        )?;
         let metadata = kbi::parse_metadata(bytes, &layout)?;
         let file_bytes = bytes.len() as u64;
         let coarse = CoarseTable::build(
@@ -292,7 +304,11 @@ impl IvfIndex {
     /// ‖c‖² per centroid.
     #[inline]
     pub fn centroid_norms(&self) -> &[f32] {
-        view(self.backing.bytes(), &self.layout, SectionKind::CentroidNorms)
+        view(
+            self.backing.bytes(),
+            &self.layout,
+            SectionKind::CentroidNorms,
+        )
     }
     /// List offsets, `nlist + 1` entries.
     #[inline]

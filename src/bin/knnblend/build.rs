@@ -36,19 +36,34 @@ pub struct Args {
 #[cfg(feature = "faiss")]
 pub fn run(a: Args) -> crate::Result {
     use knnblend::format::Metric;
-    use knnblend::voice::{build_from_audio, build_from_npy, AlphaExpand, BuildOptions, FeatureSpec};
+    use knnblend::voice::{
+        build_from_audio, build_from_npy, AlphaExpand, BuildOptions, FeatureSpec,
+    };
     let opts = BuildOptions {
-        metric: if a.metric == "ip" { Metric::InnerProduct } else { Metric::L2 },
+        metric: if a.metric == "ip" {
+            Metric::InnerProduct
+        } else {
+            Metric::L2
+        },
         nlist: a.nlist,
         compress: a.compress,
-        alpha_expand: a.alpha_expand.zip(a.alpha).map(|(k, alpha)| AlphaExpand { k, alpha }),
+        alpha_expand: a
+            .alpha_expand
+            .zip(a.alpha)
+            .map(|(k, alpha)| AlphaExpand { k, alpha }),
         seed: a.seed,
         ..BuildOptions::default()
     };
     let mut bar = crate::progress::StageBar::new();
     let mut report = |stage, done, total| bar.update(stage, done, total);
     let summary = if a.npy.is_empty() {
-        build_from_audio(&a.audio, &a.output, &FeatureSpec::default(), &opts, &mut report)
+        build_from_audio(
+            &a.audio,
+            &a.output,
+            &FeatureSpec::default(),
+            &opts,
+            &mut report,
+        )
     } else {
         build_from_npy(&a.npy, &a.output, &opts, &mut report)
     };
@@ -64,7 +79,10 @@ pub fn run(a: Args) -> crate::Result {
         s.nlist,
         s.sources,
         if s.duration_seconds > 0.0 {
-            format!(", {:.1} s of audio, {} silent frames dropped", s.duration_seconds, s.dropped_frames)
+            format!(
+                ", {:.1} s of audio, {} silent frames dropped",
+                s.duration_seconds, s.dropped_frames
+            )
         } else {
             String::new()
         }

@@ -16,7 +16,10 @@ pub struct Args {
 pub fn run(a: Args) -> crate::Result {
     let index = IvfIndex::open(&a.input)?;
     if index.source_kind() != FileKind::Faiss {
-        eprintln!("note: {} is already a .kbi; writing a fresh copy", a.input.display());
+        eprintln!(
+            "note: {} is already a .kbi; writing a fresh copy",
+            a.input.display()
+        );
     }
     let bytes = format::write_kbi(&a.output, &index.to_parts())?;
     println!(

@@ -15,13 +15,22 @@ pub struct Args {
 
 pub fn run(a: Args) -> crate::Result {
     // Open without checksum verification so a corrupt section is reported, not fatal here.
-    let index = IvfIndex::open_with(&a.index, OpenOptions { verify: false, ..OpenOptions::default() })?;
+    let index = IvfIndex::open_with(
+        &a.index,
+        OpenOptions {
+            verify: false,
+            ..OpenOptions::default()
+        },
+    )?;
     let checksums = match index.source_kind() {
         FileKind::Kbi => Some(index.verify(&mut |_, _| {}).map_err(|e| e.to_string())),
         FileKind::Faiss => None,
     };
     let sizes: Vec<usize> = (0..index.nlist()).map(|l| index.list_len(l)).collect();
-    let (min, max) = (sizes.iter().min().copied().unwrap_or(0), sizes.iter().max().copied().unwrap_or(0));
+    let (min, max) = (
+        sizes.iter().min().copied().unwrap_or(0),
+        sizes.iter().max().copied().unwrap_or(0),
+    );
     let mean = index.ntotal() as f64 / index.nlist().max(1) as f64;
     if a.json {
         let v = serde_json::json!({
@@ -47,15 +56,33 @@ pub fn run(a: Args) -> crate::Result {
     let m = index.metadata();
     println!("{}", a.index.display());
     println!("  format      {}", index.source_kind().name());
-    println!("  vectors     {} × {} ({})", index.ntotal(), index.dim(), index.metric().name());
-    println!("  lists       {} (sizes min {min}, mean {mean:.1}, max {max})", index.nlist());
+    println!(
+        "  vectors     {} × {} ({})",
+        index.ntotal(),
+        index.dim(),
+        index.metric().name()
+    );
+    println!(
+        "  lists       {} (sizes min {min}, mean {mean:.1}, max {max})",
+        index.nlist()
+    );
     println!("  n_probe     {} (stored)", index.nprobe());
-    println!("  features    {}", if m.features.is_empty() { "(not recorded)" } else { &m.features });
+    println!(
+        "  features    {}",
+        if m.features.is_empty() {
+            "(not recorded)"
+        } else {
+            &m.features
+        }
+    );
     if !m.feature_params.is_null() {
         println!("  parameters  {}", m.feature_params);
     }
     if m.duration_seconds > 0.0 {
-        println!("  source      {} frames, {:.1} s of audio", m.frames, m.duration_seconds);
+        println!(
+            "  source      {} frames, {:.1} s of audio",
+            m.frames, m.duration_seconds
+        );
     }
     for s in m.sources.iter().take(5) {
         println!("  from        {s}");

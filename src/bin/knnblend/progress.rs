@@ -16,7 +16,10 @@ impl StageBar {
                 .expect("valid template")
                 .progress_chars("=> "),
         );
-        StageBar { bar, stage: String::new() }
+        StageBar {
+            bar,
+            stage: String::new(),
+        }
     }
 
     /// Reports progress of `stage`.

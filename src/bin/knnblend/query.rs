@@ -38,11 +38,20 @@ pub fn run(a: Args) -> crate::Result {
         return Err(format!("--ratio {} is outside 0..=1", a.ratio).into());
     }
     let index = IvfIndex::open(&a.index)?;
-    let q: Array2<f32> = read_npy(&a.queries).map_err(|e| format!("{}: {e} (expected an (n, d) float32 .npy)", a.queries.display()))?;
+    let q: Array2<f32> = read_npy(&a.queries).map_err(|e| {
+        format!(
+            "{}: {e} (expected an (n, d) float32 .npy)",
+            a.queries.display()
+        )
+    })?;
     let q = q.as_standard_layout();
     let (n, d) = q.dim();
     if d != index.dim() {
-        return Err(format!("queries have {d} columns but the index has dim {}", index.dim()).into());
+        return Err(format!(
+            "queries have {d} columns but the index has dim {}",
+            index.dim()
+        )
+        .into());
     }
     let (k, nprobe) = (a.k as usize, a.nprobe as usize);
     let missing = match index.metric() {
@@ -65,9 +74,18 @@ pub fn run(a: Args) -> crate::Result {
             dist[[i, j]] = nb.distance;
         }
         if let Some(b) = blended.as_mut() {
-            let params = BlendParams { k, nprobe, ratio: a.ratio };
+            let params = BlendParams {
+                k,
+                nprobe,
+                ratio: a.ratio,
+            };
             let mut out = b.row_mut(i);
-            s.blend(&index, row, &params, out.as_slice_mut().expect("standard layout"));
+            s.blend(
+                &index,
+                row,
+                &params,
+                out.as_slice_mut().expect("standard layout"),
+            );
         }
     }
     write_npy(&a.ids, &ids)?;

@@ -53,7 +53,9 @@ pub fn run(a: Args) -> crate::Result {
         output_gain_db: a.gain_db,
     };
     let mut bar = crate::progress::StageBar::new();
-    let result = render_file(&opts, &mut |stage, done, total| bar.update(stage, done, total));
+    let result = render_file(&opts, &mut |stage, done, total| {
+        bar.update(stage, done, total)
+    });
     bar.finish();
     let s = result?;
     println!(

@@ -36,6 +36,12 @@ pub fn run(a: Args) -> crate::Result {
     .with_seed(a.seed);
     let samples = synth_voice(&voice, a.rate as f32, a.seconds);
     write_wav_f32(&a.output, &Audio::from_channels(&[samples], a.rate))?;
-    println!("wrote {} ({} voice, {:.1} s @ {} Hz)", a.output.display(), a.voice, a.seconds, a.rate);
+    println!(
+        "wrote {} ({} voice, {:.1} s @ {} Hz)",
+        a.output.display(),
+        a.voice,
+        a.seconds,
+        a.rate
+    );
     Ok(())
 }
