@@ -139,8 +139,8 @@ fn install_filter() {
         jf,
         k,
     };
-    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
     let filter = [
         stmt(load, 4), // seccomp_data.arch
         jeq(AUDIT_ARCH_X86_64, 1, 0),

@@ -27,7 +27,7 @@ impl Rng {
 fn parts(identity: f32, dim: usize) -> IndexParts {
     let (n, nlist) = (200, 4);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ identity.to_bits() as u64);
-    let mut row = |rng: &mut Rng| {
+    let row = |rng: &mut Rng| {
         let mut v: Vec<f32> = (0..dim).map(|_| rng.f32()).collect();
         v[0] = identity;
         v
@@ -333,7 +333,8 @@ fn a_failed_load_leaves_the_current_index_serving() {
     let not_index = dir.path().join("notes.txt");
     std::fs::write(&not_index, "hello").unwrap();
 
-    let cases: [(PathBuf, fn(&LoadError) -> bool); 4] = [
+    type Expect = fn(&LoadError) -> bool;
+    let cases: [(PathBuf, Expect); 4] = [
         (dir.path().join("missing.kbi"), |e| {
             matches!(e, LoadError::Io { .. })
         }),
