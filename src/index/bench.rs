@@ -156,7 +156,13 @@ pub struct CaseResult {
     pub faiss_floor_us: f64,
     /// faiss p50 / its floor.
     pub faiss_p50_over_floor: f64,
-    /// Lists re-checked exactly per query after half-precision screening.
+    /// Median over queries of the floor of the list each query actually probed, µs.
+    pub floor_p50_us: f64,
+    /// 99.9th percentile of that per-query floor, µs.
+    pub floor_p999_us: f64,
+    /// floor_p999_us / floor_p50_us: the tail the data itself imposes (lists differ in size).
+    pub floor_tail: f64,
+    /// Lists re-checked exactly per query after 8-bit screening.
     pub rechecked_per_query: f64,
     /// Queries that fell back to an exact scan of every centroid.
     pub exact_scans: u64,
@@ -536,6 +542,7 @@ fn run_case(
     let mut theirs = Vec::with_capacity(nq);
     let mut same = 0usize;
     let mut ids = [0i64; super::MAX_K];
+    let mut probed_len = Vec::with_capacity(nq);
     let mut breather = Breather(Instant::now());
     for (i, q) in queries.chunks_exact(d).enumerate() {
         breather.tick();
@@ -564,6 +571,11 @@ fn run_case(
         }
         ours.push(ns_o);
         theirs.push(ns_f);
+        if let Some(first) = s.last().first() {
+            let offsets = index.list_offsets();
+            let list = offsets.partition_point(|&o| o <= first.pos as u64) - 1;
+            probed_len.push((offsets[list + 1] - offsets[list]) as f64);
+        }
         let fl: Vec<i64> = res
             .labels
             .iter()
@@ -644,6 +656,23 @@ fn run_case(
         0.0
     };
     let floor = mem_floor.max(fma_floor);
+    // The floor of each query, from the list it actually probed: how much the data alone
+    // spreads the latency (lists differ in size).
+    let per_query_floor = Latency::from_ns(
+        probed_len
+            .iter()
+            .map(|&len| {
+                let bytes = len * (d as f64 * 4.0 + 8.0);
+                let fmas = ((nlist as f64 + rechecked) + len) * d as f64;
+                let mem = table_bytes / table_bw + bytes / list_bw;
+                mem.max(if peak_fma > 0.0 {
+                    fmas / peak_fma * 1e9
+                } else {
+                    0.0
+                })
+            })
+            .collect(),
+    );
     let faiss_floor =
         (faiss_table_bytes / faiss_table_bw / 1e3 + list_bytes / list_bw / 1e3).max(fma_floor);
 
@@ -684,6 +713,9 @@ fn run_case(
         faiss_floor_us: faiss_floor,
         faiss_p50_over_floor: lf.p50_us / faiss_floor,
         rechecked_per_query: rechecked,
+        floor_p50_us: per_query_floor.p50_us,
+        floor_p999_us: per_query_floor.p999_us,
+        floor_tail: per_query_floor.p999_us / per_query_floor.p50_us,
         exact_scans: stats1.exact_scans - stats0.exact_scans,
     })
 }
@@ -895,13 +927,13 @@ pub fn format_text(r: &Report) -> String {
     let _ = writeln!(s, "\nfloors (bytes touched per query at the measured bandwidth for that working set; FMAs at peak):");
     let _ = writeln!(
         s,
-        "{:<22} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} | {:>10} {:>9} {:>9} | {:>7} {:>6} {:>6}",
-        "case", "bytes/q", "table GB/s", "list GB/s", "mem floor", "fma fl.", "floor", "p50/fl", "f32 bytes", "f32 floor", "faiss/fl", "recheck", "tail", "f.tail"
+        "{:<22} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} | {:>10} {:>9} {:>9} | {:>7} {:>6} {:>6} | {:>8} {:>8} {:>6}",
+        "case", "bytes/q", "table GB/s", "list GB/s", "mem floor", "fma fl.", "floor", "p50/fl", "f32 bytes", "f32 floor", "faiss/fl", "recheck", "tail", "f.tail", "q.fl p50", "q.fl 999", "fl.tail"
     );
     for c in &r.cases {
         let _ = writeln!(
             s,
-            "{:<22} {:>10} {:>10.1} {:>9.1} {:>9.1} {:>8.1} {:>9.1} {:>8.2} | {:>10} {:>9.1} {:>9.2} | {:>7.2} {:>6.2} {:>6.2}",
+            "{:<22} {:>10} {:>10.1} {:>9.1} {:>9.1} {:>8.1} {:>9.1} {:>8.2} | {:>10} {:>9.1} {:>9.2} | {:>7.2} {:>6.2} {:>6.2} | {:>8.1} {:>8.1} {:>6.2}",
             c.name,
             human_bytes(c.bytes_per_query),
             c.table_bandwidth_gbs,
@@ -915,7 +947,10 @@ pub fn format_text(r: &Report) -> String {
             c.faiss_p50_over_floor,
             c.rechecked_per_query,
             c.knnblend_tail,
-            c.faiss_tail
+            c.faiss_tail,
+            c.floor_p50_us,
+            c.floor_p999_us,
+            c.floor_tail
         );
     }
     if !r.k_sweep.is_empty() {

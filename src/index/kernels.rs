@@ -30,7 +30,7 @@ pub struct Kernels {
     /// Tile of exact integer dot products: `queries` holds `m` rows of `dim` (≤ [`I8_MAX_DIM`]),
     /// `rows` holds `r` rows of `dim`, `out` (`m × r`) receives `out[qi * r + ri] = queries[qi] · rows[ri]`.
     pub dot_i8_tile: fn(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]),
-    /// Name of the instruction set in use (`avx2+fma` or `scalar`).
+    /// Name of the instruction sets in use (`avx2+fma`, `avx2+fma, avx512-vnni screen` or `scalar`).
     pub name: &'static str,
 }
 
@@ -45,10 +45,9 @@ impl Kernels {
     pub fn detect() -> Kernels {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Kernels {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                let avx2 = Kernels {
                     l2sq: avx2::l2sq,
                     dot: avx2::dot,
                     l2sq_rows: avx2::l2sq_rows,
@@ -58,9 +57,37 @@ impl Kernels {
                     dot_i8_tile: avx2::dot_i8_tile,
                     name: "avx2+fma",
                 };
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                    // The screen is compute-bound in L2: VNNI multiplies, adds pairs and
+                    // accumulates 32 elements in one instruction.
+                    return Kernels {
+                        dot_i8_rows: avx512::dot_i8_rows,
+                        dot_i8_tile: avx512::dot_i8_tile,
+                        name: "avx2+fma, avx512-vnni screen",
+                        ..avx2
+                    };
+                }
+                return avx2;
             }
         }
         Kernels::scalar()
+    }
+
+    /// The AVX2+FMA set even on CPUs with AVX-512 (for comparisons), if the CPU has AVX2+FMA.
+    pub fn avx2_only() -> Option<Kernels> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let k = Kernels::detect();
+            if k.name != "scalar" {
+                return Some(Kernels {
+                    dot_i8_rows: avx2::dot_i8_rows,
+                    dot_i8_tile: avx2::dot_i8_tile,
+                    name: "avx2+fma",
+                    ..k
+                });
+            }
+        }
+        None
     }
 
     /// Portable kernels (the compiler vectorises them for the baseline target).
@@ -658,6 +685,134 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{check_rows, I8_MAX_DIM};
+    use std::arch::x86_64::*;
+
+    /// Thirty-two bytes at `p` sign-extended to thirty-two i16.
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> __m512i {
+        _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.cast()))
+    }
+
+    pub fn dot_i8_rows(q: &[i16], rows: &[i8], out: &mut [i32]) {
+        check_rows(q.len(), rows.len(), out.len());
+        assert!(
+            q.len() <= I8_MAX_DIM,
+            "integer kernels take at most {I8_MAX_DIM} dimensions"
+        );
+        // SAFETY: avx512bw+avx512vnni checked by `Kernels::detect`; `rows` holds out.len() rows of q.len().
+        unsafe { dot_i8_rows_impl(q, rows.as_ptr(), out) }
+    }
+
+    /// One query against four byte rows per pass: per 32 elements, one query load, four sign
+    /// extensions, four `vpdpwssd` into exact i32 sums.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dot_i8_rows_impl(q: &[i16], rows: *const i8, out: &mut [i32]) {
+        let d = q.len();
+        let pq = q.as_ptr();
+        let n = out.len();
+        let mut i = 0;
+        while i < n {
+            let t_n = (n - i).min(4);
+            let r = [
+                rows.add(i * d),
+                rows.add((i + 1.min(t_n - 1)) * d),
+                rows.add((i + 2.min(t_n - 1)) * d),
+                rows.add((i + 3.min(t_n - 1)) * d),
+            ];
+            let mut acc = [_mm512_setzero_si512(); 4];
+            let mut j = 0;
+            while j + 32 <= d {
+                let qv = _mm512_loadu_si512(pq.add(j).cast());
+                for t in 0..4 {
+                    acc[t] = _mm512_dpwssd_epi32(acc[t], qv, load_i8(r[t].add(j)));
+                }
+                j += 32;
+            }
+            for t in 0..t_n {
+                let mut s = _mm512_reduce_add_epi32(acc[t]);
+                for jj in j..d {
+                    s += *pq.add(jj) as i32 * *r[t].add(jj) as i32;
+                }
+                *out.get_unchecked_mut(i + t) = s;
+            }
+            i += 4;
+        }
+    }
+
+    pub fn dot_i8_tile(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]) {
+        if dim == 0 {
+            return out.fill(0);
+        }
+        assert!(
+            queries.len() % dim == 0 && rows.len() % dim == 0,
+            "queries and rows must be whole rows"
+        );
+        assert!(
+            dim <= I8_MAX_DIM,
+            "integer kernels take at most {I8_MAX_DIM} dimensions"
+        );
+        let r = rows.len() / dim;
+        let m = queries.len() / dim;
+        assert_eq!(out.len(), m * r, "out must hold one value per (query, row)");
+        // SAFETY: avx512bw+avx512vnni checked by `Kernels::detect`; shapes checked above.
+        unsafe { dot_i8_tile_impl(queries.as_ptr(), m, dim, rows.as_ptr(), r, out.as_mut_ptr()) }
+    }
+
+    /// Two byte rows × four queries per pass: eight accumulators; per 32 elements, two sign
+    /// extensions feed eight `vpdpwssd`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dot_i8_tile_impl(
+        qs: *const i16,
+        m: usize,
+        d: usize,
+        rows: *const i8,
+        r: usize,
+        out: *mut i32,
+    ) {
+        let mut ri = 0;
+        while ri < r {
+            let rn = (r - ri).min(2);
+            let c = [rows.add(ri * d), rows.add((ri + rn - 1) * d)];
+            let mut qi = 0;
+            while qi < m {
+                let qn = (m - qi).min(4);
+                let q = [
+                    qs.add(qi * d),
+                    qs.add((qi + 1.min(qn - 1)) * d),
+                    qs.add((qi + 2.min(qn - 1)) * d),
+                    qs.add((qi + 3.min(qn - 1)) * d),
+                ];
+                let mut acc = [[_mm512_setzero_si512(); 4]; 2];
+                let mut j = 0;
+                while j + 32 <= d {
+                    let c0 = load_i8(c[0].add(j));
+                    let c1 = load_i8(c[1].add(j));
+                    for t in 0..4 {
+                        let qv = _mm512_loadu_si512(q[t].add(j).cast());
+                        acc[0][t] = _mm512_dpwssd_epi32(acc[0][t], qv, c0);
+                        acc[1][t] = _mm512_dpwssd_epi32(acc[1][t], qv, c1);
+                    }
+                    j += 32;
+                }
+                for (rr, acc) in acc.iter().enumerate().take(rn) {
+                    for t in 0..qn {
+                        let mut s = _mm512_reduce_add_epi32(acc[t]);
+                        for jj in j..d {
+                            s += *q[t].add(jj) as i32 * *c[rr].add(jj) as i32;
+                        }
+                        *out.add((qi + t) * r + ri + rr) = s;
+                    }
+                }
+                qi += 4;
+            }
+            ri += 2;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,7 +838,14 @@ mod tests {
     #[test]
     fn kernels_match_f64_reference_for_every_length() {
         let mut next = lcg(7);
-        for k in [Kernels::scalar(), Kernels::detect()] {
+        for k in [
+            Some(Kernels::scalar()),
+            Kernels::avx2_only(),
+            Some(Kernels::detect()),
+        ]
+        .into_iter()
+        .flatten()
+        {
             for n in (0..80).chain([255, 256, 257, 767, 768, 769]) {
                 let a: Vec<f32> = (0..n).map(|_| next()).collect();
                 let b: Vec<f32> = (0..n).map(|_| next()).collect();
@@ -706,7 +868,14 @@ mod tests {
     #[test]
     fn row_kernels_match_f64_reference_for_every_shape() {
         let mut next = lcg(11);
-        for k in [Kernels::scalar(), Kernels::detect()] {
+        for k in [
+            Some(Kernels::scalar()),
+            Kernels::avx2_only(),
+            Some(Kernels::detect()),
+        ]
+        .into_iter()
+        .flatten()
+        {
             for d in (0..40).chain([255, 256, 257, 767, 768]) {
                 for n in [0usize, 1, 2, 3, 4, 5, 7, 8, 9, 13] {
                     let q: Vec<f32> = (0..d).map(|_| next()).collect();
@@ -758,7 +927,14 @@ mod tests {
     #[test]
     fn integer_kernels_are_exact_up_to_the_largest_dimension() {
         let mut next = lcg(19);
-        for k in [Kernels::scalar(), Kernels::detect()] {
+        for k in [
+            Some(Kernels::scalar()),
+            Kernels::avx2_only(),
+            Some(Kernels::detect()),
+        ]
+        .into_iter()
+        .flatten()
+        {
             for d in (0..40).chain([255, 256, 257, 767, 768, 1023, I8_MAX_DIM]) {
                 for n in [0usize, 1, 3, 4, 5, 9] {
                     let q: Vec<i16> = (0..d).map(|_| extreme_i16(&mut next)).collect();
@@ -827,7 +1003,14 @@ mod tests {
     #[test]
     fn tile_kernel_matches_row_kernel_for_every_shape() {
         let mut next = lcg(13);
-        for k in [Kernels::scalar(), Kernels::detect()] {
+        for k in [
+            Some(Kernels::scalar()),
+            Kernels::avx2_only(),
+            Some(Kernels::detect()),
+        ]
+        .into_iter()
+        .flatten()
+        {
             for d in [1usize, 7, 15, 16, 17, 33, 256, 768] {
                 for m in 0..=6 {
                     for r in 0..=5 {
