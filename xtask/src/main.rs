@@ -42,7 +42,9 @@ enum Task {
     /// Install what is missing: system packages and target/venv
     ///
     /// System packages come from apt-get (as root, or via sudo): cmake, make, g++, OpenBLAS,
-    /// LAPACK, pkg-config. The Python environment target/venv gets pedalboard and numpy.
+    /// LAPACK, pkg-config for the build; xvfb and the X11/GL libraries the plugin's editor
+    /// loads at run time for the editor test. The Python environment target/venv gets
+    /// pedalboard and numpy.
     /// Quick when everything is present.
     Setup {
         /// Only report what is missing; install nothing; fail if something is missing.

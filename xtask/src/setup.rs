@@ -7,6 +7,8 @@
 //! - the plugin's editor (nice-plug-egui on baseview) loads X11, xcb, xkbcommon and OpenGL at
 //!   run time with `dlopen`, so no X11/GL development packages are needed to compile or
 //!   link it; the x11-dl build script only asks pkg-config where those libraries live;
+//! - the editor test (`plugin/tests/clap_gui.rs`) needs those run-time libraries and an X
+//!   server: `Xvfb` (package xvfb) when there is no `DISPLAY`;
 //! - the VST3 host test runs Python with `pedalboard` and `numpy` in `target/venv`.
 //!
 //! Every check is quick, so a second run finishes in well under a second or two.
@@ -72,6 +74,42 @@ const REQUIREMENTS: &[Requirement] = &[
         why: "lets build scripts find system libraries",
         probe: Probe::Program(&["pkg-config", "pkgconf"]),
     },
+    Requirement {
+        package: "xvfb",
+        why: "a virtual X server: the plugin's editor test (plugin/tests/clap_gui.rs) opens the \
+              editor in a real X11 window and skips itself without one",
+        probe: Probe::Program(&["Xvfb"]),
+    },
+    Requirement {
+        package: "libx11-6",
+        why: "Xlib, which the plugin's editor loads at run time (dlopen)",
+        probe: Probe::Package,
+    },
+    Requirement {
+        package: "libx11-xcb1",
+        why: "Xlib/xcb bridge the editor loads at run time",
+        probe: Probe::Package,
+    },
+    Requirement {
+        package: "libxcb1",
+        why: "xcb, the editor's X11 connection (loaded at run time)",
+        probe: Probe::Package,
+    },
+    Requirement {
+        package: "libxcursor1",
+        why: "mouse cursors in the editor (loaded at run time)",
+        probe: Probe::Package,
+    },
+    Requirement {
+        package: "libxkbcommon-x11-0",
+        why: "keyboard handling in the editor (loaded at run time)",
+        probe: Probe::Package,
+    },
+    Requirement {
+        package: "libgl1",
+        why: "OpenGL, which draws the editor (loaded at run time)",
+        probe: Probe::Package,
+    },
 ];
 
 /// Options of `cargo xtask setup`.
@@ -88,7 +126,8 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
     let mut installed = Vec::new();
 
     if missing.is_empty() {
-        println!("setup: system packages present (cmake, make, g++, OpenBLAS, LAPACK, pkg-config)");
+        let names: Vec<&str> = REQUIREMENTS.iter().map(|r| r.package).collect();
+        println!("setup: system packages present ({})", names.join(", "));
     } else {
         println!("setup: missing system packages:");
         for r in &missing {
@@ -401,6 +440,24 @@ mod tests {
     fn every_requirement_says_why() {
         for r in REQUIREMENTS {
             assert!(!r.why.is_empty(), "{}", r.package);
+        }
+    }
+
+    #[test]
+    fn editor_test_needs_are_listed() {
+        for package in [
+            "xvfb",
+            "libx11-6",
+            "libx11-xcb1",
+            "libxcb1",
+            "libxcursor1",
+            "libxkbcommon-x11-0",
+            "libgl1",
+        ] {
+            assert!(
+                REQUIREMENTS.iter().any(|r| r.package == package),
+                "{package} is not in the setup list"
+            );
         }
     }
 }

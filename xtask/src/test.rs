@@ -34,10 +34,26 @@ const STEP_WORKSPACE: &str = "cargo test --workspace --exclude knnblend-plugin";
 const STEP_BUNDLE: &str = "bundle plugin (debug, assert_process_allocs) + no-faiss check";
 const STEP_PLUGIN: &str = "cargo test -p knnblend-plugin --features assert_process_allocs";
 const STEP_VST3: &str = "VST3 host test (pedalboard)";
+const STEP_GUI: &str = "editor in an X11 window (plugin/tests/clap_gui.rs)";
+
+/// Why the plugin's editor test will skip itself, if it will: it needs `DISPLAY` or an
+/// `Xvfb` to start.
+fn gui_test_skip_reason(has_display: bool, has_xvfb: bool) -> Option<&'static str> {
+    (!has_display && !has_xvfb).then_some(
+        "the editor test skipped itself: no DISPLAY and no Xvfb (run `cargo xtask setup`, \
+         which installs the xvfb package)",
+    )
+}
 
 /// Runs every test step.
 pub fn run(ws: &Workspace, options: Options) -> Result<()> {
-    let mut steps = Steps::new("cargo xtask test", 5);
+    // The editor test skips itself (inside a passing test, so cargo hides its message) when
+    // it has no X server; look for the same conditions it does and say so.
+    let gui_skip = gui_test_skip_reason(
+        std::env::var_os("DISPLAY").is_some(),
+        process::on_path("Xvfb"),
+    );
+    let mut steps = Steps::new("cargo xtask test", 5 + usize::from(gui_skip.is_some()));
 
     if options.no_setup {
         steps.skip(STEP_SETUP, "--no-setup given");
@@ -87,6 +103,9 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
         if !plugin_ready {
             return Ok(Outcome::Skipped(not_ready_reason.clone()));
         }
+        if let Some(reason) = gui_skip {
+            println!("WARNING: {reason}");
+        }
         process::run(cargo(&ws.root).args([
             "test",
             "-p",
@@ -113,6 +132,10 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
         }
         run_vst3_host_test(ws).map(|()| Outcome::Passed)
     });
+
+    if let Some(reason) = gui_skip {
+        steps.skip(STEP_GUI, reason);
+    }
 
     if bundled == Outcome::Passed {
         println!(
@@ -234,6 +257,14 @@ fn parse_summary(line: &str) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gui_skip_is_reported_only_without_an_x_server() {
+        assert!(gui_test_skip_reason(false, false)
+            .is_some_and(|r| r.contains("Xvfb") && r.contains("cargo xtask setup")));
+        assert_eq!(gui_test_skip_reason(true, false), None);
+        assert_eq!(gui_test_skip_reason(false, true), None);
+    }
 
     #[test]
     fn runner_summary_lines_parse() {
