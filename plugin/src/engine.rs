@@ -10,13 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
-
-use knnblend::index::BlendOutcome;
 use knnblend::{live, voice};
-
-/// Dimension of RVC v2 features, the widest index a user is likely to try.
-const RVC_V2_DIM: usize = 768;
 
 /// Number of voice slots the runtime supports.
 pub const MAX_SLOTS: usize = live::MAX_SLOTS;
@@ -141,40 +135,9 @@ impl ControlHandle {
     }
 }
 
-/// The live runtime's audio side as the voice engine's retriever. The `Option` lets a new voice
-/// engine (after a sample-rate change) take over the same runtime, loaded voices included.
-struct LiveRetriever(Option<live::AudioEngine>);
-
-impl voice::Retriever for LiveRetriever {
-    #[inline]
-    fn begin_block(&mut self, active_slot: usize, crossfade_seconds: f32) {
-        if let Some(audio) = &mut self.0 {
-            audio.begin_block(active_slot, crossfade_seconds);
-        }
-    }
-
-    #[inline]
-    fn blend(&mut self, query: &[f32], k: usize, ratio: f32, out: &mut [f32]) -> BlendOutcome {
-        match &mut self.0 {
-            Some(audio) => audio.blend(query, k, ratio, out),
-            None => {
-                out.copy_from_slice(query);
-                BlendOutcome::Empty
-            }
-        }
-    }
-
-    #[inline]
-    fn end_block(&mut self) {
-        if let Some(audio) = &mut self.0 {
-            audio.end_block();
-        }
-    }
-}
-
 /// Audio side of the runtime; owned by the audio thread (create and drop it elsewhere).
 pub struct AudioHandle {
-    voice: voice::VoiceEngine<LiveRetriever>,
+    voice: voice::VoiceEngine<live::AudioEngine>,
     spec: voice::FeatureSpec,
     sample_rate: f32,
     channels: usize,
@@ -217,31 +180,20 @@ impl AudioHandle {
 
     /// A handle for another sample rate or channel count on the same runtime: loaded voices and
     /// the controller stay. Allocates; call it off the audio thread.
-    pub fn reconfigure(mut self, sample_rate: f32, channels: usize) -> AudioHandle {
-        let audio = self
-            .voice
-            .retriever_mut()
-            .0
-            .take()
-            .expect("an audio handle always owns its runtime's audio side");
-        build_audio(audio, self.spec.clone(), sample_rate, channels)
+    pub fn reconfigure(self, sample_rate: f32, channels: usize) -> AudioHandle {
+        let AudioHandle { voice, spec, .. } = self;
+        build_audio(voice.into_audio(), spec, sample_rate, channels)
     }
 }
 
 fn build_audio(
-    mut audio: live::AudioEngine,
+    audio: live::AudioEngine,
     spec: voice::FeatureSpec,
     sample_rate: f32,
     channels: usize,
 ) -> AudioHandle {
-    let framing = voice::Framing::new(&spec, sample_rate);
-    audio.set_frame_period_seconds(framing.hop as f32 / sample_rate);
-    let voice = voice::VoiceEngine::with_retriever(
-        LiveRetriever(Some(audio)),
-        &spec,
-        sample_rate,
-        channels,
-    );
+    // Also sets the runtime's crossfade frame period to the hop at this rate.
+    let voice = voice::VoiceEngine::new(audio, &spec, sample_rate, channels);
     AudioHandle {
         voice,
         spec,
@@ -260,18 +212,9 @@ pub fn expected_features() -> String {
 /// against the voice engine's features before they are published.
 pub fn start(sample_rate: f32, channels: usize) -> (ControlHandle, AudioHandle) {
     let spec = voice::FeatureSpec::default();
-    let check_spec = spec.clone();
-    let validator: live::Validator = Arc::new(move |index| check_spec.check(index));
-    let framing = voice::Framing::new(&spec, sample_rate);
-    let (controller, audio) = live::live(live::LiveConfig {
-        slots: MAX_SLOTS,
-        // Wide enough for RVC indexes (768-d), so a user who loads one is told by the feature
-        // check what it holds and what is expected, instead of only that it is too wide.
-        max_dim: spec.dim().max(RVC_V2_DIM),
-        crossfade_seconds: 0.05,
-        frame_period_seconds: framing.hop as f32 / sample_rate,
-        validator: Some(validator),
-    });
+    // The feature check as validator, and room for RVC-width indexes so a mismatched one is
+    // refused with a message naming its features.
+    let (controller, audio) = live::live(spec.live_config(MAX_SLOTS));
     (
         ControlHandle { controller },
         build_audio(audio, spec, sample_rate, channels),
