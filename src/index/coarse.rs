@@ -121,11 +121,23 @@ impl CoarseTable {
 
     /// Tries to lock the table's pages in RAM (best effort, like the index itself).
     pub fn lock(&self) -> bool {
-        let lock = |p: *const u8, n: usize| -> bool {
+        self.each_region(|p, n| {
             // SAFETY: mlock only pins pages of memory we own.
-            n == 0 || unsafe { libc::mlock(p.cast(), n) == 0 }
-        };
-        let mut ok = lock(self.bytes.as_slice().as_ptr(), self.bytes.len());
+            unsafe { libc::mlock(p.cast(), n) == 0 }
+        })
+    }
+
+    /// Releases what [`lock`](Self::lock) pinned (freeing heap memory does not unlock pages
+    /// that other allocations may share).
+    pub fn unlock(&self) {
+        self.each_region(|p, n| {
+            // SAFETY: munlock only unpins pages of memory we own.
+            unsafe { libc::munlock(p.cast(), n) == 0 }
+        });
+    }
+
+    fn each_region(&self, mut f: impl FnMut(*const u8, usize) -> bool) -> bool {
+        let mut ok = self.bytes.is_empty() || f(self.bytes.as_slice().as_ptr(), self.bytes.len());
         for v in [
             &self.bias,
             &self.scale,
@@ -133,7 +145,7 @@ impl CoarseTable {
             &self.qradius,
             &self.bias_slack,
         ] {
-            ok &= lock(v.as_ptr().cast(), v.len() * 4);
+            ok &= v.is_empty() || f(v.as_ptr().cast(), v.len() * 4);
         }
         ok
     }

@@ -64,6 +64,8 @@ pub struct IvfIndex {
     path: Option<PathBuf>,
     file_bytes: u64,
     locked: bool,
+    /// `lock` was called: pages may be pinned and are unpinned on drop.
+    pinned: bool,
     verified: bool,
     /// Half-precision centroid table for list screening (derived, built when the index is made).
     coarse: Option<CoarseTable>,
@@ -193,6 +195,7 @@ impl IvfIndex {
             path: None,
             file_bytes,
             locked: false,
+            pinned: false,
             verified: verify,
             coarse,
         })
@@ -221,6 +224,7 @@ impl IvfIndex {
     /// Tries to lock the index's pages in RAM. Returns whether it succeeded: unprivileged
     /// users often have a small `RLIMIT_MEMLOCK`, which is reported, not fatal.
     pub fn lock(&mut self) -> bool {
+        self.pinned = true;
         self.locked = match &self.backing {
             Backing::Mapped(m) => m.lock().is_ok(),
             Backing::Owned(b) => {
@@ -372,6 +376,23 @@ impl IvfIndex {
                 })
                 .collect(),
             metadata: self.metadata.clone(),
+        }
+    }
+}
+
+impl Drop for IvfIndex {
+    fn drop(&mut self) {
+        if !self.pinned {
+            return;
+        }
+        // Unmapping releases a mapping's locks; heap pages must be unlocked by hand, or they
+        // would stay pinned (and count against RLIMIT_MEMLOCK) after the memory is reused.
+        if let Backing::Owned(b) = &self.backing {
+            // SAFETY: munlock on memory we own; it only unpins pages.
+            unsafe { libc::munlock(b.as_slice().as_ptr().cast(), b.len()) };
+        }
+        if let Some(c) = &self.coarse {
+            c.unlock();
         }
     }
 }
