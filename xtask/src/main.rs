@@ -11,6 +11,7 @@
 
 mod bundle;
 mod demo;
+mod fresh;
 mod fuzz;
 mod install;
 mod linkcheck;
@@ -63,7 +64,11 @@ enum Task {
     },
     /// Build everything and render the demo voices into target/demo/
     ///
-    /// Setup, the release CLI, the plugin bundles in release mode, then the demo renders.
+    /// Setup; the CLI (dev profile); two synthetic voices and a phrase; their voice indexes;
+    /// the phrase through the realtime path at Blend 0, 0.5 and 1 and with a live voice swap;
+    /// per-frame query time; the plugin bundles (release); target/demo/SUMMARY.md.
+    /// A second run reuses every file that is newer than what it is made from
+    /// (`rm -rf target/demo` starts over).
     Demo,
     /// Build and bundle a plugin into target/bundled/ (nice-plug-xtask)
     ///

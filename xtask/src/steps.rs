@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub enum Outcome {
     /// The step ran and succeeded.
     Passed,
+    /// The step's results were already there and up to date; the reason says which.
+    Reused(String),
     /// The step did not run; the reason says why.
     Skipped(String),
     /// The step ran and failed.
@@ -19,6 +21,7 @@ impl Outcome {
     fn label(&self) -> &'static str {
         match self {
             Outcome::Passed => "passed",
+            Outcome::Reused(_) => "reused",
             Outcome::Skipped(_) => "SKIPPED",
             Outcome::Failed(_) => "FAILED",
         }
@@ -70,6 +73,9 @@ impl Steps {
         let took = step_started.elapsed();
         match &outcome {
             Outcome::Passed => println!("<== {name}: passed in {}", format_duration(took)),
+            Outcome::Reused(what) => {
+                println!("<== {name}: reused ({what}) in {}", format_duration(took))
+            }
             Outcome::Skipped(reason) => println!("SKIPPED: {reason}"),
             Outcome::Failed(reason) => {
                 println!("FAILED: {name}: {reason} (after {})", format_duration(took))
@@ -127,7 +133,7 @@ impl fmt::Display for Steps {
             );
             match &row.outcome {
                 Outcome::Passed => writeln!(f, "{head}{}", row.name)?,
-                Outcome::Skipped(why) | Outcome::Failed(why) => {
+                Outcome::Reused(why) | Outcome::Skipped(why) | Outcome::Failed(why) => {
                     writeln!(f, "{head}{:<width$}  ({})", row.name, first_line(why))?
                 }
             }
@@ -182,6 +188,18 @@ mod tests {
         assert!(summary.contains("FAILED"), "{summary}");
         assert!(summary.contains("(because)"), "{summary}");
         assert!(steps.finish().is_err());
+    }
+
+    #[test]
+    fn reused_steps_say_so_and_do_not_fail_the_task() {
+        let mut steps = Steps::new("t", 1);
+        steps.run("voices", || {
+            Ok(Outcome::Reused("3 files up to date".into()))
+        });
+        let summary = steps.to_string();
+        assert!(summary.contains("reused"), "{summary}");
+        assert!(summary.contains("(3 files up to date)"), "{summary}");
+        assert!(steps.finish().is_ok());
     }
 
     #[test]

@@ -122,9 +122,18 @@ impl Workspace {
             .join("vst3_host.py")
     }
 
-    /// The release CLI binary.
-    pub fn release_cli(&self) -> PathBuf {
-        self.target.join("release").join("knnblend")
+    /// The CLI binary of the dev profile (opt-level 2; the profile `cargo xtask test` builds,
+    /// so faiss is compiled once for both).
+    pub fn dev_cli(&self) -> PathBuf {
+        self.target.join("debug").join("knnblend")
+    }
+
+    /// The plugin's release shared library, as cargo links it (before bundling).
+    pub fn release_plugin_library(&self) -> PathBuf {
+        self.target.join("release").join(format!(
+            "libknnblend_plugin{}",
+            std::env::consts::DLL_SUFFIX
+        ))
     }
 
     /// Where the demo writes its results.
