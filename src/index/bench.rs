@@ -367,7 +367,7 @@ fn queries_for(index: &IvfIndex, synthetic: Option<u64>, nq: usize) -> Vec<f32> 
             sd[j] += (v[j] as f64).powi(2);
         }
     }
-    let m = n.min(10_000).max(1) as f64;
+    let m = n.clamp(1, 10_000) as f64;
     for j in 0..d {
         mean[j] /= m;
         sd[j] = (sd[j] / m - mean[j] * mean[j]).max(0.0).sqrt();

@@ -46,6 +46,7 @@ impl<const CAP: usize> TopK<CAP> {
 
     /// Offers a candidate. NaN keys never enter.
     #[inline]
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(key < t)` is what keeps NaN out
     pub fn push(&mut self, key: f32, val: u32) {
         if !(key < self.threshold()) {
             return;
