@@ -67,7 +67,7 @@ pub struct IvfIndex {
     /// `lock` was called: pages may be pinned and are unpinned on drop.
     pinned: bool,
     verified: bool,
-    /// Half-precision centroid table for list screening (derived, built when the index is made).
+    /// 8-bit centroid table for list screening (derived, built when the index is made).
     coarse: Option<CoarseTable>,
 }
 
@@ -329,8 +329,8 @@ impl IvfIndex {
     pub fn vector_norms(&self) -> &[f32] {
         view(self.backing.bytes(), &self.layout, SectionKind::VectorNorms)
     }
-    /// The half-precision centroid table list selection screens with (None if a centroid is
-    /// not finite).
+    /// The 8-bit centroid table list selection screens with (None if a centroid is
+    /// not finite or the dimension exceeds the integer kernels).
     #[inline]
     pub(crate) fn coarse(&self) -> Option<&CoarseTable> {
         self.coarse.as_ref()
