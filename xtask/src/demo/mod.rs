@@ -138,7 +138,7 @@ const RENDERS: [Render; 4] = [
         ratio: 1.0,
         swap_to: Some("low.kbi"),
         about: "Blend 1 on the high voice, then a live swap to the low voice at 3 s (50 ms \
-                crossfade, no gap, no click): what changing the Voice slot in the plugin does",
+                crossfade): what changing the Voice slot in the plugin does",
     },
 ];
 
@@ -194,6 +194,10 @@ impl Demo<'_> {
             }
             Some(why) => {
                 println!("  making {names} ({why})");
+                for dir in outputs.iter().filter_map(|o| o.parent()) {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("could not create {}", dir.display()))?;
+                }
                 let started = Instant::now();
                 make()?;
                 if let Freshness::Missing(missing) = fresh::check(&[], outputs)? {
@@ -423,6 +427,12 @@ fn bundle_plugin(ws: &Workspace) -> Result<Outcome> {
         if !bundle.is_file() {
             bail!("expected {} after bundling", ws.show(&bundle));
         }
+        let report = crate::linkcheck::assert_no_faiss(&bundle)?;
+        println!(
+            "  no faiss in {} ({} symbols checked)",
+            ws.show(&bundle),
+            report.symbols
+        );
     }
     Ok(if before.is_some() && before == modified(&library) {
         Outcome::Reused("release build up to date; bundles copied to target/bundled".into())
