@@ -3,8 +3,8 @@
 
 mod blend;
 mod coarse;
-pub mod kernels;
 mod ivf;
+pub mod kernels;
 mod search;
 mod topk;
 
