@@ -563,3 +563,36 @@ fn an_index_with_more_lists_than_vectors_round_trips() {
     let found = Searcher::new().search(&index, &[0.0, 0.0], 4, 1).to_vec();
     assert_eq!(found.iter().map(|n| n.id).collect::<Vec<_>>(), [7]);
 }
+
+/// Regression: with inner product, a huge query makes every score +inf; the weights were
+/// 0/0 and the blend NaN.
+#[test]
+fn an_inner_product_blend_whose_scores_all_overflow_is_finite() {
+    let parts = IndexParts {
+        dim: 2,
+        metric: Metric::InnerProduct,
+        nprobe: 1,
+        centroids: vec![1.0, 1.0],
+        lists: vec![ListParts {
+            ids: vec![1, 2],
+            vectors: vec![1e30, 1e30, 2e30, 1e30],
+        }],
+        metadata: Metadata::default(),
+    };
+    let index = IvfIndex::from_parts(&parts).unwrap();
+    let query = [f32::MAX, 1.0];
+    let mut searcher = Searcher::new();
+    assert!(searcher
+        .search(&index, &query, 2, 1)
+        .iter()
+        .all(|n| n.distance == f32::INFINITY));
+    let mut out = [0f32; 2];
+    let params = BlendParams {
+        k: 2,
+        nprobe: 1,
+        ratio: 0.5,
+    };
+    let outcome = searcher.blend(&index, &query, &params, &mut out);
+    assert_eq!(outcome, BlendOutcome::Blended { neighbours: 2 });
+    assert!(out.iter().all(|v| v.is_finite()), "{out:?}");
+}
