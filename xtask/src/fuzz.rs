@@ -56,11 +56,23 @@ pub fn run(ws: &Workspace, options: &Options) -> Result<()> {
             continue;
         }
         steps.run(&format!("fuzz {target} for {}s", options.seconds), || {
-            let result = process::run(
-                nightly_cargo(ws)
-                    .args(["fuzz", "run", target, "--"])
-                    .arg(format!("-max_total_time={}", options.seconds)),
-            );
+            // The working corpus grows in fuzz/corpus (ignored by git); the committed seeds
+            // are read as a second corpus. Memory caps make oversized allocations findings.
+            let fuzz = ws.root.join("fuzz");
+            let corpus = fuzz.join("corpus").join(target);
+            let seeds = fuzz.join("seeds").join(target);
+            std::fs::create_dir_all(&corpus)?;
+            let mut command = nightly_cargo(ws);
+            command.args(["fuzz", "run", target]).arg(&corpus);
+            if seeds.is_dir() {
+                command.arg(&seeds);
+            }
+            let result = process::run(command.args([
+                "--".to_string(),
+                format!("-max_total_time={}", options.seconds),
+                "-rss_limit_mb=512".to_string(),
+                "-malloc_limit_mb=256".to_string(),
+            ]));
             if result.is_err() {
                 println!(
                     "crash inputs (if any) are in {}",
