@@ -40,7 +40,11 @@ impl Clustered {
         let mut rng = Rng(seed);
         let centres = (0..clusters * dim).map(|_| rng.normal()).collect();
         let spread = (0..dim).map(|_| 0.15 + 0.35 * rng.uniform()).collect();
-        Clustered { dim, centres, spread }
+        Clustered {
+            dim,
+            centres,
+            spread,
+        }
     }
 
     pub fn rows(&self, n: usize, seed: u64) -> Vec<f32> {
@@ -51,7 +55,11 @@ impl Clustered {
             let c = rng.below(k);
             // Drift between two centres, like a transition between phonemes.
             let c2 = rng.below(k);
-            let t = if rng.uniform() < 0.3 { rng.uniform() * 0.5 } else { 0.0 };
+            let t = if rng.uniform() < 0.3 {
+                rng.uniform() * 0.5
+            } else {
+                0.0
+            };
             for j in 0..self.dim {
                 let a = self.centres[c * self.dim + j];
                 let b = self.centres[c2 * self.dim + j];
@@ -67,7 +75,15 @@ pub fn brute_force(data: &[f32], dim: usize, query: &[f32], k: usize) -> Vec<(f6
     let mut all: Vec<(f64, usize)> = data
         .chunks_exact(dim)
         .enumerate()
-        .map(|(i, v)| (v.iter().zip(query).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum(), i))
+        .map(|(i, v)| {
+            (
+                v.iter()
+                    .zip(query)
+                    .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                    .sum(),
+                i,
+            )
+        })
         .collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     all.truncate(k);
