@@ -1116,5 +1116,69 @@ pub fn phases(index: &IvfIndex) -> String {
         "largest list {largest} vectors; mean random list {:.0} KiB",
         lb / 4400.0 / 1024.0
     );
+    let _ = write!(s, "{}", tail_anatomy(index, &queries));
+    s
+}
+
+/// What the slowest single queries have in common: each query timed alone (solo, rotating),
+/// with how much it re-checked and scanned, the median of each against the slowest 1 %.
+fn tail_anatomy(index: &IvfIndex, queries: &[f32]) -> String {
+    use std::fmt::Write;
+    let d = index.dim();
+    let mut sr = Searcher::new();
+    let mut rows: Vec<[f64; 6]> = Vec::new();
+    for round in 0..3 {
+        for q in queries.chunks_exact(d) {
+            let a = sr.stats();
+            let t = Instant::now();
+            black_box(sr.search(index, black_box(q), 8, 1));
+            let us = t.elapsed().as_nanos() as f64 / 1e3;
+            let b = sr.stats();
+            let len = sr.last().first().map_or(0, |n| {
+                let o = index.list_offsets();
+                let l = o.partition_point(|&x| x <= n.pos as u64) - 1;
+                (o[l + 1] - o[l]) as usize
+            });
+            if round > 0 {
+                rows.push([
+                    us,
+                    (b.rechecked - a.rechecked) as f64,
+                    len as f64,
+                    (b.codes_screened - a.codes_screened) as f64,
+                    (b.vectors_rechecked - a.vectors_rechecked) as f64,
+                    (b.vectors_scanned - a.vectors_scanned) as f64,
+                ]);
+            }
+        }
+    }
+    rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    let n = rows.len();
+    let median = |sel: &[[f64; 6]], c: usize| {
+        let mut v: Vec<f64> = sel.iter().map(|r| r[c]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "tail anatomy (solo, {n} timed searches): median of   µs  centroids-rechecked  list-len  codes  vectors-rechecked  vectors-scanned"
+    );
+    for (name, sel) in [
+        ("all", &rows[..]),
+        ("middle 10 %", &rows[n * 45 / 100..n * 55 / 100]),
+        ("slowest 1 %", &rows[n * 99 / 100..]),
+        ("slowest 0.2 %", &rows[n * 998 / 1000..]),
+    ] {
+        let _ = writeln!(
+            s,
+            "  {name:<14} {:>8.1} {:>8.1} {:>8.0} {:>8.0} {:>8.1} {:>8.0}",
+            median(sel, 0),
+            median(sel, 1),
+            median(sel, 2),
+            median(sel, 3),
+            median(sel, 4),
+            median(sel, 5)
+        );
+    }
     s
 }

@@ -1,6 +1,8 @@
 //! [`CoarseTable`]: an 8-bit copy of the centroids with per-centroid error bounds, so the
 //! list-selection pass reads a quarter of the bytes (small enough to stay in L2 for RVC's list
-//! counts) and still selects exactly the lists a full f32 scan would.
+//! counts) and still selects exactly the lists a full f32 scan would. The rows and their bounds
+//! ([`RowBounds`]) are shared with the list codes (`codes.rs`), which screen the stored vectors
+//! the same way.
 //!
 //! Centroid `c` is stored as bytes `ĉ` with a scale `s_c = max|c| / 127`; the query `q` is
 //! quantised per query to `i16` values `q̂` with a scale `t` (largest element 2¹⁴). The integer
@@ -21,23 +23,126 @@ use super::kernels::I8_MAX_DIM;
 /// Bias given to empty lists: finite (keeps the arithmetic finite), never selected.
 const EMPTY_BIAS: f32 = f32::MAX / 8.0;
 
+/// The constants of the screening bound of each 8-bit row (see the module docs):
+/// `key = bias − scale·t·(q̂·r̂)`, `err = ‖q‖·radius + ‖q − t q̂‖·qradius + bias_slack + ε‖q‖²`.
+pub(crate) struct RowBounds {
+    /// `β` (‖c‖², 0, or a per-row constant of the key).
+    pub bias: Vec<f32>,
+    /// `α·s`.
+    pub scale: Vec<f32>,
+    /// `R`, multiplied by ‖q‖ per query.
+    pub radius: Vec<f32>,
+    /// `N`, multiplied by ‖q − t q̂‖ per query.
+    pub qradius: Vec<f32>,
+    /// `B = ε·|β|`.
+    pub bias_slack: Vec<f32>,
+    /// `ε`, the relative slack for f32 rounding (of sums of `dim` terms and of the key).
+    pub eps: f32,
+}
+
+impl RowBounds {
+    pub fn with_capacity(rows: usize, eps: f64) -> RowBounds {
+        RowBounds {
+            bias: Vec::with_capacity(rows),
+            scale: Vec::with_capacity(rows),
+            radius: Vec::with_capacity(rows),
+            qradius: Vec::with_capacity(rows),
+            bias_slack: Vec::with_capacity(rows),
+            eps: round_up(eps),
+        }
+    }
+
+    /// Appends one row's constants: key bias `bias`, the row's code `code`, and `extra_radius`
+    /// added to `α·‖v − s v̂‖` (rounding terms proportional to ‖v‖).
+    pub fn push(&mut self, alpha: f64, bias: f64, code: &RowCode, extra_radius: f64) {
+        self.bias.push(bias as f32);
+        self.scale.push((alpha * code.scale as f64) as f32);
+        self.radius
+            .push(round_up(alpha * (code.err + extra_radius) * (1.0 + 1e-3)));
+        self.qradius
+            .push(round_up(alpha * code.qnorm * (1.0 + 1e-3)));
+        self.bias_slack.push(round_up(self.eps as f64 * bias.abs()));
+    }
+
+    fn regions(&self) -> [&Vec<f32>; 5] {
+        [
+            &self.bias,
+            &self.scale,
+            &self.radius,
+            &self.qradius,
+            &self.bias_slack,
+        ]
+    }
+}
+
+/// What [`encode_row`] measured of one row.
+pub(crate) struct RowCode {
+    /// The row's scale `s` (bytes times `s` approximate the row).
+    pub scale: f32,
+    /// `‖v − s v̂‖`, from the stored bytes and this exact scale.
+    pub err: f64,
+    /// `‖v‖²`.
+    pub norm2: f64,
+    /// `‖s v̂‖`.
+    pub qnorm: f64,
+}
+
+/// Quantises the row `v(0..out.len())` to bytes with scale `max|v| / 127` (rounded to f32) and
+/// measures its error. Every value must be finite.
+pub(crate) fn encode_row(v: impl Fn(usize) -> f64, out: &mut [u8]) -> RowCode {
+    let max = (0..out.len()).fold(0f64, |m, j| m.max(v(j).abs()));
+    let s = if max > 0.0 { (max / 127.0) as f32 } else { 1.0 };
+    let s = if s > 0.0 { s } else { f32::MIN_POSITIVE };
+    let (mut err2, mut norm2, mut qnorm2) = (0f64, 0f64, 0f64);
+    for (j, o) in out.iter_mut().enumerate() {
+        let x = v(j);
+        let b = (x / s as f64).round().clamp(-127.0, 127.0) as i8;
+        let back = b as f64 * s as f64;
+        err2 += (x - back).powi(2);
+        norm2 += x * x;
+        qnorm2 += back * back;
+        *o = b as u8;
+    }
+    RowCode {
+        scale: s,
+        err: err2.sqrt(),
+        norm2,
+        qnorm: qnorm2.sqrt(),
+    }
+}
+
+/// Rounding of an f32 sum of `dim` products in the kernels (8-lane partial sums, then a
+/// short tree): at most (dim/8 + 16) units of 2⁻²⁴ relative to the sum of magnitudes.
+pub(crate) fn sum_rounding(dim: usize) -> f64 {
+    (dim as f64 / 8.0 + 16.0) * f64::powi(2.0, -24)
+}
+
+/// Tries to `mlock` (or, with `lock = false`, `munlock`) a byte region and the bound vectors.
+pub(crate) fn pin(bytes: &AlignedBytes, bounds: &RowBounds, lock: bool) -> bool {
+    let f = |p: *const u8, n: usize| {
+        // SAFETY: mlock/munlock only pin or unpin pages of memory we own.
+        unsafe {
+            if lock {
+                libc::mlock(p.cast(), n) == 0
+            } else {
+                libc::munlock(p.cast(), n) == 0
+            }
+        }
+    };
+    let mut ok = bytes.is_empty() || f(bytes.as_slice().as_ptr(), bytes.len());
+    for v in bounds.regions() {
+        ok &= v.is_empty() || f(v.as_ptr().cast(), v.len() * 4);
+    }
+    ok
+}
+
 /// 8-bit centroid table and the constants of its error bound.
 pub(crate) struct CoarseTable {
     bytes: AlignedBytes,
     dim: usize,
     nlist: usize,
-    /// `β_c` (‖c‖² or 0; [`EMPTY_BIAS`] for empty lists).
-    pub bias: Vec<f32>,
-    /// `α·s_c`.
-    pub scale: Vec<f32>,
-    /// `R_c`, multiplied by ‖q‖ per query.
-    pub radius: Vec<f32>,
-    /// `N_c`, multiplied by ‖q − t q̂‖ per query.
-    pub qradius: Vec<f32>,
-    /// `B_c = ε·|β_c|`.
-    pub bias_slack: Vec<f32>,
-    /// `ε`, the relative slack for rounding in f32 sums of `dim` terms.
-    pub eps: f32,
+    /// Per-centroid bound constants (`bias` is [`EMPTY_BIAS`] for empty lists).
+    pub bounds: RowBounds,
 }
 
 impl CoarseTable {
@@ -61,98 +166,57 @@ impl CoarseTable {
             Metric::L2 => 2.0f64,
             Metric::InnerProduct => 1.0,
         };
-        // Rounding of an f32 sum of `dim` products in the kernels (8-lane partial sums, then a
-        // short tree): at most (dim/8 + 16) units of 2⁻²⁴ relative to the sum of magnitudes.
-        let gamma = (dim as f64 / 8.0 + 16.0) * f64::powi(2.0, -24);
+        let gamma = sum_rounding(dim);
         let mut bytes = AlignedBytes::zeroed(nlist * dim);
-        let mut bias = Vec::with_capacity(nlist);
-        let mut scale = Vec::with_capacity(nlist);
-        let mut radius = Vec::with_capacity(nlist);
-        let mut qradius = Vec::with_capacity(nlist);
-        let mut bias_slack = Vec::with_capacity(nlist);
+        let mut bounds = RowBounds::with_capacity(nlist, 4.0 * gamma);
         let out = bytes.as_mut_slice();
         for (l, c) in centroids.chunks_exact(dim).enumerate() {
-            let max = c.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let s = if max > 0.0 { max / 127.0 } else { 1.0 };
-            // The bound is computed from the stored bytes and this exact f32 scale.
-            let (mut err2, mut norm2, mut qnorm2) = (0f64, 0f64, 0f64);
-            for (j, &v) in c.iter().enumerate() {
-                let b = (v / s).round().clamp(-127.0, 127.0) as i8;
-                let back = b as f64 * s as f64;
-                err2 += (v as f64 - back).powi(2);
-                norm2 += (v as f64).powi(2);
-                qnorm2 += back * back;
-                out[l * dim + j] = b as u8;
-            }
+            let code = encode_row(|j| c[j] as f64, &mut out[l * dim..(l + 1) * dim]);
             let empty = list_offsets[l + 1] == list_offsets[l];
             let b = match metric {
                 _ if empty => EMPTY_BIAS as f64,
-                Metric::L2 => norm2,
+                Metric::L2 => code.norm2,
                 Metric::InnerProduct => 0.0,
             };
             // The γ term covers the f32 key arithmetic and the cross term of the exact re-check.
-            let r = alpha * (err2.sqrt() + 4.0 * gamma * norm2.sqrt());
-            bias.push(b as f32);
-            scale.push((alpha * s as f64) as f32);
-            radius.push(round_up(r * (1.0 + 1e-3)));
-            qradius.push(round_up(alpha * qnorm2.sqrt() * (1.0 + 1e-3)));
-            bias_slack.push(round_up(4.0 * gamma * b.abs()));
+            bounds.push(alpha, b, &code, 4.0 * gamma * code.norm2.sqrt());
         }
         Some(CoarseTable {
             bytes,
             dim,
             nlist,
-            bias,
-            scale,
-            radius,
-            qradius,
-            bias_slack,
-            eps: round_up(4.0 * gamma),
+            bounds,
         })
     }
 
     /// The bytes, `nlist × dim`, row-major.
     #[inline]
     pub fn rows(&self) -> &[i8] {
-        let b = self.bytes.as_slice();
-        // SAFETY: page-aligned allocation of exactly nlist·dim bytes; any bits are a valid i8.
-        unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<i8>(), self.nlist * self.dim) }
+        as_i8(&self.bytes, self.nlist * self.dim)
     }
 
     /// Tries to lock the table's pages in RAM (best effort, like the index itself).
     pub fn lock(&self) -> bool {
-        self.each_region(|p, n| {
-            // SAFETY: mlock only pins pages of memory we own.
-            unsafe { libc::mlock(p.cast(), n) == 0 }
-        })
+        pin(&self.bytes, &self.bounds, true)
     }
 
     /// Releases what [`lock`](Self::lock) pinned (freeing heap memory does not unlock pages
     /// that other allocations may share).
     pub fn unlock(&self) {
-        self.each_region(|p, n| {
-            // SAFETY: munlock only unpins pages of memory we own.
-            unsafe { libc::munlock(p.cast(), n) == 0 }
-        });
-    }
-
-    fn each_region(&self, mut f: impl FnMut(*const u8, usize) -> bool) -> bool {
-        let mut ok = self.bytes.is_empty() || f(self.bytes.as_slice().as_ptr(), self.bytes.len());
-        for v in [
-            &self.bias,
-            &self.scale,
-            &self.radius,
-            &self.qradius,
-            &self.bias_slack,
-        ] {
-            ok &= v.is_empty() || f(v.as_ptr().cast(), v.len() * 4);
-        }
-        ok
+        pin(&self.bytes, &self.bounds, false);
     }
 }
 
+/// The first `n` bytes of `bytes` as `i8`.
+#[inline]
+pub(crate) fn as_i8(bytes: &AlignedBytes, n: usize) -> &[i8] {
+    let b = &bytes.as_slice()[..n];
+    // SAFETY: same length and alignment; any bits are a valid i8.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<i8>(), n) }
+}
+
 /// The f32 at or above `x` (for bounds that must not shrink when stored as f32).
-fn round_up(x: f64) -> f32 {
+pub(crate) fn round_up(x: f64) -> f32 {
     let f = x as f32;
     if (f as f64) < x {
         f32::from_bits(f.to_bits() + 1)

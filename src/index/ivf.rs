@@ -11,6 +11,7 @@ use crate::format::kbi::{self, KbiLayout, SectionKind};
 use crate::format::{self, AlignedBytes, FileKind, FormatError, IndexParts, Metadata, Metric};
 
 use super::coarse::CoarseTable;
+use super::codes::ListCodes;
 
 #[cfg(target_endian = "big")]
 compile_error!("knnblend's index files are little-endian and are used in place; big-endian targets are not supported");
@@ -69,6 +70,8 @@ pub struct IvfIndex {
     verified: bool,
     /// 8-bit centroid table for list screening (derived, built when the index is made).
     coarse: Option<CoarseTable>,
+    /// 8-bit residual codes of the stored vectors for list screening (derived, likewise).
+    codes: Option<ListCodes>,
 }
 
 fn view<'a, T>(bytes: &'a [u8], layout: &KbiLayout, kind: SectionKind) -> &'a [T] {
@@ -181,11 +184,15 @@ impl IvfIndex {
         )?;
         let metadata = kbi::parse_metadata(bytes, &layout)?;
         let file_bytes = bytes.len() as u64;
-        let coarse = CoarseTable::build(
-            view::<f32>(bytes, &layout, SectionKind::Centroids),
+        let centroids = view::<f32>(bytes, &layout, SectionKind::Centroids);
+        let offsets = view::<u64>(bytes, &layout, SectionKind::ListOffsets);
+        let coarse = CoarseTable::build(centroids, layout.dim, layout.metric, offsets);
+        let codes = ListCodes::build(
+            centroids,
+            view::<f32>(bytes, &layout, SectionKind::Vectors),
             layout.dim,
             layout.metric,
-            view::<u64>(bytes, &layout, SectionKind::ListOffsets),
+            offsets,
         );
         Ok(IvfIndex {
             backing,
@@ -198,6 +205,7 @@ impl IvfIndex {
             pinned: false,
             verified: verify,
             coarse,
+            codes,
         })
     }
 
@@ -233,6 +241,9 @@ impl IvfIndex {
             }
         };
         if let Some(c) = &self.coarse {
+            self.locked &= c.lock();
+        }
+        if let Some(c) = &self.codes {
             self.locked &= c.lock();
         }
         self.locked
@@ -335,6 +346,11 @@ impl IvfIndex {
     pub(crate) fn coarse(&self) -> Option<&CoarseTable> {
         self.coarse.as_ref()
     }
+
+    /// The 8-bit residual codes of the stored vectors, if this index has them (L2, finite).
+    pub(crate) fn codes(&self) -> Option<&ListCodes> {
+        self.codes.as_ref()
+    }
     /// Ids, in storage order.
     #[inline]
     pub fn ids(&self) -> &[i64] {
@@ -392,6 +408,9 @@ impl Drop for IvfIndex {
             unsafe { libc::munlock(b.as_slice().as_ptr().cast(), b.len()) };
         }
         if let Some(c) = &self.coarse {
+            c.unlock();
+        }
+        if let Some(c) = &self.codes {
             c.unlock();
         }
     }

@@ -380,54 +380,59 @@ mod avx2 {
     }
 
     /// Four rows per pass, two accumulators each: the query chunk is loaded once for four rows.
+    /// The rows left over go one at a time through the same code, so a row's result never
+    /// depends on its position (the list screen's re-check relies on that).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn l2sq_rows_impl(q: &[f32], rows: *const f32, out: &mut [f32]) {
         let d = q.len();
-        let pq = q.as_ptr();
         let n = out.len();
         let mut i = 0;
         while i + 4 <= n {
-            let r = [
-                rows.add(i * d),
-                rows.add((i + 1) * d),
-                rows.add((i + 2) * d),
-                rows.add((i + 3) * d),
-            ];
-            let mut a0 = [_mm256_setzero_ps(); 4];
-            let mut a1 = [_mm256_setzero_ps(); 4];
-            let mut j = 0;
-            while j + 16 <= d {
-                let q0 = _mm256_loadu_ps(pq.add(j));
-                let q1 = _mm256_loadu_ps(pq.add(j + 8));
-                for t in 0..4 {
-                    let d0 = _mm256_sub_ps(q0, _mm256_loadu_ps(r[t].add(j)));
-                    let d1 = _mm256_sub_ps(q1, _mm256_loadu_ps(r[t].add(j + 8)));
-                    a0[t] = _mm256_fmadd_ps(d0, d0, a0[t]);
-                    a1[t] = _mm256_fmadd_ps(d1, d1, a1[t]);
-                }
-                j += 16;
-            }
-            if j + 8 <= d {
-                let q0 = _mm256_loadu_ps(pq.add(j));
-                for t in 0..4 {
-                    let d0 = _mm256_sub_ps(q0, _mm256_loadu_ps(r[t].add(j)));
-                    a0[t] = _mm256_fmadd_ps(d0, d0, a0[t]);
-                }
-                j += 8;
-            }
-            for t in 0..4 {
-                let mut s = hsum(_mm256_add_ps(a0[t], a1[t]));
-                for jj in j..d {
-                    let x = *pq.add(jj) - *r[t].add(jj);
-                    s += x * x;
-                }
-                *out.get_unchecked_mut(i + t) = s;
-            }
+            l2sq_tile::<4>(q, rows.add(i * d), out.as_mut_ptr().add(i));
             i += 4;
         }
         while i < n {
-            *out.get_unchecked_mut(i) = l2sq_impl(pq, rows.add(i * d), d);
+            l2sq_tile::<1>(q, rows.add(i * d), out.as_mut_ptr().add(i));
             i += 1;
+        }
+    }
+
+    /// Squared distances from `q` to `R` consecutive rows at `rows`, into `out[..R]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn l2sq_tile<const R: usize>(q: &[f32], rows: *const f32, out: *mut f32) {
+        let d = q.len();
+        let pq = q.as_ptr();
+        let r: [*const f32; R] = std::array::from_fn(|t| rows.add(t * d));
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
+        let mut j = 0;
+        while j + 16 <= d {
+            let q0 = _mm256_loadu_ps(pq.add(j));
+            let q1 = _mm256_loadu_ps(pq.add(j + 8));
+            for t in 0..R {
+                let d0 = _mm256_sub_ps(q0, _mm256_loadu_ps(r[t].add(j)));
+                let d1 = _mm256_sub_ps(q1, _mm256_loadu_ps(r[t].add(j + 8)));
+                a0[t] = _mm256_fmadd_ps(d0, d0, a0[t]);
+                a1[t] = _mm256_fmadd_ps(d1, d1, a1[t]);
+            }
+            j += 16;
+        }
+        if j + 8 <= d {
+            let q0 = _mm256_loadu_ps(pq.add(j));
+            for t in 0..R {
+                let d0 = _mm256_sub_ps(q0, _mm256_loadu_ps(r[t].add(j)));
+                a0[t] = _mm256_fmadd_ps(d0, d0, a0[t]);
+            }
+            j += 8;
+        }
+        for t in 0..R {
+            let mut s = hsum(_mm256_add_ps(a0[t], a1[t]));
+            for jj in j..d {
+                let x = *pq.add(jj) - *r[t].add(jj);
+                s += x * x;
+            }
+            *out.add(t) = s;
         }
     }
 
@@ -885,6 +890,15 @@ mod tests {
                     (k.dot_rows)(&q, &rows, &mut dot);
                     let tol = 1e-5 * (d as f64 + 1.0);
                     for i in 0..n {
+                        // A row's distance does not depend on where it sits in the call.
+                        let mut one = [0f32];
+                        (k.l2sq_rows)(&q, &rows[i * d..(i + 1) * d], &mut one);
+                        assert_eq!(
+                            one[0].to_bits(),
+                            l2[i].to_bits(),
+                            "{} l2_rows alone d={d} n={n} i={i}",
+                            k.name
+                        );
                         let (rl2, rdot) = reference(&q, &rows[i * d..(i + 1) * d]);
                         assert!(
                             (l2[i] as f64 - rl2).abs() <= tol,

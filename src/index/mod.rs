@@ -3,6 +3,7 @@
 
 mod blend;
 mod coarse;
+mod codes;
 mod ivf;
 pub mod kernels;
 mod search;

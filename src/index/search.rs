@@ -4,11 +4,14 @@
 //! 8-bit table of the index (a quarter of the bytes of the f32 centroids) with a rigorous error
 //! bound per centroid, then re-checks the few lists the bound cannot rule out with the exact f32
 //! kernel, so the lists selected are the ones a full f32 scan selects (see `coarse.rs`). The
-//! probed lists are then scanned with the exact f32 kernel, four stored vectors per pass.
+//! probed lists are then screened the same way against 8-bit residual codes of their vectors,
+//! and the few vectors the bound cannot rule out are re-checked with the exact f32 kernel, so
+//! the neighbours and distances are those of a full f32 scan (see `codes.rs`).
 //! [`search_block`](Searcher::search_block) serves up to [`BLOCK`] queries with one pass over
 //! the centroid table.
 
-use super::coarse::CoarseTable;
+use super::coarse::{CoarseTable, RowBounds};
+use super::codes::{ListCodes, MIN_SCREENED_LIST};
 use super::kernels::{prefetch, Kernels, I8_MAX_DIM};
 use super::topk::TopK;
 use super::IvfIndex;
@@ -27,6 +30,8 @@ const SCREEN_CHUNK: usize = 64;
 const LIST_CHUNK: usize = 64;
 /// Lists a single-query screen may keep for re-checking before it gives up and scans exactly.
 const CAND_CAP: usize = 128;
+/// Vectors a list screen may keep for re-checking before it gives up and scans the list in f32.
+const LIST_CAND_CAP: usize = 128;
 /// Centroid rows per tile kernel call (block of queries).
 const BLOCK_CHUNK: usize = 16;
 const _: () = assert!(BLOCK_CHUNK <= SCREEN_CHUNK);
@@ -58,10 +63,18 @@ pub struct SearchStats {
     /// Queries whose lists were selected by an exact f32 scan of every centroid (no table,
     /// screening switched off, or the screen could not narrow the lists down).
     pub exact_scans: u64,
+    /// Stored vectors read in f32 by whole-list scans (short lists, no codes, screening off).
+    pub vectors_scanned: u64,
+    /// Stored vectors screened through their 8-bit codes.
+    pub codes_screened: u64,
+    /// Stored vectors re-checked in f32 after a list screen.
+    pub vectors_rechecked: u64,
+    /// Lists whose screen could not narrow the vectors down (then scanned in f32).
+    pub list_fallbacks: u64,
 }
 
-/// Screening state of one query: the n-th smallest upper bound seen, and the lists whose lower
-/// bound is not above it (in centroid order).
+/// Screening state of one query against 8-bit rows (centroids, or a list's vectors): the n-th
+/// smallest upper bound seen, and the rows whose lower bound is not above it (in row order).
 #[derive(Clone, Copy, Debug)]
 struct Screen<const NP: usize, const CAP: usize> {
     upper: TopK<NP>,
@@ -73,6 +86,10 @@ struct Screen<const NP: usize, const CAP: usize> {
     eq: f32,
     t: f32,
     qterm: f32,
+    /// Added to every key (‖q‖² for list codes, whose keys are whole distances; 0 for centroids).
+    offset: f32,
+    /// An upper bound known before screening (the k-th exact distance from earlier lists).
+    ceiling: f32,
     failed: bool,
 }
 
@@ -87,40 +104,52 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
             eq: 0.0,
             t: 0.0,
             qterm: 0.0,
+            offset: 0.0,
+            ceiling: f32::INFINITY,
             failed: false,
         }
     }
 
     /// Starts a query with squared norm `qn2` (f32 kernel value), quantised with scale `t`
-    /// and quantisation error `eq` (see `Kernels::quantise`).
-    fn begin(&mut self, nprobe: usize, qn2: f32, t: f32, eq: f32, table: &CoarseTable) {
+    /// and quantisation error `eq` (see `Kernels::quantise`), keeping the `nprobe` best rows.
+    /// With `whole`, keys include ‖q‖² (list codes).
+    fn begin(&mut self, nprobe: usize, qn2: f32, t: f32, eq: f32, bounds: &RowBounds, whole: bool) {
         self.upper.reset(nprobe);
         self.n = 0;
-        // The kernel's ‖q‖² may be low by its rounding: widen it by the table's slack.
-        let qn2 = qn2 * (1.0 + table.eps);
+        // The key takes the kernel's ‖q‖² as computed; the bound takes it widened by the
+        // table's slack (the kernel's value may be low by its rounding).
+        self.offset = if whole { qn2 } else { 0.0 };
+        let qn2 = qn2 * (1.0 + bounds.eps);
         self.qn = qn2.sqrt();
         self.eq = eq;
         self.t = t;
-        self.qterm = table.eps * qn2;
+        self.qterm = bounds.eps * qn2;
+        self.ceiling = f32::INFINITY;
         self.failed = !(self.qterm.is_finite() && eq.is_finite() && t.is_finite());
     }
 
-    /// Offers centroids `base..base + dots.len()` (at most [`SCREEN_CHUNK`]) with their integer
+    /// The bound a row's lower bound must not exceed to stay a candidate.
+    #[inline]
+    fn bound(&self) -> f32 {
+        self.upper.threshold().min(self.ceiling)
+    }
+
+    /// Offers rows `base..base + dots.len()` (at most [`SCREEN_CHUNK`]) with their integer
     /// screening dot products.
     #[inline]
-    fn offer(&mut self, table: &CoarseTable, base: usize, dots: &[i32]) {
+    fn offer(&mut self, bounds: &RowBounds, base: usize, dots: &[i32]) {
         let n = dots.len();
         let end = base + n;
-        let (bias, scale) = (&table.bias[base..end], &table.scale[base..end]);
-        let (radius, qradius) = (&table.radius[base..end], &table.qradius[base..end]);
-        let slack = &table.bias_slack[base..end];
-        let (qn, eq, t, qterm) = (self.qn, self.eq, self.t, self.qterm);
+        let (bias, scale) = (&bounds.bias[base..end], &bounds.scale[base..end]);
+        let (radius, qradius) = (&bounds.radius[base..end], &bounds.qradius[base..end]);
+        let slack = &bounds.bias_slack[base..end];
+        let (qn, eq, t, qterm, offset) = (self.qn, self.eq, self.t, self.qterm, self.offset);
         // Bounds for the whole chunk in one vectorisable pass.
         let mut lo = [0f32; SCREEN_CHUNK];
         let mut hi = [0f32; SCREEN_CHUNK];
         let mut finite = true;
         for j in 0..n {
-            let key = bias[j] - (scale[j] * t) * dots[j] as f32;
+            let key = (bias[j] + offset) - (scale[j] * t) * dots[j] as f32;
             let err = qn * radius[j] + eq * qradius[j] + slack[j] + qterm;
             lo[j] = key - err;
             hi[j] = key + err;
@@ -145,7 +174,7 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
                 }
             }
         }
-        let u = self.upper.threshold();
+        let u = self.bound();
         for (j, &l) in lo[..n].iter().enumerate() {
             if l <= u {
                 if self.n == CAP {
@@ -164,7 +193,7 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
 
     /// Drops the candidates the current bound already rules out (keeps centroid order).
     fn compact(&mut self) {
-        let u = self.upper.threshold();
+        let u = self.bound();
         let mut w = 0;
         for i in 0..self.n {
             if self.lower[i] <= u {
@@ -185,7 +214,7 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
         exact: &dyn Fn(&[f32], &[f32]) -> f32,
         probes: &mut TopK<MAX_NPROBE>,
     ) -> u64 {
-        let u = self.upper.threshold();
+        let u = self.bound();
         let d = index.dim();
         let (centroids, offsets) = (index.centroids(), index.list_offsets());
         // Start every memory load at once: the surviving f32 centroids, and the head of the
@@ -273,6 +302,9 @@ pub struct Searcher {
     out: [Neighbour; MAX_K],
     n: usize,
     screen: Screen<MAX_NPROBE, CAND_CAP>,
+    list_screen: Screen<MAX_K, LIST_CAND_CAP>,
+    /// `q − c` of the list being screened.
+    resid: [f32; I8_MAX_DIM],
     dots: [f32; LIST_CHUNK],
     query_i16: [i16; I8_MAX_DIM],
     idots: [i32; SCREEN_CHUNK],
@@ -316,6 +348,8 @@ impl Searcher {
             out: [Neighbour::default(); MAX_K],
             n: 0,
             screen: Screen::new(),
+            list_screen: Screen::new(),
+            resid: [0.0; I8_MAX_DIM],
             dots: [0.0; LIST_CHUNK],
             query_i16: [0; I8_MAX_DIM],
             idots: [0; SCREEN_CHUNK],
@@ -332,9 +366,9 @@ impl Searcher {
         self.kernels
     }
 
-    /// Switches 8-bit list screening on (the default) or off. Off, every search
-    /// computes the exact f32 distance to every centroid: the same lists, more bytes read.
-    /// For comparisons and tests.
+    /// Switches 8-bit screening on (the default) or off. Off, every search computes the exact
+    /// f32 distance to every centroid and to every vector of the probed lists: the same
+    /// neighbours and distances, more bytes read. For comparisons and tests.
     pub fn set_screening(&mut self, on: bool) {
         self.screening = on;
     }
@@ -425,7 +459,7 @@ impl Searcher {
             let qb = &mut self.block_queries[qi * d..(qi + 1) * d];
             if live[qi] {
                 let (t, eq) = (self.kernels.quantise)(q, qb);
-                self.block_screens[qi].begin(nprobe, qn2, t, eq, table);
+                self.block_screens[qi].begin(nprobe, qn2, t, eq, &table.bounds, false);
             } else {
                 qb.fill(0);
             }
@@ -440,7 +474,7 @@ impl Searcher {
             for qi in 0..m {
                 let s = &mut self.block_screens[qi];
                 if live[qi] && !s.failed {
-                    s.offer(table, base, &dots[qi * r..(qi + 1) * r]);
+                    s.offer(&table.bounds, base, &dots[qi * r..(qi + 1) * r]);
                 }
             }
             base += r;
@@ -490,14 +524,14 @@ impl Searcher {
         let d = index.dim();
         let qn2 = (self.kernels.dot)(query, query);
         let (t, eq) = (self.kernels.quantise)(query, &mut self.query_i16[..d]);
-        self.screen.begin(nprobe, qn2, t, eq, table);
+        self.screen.begin(nprobe, qn2, t, eq, &table.bounds, false);
         let (rows, nlist) = (table.rows(), index.nlist());
         let mut base = 0;
         while base < nlist && !self.screen.failed {
             let r = SCREEN_CHUNK.min(nlist - base);
             let dots = &mut self.idots[..r];
             (self.kernels.dot_i8_rows)(&self.query_i16[..d], &rows[base * d..(base + r) * d], dots);
-            self.screen.offer(table, base, dots);
+            self.screen.offer(&table.bounds, base, dots);
             base += r;
         }
         if self.screen.failed {
@@ -529,34 +563,108 @@ impl Searcher {
     /// Scans the lists in `self.probes` into `self.best`.
     fn scan_lists(&mut self, index: &IvfIndex, query: &[f32], k: usize) {
         self.best.reset(k);
+        let codes = index.codes().filter(|_| self.screening);
+        for p in 0..self.probes.len() {
+            let list = self.probes.vals()[p] as usize;
+            let range = index.list_range(list);
+            if let Some(codes) = codes {
+                if range.len() >= MIN_SCREENED_LIST
+                    && self.screen_list(index, codes, query, k, list)
+                {
+                    continue;
+                }
+            }
+            self.scan_list(index, query, range);
+        }
+    }
+
+    /// Scans the stored vectors `range` exactly in f32 into `self.best`.
+    fn scan_list(&mut self, index: &IvfIndex, query: &[f32], range: std::ops::Range<usize>) {
         let d = index.dim();
         let vectors = index.vectors();
-        let offsets = index.list_offsets();
         let ip = index.metric() == Metric::InnerProduct;
         let rows = if ip {
             self.kernels.dot_rows
         } else {
             self.kernels.l2sq_rows
         };
-        for p in 0..self.probes.len() {
-            let list = self.probes.vals()[p] as usize;
-            let (mut start, end) = (offsets[list] as usize, offsets[list + 1] as usize);
-            while start < end {
-                let n = LIST_CHUNK.min(end - start);
-                let dists = &mut self.dots[..n];
-                rows(query, &vectors[start * d..(start + n) * d], dists);
-                if ip {
-                    for (i, &v) in dists.iter().enumerate() {
-                        self.best.push(-v, (start + i) as u32);
-                    }
-                } else {
-                    for (i, &v) in dists.iter().enumerate() {
-                        self.best.push(v, (start + i) as u32);
-                    }
+        self.stats.vectors_scanned += range.len() as u64;
+        let (mut start, end) = (range.start, range.end);
+        while start < end {
+            let n = LIST_CHUNK.min(end - start);
+            let dists = &mut self.dots[..n];
+            rows(query, &vectors[start * d..(start + n) * d], dists);
+            if ip {
+                for (i, &v) in dists.iter().enumerate() {
+                    self.best.push(-v, (start + i) as u32);
                 }
-                start += n;
+            } else {
+                for (i, &v) in dists.iter().enumerate() {
+                    self.best.push(v, (start + i) as u32);
+                }
+            }
+            start += n;
+        }
+    }
+
+    /// Screens list `list` through its 8-bit codes, then re-checks the surviving vectors with
+    /// the exact f32 kernel into `self.best` (L2 only). Returns false, having pushed nothing,
+    /// when the screen could not narrow the vectors down.
+    fn screen_list(
+        &mut self,
+        index: &IvfIndex,
+        codes: &ListCodes,
+        query: &[f32],
+        k: usize,
+        list: usize,
+    ) -> bool {
+        let d = index.dim();
+        let range = index.list_range(list);
+        let c = &index.centroids()[list * d..(list + 1) * d];
+        let p = &mut self.resid[..d];
+        for ((p, &q), &c) in p.iter_mut().zip(query).zip(c) {
+            *p = q - c;
+        }
+        let pn2 = (self.kernels.dot)(p, p);
+        let (t, eq) = (self.kernels.quantise)(p, &mut self.query_i16[..d]);
+        let s = &mut self.list_screen;
+        s.begin(k, pn2, t, eq, &codes.bounds, true);
+        s.ceiling = self.best.threshold();
+        let rows = codes.rows();
+        let mut base = range.start;
+        while base < range.end && !s.failed {
+            let r = SCREEN_CHUNK.min(range.end - base);
+            let dots = &mut self.idots[..r];
+            (self.kernels.dot_i8_rows)(&self.query_i16[..d], &rows[base * d..(base + r) * d], dots);
+            s.offer(&codes.bounds, base, dots);
+            base += r;
+        }
+        if s.failed {
+            self.stats.list_fallbacks += 1;
+            return false;
+        }
+        self.stats.codes_screened += range.len() as u64;
+        // Start every load at once, then compute the exact distances in storage order (ties
+        // resolve as in a full scan).
+        let u = s.bound();
+        let vectors = index.vectors();
+        for i in 0..s.n {
+            if s.lower[i] <= u {
+                prefetch(vectors[s.list[i] as usize * d..].as_ptr().cast(), d * 4);
             }
         }
+        let mut one = [0f32];
+        let mut n = 0;
+        for i in 0..s.n {
+            if s.lower[i] <= u {
+                let pos = s.list[i] as usize;
+                (self.kernels.l2sq_rows)(query, &vectors[pos * d..(pos + 1) * d], &mut one);
+                self.best.push(one[0], pos as u32);
+                n += 1;
+            }
+        }
+        self.stats.vectors_rechecked += n;
+        true
     }
 
     /// Writes `self.best` as neighbours into `self.out`; returns how many.
@@ -656,6 +764,19 @@ mod tests {
     }
 
     fn assert_same_as_exact(index: &IvfIndex, queries: &[f32], ks: &[usize], nprobes: &[usize]) {
+        assert_same_as_exact_with(index, queries, ks, nprobes, true)
+    }
+
+    /// Screened searches equal exact ones bit for bit; with `scalar_ids`, the scalar kernels
+    /// also return the same ids (only for data without near-ties that rounding may order
+    /// differently).
+    fn assert_same_as_exact_with(
+        index: &IvfIndex,
+        queries: &[f32],
+        ks: &[usize],
+        nprobes: &[usize],
+        scalar_ids: bool,
+    ) {
         let d = index.dim();
         let mut screened = Searcher::new();
         let mut exact = Searcher::new();
@@ -676,8 +797,8 @@ mod tests {
                         .map(|n| n.id)
                         .collect();
                     let want_ids: Vec<i64> = want.iter().map(|n| n.id).collect();
-                    assert_eq!(
-                        got, want_ids,
+                    assert!(
+                        !scalar_ids || got == want_ids,
                         "scalar kernels, query {qi} k {k} nprobe {nprobe}"
                     );
                 }
@@ -740,6 +861,65 @@ mod tests {
         queries.extend_from_slice(&rows[..5 * dim]);
         queries.extend(std::iter::repeat(0.0).take(dim));
         assert_same_as_exact(&index, &queries, &[1, 8], &[1, 3, 40]);
+    }
+
+    #[test]
+    fn list_screening_returns_the_full_scans_neighbours_bit_for_bit() {
+        let mut rng = Rng(5);
+        for dim in [24, 80, 256, 768] {
+            let centres: Vec<f32> = (0..6 * dim).map(|_| 3.0 * rng.next()).collect();
+            let mut rows = clustered(&mut rng, dim, &centres, 1200, 0.6);
+            // Exact duplicates (ties resolve in storage order), near-duplicates, a far outlier
+            // and rows of very different magnitudes in the same lists.
+            let dup = rows[..20 * dim].to_vec();
+            rows.extend_from_slice(&dup);
+            let near: Vec<f32> = dup.iter().map(|v| v + 1e-3 * rng.next()).collect();
+            rows.extend_from_slice(&near);
+            rows.extend((0..dim).map(|j| centres[j] + 1e4 * rng.next()));
+            rows.extend((0..dim).map(|j| centres[dim + j] * (1.0 + 1e-7 * j as f32)));
+            // 200 identical rows: more candidates than a list screen keeps (falls back).
+            let same: Vec<f32> = (0..dim).map(|j| centres[2 * dim + j] + 0.3).collect();
+            for _ in 0..200 {
+                rows.extend_from_slice(&same);
+            }
+            let centroids: Vec<f32> = centres
+                .iter()
+                .chain(&rows[..10 * dim])
+                .map(|v| v + 0.01 * rng.next())
+                .collect();
+            let index = index(dim, centroids, &rows, Metric::L2, 0);
+            assert!(index.codes().is_some());
+            // Queries: stored rows (distance 0), perturbed rows, fresh points, the duplicate.
+            let mut queries = rows[..30 * dim].to_vec();
+            queries.extend(rows[..30 * dim].iter().map(|v| v + 0.05 * rng.next()));
+            queries.extend(clustered(&mut rng, dim, &centres, 60, 1.5));
+            queries.extend_from_slice(&same);
+            let before = Searcher::new().stats();
+            assert_eq!(before.codes_screened, 0);
+            assert_same_as_exact_with(&index, &queries, &[1, 8, 32], &[1, 3], false);
+            let mut s = Searcher::new();
+            for q in queries.chunks_exact(dim) {
+                s.search(&index, q, 8, 1);
+            }
+            let st = s.stats();
+            assert!(st.codes_screened > 0, "{st:?}");
+            assert!(st.vectors_rechecked < st.codes_screened / 2, "{st:?}");
+            assert!(st.list_fallbacks > 0, "{st:?}");
+        }
+    }
+
+    #[test]
+    fn inner_product_indexes_scan_lists_in_f32() {
+        let mut rng = Rng(6);
+        let dim = 32;
+        let centroids: Vec<f32> = (0..4 * dim).map(|_| rng.next()).collect();
+        let rows: Vec<f32> = (0..400 * dim).map(|_| rng.next()).collect();
+        let index = index(dim, centroids, &rows, Metric::InnerProduct, 0);
+        assert!(index.codes().is_none());
+        let mut s = Searcher::new();
+        s.search(&index, &rows[..dim], 8, 1);
+        assert_eq!(s.stats().codes_screened, 0);
+        assert!(s.stats().vectors_scanned > 0);
     }
 
     #[test]
