@@ -14,7 +14,7 @@ use faiss::index::ivf_flat::IVFFlatIndexImpl;
 use faiss::index::Index;
 use serde::Serialize;
 
-use super::{rvc_nlist, FaissIvf, IvfIndex, Searcher, BLOCK};
+use super::{rvc_nlist, FaissIvf, IvfIndex, SearchStats, Searcher, BLOCK};
 use crate::format::{FormatError, Metric};
 
 extern "C" {
@@ -131,39 +131,70 @@ pub struct CaseResult {
     pub ratio_block16: f64,
     /// knnblend p99.9 / knnblend p50 (tail flatness; target ≤ 2).
     pub knnblend_tail: f64,
+    /// knnblend median with nothing run in between (the centroid table stays in cache), µs.
+    pub knnblend_solo_p50_us: f64,
+    /// knnblend 99.9th percentile with nothing run in between, µs.
+    pub knnblend_solo_p999_us: f64,
+    /// A fixed, cache-resident compute task calibrated to take about knnblend's p50, timed
+    /// between the searches of the same run: its median, µs.
+    pub fixed_task_p50_us: f64,
+    /// The fixed task's 99.9th percentile, µs: what the machine alone (interrupts, the
+    /// hypervisor, other tenants) adds to a constant amount of work.
+    pub fixed_task_p999_us: f64,
+    /// fixed_task_p999_us / fixed_task_p50_us: the tail of constant work on this machine.
+    pub fixed_task_tail: f64,
     /// faiss p99.9 / faiss p50.
     pub faiss_tail: f64,
     /// Percentage of queries (single and block) where both returned the same ids in order.
     pub same_neighbours_pct: f64,
-    /// Bytes knnblend reads per query: 8-bit centroid table + its constants, lists re-checked
-    /// in f32, the probed list (expected size), ids.
+    /// Bytes knnblend reads in the median query (by floor): 8-bit centroid table and its
+    /// constants, centroids re-checked in f32, the probed list's 8-bit codes and constants,
+    /// vectors re-checked (or short lists scanned) in f32.
     pub bytes_per_query: f64,
-    /// Bytes an f32 centroid scan (faiss) reads per query.
+    /// Bytes an f32 centroid scan and f32 list scan (faiss) read in the median query.
     pub faiss_bytes_per_query: f64,
     /// Measured single-core read bandwidth for the centroid-table working set, GB/s.
     pub table_bandwidth_gbs: f64,
-    /// Measured single-core read bandwidth for the whole index as working set, GB/s.
+    /// Measured single-core read bandwidth for the whole index (and its codes) as working
+    /// set, GB/s: lists, codes and re-checked vectors are charged at it.
     pub list_bandwidth_gbs: f64,
-    /// Memory floor: table bytes at table bandwidth + list bytes at index bandwidth, µs.
+    /// Measured single-core read bandwidth for the f32 centroids as working set, GB/s:
+    /// re-checked centroids are charged at it.
+    pub centroid_bandwidth_gbs: f64,
+    /// Memory floor of the median query: each kind of bytes at its bandwidth, µs.
     pub memory_floor_us: f64,
-    /// Compute floor: FMAs per query at the measured peak FMA rate, µs.
+    /// Compute floor of the median query: FMAs (and 8-bit multiply-adds) at the measured
+    /// peak FMA rate, µs.
     pub fma_floor_us: f64,
-    /// The larger of the two floors, µs.
+    /// The floor: the median over queries of the larger of each query's two floors, µs.
     pub floor_us: f64,
-    /// knnblend p50 / floor.
+    /// knnblend p50 / floor (alternating with faiss, which evicts our table between calls).
     pub p50_over_floor: f64,
-    /// The same floor for an f32 centroid scan (what faiss must read), µs.
+    /// knnblend solo p50 / floor.
+    pub solo_p50_over_floor: f64,
+    /// The floor as the alternating run touches memory: between two of our searches faiss
+    /// reads its f32 centroids, so our table's working set is the table plus those (it is
+    /// charged at the bandwidth for that size); everything else as in `floor_us`, µs.
+    pub floor_as_run_us: f64,
+    /// knnblend p50 (alternating) / floor_as_run_us.
+    pub p50_over_floor_as_run: f64,
+    /// The same floor for faiss's reads (all f32 centroids, the whole list in f32), µs.
     pub faiss_floor_us: f64,
     /// faiss p50 / its floor.
     pub faiss_p50_over_floor: f64,
-    /// Median over queries of the floor of the list each query actually probed, µs.
+    /// Median of the per-query floor (the same as `floor_us`), µs.
     pub floor_p50_us: f64,
-    /// 99.9th percentile of that per-query floor, µs.
+    /// 99.9th percentile of the per-query floor, µs.
     pub floor_p999_us: f64,
     /// floor_p999_us / floor_p50_us: the tail the data itself imposes (lists differ in size).
     pub floor_tail: f64,
-    /// Lists re-checked exactly per query after 8-bit screening.
+    /// Centroids re-checked exactly per query after 8-bit screening (mean).
     pub rechecked_per_query: f64,
+    /// Stored vectors screened through 8-bit codes per query (mean).
+    pub codes_per_query: f64,
+    /// Stored vectors read in f32 per query: re-checked after a list screen, or in lists too
+    /// short to screen (mean).
+    pub vectors_per_query: f64,
     /// Queries that fell back to an exact scan of every centroid.
     pub exact_scans: u64,
 }
@@ -538,14 +569,19 @@ fn run_case(
         black_box(faiss.search(q, k).map_err(ferr)?);
     }
     let stats0 = s.stats();
+    let fixed = FixedTask::calibrated(index, &mut s, queries, k);
     let mut ours = Vec::with_capacity(nq);
     let mut theirs = Vec::with_capacity(nq);
+    let mut fixed_ns = Vec::with_capacity(nq);
     let mut same = 0usize;
     let mut ids = [0i64; super::MAX_K];
     let mut probed_len = Vec::with_capacity(nq);
+    let mut work = Vec::with_capacity(nq);
     let mut breather = Breather(Instant::now());
     for (i, q) in queries.chunks_exact(d).enumerate() {
         breather.tick();
+        fixed_ns.push(fixed.time());
+        let before = s.stats();
         let ours_first = i % 2 == 0;
         let time_ours = |s: &mut Searcher, ids: &mut [i64; super::MAX_K]| {
             let t = Instant::now();
@@ -571,6 +607,7 @@ fn run_case(
         }
         ours.push(ns_o);
         theirs.push(ns_f);
+        work.push(Work::between(before, s.stats()));
         if let Some(first) = s.last().first() {
             let offsets = index.list_offsets();
             let list = offsets.partition_point(|&o| o <= first.pos as u64) - 1;
@@ -587,6 +624,15 @@ fn run_case(
         }
     }
     let stats1 = s.stats();
+
+    // The same queries with nothing in between.
+    let mut solo = Vec::with_capacity(nq);
+    for q in queries.chunks_exact(d) {
+        breather.tick();
+        let t = Instant::now();
+        black_box(s.search(index, black_box(q), k, 1));
+        solo.push(t.elapsed().as_nanos() as f64);
+    }
 
     // Blocks of 16.
     let mut ours_b = Vec::new();
@@ -632,49 +678,80 @@ fn run_case(
     let bo = Latency::from_ns(ours_b).p50_us;
     let bf = Latency::from_ns(theirs_b).p50_us;
 
-    // Floors.
+    // Floors: the bytes and multiply-adds each query actually needed (from the searcher's
+    // counters), each kind of bytes at the bandwidth measured for its working set.
     let nlist = index.nlist();
-    let n = index.ntotal().max(1);
-    let offsets = index.list_offsets();
-    // A query lands in a list about in proportion to its size: E[len] = Σ len² / N.
-    let expected_len: f64 = (0..nlist)
-        .map(|l| ((offsets[l + 1] - offsets[l]) as f64).powi(2))
-        .sum::<f64>()
-        / n as f64;
-    let rechecked = (stats1.rechecked - stats0.rechecked) as f64 / nq.max(1) as f64;
-    let list_bytes = expected_len * (d as f64 * 4.0 + 8.0);
-    let table_bytes = (nlist * d + nlist * 20) as f64 + rechecked * d as f64 * 4.0;
-    let faiss_table_bytes = (nlist * d * 4) as f64;
+    let (d8, d32) = (d as f64, d as f64 * 4.0);
+    let table_bytes = (nlist * d + nlist * 20) as f64;
     let table_bw = bw.get(table_bytes as usize);
-    let faiss_table_bw = bw.get(faiss_table_bytes as usize);
-    let list_bw = bw.get(index.byte_len());
-    let mem_floor = table_bytes / table_bw / 1e3 + list_bytes / list_bw / 1e3;
-    let fmas = ((nlist + rechecked as usize) * d) as f64 + expected_len * d as f64;
-    let fma_floor = if peak_fma > 0.0 {
-        fmas / peak_fma * 1e6
-    } else {
-        0.0
+    let centroid_bw = bw.get(nlist * d * 4);
+    let list_bw = bw.get(index.byte_len() + index.screening_bytes());
+    let table_bw_as_run = bw.get(table_bytes as usize + nlist * d * 4);
+    let fma_us = |fmas: f64| {
+        if peak_fma > 0.0 {
+            fmas / peak_fma * 1e6
+        } else {
+            0.0
+        }
     };
-    let floor = mem_floor.max(fma_floor);
-    // The floor of each query, from the list it actually probed: how much the data alone
-    // spreads the latency (lists differ in size).
-    let per_query_floor = Latency::from_ns(
+    let floors_at = |table_bw: f64| -> Vec<(f64, f64, f64)> {
+        work.iter()
+            .map(|w| {
+                let list_bytes = w.codes * (d8 + 20.0) + w.vectors * (d32 + 8.0);
+                let bytes = table_bytes + w.centroids * d32 + list_bytes;
+                let mem = table_bytes / table_bw / 1e3
+                    + w.centroids * d32 / centroid_bw / 1e3
+                    + list_bytes / list_bw / 1e3;
+                let fma = fma_us((nlist as f64 + w.centroids + w.codes + w.vectors) * d8);
+                (mem.max(fma), mem, bytes)
+            })
+            .collect()
+    };
+    let floors = floors_at(table_bw);
+    let floor_as_run = Latency::from_ns(
+        floors_at(table_bw_as_run)
+            .iter()
+            .map(|f| f.0 * 1e3)
+            .collect(),
+    )
+    .p50_us;
+    let median_query = {
+        let mut order: Vec<usize> = (0..floors.len()).collect();
+        order.sort_by(|&a, &b| floors[a].0.total_cmp(&floors[b].0));
+        order.get(order.len() / 2).copied()
+    };
+    let per_query_floor = Latency::from_ns(floors.iter().map(|f| f.0 * 1e3).collect());
+    let floor = per_query_floor.p50_us;
+    let (mem_floor, fma_floor, bytes_per_query) = match median_query {
+        Some(i) => {
+            let w = work[i];
+            (
+                floors[i].1,
+                fma_us((nlist as f64 + w.centroids + w.codes + w.vectors) * d8),
+                floors[i].2,
+            )
+        }
+        None => (0.0, 0.0, 0.0),
+    };
+    // faiss reads every f32 centroid and the whole probed list in f32.
+    let faiss_table_bytes = (nlist * d * 4) as f64;
+    let faiss_list_bw = bw.get(index.byte_len());
+    let faiss_floors = Latency::from_ns(
         probed_len
             .iter()
             .map(|&len| {
-                let bytes = len * (d as f64 * 4.0 + 8.0);
-                let fmas = ((nlist as f64 + rechecked) + len) * d as f64;
-                let mem = table_bytes / table_bw + bytes / list_bw;
-                mem.max(if peak_fma > 0.0 {
-                    fmas / peak_fma * 1e9
-                } else {
-                    0.0
-                })
+                let mem = faiss_table_bytes / centroid_bw + len * (d32 + 8.0) / faiss_list_bw;
+                mem.max(fma_us((nlist as f64 + len) * d8) * 1e3)
             })
             .collect(),
     );
-    let faiss_floor =
-        (faiss_table_bytes / faiss_table_bw / 1e3 + list_bytes / list_bw / 1e3).max(fma_floor);
+    let faiss_floor = faiss_floors.p50_us;
+    let mut lens = probed_len.clone();
+    lens.sort_by(f64::total_cmp);
+    let median_len = lens.get(lens.len() / 2).copied().unwrap_or(0.0);
+    let mean = |f: fn(&Work) -> f64| work.iter().map(f).sum::<f64>() / work.len().max(1) as f64;
+    let lo_solo = Latency::from_ns(solo);
+    let lx = Latency::from_ns(fixed_ns);
 
     let total = nq + nb;
     Ok(CaseResult {
@@ -700,24 +777,107 @@ fn run_case(
         ratio_p999: lf.p999_us / lo.p999_us,
         ratio_block16: bf / bo,
         knnblend_tail: lo.p999_us / lo.p50_us,
+        knnblend_solo_p50_us: lo_solo.p50_us,
+        knnblend_solo_p999_us: lo_solo.p999_us,
+        fixed_task_p50_us: lx.p50_us,
+        fixed_task_p999_us: lx.p999_us,
+        fixed_task_tail: lx.p999_us / lx.p50_us,
         faiss_tail: lf.p999_us / lf.p50_us,
         same_neighbours_pct: 100.0 * (same + same_b) as f64 / total.max(1) as f64,
-        bytes_per_query: table_bytes + list_bytes,
-        faiss_bytes_per_query: faiss_table_bytes + list_bytes,
+        bytes_per_query,
+        faiss_bytes_per_query: faiss_table_bytes + median_len * (d32 + 8.0),
         table_bandwidth_gbs: table_bw,
         list_bandwidth_gbs: list_bw,
+        centroid_bandwidth_gbs: centroid_bw,
         memory_floor_us: mem_floor,
         fma_floor_us: fma_floor,
         floor_us: floor,
         p50_over_floor: lo.p50_us / floor,
+        solo_p50_over_floor: lo_solo.p50_us / floor,
+        floor_as_run_us: floor_as_run,
+        p50_over_floor_as_run: lo.p50_us / floor_as_run,
         faiss_floor_us: faiss_floor,
         faiss_p50_over_floor: lf.p50_us / faiss_floor,
-        rechecked_per_query: rechecked,
+        rechecked_per_query: mean(|w| w.centroids),
+        codes_per_query: mean(|w| w.codes),
+        vectors_per_query: mean(|w| w.vectors),
         floor_p50_us: per_query_floor.p50_us,
         floor_p999_us: per_query_floor.p999_us,
         floor_tail: per_query_floor.p999_us / per_query_floor.p50_us,
         exact_scans: stats1.exact_scans - stats0.exact_scans,
     })
+}
+
+/// What one search read, from the searcher's counters.
+#[derive(Clone, Copy, Debug)]
+struct Work {
+    /// f32 centroids re-checked.
+    centroids: f64,
+    /// Stored vectors screened through their codes.
+    codes: f64,
+    /// Stored vectors read in f32 (re-checked, or short lists scanned).
+    vectors: f64,
+}
+
+impl Work {
+    fn between(a: SearchStats, b: SearchStats) -> Work {
+        let centroids = if b.exact_scans > a.exact_scans {
+            f64::NAN // not expected; shows up in the report rather than hiding
+        } else {
+            (b.rechecked - a.rechecked) as f64
+        };
+        Work {
+            centroids,
+            codes: (b.codes_screened - a.codes_screened) as f64,
+            vectors: ((b.vectors_rechecked - a.vectors_rechecked)
+                + (b.vectors_scanned - a.vectors_scanned)) as f64,
+        }
+    }
+}
+
+/// A constant amount of cache-resident arithmetic (a dependent multiply-add chain over 16 KiB),
+/// calibrated to take about as long as a median search: timing it between the searches shows
+/// how much the machine alone stretches the tail of constant work.
+struct FixedTask {
+    data: Vec<f32>,
+    reps: usize,
+}
+
+impl FixedTask {
+    fn calibrated(index: &IvfIndex, s: &mut Searcher, queries: &[f32], k: usize) -> FixedTask {
+        let d = index.dim();
+        let mut v: Vec<f64> = queries
+            .chunks_exact(d)
+            .take(300)
+            .map(|q| {
+                let t = Instant::now();
+                black_box(s.search(index, black_box(q), k, 1));
+                t.elapsed().as_nanos() as f64
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let target = v.get(v.len() / 2).copied().unwrap_or(10_000.0);
+        let mut task = FixedTask {
+            data: (0..4096).map(|i| i as f32 * 1e-3).collect(),
+            reps: 1,
+        };
+        let mut one: Vec<f64> = (0..200).map(|_| task.time()).collect();
+        one.sort_by(f64::total_cmp);
+        task.reps = ((target / one[100].max(1.0)).round() as usize).max(1);
+        task
+    }
+
+    fn time(&self) -> f64 {
+        let t = Instant::now();
+        let mut acc = 0f32;
+        for _ in 0..self.reps {
+            for &x in black_box(&self.data[..]) {
+                acc = acc * 0.999 + x;
+            }
+        }
+        black_box(acc);
+        t.elapsed().as_nanos() as f64
+    }
 }
 
 /// Median single-query latency of both engines at one k (alternating, fewer queries).
@@ -927,13 +1087,13 @@ pub fn format_text(r: &Report) -> String {
     let _ = writeln!(s, "\nfloors (bytes touched per query at the measured bandwidth for that working set; FMAs at peak):");
     let _ = writeln!(
         s,
-        "{:<22} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} | {:>10} {:>9} {:>9} | {:>7} {:>6} {:>6} | {:>8} {:>8} {:>6}",
-        "case", "bytes/q", "table GB/s", "list GB/s", "mem floor", "fma fl.", "floor", "p50/fl", "f32 bytes", "f32 floor", "faiss/fl", "recheck", "tail", "f.tail", "q.fl p50", "q.fl 999", "fl.tail"
+        "{:<22} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} | {:>10} {:>9} {:>8} | {:>6} {:>6} {:>6} | {:>8} {:>6}",
+        "case", "bytes/q", "table GB/s", "list GB/s", "mem floor", "fma fl.", "floor", "p50/fl", "solo/fl", "run fl.", "p50/rfl", "f32 bytes", "f32 floor", "faiss/fl", "cents", "codes", "f32 vs", "q.fl 999", "fl.tail"
     );
     for c in &r.cases {
         let _ = writeln!(
             s,
-            "{:<22} {:>10} {:>10.1} {:>9.1} {:>9.1} {:>8.1} {:>9.1} {:>8.2} | {:>10} {:>9.1} {:>9.2} | {:>7.2} {:>6.2} {:>6.2} | {:>8.1} {:>8.1} {:>6.2}",
+            "{:<22} {:>10} {:>10.1} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>7.2} {:>7.2} {:>7.1} {:>7.2} | {:>10} {:>9.1} {:>8.2} | {:>6.1} {:>6.0} {:>6.1} | {:>8.1} {:>6.2}",
             c.name,
             human_bytes(c.bytes_per_query),
             c.table_bandwidth_gbs,
@@ -942,15 +1102,53 @@ pub fn format_text(r: &Report) -> String {
             c.fma_floor_us,
             c.floor_us,
             c.p50_over_floor,
+            c.solo_p50_over_floor,
+            c.floor_as_run_us,
+            c.p50_over_floor_as_run,
             human_bytes(c.faiss_bytes_per_query),
             c.faiss_floor_us,
             c.faiss_p50_over_floor,
             c.rechecked_per_query,
-            c.knnblend_tail,
-            c.faiss_tail,
-            c.floor_p50_us,
+            c.codes_per_query,
+            c.vectors_per_query,
             c.floor_p999_us,
             c.floor_tail
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\ntails (p99.9 / p50): knnblend alternating with faiss, knnblend solo, faiss, and a fixed\ncache-resident task calibrated to knnblend's p50, timed between the same searches:"
+    );
+    let _ = writeln!(
+        s,
+        "{:<22} {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} | {:>6} | {:>8} {:>8} {:>6}",
+        "case",
+        "ours p50",
+        "p99.9",
+        "tail",
+        "solo p50",
+        "p99.9",
+        "tail",
+        "faiss",
+        "fixed50",
+        "p99.9",
+        "tail"
+    );
+    for c in &r.cases {
+        let _ = writeln!(
+            s,
+            "{:<22} {:>9.1} {:>9.1} {:>6.2} | {:>9.1} {:>9.1} {:>6.2} | {:>6.2} | {:>8.1} {:>8.1} {:>6.2}",
+            c.name,
+            c.knnblend_p50_us,
+            c.knnblend_p999_us,
+            c.knnblend_tail,
+            c.knnblend_solo_p50_us,
+            c.knnblend_solo_p999_us,
+            c.knnblend_solo_p999_us / c.knnblend_solo_p50_us,
+            c.faiss_tail,
+            c.fixed_task_p50_us,
+            c.fixed_task_p999_us,
+            c.fixed_task_tail
         );
     }
     if !r.k_sweep.is_empty() {

@@ -195,6 +195,11 @@ impl CoarseTable {
         as_i8(&self.bytes, self.nlist * self.dim)
     }
 
+    /// Bytes held (table and bound constants).
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len() + self.nlist * 20
+    }
+
     /// Tries to lock the table's pages in RAM (best effort, like the index itself).
     pub fn lock(&self) -> bool {
         pin(&self.bytes, &self.bounds, true)

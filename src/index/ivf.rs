@@ -347,6 +347,13 @@ impl IvfIndex {
         self.coarse.as_ref()
     }
 
+    /// Bytes of the screening tables built when the index was made (8-bit centroids, 8-bit
+    /// residual codes of the vectors, their bound constants), held in memory beside the index.
+    pub fn screening_bytes(&self) -> usize {
+        self.coarse.as_ref().map_or(0, |c| c.byte_len())
+            + self.codes.as_ref().map_or(0, |c| c.byte_len())
+    }
+
     /// The 8-bit residual codes of the stored vectors, if this index has them (L2, finite).
     pub(crate) fn codes(&self) -> Option<&ListCodes> {
         self.codes.as_ref()

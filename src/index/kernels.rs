@@ -550,8 +550,18 @@ mod avx2 {
                 }
                 j += 16;
             }
+            // Lane sums of the four accumulators in one tree: [Σa, Σb, Σc, Σd].
+            let h = _mm256_hadd_epi32(
+                _mm256_hadd_epi32(acc[0], acc[1]),
+                _mm256_hadd_epi32(acc[2], acc[3]),
+            );
+            let mut sums = [0i32; 4];
+            _mm_storeu_si128(
+                sums.as_mut_ptr().cast(),
+                _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h)),
+            );
             for t in 0..t_n {
-                let mut s = hsum_i32(acc[t]);
+                let mut s = sums[t];
                 for jj in j..d {
                     s += *pq.add(jj) as i32 * *r[t].add(jj) as i32;
                 }
@@ -695,6 +705,27 @@ mod avx512 {
     use super::{check_rows, I8_MAX_DIM};
     use std::arch::x86_64::*;
 
+    /// The lane sums of four accumulators at once, `[Σa, Σb, Σc, Σd]` (one transpose-and-add
+    /// tree instead of four separate reductions).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn reduce4(acc: [__m512i; 4]) -> __m128i {
+        let ab = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(acc[0], acc[1]),
+            _mm512_unpackhi_epi32(acc[0], acc[1]),
+        );
+        let cd = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(acc[2], acc[3]),
+            _mm512_unpackhi_epi32(acc[2], acc[3]),
+        );
+        let abcd = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+        let h = _mm256_add_epi32(
+            _mm512_castsi512_si256(abcd),
+            _mm512_extracti64x4_epi64::<1>(abcd),
+        );
+        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+    }
+
     /// Thirty-two bytes at `p` sign-extended to thirty-two i16.
     #[inline(always)]
     unsafe fn load_i8(p: *const i8) -> __m512i {
@@ -736,8 +767,10 @@ mod avx512 {
                 }
                 j += 32;
             }
+            let mut sums = [0i32; 4];
+            _mm_storeu_si128(sums.as_mut_ptr().cast(), reduce4(acc));
             for t in 0..t_n {
-                let mut s = _mm512_reduce_add_epi32(acc[t]);
+                let mut s = sums[t];
                 for jj in j..d {
                     s += *pq.add(jj) as i32 * *r[t].add(jj) as i32;
                 }

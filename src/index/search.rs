@@ -227,16 +227,22 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
                 );
             }
         }
-        let vectors = index.vectors();
         for &l in self.upper.vals() {
             let (start, end) = (
                 offsets[l as usize] as usize,
                 offsets[l as usize + 1] as usize,
             );
-            prefetch(
-                vectors[start * d..].as_ptr().cast(),
-                ((end - start) * d * 4).min(LIST_PREFETCH),
-            );
+            // The list's codes when it will be screened, else its f32 vectors.
+            match index.codes() {
+                Some(codes) if end - start >= MIN_SCREENED_LIST => prefetch(
+                    codes.rows()[start * d..].as_ptr().cast(),
+                    ((end - start) * d).min(LIST_PREFETCH),
+                ),
+                _ => prefetch(
+                    index.vectors()[start * d..].as_ptr().cast(),
+                    ((end - start) * d * 4).min(LIST_PREFETCH),
+                ),
+            }
         }
         let mut n = 0;
         for i in 0..self.n {
