@@ -87,21 +87,25 @@ pub(crate) struct RowCode {
     pub qnorm: f64,
 }
 
-/// Quantises the row `v(0..out.len())` to bytes with scale `max|v| / 127` (rounded to f32) and
+/// Quantises the row `v` to bytes `out` with scale `max|v| / 127` (rounded to f32) and
 /// measures its error. Every value must be finite.
-pub(crate) fn encode_row(v: impl Fn(usize) -> f64, out: &mut [u8]) -> RowCode {
-    let max = (0..out.len()).fold(0f64, |m, j| m.max(v(j).abs()));
+pub(crate) fn encode_row(v: &[f64], out: &mut [u8]) -> RowCode {
+    debug_assert_eq!(v.len(), out.len());
+    let max = v.iter().fold(0f64, |m, x| m.max(x.abs()));
     let s = if max > 0.0 { (max / 127.0) as f32 } else { 1.0 };
     let s = if s > 0.0 { s } else { f32::MIN_POSITIVE };
+    let (sf, inv) = (s as f64, 1.0 / s as f64);
     let (mut err2, mut norm2, mut qnorm2) = (0f64, 0f64, 0f64);
-    for (j, o) in out.iter_mut().enumerate() {
-        let x = v(j);
-        let b = (x / s as f64).round().clamp(-127.0, 127.0) as i8;
-        let back = b as f64 * s as f64;
-        err2 += (x - back).powi(2);
+    for (o, &x) in out.iter_mut().zip(v) {
+        // Round half away from zero without a libm call; any rounding is fine, because the
+        // error is measured from the byte actually stored.
+        let r = x * inv;
+        let b = ((r + 0.5f64.copysign(r)) as i32).clamp(-127, 127);
+        let back = b as f64 * sf;
+        err2 += (x - back) * (x - back);
         norm2 += x * x;
         qnorm2 += back * back;
-        *o = b as u8;
+        *o = b as i8 as u8;
     }
     RowCode {
         scale: s,
@@ -170,8 +174,12 @@ impl CoarseTable {
         let mut bytes = AlignedBytes::zeroed(nlist * dim);
         let mut bounds = RowBounds::with_capacity(nlist, 4.0 * gamma);
         let out = bytes.as_mut_slice();
+        let mut row = vec![0f64; dim];
         for (l, c) in centroids.chunks_exact(dim).enumerate() {
-            let code = encode_row(|j| c[j] as f64, &mut out[l * dim..(l + 1) * dim]);
+            for (r, &v) in row.iter_mut().zip(c) {
+                *r = v as f64;
+            }
+            let code = encode_row(&row, &mut out[l * dim..(l + 1) * dim]);
             let empty = list_offsets[l + 1] == list_offsets[l];
             let b = match metric {
                 _ if empty => EMPTY_BIAS as f64,
