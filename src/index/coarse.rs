@@ -121,43 +121,27 @@ pub(crate) fn sum_rounding(dim: usize) -> f64 {
     (dim as f64 / 8.0 + 16.0) * f64::powi(2.0, -24)
 }
 
-/// Tries to `mlock` (or, with `lock = false`, `munlock`) a byte region and the bound vectors.
-pub(crate) fn pin(bytes: &AlignedBytes, bounds: &RowBounds, lock: bool) -> bool {
-    let f = |p: *const u8, n: usize| {
-        // SAFETY: mlock/munlock only pin or unpin pages of memory we own.
-        unsafe {
-            if lock {
-                libc::mlock(p.cast(), n) == 0
-            } else {
-                libc::munlock(p.cast(), n) == 0
-            }
-        }
-    };
-    let mut ok = bytes.is_empty() || f(bytes.as_slice().as_ptr(), bytes.len());
-    for v in bounds.regions() {
-        ok &= v.is_empty() || f(v.as_ptr().cast(), v.len() * 4);
-    }
-    ok
-}
-
-/// 8-bit centroid table and the constants of its error bound.
-pub(crate) struct CoarseTable {
+/// Rows coded as bytes (`rows × dim`, row-major) with the constants of their screening bounds:
+/// the centroid table ([`CodedRows::centroids`]) and the list codes (`CodedRows::lists`,
+/// `codes.rs`).
+pub(crate) struct CodedRows {
     bytes: AlignedBytes,
     dim: usize,
-    nlist: usize,
-    /// Per-centroid bound constants (`bias` is [`EMPTY_BIAS`] for empty lists).
+    rows: usize,
+    /// Per-row bound constants.
     pub bounds: RowBounds,
 }
 
-impl CoarseTable {
-    /// Builds the table, or `None` when the dimension is beyond the integer kernels or some
-    /// centroid is not finite (the searcher then scans the f32 centroids directly).
-    pub fn build(
+impl CodedRows {
+    /// Builds the 8-bit centroid table, or `None` when the dimension is beyond the integer
+    /// kernels or some centroid is not finite (the searcher then scans the f32 centroids
+    /// directly). Empty lists get a bias of [`EMPTY_BIAS`].
+    pub fn centroids(
         centroids: &[f32],
         dim: usize,
         metric: Metric,
         list_offsets: &[u64],
-    ) -> Option<CoarseTable> {
+    ) -> Option<CodedRows> {
         if dim == 0
             || dim > I8_MAX_DIM
             || centroids.len() % dim != 0
@@ -189,43 +173,61 @@ impl CoarseTable {
             // The γ term covers the f32 key arithmetic and the cross term of the exact re-check.
             bounds.push(alpha, b, &code, 4.0 * gamma * code.norm2.sqrt());
         }
-        Some(CoarseTable {
+        Some(CodedRows::new(bytes, dim, nlist, bounds))
+    }
+
+    /// Wraps `rows × dim` coded bytes and their bounds.
+    pub fn new(bytes: AlignedBytes, dim: usize, rows: usize, bounds: RowBounds) -> CodedRows {
+        debug_assert!(bytes.len() >= rows * dim && bounds.bias.len() == rows);
+        CodedRows {
             bytes,
             dim,
-            nlist,
+            rows,
             bounds,
-        })
+        }
     }
 
-    /// The bytes, `nlist × dim`, row-major.
+    /// The bytes, `rows × dim`, row-major.
     #[inline]
     pub fn rows(&self) -> &[i8] {
-        as_i8(&self.bytes, self.nlist * self.dim)
+        let b = &self.bytes.as_slice()[..self.rows * self.dim];
+        // SAFETY: same length and alignment; any bits are a valid i8.
+        unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<i8>(), b.len()) }
     }
 
-    /// Bytes held (table and bound constants).
+    /// Bytes held (codes and bound constants).
     pub fn byte_len(&self) -> usize {
-        self.bytes.len() + self.nlist * 20
+        self.bytes.len() + self.rows * 20
     }
 
-    /// Tries to lock the table's pages in RAM (best effort, like the index itself).
+    /// Tries to lock the pages in RAM (best effort, like the index itself).
     pub fn lock(&self) -> bool {
-        pin(&self.bytes, &self.bounds, true)
+        self.pin(true)
     }
 
     /// Releases what [`lock`](Self::lock) pinned (freeing heap memory does not unlock pages
     /// that other allocations may share).
     pub fn unlock(&self) {
-        pin(&self.bytes, &self.bounds, false);
+        self.pin(false);
     }
-}
 
-/// The first `n` bytes of `bytes` as `i8`.
-#[inline]
-pub(crate) fn as_i8(bytes: &AlignedBytes, n: usize) -> &[i8] {
-    let b = &bytes.as_slice()[..n];
-    // SAFETY: same length and alignment; any bits are a valid i8.
-    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<i8>(), n) }
+    fn pin(&self, lock: bool) -> bool {
+        let f = |p: *const u8, n: usize| {
+            // SAFETY: mlock/munlock only pin or unpin pages of memory we own.
+            unsafe {
+                if lock {
+                    libc::mlock(p.cast(), n) == 0
+                } else {
+                    libc::munlock(p.cast(), n) == 0
+                }
+            }
+        };
+        let mut ok = self.bytes.is_empty() || f(self.bytes.as_slice().as_ptr(), self.bytes.len());
+        for v in self.bounds.regions() {
+            ok &= v.is_empty() || f(v.as_ptr().cast(), v.len() * 4);
+        }
+        ok
+    }
 }
 
 /// The f32 at or above `x` (for bounds that must not shrink when stored as f32).

@@ -1,4 +1,4 @@
-//! [`ListCodes`]: an 8-bit copy of every stored vector, coded relative to its list's centroid,
+//! `CodedRows::lists`: an 8-bit copy of every stored vector, coded relative to its list's centroid,
 //! so a list scan reads a quarter of the bytes and re-checks only the few vectors its error
 //! bound cannot rule out — with the same exact f32 kernel a full scan uses, so the neighbours
 //! and their distances are bit-for-bit those of the full scan.
@@ -22,7 +22,7 @@
 
 use crate::format::{AlignedBytes, Metric};
 
-use super::coarse::{as_i8, encode_row, pin, sum_rounding, RowBounds};
+use super::coarse::{encode_row, sum_rounding, CodedRows, RowBounds};
 use super::kernels::I8_MAX_DIM;
 
 /// Lists shorter than this are scanned in f32 directly (re-checking would read most of them).
@@ -32,26 +32,17 @@ pub(crate) const MIN_SCREENED_LIST: usize = 24;
 /// plugin's features).
 pub(crate) const MIN_CODED_DIM: usize = 128;
 
-/// 8-bit residual codes of the stored vectors, in storage order, with their bound constants.
-pub(crate) struct ListCodes {
-    bytes: AlignedBytes,
-    dim: usize,
-    rows: usize,
-    /// Per-vector bound constants (`bias` is ‖y‖²).
-    pub bounds: RowBounds,
-}
-
-impl ListCodes {
-    /// Codes every vector of an L2 index, or `None` for inner-product indexes, dimensions
+impl CodedRows {
+    /// Codes every stored vector of an L2 index (in storage order, `bias` = ‖y‖²), or `None` for inner-product indexes, dimensions
     /// beyond the integer kernels, or non-finite centroids or vectors (searches then scan the
     /// f32 lists).
-    pub fn build(
+    pub fn lists(
         centroids: &[f32],
         vectors: &[f32],
         dim: usize,
         metric: Metric,
         list_offsets: &[u64],
-    ) -> Option<ListCodes> {
+    ) -> Option<CodedRows> {
         if metric != Metric::L2
             || dim < MIN_CODED_DIM
             || dim > I8_MAX_DIM
@@ -73,6 +64,9 @@ impl ListCodes {
                 return None;
             }
             for pos in start..end {
+                if bounds.bias.len() != pos {
+                    return None; // lists must tile the storage in order (validated on open)
+                }
                 let x = &vectors[pos * dim..(pos + 1) * dim];
                 if !x.iter().chain(c).all(|v| v.is_finite()) {
                     return None;
@@ -87,32 +81,6 @@ impl ListCodes {
         if bounds.bias.len() != rows || !bounds.bias.iter().all(|b| b.is_finite()) {
             return None;
         }
-        Some(ListCodes {
-            bytes,
-            dim,
-            rows,
-            bounds,
-        })
-    }
-
-    /// The codes, one row of `dim` bytes per stored vector, in storage order.
-    #[inline]
-    pub fn rows(&self) -> &[i8] {
-        as_i8(&self.bytes, self.rows * self.dim)
-    }
-
-    /// Bytes held (codes and bound constants).
-    pub fn byte_len(&self) -> usize {
-        self.bytes.len() + self.rows * 20
-    }
-
-    /// Tries to lock the codes' pages in RAM (best effort, like the index itself).
-    pub fn lock(&self) -> bool {
-        pin(&self.bytes, &self.bounds, true)
-    }
-
-    /// Releases what [`lock`](Self::lock) pinned.
-    pub fn unlock(&self) {
-        pin(&self.bytes, &self.bounds, false);
+        Some(CodedRows::new(bytes, dim, rows, bounds))
     }
 }

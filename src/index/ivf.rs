@@ -10,8 +10,7 @@ use memmap2::{Advice, Mmap, MmapOptions};
 use crate::format::kbi::{self, KbiLayout, SectionKind};
 use crate::format::{self, AlignedBytes, FileKind, FormatError, IndexParts, Metadata, Metric};
 
-use super::coarse::CoarseTable;
-use super::codes::ListCodes;
+use super::coarse::CodedRows;
 
 #[cfg(target_endian = "big")]
 compile_error!("knnblend's index files are little-endian and are used in place; big-endian targets are not supported");
@@ -69,9 +68,9 @@ pub struct IvfIndex {
     pinned: bool,
     verified: bool,
     /// 8-bit centroid table for list screening (derived, built when the index is made).
-    coarse: Option<CoarseTable>,
+    coarse: Option<CodedRows>,
     /// 8-bit residual codes of the stored vectors for list screening (derived, likewise).
-    codes: Option<ListCodes>,
+    codes: Option<CodedRows>,
 }
 
 fn view<'a, T>(bytes: &'a [u8], layout: &KbiLayout, kind: SectionKind) -> &'a [T] {
@@ -186,8 +185,8 @@ impl IvfIndex {
         let file_bytes = bytes.len() as u64;
         let centroids = view::<f32>(bytes, &layout, SectionKind::Centroids);
         let offsets = view::<u64>(bytes, &layout, SectionKind::ListOffsets);
-        let coarse = CoarseTable::build(centroids, layout.dim, layout.metric, offsets);
-        let codes = ListCodes::build(
+        let coarse = CodedRows::centroids(centroids, layout.dim, layout.metric, offsets);
+        let codes = CodedRows::lists(
             centroids,
             view::<f32>(bytes, &layout, SectionKind::Vectors),
             layout.dim,
@@ -343,7 +342,7 @@ impl IvfIndex {
     /// The 8-bit centroid table list selection screens with (None if a centroid is
     /// not finite or the dimension exceeds the integer kernels).
     #[inline]
-    pub(crate) fn coarse(&self) -> Option<&CoarseTable> {
+    pub(crate) fn coarse(&self) -> Option<&CodedRows> {
         self.coarse.as_ref()
     }
 
@@ -355,7 +354,7 @@ impl IvfIndex {
     }
 
     /// The 8-bit residual codes of the stored vectors, if this index has them (L2, finite).
-    pub(crate) fn codes(&self) -> Option<&ListCodes> {
+    pub(crate) fn codes(&self) -> Option<&CodedRows> {
         self.codes.as_ref()
     }
     /// Ids, in storage order.

@@ -10,8 +10,8 @@
 //! [`search_block`](Searcher::search_block) serves up to [`BLOCK`] queries with one pass over
 //! the centroid table.
 
-use super::coarse::{CoarseTable, RowBounds};
-use super::codes::{ListCodes, MIN_SCREENED_LIST};
+use super::coarse::{CodedRows, RowBounds};
+use super::codes::MIN_SCREENED_LIST;
 use super::kernels::{prefetch, Kernels, I8_MAX_DIM};
 use super::topk::TopK;
 use super::IvfIndex;
@@ -523,7 +523,7 @@ impl Searcher {
     fn screen_single(
         &mut self,
         index: &IvfIndex,
-        table: &CoarseTable,
+        table: &CodedRows,
         query: &[f32],
         nprobe: usize,
     ) -> bool {
@@ -619,7 +619,7 @@ impl Searcher {
     fn screen_list(
         &mut self,
         index: &IvfIndex,
-        codes: &ListCodes,
+        codes: &CodedRows,
         query: &[f32],
         k: usize,
         list: usize,
