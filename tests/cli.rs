@@ -86,10 +86,13 @@ fn inspect_json_has_the_documented_keys() {
         "list_max",
         "metadata",
         "file_bytes",
+        "screening_bytes",
         "checksums_ok",
     ] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
+    // The 8-bit centroid table at least (16 dimensions are too few for list codes).
+    assert!(v["screening_bytes"].as_u64().unwrap() >= v["nlist"].as_u64().unwrap() * 36);
     assert_eq!(v["format"], "knnblend");
     assert_eq!(v["dim"], 16);
     assert_eq!(v["metric"], "l2");

@@ -47,6 +47,7 @@ pub fn run(a: Args) -> crate::Result {
             "empty_lists": sizes.iter().filter(|&&s| s == 0).count(),
             "metadata": index.metadata(),
             "file_bytes": index.file_bytes(),
+            "screening_bytes": index.screening_bytes(),
             "checksums_ok": checksums.as_ref().map(|c| c.is_ok()),
             "checksum_error": checksums.as_ref().and_then(|c| c.as_ref().err()),
         });
@@ -91,6 +92,10 @@ pub fn run(a: Args) -> crate::Result {
         println!("  from        … and {} more", m.sources.len() - 5);
     }
     println!("  file        {} bytes", index.file_bytes());
+    println!(
+        "  screening   {} bytes in memory (8-bit copies the search screens through)",
+        index.screening_bytes()
+    );
     match checksums {
         Some(Ok(())) => println!("  checksums   ok"),
         Some(Err(e)) => println!("  checksums   FAILED: {e}"),
