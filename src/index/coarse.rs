@@ -1,4 +1,4 @@
-//! [`CoarseTable`]: an 8-bit copy of the centroids with per-centroid error bounds, so the
+//! [`CodedRows::centroids`]: an 8-bit copy of the centroids with per-centroid error bounds, so the
 //! list-selection pass reads a quarter of the bytes (small enough to stay in L2 for RVC's list
 //! counts) and still selects exactly the lists a full f32 scan would. The rows and their bounds
 //! ([`RowBounds`]) are shared with the list codes (`codes.rs`), which screen the stored vectors
