@@ -99,7 +99,7 @@ pub struct Controller {
     shared: Arc<Shared>,
     requests: Sender<Request>,
     loader: Mutex<Option<JoinHandle<()>>>,
-    /// Without a loader thread (unit tests), requests wait here for [`Controller::run_queued_loads`].
+    /// Without a loader thread (unit tests), requests wait here for `Controller::run_queued_loads` (test builds only).
     #[cfg_attr(not(test), allow(dead_code))]
     queued: Option<Receiver<Request>>,
 }
