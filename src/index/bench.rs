@@ -694,7 +694,8 @@ fn run_case(
             0.0
         }
     };
-    let floors_at = |table_bw: f64| -> Vec<(f64, f64, f64)> {
+    // Per query: (floor, memory floor, FMA floor, bytes).
+    let floors_at = |table_bw: f64| -> Vec<(f64, f64, f64, f64)> {
         work.iter()
             .map(|w| {
                 let list_bytes = w.codes * (d8 + 20.0) + w.vectors * (d32 + 8.0);
@@ -703,7 +704,7 @@ fn run_case(
                     + w.centroids * d32 / centroid_bw / 1e3
                     + list_bytes / list_bw / 1e3;
                 let fma = fma_us((nlist as f64 + w.centroids + w.codes + w.vectors) * d8);
-                (mem.max(fma), mem, bytes)
+                (mem.max(fma), mem, fma, bytes)
             })
             .collect()
     };
@@ -722,17 +723,8 @@ fn run_case(
     };
     let per_query_floor = Latency::from_ns(floors.iter().map(|f| f.0 * 1e3).collect());
     let floor = per_query_floor.p50_us;
-    let (mem_floor, fma_floor, bytes_per_query) = match median_query {
-        Some(i) => {
-            let w = work[i];
-            (
-                floors[i].1,
-                fma_us((nlist as f64 + w.centroids + w.codes + w.vectors) * d8),
-                floors[i].2,
-            )
-        }
-        None => (0.0, 0.0, 0.0),
-    };
+    let (mem_floor, fma_floor, bytes_per_query) =
+        median_query.map_or((0.0, 0.0, 0.0), |i| (floors[i].1, floors[i].2, floors[i].3));
     // faiss reads every f32 centroid and the whole probed list in f32.
     let faiss_table_bytes = (nlist * d * 4) as f64;
     let faiss_list_bw = bw.get(index.byte_len());

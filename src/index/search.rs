@@ -191,6 +191,35 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
         }
     }
 
+    /// Screens `rows` (`d` bytes each) from row `range.start` to `range.end` with the quantised
+    /// query `q16`, a chunk at a time, stopping early if the screen fails.
+    fn screen_rows(
+        &mut self,
+        kernels: &Kernels,
+        q16: &[i16],
+        rows: &[i8],
+        bounds: &RowBounds,
+        range: std::ops::Range<usize>,
+        dots: &mut [i32; SCREEN_CHUNK],
+    ) {
+        let d = q16.len();
+        let mut base = range.start;
+        while base < range.end && !self.failed {
+            let r = SCREEN_CHUNK.min(range.end - base);
+            (kernels.dot_i8_rows)(q16, &rows[base * d..(base + r) * d], &mut dots[..r]);
+            self.offer(bounds, base, &dots[..r]);
+            base += r;
+        }
+    }
+
+    /// The candidates the final bound keeps, in row order.
+    fn survivors(&self) -> impl Iterator<Item = usize> + '_ {
+        let u = self.bound();
+        (0..self.n)
+            .filter(move |&i| self.lower[i] <= u)
+            .map(|i| self.list[i] as usize)
+    }
+
     /// Drops the candidates the current bound already rules out (keeps centroid order).
     fn compact(&mut self) {
         let u = self.bound();
@@ -214,18 +243,12 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
         exact: &dyn Fn(&[f32], &[f32]) -> f32,
         probes: &mut TopK<MAX_NPROBE>,
     ) -> u64 {
-        let u = self.bound();
         let d = index.dim();
         let (centroids, offsets) = (index.centroids(), index.list_offsets());
         // Start every memory load at once: the surviving f32 centroids, and the head of the
         // lists most likely to be probed (the hardware prefetcher continues those streams).
-        for i in 0..self.n {
-            if self.lower[i] <= u {
-                prefetch(
-                    centroids[self.list[i] as usize * d..].as_ptr().cast(),
-                    d * 4,
-                );
-            }
+        for l in self.survivors() {
+            prefetch(centroids[l * d..].as_ptr().cast(), d * 4);
         }
         for &l in self.upper.vals() {
             let (start, end) = (
@@ -245,9 +268,8 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
             }
         }
         let mut n = 0;
-        for i in 0..self.n {
-            let l = self.list[i] as usize;
-            if self.lower[i] <= u && offsets[l + 1] != offsets[l] {
+        for l in self.survivors() {
+            if offsets[l + 1] != offsets[l] {
                 probes.push(exact(query, &centroids[l * d..(l + 1) * d]), l as u32);
                 n += 1;
             }
@@ -531,15 +553,14 @@ impl Searcher {
         let qn2 = (self.kernels.dot)(query, query);
         let (t, eq) = (self.kernels.quantise)(query, &mut self.query_i16[..d]);
         self.screen.begin(nprobe, qn2, t, eq, &table.bounds, false);
-        let (rows, nlist) = (table.rows(), index.nlist());
-        let mut base = 0;
-        while base < nlist && !self.screen.failed {
-            let r = SCREEN_CHUNK.min(nlist - base);
-            let dots = &mut self.idots[..r];
-            (self.kernels.dot_i8_rows)(&self.query_i16[..d], &rows[base * d..(base + r) * d], dots);
-            self.screen.offer(&table.bounds, base, dots);
-            base += r;
-        }
+        self.screen.screen_rows(
+            &self.kernels,
+            &self.query_i16[..d],
+            table.rows(),
+            &table.bounds,
+            0..index.nlist(),
+            &mut self.idots,
+        );
         if self.screen.failed {
             return false;
         }
@@ -636,15 +657,15 @@ impl Searcher {
         let s = &mut self.list_screen;
         s.begin(k, pn2, t, eq, &codes.bounds, true);
         s.ceiling = self.best.threshold();
-        let rows = codes.rows();
-        let mut base = range.start;
-        while base < range.end && !s.failed {
-            let r = SCREEN_CHUNK.min(range.end - base);
-            let dots = &mut self.idots[..r];
-            (self.kernels.dot_i8_rows)(&self.query_i16[..d], &rows[base * d..(base + r) * d], dots);
-            s.offer(&codes.bounds, base, dots);
-            base += r;
-        }
+        let q16 = &self.query_i16[..d];
+        s.screen_rows(
+            &self.kernels,
+            q16,
+            codes.rows(),
+            &codes.bounds,
+            range.clone(),
+            &mut self.idots,
+        );
         if s.failed {
             self.stats.list_fallbacks += 1;
             return false;
@@ -652,22 +673,16 @@ impl Searcher {
         self.stats.codes_screened += range.len() as u64;
         // Start every load at once, then compute the exact distances in storage order (ties
         // resolve as in a full scan).
-        let u = s.bound();
         let vectors = index.vectors();
-        for i in 0..s.n {
-            if s.lower[i] <= u {
-                prefetch(vectors[s.list[i] as usize * d..].as_ptr().cast(), d * 4);
-            }
+        for pos in s.survivors() {
+            prefetch(vectors[pos * d..].as_ptr().cast(), d * 4);
         }
         let mut one = [0f32];
         let mut n = 0;
-        for i in 0..s.n {
-            if s.lower[i] <= u {
-                let pos = s.list[i] as usize;
-                (self.kernels.l2sq_rows)(query, &vectors[pos * d..(pos + 1) * d], &mut one);
-                self.best.push(one[0], pos as u32);
-                n += 1;
-            }
+        for pos in s.survivors() {
+            (self.kernels.l2sq_rows)(query, &vectors[pos * d..(pos + 1) * d], &mut one);
+            self.best.push(one[0], pos as u32);
+            n += 1;
         }
         self.stats.vectors_rechecked += n;
         true
