@@ -15,7 +15,7 @@ use faiss::index::Index;
 use serde::Serialize;
 
 use super::{rvc_nlist, FaissIvf, IvfIndex, SearchStats, Searcher, BLOCK};
-use crate::format::{FormatError, Metric};
+use crate::format::{AlignedBytes, FormatError, Metric};
 
 extern "C" {
     /// libgomp (linked statically with faiss): faiss runs on this many threads.
@@ -1199,10 +1199,14 @@ pub fn phases(index: &IvfIndex) -> String {
     };
     let k = Kernels::detect();
     let cents = index.centroids();
-    let bytes: Vec<i8> = cents
-        .iter()
-        .map(|&x| (x * 40.0).round().clamp(-127.0, 127.0) as i8)
-        .collect();
+    // Page-aligned like the searcher's own table (rows of 64-byte multiples start on lines).
+    let mut table = AlignedBytes::zeroed(cents.len());
+    for (b, &x) in table.as_mut_slice().iter_mut().zip(cents) {
+        *b = (x * 40.0).round().clamp(-127.0, 127.0) as i8 as u8;
+    }
+    // SAFETY: same length and alignment; any bits are a valid i8.
+    let bytes: &[i8] =
+        unsafe { std::slice::from_raw_parts(table.as_slice().as_ptr().cast(), table.len()) };
     let queries = speech_like_rows(d, 4000, 1, 1_000_004);
     let q = &queries[..d];
     let q16: Vec<i16> = queries
@@ -1214,7 +1218,7 @@ pub fn phases(index: &IvfIndex) -> String {
     let (hb, fb) = ((nlist * d) as f64, (nlist * d * 4) as f64);
     if d <= super::kernels::I8_MAX_DIM {
         time("dot_i8_rows, whole 8-bit table", 2000, hb, &mut || {
-            (k.dot_i8_rows)(black_box(&q16[..d]), &bytes, &mut iout)
+            (k.dot_i8_rows)(black_box(&q16[..d]), bytes, &mut iout)
         });
     }
     time("dot_rows, whole f32 table", 2000, fb, &mut || {

@@ -11,6 +11,7 @@
 //! (`‖q‖² + ‖v‖² − 2·q·v`, from the stored norms), so the most similar neighbour weighs most;
 //! applying `1/score²` to similarities would invert the order.
 
+use super::kernels::all_finite;
 use super::search::{Searcher, MAX_K};
 use super::IvfIndex;
 use crate::format::Metric;
@@ -100,7 +101,7 @@ impl Searcher {
         } else {
             params.ratio.clamp(0.0, 1.0)
         };
-        if !query.iter().all(|v| v.is_finite()) {
+        if !all_finite(query) {
             out.copy_from_slice(query);
             return BlendOutcome::NonFiniteQuery;
         }

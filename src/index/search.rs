@@ -12,7 +12,7 @@
 
 use super::coarse::{CodedRows, RowBounds};
 use super::codes::MIN_SCREENED_LIST;
-use super::kernels::{prefetch, Kernels, I8_MAX_DIM};
+use super::kernels::{all_finite, prefetch, Kernels, I8_MAX_DIM};
 use super::topk::TopK;
 use super::IvfIndex;
 use crate::format::Metric;
@@ -144,9 +144,10 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
         let (radius, qradius) = (&bounds.radius[base..end], &bounds.qradius[base..end]);
         let slack = &bounds.bias_slack[base..end];
         let (qn, eq, t, qterm, offset) = (self.qn, self.eq, self.t, self.qterm, self.offset);
-        // Bounds for the whole chunk in one vectorisable pass.
-        let mut lo = [0f32; SCREEN_CHUNK];
-        let mut hi = [0f32; SCREEN_CHUNK];
+        // Bounds for the whole chunk in one vectorisable pass (rows past `n` stay infinite, so
+        // the fixed-length passes below never pick them).
+        let mut lo = [f32::INFINITY; SCREEN_CHUNK];
+        let mut hi = [f32::INFINITY; SCREEN_CHUNK];
         let mut finite = true;
         for j in 0..n {
             let key = (bias[j] + offset) - (scale[j] * t) * dots[j] as f32;
@@ -160,13 +161,13 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
             return;
         }
         if self.upper.k() == 1 {
-            let (mut m, mut at) = (f32::INFINITY, 0);
-            for (j, &h) in hi[..n].iter().enumerate() {
-                if h < m {
-                    (m, at) = (h, j);
-                }
+            // The smallest upper bound in eight lanes, then (rarely: only when it improves on
+            // the best so far) the first row that has it.
+            let m = min_lanes(&hi);
+            if m < self.upper.threshold() {
+                let at = hi.iter().position(|&h| h == m).unwrap_or(0);
+                self.upper.push(m, (base + at) as u32);
             }
-            self.upper.push(m, (base + at) as u32);
         } else {
             for (j, &h) in hi[..n].iter().enumerate() {
                 if h < self.upper.threshold() {
@@ -175,6 +176,10 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
             }
         }
         let u = self.bound();
+        // Most chunks hold no candidate once the bound has tightened: test all at once first.
+        if min_lanes(&lo) > u {
+            return;
+        }
         for (j, &l) in lo[..n].iter().enumerate() {
             if l <= u {
                 if self.n == CAP {
@@ -276,6 +281,19 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
         }
         n
     }
+}
+
+/// The smallest of `v` (no NaN), as eight independent lane minima the compiler vectorises.
+#[inline(always)]
+fn min_lanes(v: &[f32; SCREEN_CHUNK]) -> f32 {
+    let mut m = [f32::INFINITY; 8];
+    for c in v.chunks_exact(8) {
+        for (m, &x) in m.iter_mut().zip(c) {
+            *m = if x < *m { x } else { *m };
+        }
+    }
+    m.iter()
+        .fold(f32::INFINITY, |a, &x| if x < a { x } else { a })
 }
 
 /// Results of [`Searcher::search_block`]: the neighbours of each query of the block.
@@ -426,7 +444,7 @@ impl Searcher {
             "query length must equal the index dimension"
         );
         self.n = 0;
-        if index.ntotal() == 0 || !query.iter().all(|v| v.is_finite()) {
+        if index.ntotal() == 0 || !all_finite(query) {
             return &[];
         }
         let nprobe = nprobe.clamp(1, MAX_NPROBE);
@@ -482,7 +500,7 @@ impl Searcher {
         // Screen every query with one pass over the table.
         let mut live = [false; BLOCK];
         for (qi, q) in queries.chunks_exact(d).enumerate() {
-            live[qi] = q.iter().all(|v| v.is_finite());
+            live[qi] = all_finite(q);
             let qn2 = (self.kernels.dot)(q, q);
             let qb = &mut self.block_queries[qi * d..(qi + 1) * d];
             if live[qi] {
