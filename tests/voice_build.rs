@@ -160,7 +160,7 @@ fn compression_expansion_and_nlist_options() {
         alpha_expand: Some(AlphaExpand { k: 5, alpha: 3.0 }),
         ..BuildOptions::default()
     };
-    let s = build_from_npy(&[exp.clone()], &out, &opts, &mut |_, _, _| {}).unwrap();
+    let s = build_from_npy(std::slice::from_ref(&exp), &out, &opts, &mut |_, _, _| {}).unwrap();
     assert_eq!((s.vectors, s.nlist, s.input_frames), (100, 4, 2000));
     let index = IvfIndex::open(&out).unwrap();
     for v in index.vectors().chunks_exact(dim) {
@@ -182,7 +182,8 @@ fn compression_expansion_and_nlist_options() {
             ..BuildOptions::default()
         },
     ] {
-        let e = build_from_npy(&[exp.clone()], &out, &bad, &mut |_, _, _| {}).unwrap_err();
+        let e =
+            build_from_npy(std::slice::from_ref(&exp), &out, &bad, &mut |_, _, _| {}).unwrap_err();
         assert!(matches!(e, BuildError::Options(_)), "{e}");
     }
 }
@@ -207,7 +208,7 @@ fn voice_indexes_from_recordings() {
     let spec = FeatureSpec::default();
     let mut stages = Vec::new();
     let s = build_from_audio(
-        &[voices.clone()],
+        std::slice::from_ref(&voices),
         &out,
         &spec,
         &BuildOptions::default(),
@@ -237,7 +238,14 @@ fn voice_indexes_from_recordings() {
         alpha_expand: Some(AlphaExpand { k: 4, alpha: 2.0 }),
         ..BuildOptions::default()
     };
-    build_from_audio(&[voices.clone()], &out2, &spec, &opts, &mut |_, _, _| {}).unwrap();
+    build_from_audio(
+        std::slice::from_ref(&voices),
+        &out2,
+        &spec,
+        &opts,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     let index = IvfIndex::open(&out2).unwrap();
     for v in index.vectors().chunks_exact(spec.dim()) {
         let norm: f32 = v[..spec.bands].iter().map(|x| x * x).sum::<f32>().sqrt();

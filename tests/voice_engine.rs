@@ -94,7 +94,7 @@ fn the_voice_moves_toward_the_target_monotonically_with_ratio() {
     let mut report = Vec::new();
     for ratio in [0.0, 0.25, 0.5, 0.75, 1.0] {
         let mut e = engine(Some(index.clone()), SR, 1);
-        let out = render(&mut e, &[input.clone()], params(ratio), 512);
+        let out = render(&mut e, std::slice::from_ref(&input), params(ratio), 512);
         assert!(e.stats().blended > 0 || ratio == 0.0);
         let d = distance(&ltas_db(&out[0], SR), &target);
         report.push((ratio, d));
@@ -245,7 +245,7 @@ fn silence_and_near_silence_are_left_alone() {
         .collect();
     let out = render(
         &mut engine(Some(index), SR, 1),
-        &[quiet.clone()],
+        std::slice::from_ref(&quiet),
         params(1.0),
         512,
     );
@@ -261,7 +261,7 @@ fn silence_and_near_silence_are_left_alone() {
 fn no_index_passes_audio_through() {
     let a = synth_voice(&VoiceParams::high(), SR, 0.4);
     let mut e = engine(None, SR, 1);
-    let out = render(&mut e, &[a.clone()], params(1.0), 100);
+    let out = render(&mut e, std::slice::from_ref(&a), params(1.0), 100);
     let peak = out[0]
         .iter()
         .zip(&a)

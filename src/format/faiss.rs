@@ -270,7 +270,7 @@ pub fn read_faiss_index(bytes: &[u8]) -> Result<IndexParts, FormatError> {
             sizes = raw;
         }
         b"sprs" => {
-            if raw.len() % 2 != 0 {
+            if !raw.len().is_multiple_of(2) {
                 return Err(bad(
                     "sparse list sizes come in (list, size) pairs; the count is odd",
                 ));

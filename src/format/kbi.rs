@@ -325,7 +325,7 @@ impl KbiLayout {
                     format!("table entry {i} has kind {k}, expected {}", kind as u32),
                 ));
             }
-            if entry.offset % PAGE != 0 {
+            if !entry.offset.is_multiple_of(PAGE) {
                 return Err(FormatError::section(
                     name,
                     format!("offset {} is not page-aligned", entry.offset),

@@ -144,7 +144,7 @@ impl CodedRows {
     ) -> Option<CodedRows> {
         if dim == 0
             || dim > I8_MAX_DIM
-            || centroids.len() % dim != 0
+            || !centroids.len().is_multiple_of(dim)
             || !centroids.iter().all(|v| v.is_finite())
         {
             return None;

@@ -44,10 +44,9 @@ impl CodedRows {
         list_offsets: &[u64],
     ) -> Option<CodedRows> {
         if metric != Metric::L2
-            || dim < MIN_CODED_DIM
-            || dim > I8_MAX_DIM
-            || vectors.len() % dim != 0
-            || centroids.len() % dim != 0
+            || !(MIN_CODED_DIM..=I8_MAX_DIM).contains(&dim)
+            || !vectors.len().is_multiple_of(dim)
+            || !centroids.len().is_multiple_of(dim)
             || list_offsets.len() != centroids.len() / dim + 1
         {
             return None;

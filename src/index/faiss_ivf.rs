@@ -36,7 +36,7 @@ impl FaissIvf {
         train: &[f32],
         add: &[f32],
     ) -> Result<FaissIvf, FormatError> {
-        if dim == 0 || train.len() % dim != 0 || add.len() % dim != 0 {
+        if dim == 0 || !train.len().is_multiple_of(dim) || !add.len().is_multiple_of(dim) {
             return Err(FormatError::InvalidParts(format!(
                 "data is not whole rows of dim {dim}"
             )));

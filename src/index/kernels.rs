@@ -286,7 +286,7 @@ mod scalar {
             return out.fill(0);
         }
         assert!(
-            queries.len() % dim == 0 && rows.len() % dim == 0,
+            queries.len().is_multiple_of(dim) && rows.len().is_multiple_of(dim),
             "queries and rows must be whole rows"
         );
         let r = rows.len() / dim;
@@ -661,7 +661,7 @@ mod avx2 {
             return out.fill(0);
         }
         assert!(
-            queries.len() % dim == 0 && rows.len() % dim == 0,
+            queries.len().is_multiple_of(dim) && rows.len().is_multiple_of(dim),
             "queries and rows must be whole rows"
         );
         assert!(
@@ -816,7 +816,7 @@ mod avx512 {
             return out.fill(0);
         }
         assert!(
-            queries.len() % dim == 0 && rows.len() % dim == 0,
+            queries.len().is_multiple_of(dim) && rows.len().is_multiple_of(dim),
             "queries and rows must be whole rows"
         );
         assert!(
@@ -1081,7 +1081,15 @@ mod tests {
     #[test]
     fn all_finite_rejects_every_nan_and_infinity_anywhere() {
         assert!(all_finite(&[]));
-        let ok = [0.0, -0.0, f32::MAX, f32::MIN, f32::MIN_POSITIVE, 1e-45, -1e-45];
+        let ok = [
+            0.0,
+            -0.0,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            1e-45,
+            -1e-45,
+        ];
         assert!(all_finite(&ok));
         for bad in [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             for len in [1, 7, 8, 9, 33] {

@@ -477,7 +477,7 @@ impl Searcher {
     ) -> &BlockResults {
         let d = index.dim();
         assert!(
-            d > 0 && queries.len() % d == 0,
+            d > 0 && queries.len().is_multiple_of(d),
             "queries must be whole rows of the index dimension"
         );
         let m = queries.len() / d;
@@ -898,7 +898,7 @@ mod tests {
         let index = index(dim, centroids, &rows, Metric::L2, 0);
         let mut queries: Vec<f32> = (0..60 * dim).map(|_| rng.next()).collect();
         queries.extend_from_slice(&rows[..5 * dim]);
-        queries.extend(std::iter::repeat(0.0).take(dim));
+        queries.extend(std::iter::repeat_n(0.0, dim));
         assert_same_as_exact(&index, &queries, &[1, 8], &[1, 3, 40]);
     }
 

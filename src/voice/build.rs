@@ -328,7 +328,7 @@ pub fn build_parts(
     progress: &mut dyn FnMut(BuildStage, u64, u64),
 ) -> Result<(IndexParts, RecipeFacts), BuildError> {
     check_options(opts)?;
-    if dim == 0 || rows.len() % dim != 0 {
+    if dim == 0 || !rows.len().is_multiple_of(dim) {
         return Err(BuildError::NoData(format!(
             "rows are not whole vectors of dimension {dim}"
         )));

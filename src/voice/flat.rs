@@ -10,7 +10,7 @@ use crate::format::{IndexParts, ListParts, Metadata, Metric};
 /// If `dim` is 0 or `rows.len()` is not a multiple of `dim`.
 pub fn flat_parts(rows: &[f32], dim: usize, metric: Metric, metadata: Metadata) -> IndexParts {
     assert!(
-        dim > 0 && rows.len() % dim == 0,
+        dim > 0 && rows.len().is_multiple_of(dim),
         "rows must be whole rows of dim {dim}"
     );
     let n = rows.len() / dim;

@@ -239,7 +239,7 @@ mod tests {
         let mut bad = Array2::<f32>::zeros((3, 8));
         bad[[1, 2]] = f32::NAN;
         write(&a, &bad);
-        let e = read_npy_rows(&[a.clone()], &mut |_, _| {}).unwrap_err();
+        let e = read_npy_rows(std::slice::from_ref(&a), &mut |_, _| {}).unwrap_err();
         assert!(e.to_string().contains("row 1"), "{e}");
         let t = dir.path().join("t.npy");
         std::fs::write(&t, b"not numpy").unwrap();
@@ -250,7 +250,7 @@ mod tests {
         let empty = dir.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
         assert!(matches!(
-            resolve_npy_inputs(&[empty.clone()]),
+            resolve_npy_inputs(std::slice::from_ref(&empty)),
             Err(NpyError::Empty(_))
         ));
         std::fs::create_dir(empty.join("3_feature256")).unwrap();

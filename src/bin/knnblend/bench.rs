@@ -182,7 +182,7 @@ mod plugin {
         )?;
         let tmp = cache.join(format!("voice-{frames}-v1.tmp.kbi"));
         let summary = build_from_audio(
-            &[wav.clone()],
+            std::slice::from_ref(&wav),
             &tmp,
             spec,
             &BuildOptions::default(),
