@@ -23,16 +23,8 @@ const CHILD_ENV: &str = "KNNBLEND_LIVE_ALLOC_CHILD";
 #[test]
 fn the_audio_side_never_allocates_or_frees_across_swaps() {
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<_> = (1..=4)
-        .map(|i| write(dir.path(), &format!("v{i}.kbi"), 100.0 * i as f32, 2000))
-        .collect();
-    let (control, mut audio) = live(LiveConfig {
-        slots: 4,
-        max_dim: DIM,
-        crossfade_seconds: 0.02,
-        frame_period_seconds: 0.005,
-        validator: None,
-    });
+    let files = four_voices(dir.path(), "v", 2000);
+    let (control, mut audio) = runtime(4, 0.02, 0.005);
     let control = Arc::new(control);
     let active = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -76,18 +68,13 @@ fn the_audio_side_never_allocates_or_frees_across_swaps() {
     let mut tickets = Vec::new();
     for i in 0..400 {
         let slot = rng.below(4);
+        let file = &files[rng.below(4)];
         match i % 5 {
-            0 | 1 => tickets.push(control.load(slot, &files[rng.below(4)])),
-            2 => {
-                let p = control.prepare(&files[rng.below(4)], |_, _| {}).unwrap();
-                control.publish(slot, p).unwrap();
-            }
+            0 | 1 => swap(&control, Swap::Load, slot, file, &mut tickets),
+            2 => swap(&control, Swap::Publish, slot, file, &mut tickets),
             3 => active.store(slot, Relaxed),
-            _ => {
-                if rng.below(4) == 0 {
-                    control.unload(slot).unwrap();
-                }
-            }
+            _ if rng.below(4) == 0 => swap(&control, Swap::Unload, slot, file, &mut tickets),
+            _ => {}
         }
         std::thread::sleep(Duration::from_micros(700));
     }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use knnblend::live::{live, LiveConfig, LoadOutcome};
+use knnblend::live::LoadOutcome;
 use support::*;
 
 const SLOTS: usize = 4;
@@ -23,16 +23,8 @@ const FRAMES: usize = 8;
 #[test]
 fn swap_storm() {
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<_> = (1..=4)
-        .map(|i| write(dir.path(), &format!("voice{i}.kbi"), 100.0 * i as f32, 3000))
-        .collect();
-    let (control, mut audio) = live(LiveConfig {
-        slots: SLOTS,
-        max_dim: DIM,
-        crossfade_seconds: 0.004,
-        frame_period_seconds: 0.001,
-        validator: None,
-    });
+    let files = four_voices(dir.path(), "voice", 3000);
+    let (control, mut audio) = runtime(SLOTS, 0.004, 0.001);
     let control = Arc::new(control);
     let active = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -120,20 +112,13 @@ fn swap_storm() {
         let slot = rng.below(SLOTS);
         let file = &files[rng.below(files.len())];
         // Every operation is a swap: a background load, a prepare + publish, or an unload.
-        match i % 10 {
-            0..=6 => tickets.push(control.load(slot, file)),
-            7 | 8 => {
-                let p = control.prepare(file, |_, _| {}).unwrap();
-                control.publish(slot, p).unwrap();
-            }
-            _ => {
-                if rng.below(3) == 0 {
-                    control.unload(slot).unwrap();
-                } else {
-                    tickets.push(control.load(slot, file));
-                }
-            }
-        }
+        let op = match i % 10 {
+            0..=6 => Swap::Load,
+            7 | 8 => Swap::Publish,
+            _ if rng.below(3) == 0 => Swap::Unload,
+            _ => Swap::Load,
+        };
+        swap(&control, op, slot, file, &mut tickets);
         if i % 4 == 0 {
             active.store(rng.below(SLOTS), Relaxed);
         }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use knnblend::live::{live, LiveConfig, LoadOutcome};
+use knnblend::live::LoadOutcome;
 use support::*;
 
 const CHILD_ENV: &str = "KNNBLEND_LIVE_SECCOMP_CHILD";
@@ -34,16 +34,8 @@ fn seccomp_child() {
     };
     let violate = mode == "violate";
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<_> = (1..=4)
-        .map(|i| write(dir.path(), &format!("s{i}.kbi"), 100.0 * i as f32, 2000))
-        .collect();
-    let (control, mut audio) = live(LiveConfig {
-        slots: 2,
-        max_dim: DIM,
-        crossfade_seconds: 0.003,
-        frame_period_seconds: 0.001,
-        validator: None,
-    });
+    let files = four_voices(dir.path(), "s", 2000);
+    let (control, mut audio) = runtime(2, 0.003, 0.001);
     assert!(matches!(
         control.load(0, &files[0]).wait(),
         LoadOutcome::Published(_)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use knnblend::format::{write_kbi, IndexParts, ListParts, Metadata, Metric};
 use knnblend::index::IvfIndex;
-use knnblend::live::AudioEngine;
+use knnblend::live::{live, AudioEngine, Controller, LiveConfig, LoadTicket};
 
 /// Dimension of the test indexes.
 pub const DIM: usize = 32;
@@ -80,6 +80,55 @@ pub fn write(dir: &Path, name: &str, identity: f32, n: usize) -> PathBuf {
     let path = dir.join(name);
     write_kbi(&path, &parts(identity, n, 32)).unwrap();
     path
+}
+
+/// The four identity indexes the swap tests swap among: `dir/{prefix}{i}.kbi` for i = 1..=4,
+/// identity `100·i`, `n` vectors each.
+pub fn four_voices(dir: &Path, prefix: &str, n: usize) -> Vec<PathBuf> {
+    (1..=4)
+        .map(|i| write(dir, &format!("{prefix}{i}.kbi"), 100.0 * i as f32, n))
+        .collect()
+}
+
+/// A live runtime of `slots` slots for indexes of [`DIM`], crossfading over `crossfade`
+/// seconds with a feature frame every `frame` seconds.
+pub fn runtime(slots: usize, crossfade: f32, frame: f32) -> (Controller, AudioEngine) {
+    live(LiveConfig {
+        slots,
+        max_dim: DIM,
+        crossfade_seconds: crossfade,
+        frame_period_seconds: frame,
+        validator: None,
+    })
+}
+
+/// One control-side swap of a storm.
+#[derive(Clone, Copy, Debug)]
+pub enum Swap {
+    /// A background load (its ticket goes to `tickets`).
+    Load,
+    /// Prepare on this thread, then publish.
+    Publish,
+    /// Empty the slot.
+    Unload,
+}
+
+/// Performs `op` on `slot` with `file` (not used by [`Swap::Unload`]).
+pub fn swap(
+    control: &Controller,
+    op: Swap,
+    slot: usize,
+    file: &Path,
+    tickets: &mut Vec<LoadTicket>,
+) {
+    match op {
+        Swap::Load => tickets.push(control.load(slot, file)),
+        Swap::Publish => {
+            let p = control.prepare(file, |_, _| {}).unwrap();
+            control.publish(slot, p).unwrap();
+        }
+        Swap::Unload => control.unload(slot).unwrap(),
+    }
 }
 
 /// The identity an index was made with.
