@@ -682,7 +682,8 @@ fn run_case(
     // counters), each kind of bytes at the bandwidth measured for its working set.
     let nlist = index.nlist();
     let (d8, d32) = (d as f64, d as f64 * 4.0);
-    let table_bytes = (nlist * d + nlist * 20) as f64;
+    // The 8-bit table with its per-row constants (bounds and byte sums).
+    let table_bytes = index.coarse().map_or(nlist * d * 4, |t| t.byte_len()) as f64;
     let table_bw = bw.get(table_bytes as usize);
     let centroid_bw = bw.get(nlist * d * 4);
     let list_bw = bw.get(index.byte_len() + index.screening_bytes());
@@ -1220,6 +1221,15 @@ pub fn phases(index: &IvfIndex) -> String {
         time("dot_i8_rows, whole 8-bit table", 2000, hb, &mut || {
             (k.dot_i8_rows)(black_box(&q16[..d]), bytes, &mut iout)
         });
+        let mut q8 = vec![0u8; d];
+        super::kernels::narrow_query(&q16[..d], &mut q8);
+        let sums = vec![0i32; nlist];
+        time(
+            "dot_u8_rows (8-bit query), whole table",
+            2000,
+            hb,
+            &mut || (k.dot_u8_rows)(black_box(&q8), bytes, &sums, &mut iout),
+        );
     }
     time("dot_rows, whole f32 table", 2000, fb, &mut || {
         (k.dot_rows)(black_box(q), cents, &mut out)

@@ -5,8 +5,11 @@
 //! the same way.
 //!
 //! Centroid `c` is stored as bytes `ĉ` with a scale `s_c = max|c| / 127`; the query `q` is
-//! quantised per query to `i16` values `q̂` with a scale `t` (largest element 2¹⁴). The integer
-//! dot product `q̂ · ĉ` is exact (kernels.rs), and
+//! quantised per query to `i16` values with a scale `t₁₆` (largest element 2¹⁴, error bound
+//! `e₁₆`), then narrowed to 8-bit values `q̂` (in `[-64, 64]`, scale `t = 256·t₁₆`) by rounding
+//! away the low byte, whose integer remainders `r` give `‖q − t q̂‖ ≤ e₁₆ + t₁₆·√(Σr²)` exactly
+//! (`kernels::narrow_query`). The integer dot product `q̂ · ĉ` is exact (kernels.rs; one
+//! `vpdpbusd` per 64 bytes with AVX-512 VNNI, `vpmaddubsw` with AVX2), and
 //! `q · c − t·s_c·(q̂ · ĉ) = q · (c − s_c ĉ) + (q − t q̂) · s_c ĉ`, so by Cauchy–Schwarz the
 //! screening key `key_c = β_c − α·s_c·t·(q̂ · ĉ)` (`β_c = ‖c‖²`, `α = 2` for L2, where the exact key
 //! differs by the constant ‖q‖²; `β_c = 0`, `α = 1` for inner product) is within
@@ -130,6 +133,9 @@ pub(crate) struct CodedRows {
     rows: usize,
     /// Per-row bound constants.
     pub bounds: RowBounds,
+    /// Per-row sums of the bytes, for the 8-bit query kernel (the centroid table only; empty
+    /// for list codes).
+    sums: Vec<i32>,
 }
 
 impl CodedRows {
@@ -173,7 +179,13 @@ impl CodedRows {
             // The γ term covers the f32 key arithmetic and the cross term of the exact re-check.
             bounds.push(alpha, b, &code, 4.0 * gamma * code.norm2.sqrt());
         }
-        Some(CodedRows::new(bytes, dim, nlist, bounds))
+        let mut table = CodedRows::new(bytes, dim, nlist, bounds);
+        table.sums = table
+            .rows()
+            .chunks_exact(dim)
+            .map(|r| r.iter().map(|&b| b as i32).sum())
+            .collect();
+        Some(table)
     }
 
     /// Wraps `rows × dim` coded bytes and their bounds.
@@ -184,7 +196,14 @@ impl CodedRows {
             dim,
             rows,
             bounds,
+            sums: Vec::new(),
         }
+    }
+
+    /// Per-row byte sums (see [`Kernels::dot_u8_rows`](super::Kernels)); empty for list codes.
+    #[inline]
+    pub fn sums(&self) -> &[i32] {
+        &self.sums
     }
 
     /// The bytes, `rows × dim`, row-major.
@@ -197,7 +216,7 @@ impl CodedRows {
 
     /// Bytes held (codes and bound constants).
     pub fn byte_len(&self) -> usize {
-        self.bytes.len() + self.rows * 20
+        self.bytes.len() + self.rows * 20 + self.sums.len() * 4
     }
 
     /// Tries to lock the pages in RAM (best effort, like the index itself).
@@ -226,6 +245,7 @@ impl CodedRows {
         for v in self.bounds.regions() {
             ok &= v.is_empty() || f(v.as_ptr().cast(), v.len() * 4);
         }
+        ok &= self.sums.is_empty() || f(self.sums.as_ptr().cast(), self.sums.len() * 4);
         ok
     }
 }

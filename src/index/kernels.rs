@@ -6,9 +6,14 @@
 //! Besides the one-pair kernels ([`l2sq`](Kernels::l2sq), [`dot`](Kernels::dot)) there are
 //! "many rows" kernels that keep one query in registers while streaming several stored rows
 //! (contiguous lists and centroid tables), and integer kernels over the 8-bit centroid table the
-//! searcher screens lists with (see `coarse.rs`): an `i16` query against many `i8` rows, and a
-//! tile of several queries against several rows, so a block of queries shares one pass over
-//! memory. Integer sums are exact, and every kernel set quantises queries the same way.
+//! searcher screens lists with (see `coarse.rs`): an 8-bit query against many `i8` rows (the
+//! centroid table: one `vpdpbusd` per 64 bytes), an `i16` query against many `i8` rows (list
+//! codes, where a tighter bound saves reads from memory), and a tile of several `i16` queries
+//! against several rows, so a block of queries shares one pass over memory. Integer sums are
+//! exact, and every kernel set quantises queries the same way.
+
+/// The signature of [`Kernels::dot_u8_rows`].
+pub type ByteQueryRows = fn(q: &[u8], rows: &[i8], sums: &[i32], out: &mut [i32]);
 
 /// The distance kernels one searcher uses.
 #[derive(Clone, Copy)]
@@ -27,6 +32,10 @@ pub struct Kernels {
     /// Quantises a finite query to `i16` (`q ≈ t·out`, largest magnitude [`I16_QUERY_MAX`],
     /// ties to even); returns `(t, e)` with `e ≥ ‖q − t·out‖` (a rigorous upper bound).
     pub quantise: fn(q: &[f32], out: &mut [i16]) -> (f32, f32),
+    /// Exact integer `out[i] = Σ (q[j] − U8_QUERY_OFFSET)·rows[i][j]` for the `out.len()` rows of
+    /// `q.len()` bytes in `rows`, given each row's byte sum in `sums` (see [`narrow_query`]);
+    /// `q` values at most `2·U8_QUERY_OFFSET`, `q.len()` at most [`I8_MAX_DIM`].
+    pub dot_u8_rows: ByteQueryRows,
     /// Tile of exact integer dot products: `queries` holds `m` rows of `dim` (≤ [`I8_MAX_DIM`]),
     /// `rows` holds `r` rows of `dim`, `out` (`m × r`) receives `out[qi * r + ri] = queries[qi] · rows[ri]`.
     pub dot_i8_tile: fn(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]),
@@ -54,6 +63,7 @@ impl Kernels {
                     dot_rows: avx2::dot_rows,
                     dot_i8_rows: avx2::dot_i8_rows,
                     quantise: avx2::quantise,
+                    dot_u8_rows: avx2::dot_u8_rows,
                     dot_i8_tile: avx2::dot_i8_tile,
                     name: "avx2+fma",
                 };
@@ -62,6 +72,7 @@ impl Kernels {
                     // accumulates 32 elements in one instruction.
                     return Kernels {
                         dot_i8_rows: avx512::dot_i8_rows,
+                        dot_u8_rows: avx512::dot_u8_rows,
                         dot_i8_tile: avx512::dot_i8_tile,
                         name: "avx2+fma, avx512-vnni screen",
                         ..avx2
@@ -81,6 +92,7 @@ impl Kernels {
             if k.name != "scalar" {
                 return Some(Kernels {
                     dot_i8_rows: avx2::dot_i8_rows,
+                    dot_u8_rows: avx2::dot_u8_rows,
                     dot_i8_tile: avx2::dot_i8_tile,
                     name: "avx2+fma",
                     ..k
@@ -99,6 +111,7 @@ impl Kernels {
             dot_rows: scalar::dot_rows,
             dot_i8_rows: scalar::dot_i8_rows,
             quantise: scalar::quantise,
+            dot_u8_rows: scalar::dot_u8_rows,
             dot_i8_tile: scalar::dot_i8_tile,
             name: "scalar",
         }
@@ -184,9 +197,44 @@ fn check_rows(d: usize, rows: usize, n: usize) {
 pub const I16_QUERY_MAX: i32 = 16_384;
 /// Largest dimension the integer kernels accept: `I8_MAX_DIM · 127 · I16_QUERY_MAX < 2³¹`.
 pub const I8_MAX_DIM: usize = 1024;
+/// The offset of an 8-bit query: bytes `u = q̂ + 64` for `q̂` in `[-64, 64]`, so `u ≤ 128` and a
+/// pair of products `u·r` fits in an `i16` (AVX2 `vpmaddubsw` then never saturates).
+pub const U8_QUERY_OFFSET: i32 = 64;
+
+/// Narrows a quantised query `q16` (`i16`, largest magnitude [`I16_QUERY_MAX`], scale `t`) to
+/// the bytes of an 8-bit query with scale `256·t`: `out[j] = round(q16[j] / 256) + 64`
+/// (in `0..=128`). Returns `Σ r²` of the integer remainders `r = q16 − 256·(out − 64)`, so
+/// `‖t·q16 − 256t·(out − 64)‖ = t·√(Σ r²)` exactly: the 8-bit query's error bound is the 16-bit
+/// one plus that. Portable code the compiler vectorises (one pass over `d` values).
+pub fn narrow_query(q16: &[i16], out: &mut [u8]) -> u64 {
+    assert_eq!(q16.len(), out.len(), "out must match the query");
+    let mut sum = 0u64;
+    for (o, &v) in out.iter_mut().zip(q16) {
+        let v = (v as i32).clamp(-I16_QUERY_MAX, I16_QUERY_MAX);
+        let h = (v + 128) >> 8; // round half up, in [-64, 64]
+        let r = v - (h << 8);
+        *o = (h + U8_QUERY_OFFSET) as u8;
+        sum += (r * r) as u64;
+    }
+    sum
+}
+
+/// Checks the shapes of [`Kernels::dot_u8_rows`].
+#[inline]
+fn check_u8_rows(q: &[u8], rows: &[i8], sums: &[i32], out: &[i32]) {
+    check_rows(q.len(), rows.len(), out.len());
+    assert_eq!(sums.len(), out.len(), "sums must hold one value per row");
+    assert!(
+        q.len() <= I8_MAX_DIM,
+        "integer kernels take at most {I8_MAX_DIM} dimensions"
+    );
+}
 
 mod scalar {
-    use super::{check_rows, query_scale, residual_bound, I16_QUERY_MAX, I8_MAX_DIM};
+    use super::{
+        check_rows, check_u8_rows, query_scale, residual_bound, I16_QUERY_MAX, I8_MAX_DIM,
+        U8_QUERY_OFFSET,
+    };
 
     const LANES: usize = 8;
 
@@ -263,6 +311,17 @@ mod scalar {
         }
     }
 
+    pub fn dot_u8_rows(q: &[u8], rows: &[i8], sums: &[i32], out: &mut [i32]) {
+        check_u8_rows(q, rows, sums, out);
+        if q.is_empty() {
+            return out.fill(0);
+        }
+        for ((o, r), &s) in out.iter_mut().zip(rows.chunks_exact(q.len())).zip(sums) {
+            let raw: i32 = q.iter().zip(r).map(|(&a, &b)| a as i32 * b as i32).sum();
+            *o = raw - U8_QUERY_OFFSET * s;
+        }
+    }
+
     pub fn quantise(q: &[f32], out: &mut [i16]) -> (f32, f32) {
         assert_eq!(q.len(), out.len(), "out must match the query");
         let max = q
@@ -307,7 +366,8 @@ mod scalar {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{
-        check_rows, prefetch_next_rows, query_scale, residual_bound, I16_QUERY_MAX, I8_MAX_DIM,
+        check_rows, check_u8_rows, prefetch_next_rows, query_scale, residual_bound, I16_QUERY_MAX,
+        I8_MAX_DIM, U8_QUERY_OFFSET,
     };
     use std::arch::x86_64::*;
 
@@ -599,6 +659,64 @@ mod avx2 {
         }
     }
 
+    pub fn dot_u8_rows(q: &[u8], rows: &[i8], sums: &[i32], out: &mut [i32]) {
+        check_u8_rows(q, rows, sums, out);
+        // SAFETY: avx2 checked by `Kernels::detect`; shapes checked above.
+        unsafe { dot_u8_rows_impl(q, rows.as_ptr(), sums, out) }
+    }
+
+    /// One byte query against four byte rows per pass: per 32 elements, one query load and,
+    /// per row, `vpmaddubsw` (pairs of products, exact in i16 because the query bytes are at
+    /// most 128) and `vpmaddwd` by ones into i32 sums.
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot_u8_rows_impl(q: &[u8], rows: *const i8, sums: &[i32], out: &mut [i32]) {
+        let d = q.len();
+        let pq = q.as_ptr();
+        let n = out.len();
+        let ones = _mm256_set1_epi16(1);
+        let mut i = 0;
+        while i < n {
+            let t_n = (n - i).min(4);
+            // Rows past the end alias the last real row (their results are discarded).
+            let r = [
+                rows.add(i * d),
+                rows.add((i + 1.min(t_n - 1)) * d),
+                rows.add((i + 2.min(t_n - 1)) * d),
+                rows.add((i + 3.min(t_n - 1)) * d),
+            ];
+            let mut acc = [_mm256_setzero_si256(); 4];
+            let mut j = 0;
+            while j + 32 <= d {
+                let qv = _mm256_loadu_si256(pq.add(j).cast());
+                if j % 64 == 0 && i + 8 <= n {
+                    prefetch_next_rows(&r, j + 4 * d);
+                }
+                for t in 0..4 {
+                    let pairs = _mm256_maddubs_epi16(qv, _mm256_loadu_si256(r[t].add(j).cast()));
+                    acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(pairs, ones));
+                }
+                j += 32;
+            }
+            let h = _mm256_hadd_epi32(
+                _mm256_hadd_epi32(acc[0], acc[1]),
+                _mm256_hadd_epi32(acc[2], acc[3]),
+            );
+            let mut raw = [0i32; 4];
+            _mm_storeu_si128(
+                raw.as_mut_ptr().cast(),
+                _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h)),
+            );
+            for t in 0..t_n {
+                let mut s = raw[t];
+                for jj in j..d {
+                    s += *pq.add(jj) as i32 * *r[t].add(jj) as i32;
+                }
+                *out.get_unchecked_mut(i + t) = s - U8_QUERY_OFFSET * sums[i + t];
+            }
+            i += 4;
+        }
+    }
+
     pub fn quantise(q: &[f32], out: &mut [i16]) -> (f32, f32) {
         assert_eq!(q.len(), out.len(), "out must match the query");
         // SAFETY: avx2+fma checked by `Kernels::detect`; lengths checked above.
@@ -730,7 +848,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{check_rows, prefetch_next_rows, I8_MAX_DIM};
+    use super::{check_rows, check_u8_rows, prefetch_next_rows, I8_MAX_DIM, U8_QUERY_OFFSET};
     use std::arch::x86_64::*;
 
     /// The lane sums of four accumulators at once, `[Σa, Σb, Σc, Σd]` (one transpose-and-add
@@ -806,6 +924,55 @@ mod avx512 {
                     s += *pq.add(jj) as i32 * *r[t].add(jj) as i32;
                 }
                 *out.get_unchecked_mut(i + t) = s;
+            }
+            i += 4;
+        }
+    }
+
+    pub fn dot_u8_rows(q: &[u8], rows: &[i8], sums: &[i32], out: &mut [i32]) {
+        check_u8_rows(q, rows, sums, out);
+        // SAFETY: avx512bw+avx512vnni checked by `Kernels::detect`; shapes checked above.
+        unsafe { dot_u8_rows_impl(q, rows.as_ptr(), sums, out) }
+    }
+
+    /// One byte query against four byte rows per pass: per 64 elements, one query load and one
+    /// `vpdpbusd` per row (unsigned query bytes times signed row bytes, four products summed
+    /// into each i32 lane).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dot_u8_rows_impl(q: &[u8], rows: *const i8, sums: &[i32], out: &mut [i32]) {
+        let d = q.len();
+        let pq = q.as_ptr();
+        let n = out.len();
+        let mut i = 0;
+        while i < n {
+            let t_n = (n - i).min(4);
+            let r = [
+                rows.add(i * d),
+                rows.add((i + 1.min(t_n - 1)) * d),
+                rows.add((i + 2.min(t_n - 1)) * d),
+                rows.add((i + 3.min(t_n - 1)) * d),
+            ];
+            let mut acc = [_mm512_setzero_si512(); 4];
+            let mut j = 0;
+            while j + 64 <= d {
+                let qv = _mm512_loadu_si512(pq.add(j).cast());
+                if i + 8 <= n {
+                    prefetch_next_rows(&r, j + 4 * d);
+                }
+                for t in 0..4 {
+                    let rv = _mm512_loadu_si512(r[t].add(j).cast());
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], qv, rv);
+                }
+                j += 64;
+            }
+            let mut raw = [0i32; 4];
+            _mm_storeu_si128(raw.as_mut_ptr().cast(), reduce4(acc));
+            for t in 0..t_n {
+                let mut s = raw[t];
+                for jj in j..d {
+                    s += *pq.add(jj) as i32 * *r[t].add(jj) as i32;
+                }
+                *out.get_unchecked_mut(i + t) = s - U8_QUERY_OFFSET * sums[i + t];
             }
             i += 4;
         }
@@ -1038,6 +1205,80 @@ mod tests {
                 .iter()
                 .all(|&v| v as i64 == -(127 * I16_QUERY_MAX as i64 * I8_MAX_DIM as i64)));
         }
+    }
+
+    #[test]
+    fn byte_query_kernels_are_exact_up_to_the_largest_dimension() {
+        let mut next = lcg(23);
+        let byte = |next: &mut dyn FnMut() -> f32| -> u8 {
+            match (next() * 8.0) as i32 {
+                -4 => 0,
+                3 => 2 * U8_QUERY_OFFSET as u8,
+                _ => ((next() + 0.5) * (2 * U8_QUERY_OFFSET + 1) as f32) as u8,
+            }
+        };
+        for k in [
+            Some(Kernels::scalar()),
+            Kernels::avx2_only(),
+            Some(Kernels::detect()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for d in (0..70).chain([255, 256, 257, 767, 768, 1023, I8_MAX_DIM]) {
+                for n in [0usize, 1, 3, 4, 5, 9, 13] {
+                    let q: Vec<u8> = (0..d).map(|_| byte(&mut next)).collect();
+                    let rows: Vec<i8> = (0..n * d).map(|_| extreme_i8(&mut next)).collect();
+                    let sums: Vec<i32> = rows
+                        .chunks_exact(d.max(1))
+                        .map(|r| r.iter().map(|&v| v as i32).sum())
+                        .chain(std::iter::repeat(0))
+                        .take(n)
+                        .collect();
+                    let mut out = vec![0i32; n];
+                    (k.dot_u8_rows)(&q, &rows, &sums, &mut out);
+                    for i in 0..n {
+                        let want: i64 = q
+                            .iter()
+                            .zip(&rows[i * d..(i + 1) * d])
+                            .map(|(&a, &b)| (a as i64 - U8_QUERY_OFFSET as i64) * b as i64)
+                            .sum();
+                        assert_eq!(out[i] as i64, want, "{} d={d} n={n} i={i}", k.name);
+                    }
+                }
+            }
+            // The worst cases: every product at its largest magnitude, both signs.
+            for (qb, rb) in [(0u8, -128i8), (0, 127), (128, -128), (128, 127)] {
+                let q = vec![qb; I8_MAX_DIM];
+                let rows = vec![rb; 5 * I8_MAX_DIM];
+                let sums = vec![rb as i32 * I8_MAX_DIM as i32; 5];
+                let mut out = vec![0i32; 5];
+                (k.dot_u8_rows)(&q, &rows, &sums, &mut out);
+                let want = (qb as i64 - U8_QUERY_OFFSET as i64) * rb as i64 * I8_MAX_DIM as i64;
+                assert!(out.iter().all(|&v| v as i64 == want), "{}: {out:?}", k.name);
+            }
+        }
+    }
+
+    #[test]
+    fn narrowed_queries_stay_in_range_and_their_remainder_is_exact() {
+        let mut next = lcg(31);
+        for d in (0..40).chain([255, 768, I8_MAX_DIM]) {
+            let q: Vec<i16> = (0..d).map(|_| extreme_i16(&mut next)).collect();
+            let mut b = vec![0u8; d];
+            let r2 = narrow_query(&q, &mut b);
+            let mut want = 0u64;
+            for (&v, &u) in q.iter().zip(&b) {
+                assert!(u as i32 <= 2 * U8_QUERY_OFFSET);
+                let r = v as i64 - 256 * (u as i64 - U8_QUERY_OFFSET as i64);
+                assert!((-128..=128).contains(&r), "{v} -> {u}: remainder {r}");
+                want += (r * r) as u64;
+            }
+            assert_eq!(r2, want, "d={d}");
+        }
+        let mut b = [0u8; 3];
+        narrow_query(&[I16_QUERY_MAX as i16, -I16_QUERY_MAX as i16, 0], &mut b);
+        assert_eq!(b, [128, 0, 64]);
     }
 
     #[test]
