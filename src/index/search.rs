@@ -821,6 +821,8 @@ mod tests {
         let mut exact = Searcher::new();
         exact.set_screening(false);
         let mut scalar = Searcher::with_kernels(Kernels::scalar());
+        // The AVX2 set (what an AVX2-only machine runs) must give the same bits.
+        let mut avx2 = Kernels::avx2_only().map(Searcher::with_kernels);
         for &k in ks {
             for &nprobe in nprobes {
                 for (qi, q) in queries.chunks_exact(d).enumerate() {
@@ -830,6 +832,13 @@ mod tests {
                         &want[..],
                         "query {qi} k {k} nprobe {nprobe}"
                     );
+                    if let Some(avx2) = avx2.as_mut() {
+                        assert_eq!(
+                            avx2.search(index, q, k, nprobe),
+                            &want[..],
+                            "avx2 kernels, query {qi} k {k} nprobe {nprobe}"
+                        );
+                    }
                     let got: Vec<i64> = scalar
                         .search(index, q, k, nprobe)
                         .iter()
