@@ -219,21 +219,86 @@ pub fn narrow_query(q16: &[i16], out: &mut [u8]) -> u64 {
     sum
 }
 
-/// Checks the shapes of [`Kernels::dot_u8_rows`].
+/// Checks the shapes of [`Kernels::dot_i8_tile`]: `Some((m, r))` queries and rows, `None`
+/// for `dim == 0` (every product is then 0).
 #[inline]
-fn check_u8_rows(q: &[u8], rows: &[i8], sums: &[i32], out: &[i32]) {
-    check_rows(q.len(), rows.len(), out.len());
-    assert_eq!(sums.len(), out.len(), "sums must hold one value per row");
+fn check_tile(queries: &[i16], dim: usize, rows: &[i8], out: &[i32]) -> Option<(usize, usize)> {
+    if dim == 0 {
+        return None;
+    }
     assert!(
-        q.len() <= I8_MAX_DIM,
+        queries.len().is_multiple_of(dim) && rows.len().is_multiple_of(dim),
+        "queries and rows must be whole rows"
+    );
+    assert!(
+        dim <= I8_MAX_DIM,
+        "integer kernels take at most {I8_MAX_DIM} dimensions"
+    );
+    let (m, r) = (queries.len() / dim, rows.len() / dim);
+    assert_eq!(out.len(), m * r, "out must hold one value per (query, row)");
+    Some((m, r))
+}
+
+/// The four rows of group `i` of `n` rows of `d` bytes at `rows` (rows past the end alias
+/// the last real one; their results are discarded), and how many are real.
+#[inline(always)]
+#[cfg(target_arch = "x86_64")]
+unsafe fn row_group(rows: *const i8, d: usize, i: usize, n: usize) -> ([*const i8; 4], usize) {
+    let t_n = (n - i).min(4);
+    let at = |t: usize| rows.add((i + t.min(t_n - 1)) * d);
+    ([at(0), at(1), at(2), at(3)], t_n)
+}
+
+/// Finishes group `i` of a row kernel: adds the products of the elements `j..d` that the
+/// vector loop left over to the four vector sums `raw`, subtracts `offset·sums[row]` (byte
+/// queries) and stores the real rows' results.
+#[inline(always)]
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish_group<Q: Copy + Into<i32>>(
+    raw: [i32; 4],
+    q: *const Q,
+    r: &[*const i8; 4],
+    (j, d): (usize, usize),
+    (i, t_n): (usize, usize),
+    offset: i32,
+    sums: &[i32],
+    out: &mut [i32],
+) {
+    for t in 0..t_n {
+        let mut s = raw[t];
+        for jj in j..d {
+            s += (*q.add(jj)).into() * *r[t].add(jj) as i32;
+        }
+        if offset != 0 {
+            s -= offset * sums[i + t];
+        }
+        *out.get_unchecked_mut(i + t) = s;
+    }
+}
+
+/// Checks the shapes of the integer row kernels: `rows` holds exactly `n` rows of `d` bytes,
+/// and `d` is at most [`I8_MAX_DIM`].
+#[inline]
+fn check_i8_rows(d: usize, rows: usize, n: usize) {
+    check_rows(d, rows, n);
+    assert!(
+        d <= I8_MAX_DIM,
         "integer kernels take at most {I8_MAX_DIM} dimensions"
     );
 }
 
+/// Checks the shapes of [`Kernels::dot_u8_rows`].
+#[inline]
+fn check_u8_rows(q: &[u8], rows: &[i8], sums: &[i32], out: &[i32]) {
+    check_i8_rows(q.len(), rows.len(), out.len());
+    assert_eq!(sums.len(), out.len(), "sums must hold one value per row");
+}
+
 mod scalar {
     use super::{
-        check_rows, check_u8_rows, query_scale, residual_bound, I16_QUERY_MAX, I8_MAX_DIM,
-        U8_QUERY_OFFSET,
+        check_i8_rows, check_rows, check_tile, check_u8_rows, query_scale, residual_bound,
+        I16_QUERY_MAX, U8_QUERY_OFFSET,
     };
 
     const LANES: usize = 8;
@@ -298,11 +363,7 @@ mod scalar {
     }
 
     pub fn dot_i8_rows(q: &[i16], rows: &[i8], out: &mut [i32]) {
-        check_rows(q.len(), rows.len(), out.len());
-        assert!(
-            q.len() <= I8_MAX_DIM,
-            "integer kernels take at most {I8_MAX_DIM} dimensions"
-        );
+        check_i8_rows(q.len(), rows.len(), out.len());
         if q.is_empty() {
             return out.fill(0);
         }
@@ -341,19 +402,9 @@ mod scalar {
     }
 
     pub fn dot_i8_tile(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]) {
-        if dim == 0 {
+        let Some((_, r)) = check_tile(queries, dim, rows, out) else {
             return out.fill(0);
-        }
-        assert!(
-            queries.len().is_multiple_of(dim) && rows.len().is_multiple_of(dim),
-            "queries and rows must be whole rows"
-        );
-        let r = rows.len() / dim;
-        assert_eq!(
-            out.len(),
-            queries.len() / dim * r,
-            "out must hold one value per (query, row)"
-        );
+        };
         for (q, o) in queries
             .chunks_exact(dim)
             .zip(out.chunks_exact_mut(r.max(1)))
@@ -366,8 +417,8 @@ mod scalar {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{
-        check_rows, check_u8_rows, prefetch_next_rows, query_scale, residual_bound, I16_QUERY_MAX,
-        I8_MAX_DIM, U8_QUERY_OFFSET,
+        check_i8_rows, check_rows, check_tile, check_u8_rows, finish_group, prefetch_next_rows,
+        query_scale, residual_bound, row_group, I16_QUERY_MAX, U8_QUERY_OFFSET,
     };
     use std::arch::x86_64::*;
 
@@ -589,12 +640,24 @@ mod avx2 {
         _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast()))
     }
 
-    pub fn dot_i8_rows(q: &[i16], rows: &[i8], out: &mut [i32]) {
-        check_rows(q.len(), rows.len(), out.len());
-        assert!(
-            q.len() <= I8_MAX_DIM,
-            "integer kernels take at most {I8_MAX_DIM} dimensions"
+    /// The lane sums of four accumulators in one tree: `[Σa, Σb, Σc, Σd]`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn reduce4(acc: [__m256i; 4]) -> [i32; 4] {
+        let h = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(acc[0], acc[1]),
+            _mm256_hadd_epi32(acc[2], acc[3]),
         );
+        let mut sums = [0i32; 4];
+        _mm_storeu_si128(
+            sums.as_mut_ptr().cast(),
+            _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h)),
+        );
+        sums
+    }
+
+    pub fn dot_i8_rows(q: &[i16], rows: &[i8], out: &mut [i32]) {
+        check_i8_rows(q.len(), rows.len(), out.len());
         // SAFETY: avx2 checked by `Kernels::detect`; `rows` holds out.len() rows of q.len().
         unsafe { dot_i8_rows_impl(q, rows.as_ptr(), out) }
     }
@@ -608,14 +671,7 @@ mod avx2 {
         let n = out.len();
         let mut i = 0;
         while i < n {
-            let t_n = (n - i).min(4);
-            // Rows past the end alias the last real row (their results are discarded).
-            let r = [
-                rows.add(i * d),
-                rows.add((i + 1.min(t_n - 1)) * d),
-                rows.add((i + 2.min(t_n - 1)) * d),
-                rows.add((i + 3.min(t_n - 1)) * d),
-            ];
+            let (r, t_n) = row_group(rows, d, i, n);
             let mut acc = [_mm256_setzero_si256(); 4];
             let mut j = 0;
             while j + 32 <= d {
@@ -638,23 +694,7 @@ mod avx2 {
                 }
                 j += 16;
             }
-            // Lane sums of the four accumulators in one tree: [Σa, Σb, Σc, Σd].
-            let h = _mm256_hadd_epi32(
-                _mm256_hadd_epi32(acc[0], acc[1]),
-                _mm256_hadd_epi32(acc[2], acc[3]),
-            );
-            let mut sums = [0i32; 4];
-            _mm_storeu_si128(
-                sums.as_mut_ptr().cast(),
-                _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h)),
-            );
-            for t in 0..t_n {
-                let mut s = sums[t];
-                for jj in j..d {
-                    s += *pq.add(jj) as i32 * *r[t].add(jj) as i32;
-                }
-                *out.get_unchecked_mut(i + t) = s;
-            }
+            finish_group(reduce4(acc), pq, &r, (j, d), (i, t_n), 0, &[], out);
             i += 4;
         }
     }
@@ -676,14 +716,7 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         let mut i = 0;
         while i < n {
-            let t_n = (n - i).min(4);
-            // Rows past the end alias the last real row (their results are discarded).
-            let r = [
-                rows.add(i * d),
-                rows.add((i + 1.min(t_n - 1)) * d),
-                rows.add((i + 2.min(t_n - 1)) * d),
-                rows.add((i + 3.min(t_n - 1)) * d),
-            ];
+            let (r, t_n) = row_group(rows, d, i, n);
             let mut acc = [_mm256_setzero_si256(); 4];
             let mut j = 0;
             while j + 32 <= d {
@@ -697,22 +730,8 @@ mod avx2 {
                 }
                 j += 32;
             }
-            let h = _mm256_hadd_epi32(
-                _mm256_hadd_epi32(acc[0], acc[1]),
-                _mm256_hadd_epi32(acc[2], acc[3]),
-            );
-            let mut raw = [0i32; 4];
-            _mm_storeu_si128(
-                raw.as_mut_ptr().cast(),
-                _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h)),
-            );
-            for t in 0..t_n {
-                let mut s = raw[t];
-                for jj in j..d {
-                    s += *pq.add(jj) as i32 * *r[t].add(jj) as i32;
-                }
-                *out.get_unchecked_mut(i + t) = s - U8_QUERY_OFFSET * sums[i + t];
-            }
+            let raw = reduce4(acc);
+            finish_group(raw, pq, &r, (j, d), (i, t_n), U8_QUERY_OFFSET, sums, out);
             i += 4;
         }
     }
@@ -775,20 +794,9 @@ mod avx2 {
     }
 
     pub fn dot_i8_tile(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]) {
-        if dim == 0 {
+        let Some((m, r)) = check_tile(queries, dim, rows, out) else {
             return out.fill(0);
-        }
-        assert!(
-            queries.len().is_multiple_of(dim) && rows.len().is_multiple_of(dim),
-            "queries and rows must be whole rows"
-        );
-        assert!(
-            dim <= I8_MAX_DIM,
-            "integer kernels take at most {I8_MAX_DIM} dimensions"
-        );
-        let r = rows.len() / dim;
-        let m = queries.len() / dim;
-        assert_eq!(out.len(), m * r, "out must hold one value per (query, row)");
+        };
         // SAFETY: avx2 checked by `Kernels::detect`; shapes checked above.
         unsafe { dot_i8_tile_impl(queries.as_ptr(), m, dim, rows.as_ptr(), r, out.as_mut_ptr()) }
     }
@@ -848,14 +856,17 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{check_rows, check_u8_rows, prefetch_next_rows, I8_MAX_DIM, U8_QUERY_OFFSET};
+    use super::{
+        check_i8_rows, check_tile, check_u8_rows, finish_group, prefetch_next_rows, row_group,
+        U8_QUERY_OFFSET,
+    };
     use std::arch::x86_64::*;
 
     /// The lane sums of four accumulators at once, `[Σa, Σb, Σc, Σd]` (one transpose-and-add
     /// tree instead of four separate reductions).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn reduce4(acc: [__m512i; 4]) -> __m128i {
+    unsafe fn reduce4(acc: [__m512i; 4]) -> [i32; 4] {
         let ab = _mm512_add_epi32(
             _mm512_unpacklo_epi32(acc[0], acc[1]),
             _mm512_unpackhi_epi32(acc[0], acc[1]),
@@ -869,7 +880,12 @@ mod avx512 {
             _mm512_castsi512_si256(abcd),
             _mm512_extracti64x4_epi64::<1>(abcd),
         );
-        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+        let mut sums = [0i32; 4];
+        _mm_storeu_si128(
+            sums.as_mut_ptr().cast(),
+            _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h)),
+        );
+        sums
     }
 
     /// Thirty-two bytes at `p` sign-extended to thirty-two i16.
@@ -879,11 +895,7 @@ mod avx512 {
     }
 
     pub fn dot_i8_rows(q: &[i16], rows: &[i8], out: &mut [i32]) {
-        check_rows(q.len(), rows.len(), out.len());
-        assert!(
-            q.len() <= I8_MAX_DIM,
-            "integer kernels take at most {I8_MAX_DIM} dimensions"
-        );
+        check_i8_rows(q.len(), rows.len(), out.len());
         // SAFETY: avx512bw+avx512vnni checked by `Kernels::detect`; `rows` holds out.len() rows of q.len().
         unsafe { dot_i8_rows_impl(q, rows.as_ptr(), out) }
     }
@@ -897,13 +909,7 @@ mod avx512 {
         let n = out.len();
         let mut i = 0;
         while i < n {
-            let t_n = (n - i).min(4);
-            let r = [
-                rows.add(i * d),
-                rows.add((i + 1.min(t_n - 1)) * d),
-                rows.add((i + 2.min(t_n - 1)) * d),
-                rows.add((i + 3.min(t_n - 1)) * d),
-            ];
+            let (r, t_n) = row_group(rows, d, i, n);
             let mut acc = [_mm512_setzero_si512(); 4];
             let mut j = 0;
             while j + 32 <= d {
@@ -916,15 +922,7 @@ mod avx512 {
                 }
                 j += 32;
             }
-            let mut sums = [0i32; 4];
-            _mm_storeu_si128(sums.as_mut_ptr().cast(), reduce4(acc));
-            for t in 0..t_n {
-                let mut s = sums[t];
-                for jj in j..d {
-                    s += *pq.add(jj) as i32 * *r[t].add(jj) as i32;
-                }
-                *out.get_unchecked_mut(i + t) = s;
-            }
+            finish_group(reduce4(acc), pq, &r, (j, d), (i, t_n), 0, &[], out);
             i += 4;
         }
     }
@@ -945,13 +943,7 @@ mod avx512 {
         let n = out.len();
         let mut i = 0;
         while i < n {
-            let t_n = (n - i).min(4);
-            let r = [
-                rows.add(i * d),
-                rows.add((i + 1.min(t_n - 1)) * d),
-                rows.add((i + 2.min(t_n - 1)) * d),
-                rows.add((i + 3.min(t_n - 1)) * d),
-            ];
+            let (r, t_n) = row_group(rows, d, i, n);
             let mut acc = [_mm512_setzero_si512(); 4];
             let mut j = 0;
             while j + 64 <= d {
@@ -965,34 +957,16 @@ mod avx512 {
                 }
                 j += 64;
             }
-            let mut raw = [0i32; 4];
-            _mm_storeu_si128(raw.as_mut_ptr().cast(), reduce4(acc));
-            for t in 0..t_n {
-                let mut s = raw[t];
-                for jj in j..d {
-                    s += *pq.add(jj) as i32 * *r[t].add(jj) as i32;
-                }
-                *out.get_unchecked_mut(i + t) = s - U8_QUERY_OFFSET * sums[i + t];
-            }
+            let raw = reduce4(acc);
+            finish_group(raw, pq, &r, (j, d), (i, t_n), U8_QUERY_OFFSET, sums, out);
             i += 4;
         }
     }
 
     pub fn dot_i8_tile(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]) {
-        if dim == 0 {
+        let Some((m, r)) = check_tile(queries, dim, rows, out) else {
             return out.fill(0);
-        }
-        assert!(
-            queries.len().is_multiple_of(dim) && rows.len().is_multiple_of(dim),
-            "queries and rows must be whole rows"
-        );
-        assert!(
-            dim <= I8_MAX_DIM,
-            "integer kernels take at most {I8_MAX_DIM} dimensions"
-        );
-        let r = rows.len() / dim;
-        let m = queries.len() / dim;
-        assert_eq!(out.len(), m * r, "out must hold one value per (query, row)");
+        };
         // SAFETY: avx512bw+avx512vnni checked by `Kernels::detect`; shapes checked above.
         unsafe { dot_i8_tile_impl(queries.as_ptr(), m, dim, rows.as_ptr(), r, out.as_mut_ptr()) }
     }
