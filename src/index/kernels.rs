@@ -239,14 +239,41 @@ fn check_tile(queries: &[i16], dim: usize, rows: &[i8], out: &[i32]) -> Option<(
     Some((m, r))
 }
 
-/// The four rows of group `i` of `n` rows of `d` bytes at `rows` (rows past the end alias
+/// The four rows of group `i` of `n` rows of `d` elements at `rows` (rows past the end alias
 /// the last real one; their results are discarded), and how many are real.
 #[inline(always)]
 #[cfg(target_arch = "x86_64")]
-unsafe fn row_group(rows: *const i8, d: usize, i: usize, n: usize) -> ([*const i8; 4], usize) {
+unsafe fn row_group<T>(rows: *const T, d: usize, i: usize, n: usize) -> ([*const T; 4], usize) {
     let t_n = (n - i).min(4);
     let at = |t: usize| rows.add((i + t.min(t_n - 1)) * d);
     ([at(0), at(1), at(2), at(3)], t_n)
+}
+
+/// Finishes a tile of two rows `c` (from row `ri`, `rn` real) × four queries `q` (from query
+/// `qi`, `qn` real): adds the products of the elements `j..d` the vector loop left over to the
+/// vector sums `sums[row][query]` and stores the real ones in `out` (`r` values per query).
+#[inline(always)]
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish_tile(
+    sums: [[i32; 4]; 2],
+    q: &[*const i16; 4],
+    c: &[*const i8; 2],
+    (j, d): (usize, usize),
+    (qi, qn): (usize, usize),
+    (ri, rn): (usize, usize),
+    r: usize,
+    out: *mut i32,
+) {
+    for (rr, sums) in sums.iter().enumerate().take(rn) {
+        for t in 0..qn {
+            let mut s = sums[t];
+            for jj in j..d {
+                s += *q[t].add(jj) as i32 * *c[rr].add(jj) as i32;
+            }
+            *out.add((qi + t) * r + ri + rr) = s;
+        }
+    }
 }
 
 /// Finishes group `i` of a row kernel: adds the products of the elements `j..d` that the
@@ -417,8 +444,8 @@ mod scalar {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{
-        check_i8_rows, check_rows, check_tile, check_u8_rows, finish_group, prefetch_next_rows,
-        query_scale, residual_bound, row_group, I16_QUERY_MAX, U8_QUERY_OFFSET,
+        check_i8_rows, check_rows, check_tile, check_u8_rows, finish_group, finish_tile,
+        prefetch_next_rows, query_scale, residual_bound, row_group, I16_QUERY_MAX, U8_QUERY_OFFSET,
     };
     use std::arch::x86_64::*;
 
@@ -819,13 +846,7 @@ mod avx2 {
             let c = [rows.add(ri * d), rows.add((ri + rn - 1) * d)];
             let mut qi = 0;
             while qi < m {
-                let qn = (m - qi).min(4);
-                let q = [
-                    qs.add(qi * d),
-                    qs.add((qi + 1.min(qn - 1)) * d),
-                    qs.add((qi + 2.min(qn - 1)) * d),
-                    qs.add((qi + 3.min(qn - 1)) * d),
-                ];
+                let (q, qn) = row_group(qs, d, qi, m);
                 let mut acc = [[_mm256_setzero_si256(); 4]; 2];
                 let mut j = 0;
                 while j + 16 <= d {
@@ -838,15 +859,8 @@ mod avx2 {
                     }
                     j += 16;
                 }
-                for (rr, acc) in acc.iter().enumerate().take(rn) {
-                    for t in 0..qn {
-                        let mut s = hsum_i32(acc[t]);
-                        for jj in j..d {
-                            s += *q[t].add(jj) as i32 * *c[rr].add(jj) as i32;
-                        }
-                        *out.add((qi + t) * r + ri + rr) = s;
-                    }
-                }
+                let sums = acc.map(|a| a.map(|v| hsum_i32(v)));
+                finish_tile(sums, &q, &c, (j, d), (qi, qn), (ri, rn), r, out);
                 qi += 4;
             }
             ri += 2;
@@ -857,8 +871,8 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{
-        check_i8_rows, check_tile, check_u8_rows, finish_group, prefetch_next_rows, row_group,
-        U8_QUERY_OFFSET,
+        check_i8_rows, check_tile, check_u8_rows, finish_group, finish_tile, prefetch_next_rows,
+        row_group, U8_QUERY_OFFSET,
     };
     use std::arch::x86_64::*;
 
@@ -988,13 +1002,7 @@ mod avx512 {
             let c = [rows.add(ri * d), rows.add((ri + rn - 1) * d)];
             let mut qi = 0;
             while qi < m {
-                let qn = (m - qi).min(4);
-                let q = [
-                    qs.add(qi * d),
-                    qs.add((qi + 1.min(qn - 1)) * d),
-                    qs.add((qi + 2.min(qn - 1)) * d),
-                    qs.add((qi + 3.min(qn - 1)) * d),
-                ];
+                let (q, qn) = row_group(qs, d, qi, m);
                 let mut acc = [[_mm512_setzero_si512(); 4]; 2];
                 let mut j = 0;
                 while j + 32 <= d {
@@ -1007,15 +1015,8 @@ mod avx512 {
                     }
                     j += 32;
                 }
-                for (rr, acc) in acc.iter().enumerate().take(rn) {
-                    for t in 0..qn {
-                        let mut s = _mm512_reduce_add_epi32(acc[t]);
-                        for jj in j..d {
-                            s += *q[t].add(jj) as i32 * *c[rr].add(jj) as i32;
-                        }
-                        *out.add((qi + t) * r + ri + rr) = s;
-                    }
-                }
+                let sums = acc.map(|a| a.map(|v| _mm512_reduce_add_epi32(v)));
+                finish_tile(sums, &q, &c, (j, d), (qi, qn), (ri, rn), r, out);
                 qi += 4;
             }
             ri += 2;
