@@ -244,8 +244,12 @@ fn check_tile(queries: &[i16], dim: usize, rows: &[i8], out: &[i32]) -> Option<(
 #[inline(always)]
 #[cfg(target_arch = "x86_64")]
 unsafe fn row_group<T>(rows: *const T, d: usize, i: usize, n: usize) -> ([*const T; 4], usize) {
-    let t_n = (n - i).min(4);
-    let at = |t: usize| rows.add((i + t.min(t_n - 1)) * d);
+    let first = rows.add(i * d);
+    if i + 4 <= n {
+        return ([first, first.add(d), first.add(2 * d), first.add(3 * d)], 4);
+    }
+    let t_n = n - i;
+    let at = |t: usize| first.add(t.min(t_n - 1) * d);
     ([at(0), at(1), at(2), at(3)], t_n)
 }
 
@@ -292,6 +296,14 @@ unsafe fn finish_group<Q: Copy + Into<i32>>(
     sums: &[i32],
     out: &mut [i32],
 ) {
+    if t_n == 4 && j == d {
+        // The common case: a whole group and no leftover elements.
+        let at = out.as_mut_ptr().add(i);
+        if offset == 0 {
+            return at.cast::<[i32; 4]>().write_unaligned(raw);
+        }
+        return store_corrected(raw, offset, sums.as_ptr().add(i), at);
+    }
     for t in 0..t_n {
         let mut s = raw[t];
         for jj in j..d {
@@ -313,6 +325,17 @@ fn check_i8_rows(d: usize, rows: usize, n: usize) {
         d <= I8_MAX_DIM,
         "integer kernels take at most {I8_MAX_DIM} dimensions"
     );
+}
+
+/// Stores `raw[t] − offset·sums[t]` for four rows in four vector instructions.
+#[inline]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.1")]
+unsafe fn store_corrected(raw: [i32; 4], offset: i32, sums: *const i32, out: *mut i32) {
+    use std::arch::x86_64::*;
+    let raw = _mm_loadu_si128(raw.as_ptr().cast());
+    let offset = _mm_mullo_epi32(_mm_loadu_si128(sums.cast()), _mm_set1_epi32(offset));
+    _mm_storeu_si128(out.cast(), _mm_sub_epi32(raw, offset));
 }
 
 /// Checks the shapes of [`Kernels::dot_u8_rows`].
