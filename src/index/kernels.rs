@@ -8,12 +8,14 @@
 //! (contiguous lists and centroid tables), and integer kernels over the 8-bit centroid table the
 //! searcher screens lists with (see `coarse.rs`): an 8-bit query against many `i8` rows (the
 //! centroid table: one `vpdpbusd` per 64 bytes), an `i16` query against many `i8` rows (list
-//! codes, where a tighter bound saves reads from memory), and a tile of several `i16` queries
+//! codes, where a tighter bound saves reads from memory), and a tile of several 8-bit queries
 //! against several rows, so a block of queries shares one pass over memory. Integer sums are
 //! exact, and every kernel set quantises queries the same way.
 
 /// The signature of [`Kernels::dot_u8_rows`].
 pub type ByteQueryRows = fn(q: &[u8], rows: &[i8], sums: &[i32], out: &mut [i32]);
+/// The signature of [`Kernels::dot_u8_tile`].
+pub type ByteQueryTile = fn(queries: &[u8], dim: usize, rows: &[i8], sums: &[i32], out: &mut [i32]);
 
 /// The distance kernels one searcher uses.
 #[derive(Clone, Copy)]
@@ -36,9 +38,11 @@ pub struct Kernels {
     /// `q.len()` bytes in `rows`, given each row's byte sum in `sums` (see [`narrow_query`]);
     /// `q` values at most `2·U8_QUERY_OFFSET`, `q.len()` at most [`I8_MAX_DIM`].
     pub dot_u8_rows: ByteQueryRows,
-    /// Tile of exact integer dot products: `queries` holds `m` rows of `dim` (≤ [`I8_MAX_DIM`]),
-    /// `rows` holds `r` rows of `dim`, `out` (`m × r`) receives `out[qi * r + ri] = queries[qi] · rows[ri]`.
-    pub dot_i8_tile: fn(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]),
+    /// Tile of exact integer dot products of byte queries (as in [`dot_u8_rows`](Self::dot_u8_rows)):
+    /// `queries` holds `m` rows of `dim` bytes (`dim` ≤ [`I8_MAX_DIM`]), `rows` holds `r` rows of
+    /// `dim` with their byte sums in `sums`, and `out` (`m × r`) receives
+    /// `out[qi * r + ri] = Σ (queries[qi][j] − U8_QUERY_OFFSET)·rows[ri][j]`.
+    pub dot_u8_tile: ByteQueryTile,
     /// Name of the instruction sets in use (`avx2+fma`, `avx2+fma, avx512-vnni screen` or `scalar`).
     pub name: &'static str,
 }
@@ -64,7 +68,7 @@ impl Kernels {
                     dot_i8_rows: avx2::dot_i8_rows,
                     quantise: avx2::quantise,
                     dot_u8_rows: avx2::dot_u8_rows,
-                    dot_i8_tile: avx2::dot_i8_tile,
+                    dot_u8_tile: avx2::dot_u8_tile,
                     name: "avx2+fma",
                 };
                 if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
@@ -73,7 +77,7 @@ impl Kernels {
                     return Kernels {
                         dot_i8_rows: avx512::dot_i8_rows,
                         dot_u8_rows: avx512::dot_u8_rows,
-                        dot_i8_tile: avx512::dot_i8_tile,
+                        dot_u8_tile: avx512::dot_u8_tile,
                         name: "avx2+fma, avx512-vnni screen",
                         ..avx2
                     };
@@ -93,13 +97,23 @@ impl Kernels {
                 return Some(Kernels {
                     dot_i8_rows: avx2::dot_i8_rows,
                     dot_u8_rows: avx2::dot_u8_rows,
-                    dot_i8_tile: avx2::dot_i8_tile,
+                    dot_u8_tile: avx2::dot_u8_tile,
                     name: "avx2+fma",
                     ..k
                 });
             }
         }
         None
+    }
+
+    /// Quantises a finite query to the bytes of an 8-bit query (16 bits first, into `scratch`,
+    /// then [`narrow_query`]); returns `(t, e)` with `q ≈ t·(out − U8_QUERY_OFFSET)` and
+    /// `e ≥ ‖q − t·(out − U8_QUERY_OFFSET)‖` (rigorous; infinite when `t` is).
+    pub fn quantise_u8(&self, q: &[f32], scratch: &mut [i16], out: &mut [u8]) -> (f32, f32) {
+        let (t16, e16) = (self.quantise)(q, scratch);
+        let r2 = narrow_query(scratch, out);
+        let e = (e16 as f64 + t16 as f64 * (r2 as f64).sqrt()) * (1.0 + 1e-9);
+        (256.0 * t16, super::coarse::round_up(e))
     }
 
     /// Portable kernels (the compiler vectorises them for the baseline target).
@@ -112,7 +126,7 @@ impl Kernels {
             dot_i8_rows: scalar::dot_i8_rows,
             quantise: scalar::quantise,
             dot_u8_rows: scalar::dot_u8_rows,
-            dot_i8_tile: scalar::dot_i8_tile,
+            dot_u8_tile: scalar::dot_u8_tile,
             name: "scalar",
         }
     }
@@ -219,10 +233,16 @@ pub fn narrow_query(q16: &[i16], out: &mut [u8]) -> u64 {
     sum
 }
 
-/// Checks the shapes of [`Kernels::dot_i8_tile`]: `Some((m, r))` queries and rows, `None`
+/// Checks the shapes of [`Kernels::dot_u8_tile`]: `Some((m, r))` queries and rows, `None`
 /// for `dim == 0` (every product is then 0).
 #[inline]
-fn check_tile(queries: &[i16], dim: usize, rows: &[i8], out: &[i32]) -> Option<(usize, usize)> {
+fn check_tile(
+    queries: &[u8],
+    dim: usize,
+    rows: &[i8],
+    sums: &[i32],
+    out: &[i32],
+) -> Option<(usize, usize)> {
     if dim == 0 {
         return None;
     }
@@ -236,6 +256,7 @@ fn check_tile(queries: &[i16], dim: usize, rows: &[i8], out: &[i32]) -> Option<(
     );
     let (m, r) = (queries.len() / dim, rows.len() / dim);
     assert_eq!(out.len(), m * r, "out must hold one value per (query, row)");
+    assert_eq!(sums.len(), r, "sums must hold one value per row");
     Some((m, r))
 }
 
@@ -253,29 +274,60 @@ unsafe fn row_group<T>(rows: *const T, d: usize, i: usize, n: usize) -> ([*const
     ([at(0), at(1), at(2), at(3)], t_n)
 }
 
-/// Finishes a tile of two rows `c` (from row `ri`, `rn` real) × four queries `q` (from query
-/// `qi`, `qn` real): adds the products of the elements `j..d` the vector loop left over to the
-/// vector sums `sums[row][query]` and stores the real ones in `out` (`r` values per query).
+/// A tile kernel's body: `(queries, m, dim, rows, sums, out)` (see [`Kernels::dot_u8_tile`]).
+#[cfg(target_arch = "x86_64")]
+type TileImpl = unsafe fn(*const u8, usize, usize, *const i8, &[i32], *mut i32);
+
+/// Checks a tile's shapes, then runs `imp`.
+///
+/// # Safety
+/// The CPU must have the instruction sets `imp` is compiled for.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_tile(
+    queries: &[u8],
+    dim: usize,
+    rows: &[i8],
+    sums: &[i32],
+    out: &mut [i32],
+    imp: TileImpl,
+) {
+    let Some((m, _)) = check_tile(queries, dim, rows, sums, out) else {
+        return out.fill(0);
+    };
+    imp(
+        queries.as_ptr(),
+        m,
+        dim,
+        rows.as_ptr(),
+        sums,
+        out.as_mut_ptr(),
+    )
+}
+
+/// Finishes a tile of two rows `c` (from row `ri`, `rn` real, byte sums in `row_sums`) × four
+/// byte queries `q` (from query `qi`, `qn` real): adds the products of the elements `j..d` the
+/// vector loop left over to the vector sums `raw[row][query]`, subtracts the query offset's
+/// share, and stores the real ones in `out` (`r` values per query).
 #[inline(always)]
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn finish_tile(
-    sums: [[i32; 4]; 2],
-    q: &[*const i16; 4],
+    raw: [[i32; 4]; 2],
+    q: &[*const u8; 4],
     c: &[*const i8; 2],
     (j, d): (usize, usize),
     (qi, qn): (usize, usize),
     (ri, rn): (usize, usize),
-    r: usize,
+    (r, row_sums): (usize, &[i32]),
     out: *mut i32,
 ) {
-    for (rr, sums) in sums.iter().enumerate().take(rn) {
+    for (rr, raw) in raw.iter().enumerate().take(rn) {
         for t in 0..qn {
-            let mut s = sums[t];
+            let mut s = raw[t];
             for jj in j..d {
                 s += *q[t].add(jj) as i32 * *c[rr].add(jj) as i32;
             }
-            *out.add((qi + t) * r + ri + rr) = s;
+            *out.add((qi + t) * r + ri + rr) = s - U8_QUERY_OFFSET * row_sums[ri + rr];
         }
     }
 }
@@ -451,15 +503,15 @@ mod scalar {
         (t, residual_bound(err2, t, q.len()))
     }
 
-    pub fn dot_i8_tile(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]) {
-        let Some((_, r)) = check_tile(queries, dim, rows, out) else {
+    pub fn dot_u8_tile(queries: &[u8], dim: usize, rows: &[i8], sums: &[i32], out: &mut [i32]) {
+        let Some((_, r)) = check_tile(queries, dim, rows, sums, out) else {
             return out.fill(0);
         };
         for (q, o) in queries
             .chunks_exact(dim)
             .zip(out.chunks_exact_mut(r.max(1)))
         {
-            dot_i8_rows(q, rows, &mut o[..r]);
+            dot_u8_rows(q, rows, sums, &mut o[..r]);
         }
     }
 }
@@ -467,8 +519,8 @@ mod scalar {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{
-        check_i8_rows, check_rows, check_tile, check_u8_rows, finish_group, finish_tile,
-        prefetch_next_rows, query_scale, residual_bound, row_group, I16_QUERY_MAX, U8_QUERY_OFFSET,
+        check_i8_rows, check_rows, check_u8_rows, finish_group, finish_tile, prefetch_next_rows,
+        query_scale, residual_bound, row_group, run_tile, I16_QUERY_MAX, U8_QUERY_OFFSET,
     };
     use std::arch::x86_64::*;
 
@@ -843,26 +895,25 @@ mod avx2 {
         (t, residual_bound(err2, t, d))
     }
 
-    pub fn dot_i8_tile(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]) {
-        let Some((m, r)) = check_tile(queries, dim, rows, out) else {
-            return out.fill(0);
-        };
-        // SAFETY: avx2 checked by `Kernels::detect`; shapes checked above.
-        unsafe { dot_i8_tile_impl(queries.as_ptr(), m, dim, rows.as_ptr(), r, out.as_mut_ptr()) }
+    pub fn dot_u8_tile(queries: &[u8], dim: usize, rows: &[i8], sums: &[i32], out: &mut [i32]) {
+        // SAFETY: avx2 checked by `Kernels::detect`.
+        unsafe { run_tile(queries, dim, rows, sums, out, dot_u8_tile_impl) }
     }
 
-    /// Two byte rows × four queries per pass: eight accumulators; per 16 elements, two sign
-    /// extensions feed eight multiply-add-pairs. Each row pair is extended once per query quad
-    /// and stays in L1 across the quads.
+    /// Two byte rows × four byte queries per pass: eight accumulators; per 32 elements, two row
+    /// loads feed eight `vpmaddubsw` + `vpmaddwd`. The row pair stays in L1 across the query
+    /// quads.
     #[target_feature(enable = "avx2")]
-    unsafe fn dot_i8_tile_impl(
-        qs: *const i16,
+    unsafe fn dot_u8_tile_impl(
+        qs: *const u8,
         m: usize,
         d: usize,
         rows: *const i8,
-        r: usize,
+        sums: &[i32],
         out: *mut i32,
     ) {
+        let r = sums.len();
+        let ones = _mm256_set1_epi16(1);
         let mut ri = 0;
         while ri < r {
             let rn = (r - ri).min(2);
@@ -872,18 +923,21 @@ mod avx2 {
                 let (q, qn) = row_group(qs, d, qi, m);
                 let mut acc = [[_mm256_setzero_si256(); 4]; 2];
                 let mut j = 0;
-                while j + 16 <= d {
-                    let c0 = load_i8(c[0].add(j));
-                    let c1 = load_i8(c[1].add(j));
+                while j + 32 <= d {
+                    let c0 = _mm256_loadu_si256(c[0].add(j).cast());
+                    let c1 = _mm256_loadu_si256(c[1].add(j).cast());
                     for t in 0..4 {
                         let qv = _mm256_loadu_si256(q[t].add(j).cast());
-                        acc[0][t] = _mm256_add_epi32(acc[0][t], _mm256_madd_epi16(qv, c0));
-                        acc[1][t] = _mm256_add_epi32(acc[1][t], _mm256_madd_epi16(qv, c1));
+                        let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(qv, c0), ones);
+                        let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(qv, c1), ones);
+                        acc[0][t] = _mm256_add_epi32(acc[0][t], p0);
+                        acc[1][t] = _mm256_add_epi32(acc[1][t], p1);
                     }
-                    j += 16;
+                    j += 32;
                 }
-                let sums = acc.map(|a| a.map(|v| hsum_i32(v)));
-                finish_tile(sums, &q, &c, (j, d), (qi, qn), (ri, rn), r, out);
+                let raw = acc.map(|a| a.map(|v| hsum_i32(v)));
+                let spans = ((j, d), (qi, qn), (ri, rn), (r, sums));
+                finish_tile(raw, &q, &c, spans.0, spans.1, spans.2, spans.3, out);
                 qi += 4;
             }
             ri += 2;
@@ -894,8 +948,8 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{
-        check_i8_rows, check_tile, check_u8_rows, finish_group, finish_tile, prefetch_next_rows,
-        row_group, U8_QUERY_OFFSET,
+        check_i8_rows, check_u8_rows, finish_group, finish_tile, prefetch_next_rows, row_group,
+        run_tile, U8_QUERY_OFFSET,
     };
     use std::arch::x86_64::*;
 
@@ -1000,25 +1054,23 @@ mod avx512 {
         }
     }
 
-    pub fn dot_i8_tile(queries: &[i16], dim: usize, rows: &[i8], out: &mut [i32]) {
-        let Some((m, r)) = check_tile(queries, dim, rows, out) else {
-            return out.fill(0);
-        };
-        // SAFETY: avx512bw+avx512vnni checked by `Kernels::detect`; shapes checked above.
-        unsafe { dot_i8_tile_impl(queries.as_ptr(), m, dim, rows.as_ptr(), r, out.as_mut_ptr()) }
+    pub fn dot_u8_tile(queries: &[u8], dim: usize, rows: &[i8], sums: &[i32], out: &mut [i32]) {
+        // SAFETY: avx512bw+avx512vnni checked by `Kernels::detect`.
+        unsafe { run_tile(queries, dim, rows, sums, out, dot_u8_tile_impl) }
     }
 
-    /// Two byte rows × four queries per pass: eight accumulators; per 32 elements, two sign
-    /// extensions feed eight `vpdpwssd`.
+    /// Two byte rows × four byte queries per pass: eight accumulators; per 64 elements, two row
+    /// loads feed eight `vpdpbusd`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn dot_i8_tile_impl(
-        qs: *const i16,
+    unsafe fn dot_u8_tile_impl(
+        qs: *const u8,
         m: usize,
         d: usize,
         rows: *const i8,
-        r: usize,
+        sums: &[i32],
         out: *mut i32,
     ) {
+        let r = sums.len();
         let mut ri = 0;
         while ri < r {
             let rn = (r - ri).min(2);
@@ -1028,18 +1080,19 @@ mod avx512 {
                 let (q, qn) = row_group(qs, d, qi, m);
                 let mut acc = [[_mm512_setzero_si512(); 4]; 2];
                 let mut j = 0;
-                while j + 32 <= d {
-                    let c0 = load_i8(c[0].add(j));
-                    let c1 = load_i8(c[1].add(j));
+                while j + 64 <= d {
+                    let c0 = _mm512_loadu_si512(c[0].add(j).cast());
+                    let c1 = _mm512_loadu_si512(c[1].add(j).cast());
                     for t in 0..4 {
                         let qv = _mm512_loadu_si512(q[t].add(j).cast());
-                        acc[0][t] = _mm512_dpwssd_epi32(acc[0][t], qv, c0);
-                        acc[1][t] = _mm512_dpwssd_epi32(acc[1][t], qv, c1);
+                        acc[0][t] = _mm512_dpbusd_epi32(acc[0][t], qv, c0);
+                        acc[1][t] = _mm512_dpbusd_epi32(acc[1][t], qv, c1);
                     }
-                    j += 32;
+                    j += 64;
                 }
-                let sums = acc.map(|a| a.map(|v| _mm512_reduce_add_epi32(v)));
-                finish_tile(sums, &q, &c, (j, d), (qi, qn), (ri, rn), r, out);
+                let raw = acc.map(|a| a.map(|v| _mm512_reduce_add_epi32(v)));
+                let spans = ((j, d), (qi, qn), (ri, rn), (r, sums));
+                finish_tile(raw, &q, &c, spans.0, spans.1, spans.2, spans.3, out);
                 qi += 4;
             }
             ri += 2;
@@ -1167,6 +1220,19 @@ mod tests {
         }
     }
 
+    /// A query byte, often at either end of its range (0 or `2·U8_QUERY_OFFSET`).
+    fn extreme_u8(next: &mut impl FnMut() -> f32) -> u8 {
+        let x = next();
+        let top = 2 * U8_QUERY_OFFSET;
+        if x > 0.4 {
+            top as u8
+        } else if x < -0.4 {
+            0
+        } else {
+            ((x + 0.4) / 0.8 * top as f32) as u8
+        }
+    }
+
     #[test]
     fn integer_kernels_are_exact_up_to_the_largest_dimension() {
         let mut next = lcg(19);
@@ -1208,13 +1274,6 @@ mod tests {
     #[test]
     fn byte_query_kernels_are_exact_up_to_the_largest_dimension() {
         let mut next = lcg(23);
-        let byte = |next: &mut dyn FnMut() -> f32| -> u8 {
-            match (next() * 8.0) as i32 {
-                -4 => 0,
-                3 => 2 * U8_QUERY_OFFSET as u8,
-                _ => ((next() + 0.5) * (2 * U8_QUERY_OFFSET + 1) as f32) as u8,
-            }
-        };
         for k in [
             Some(Kernels::scalar()),
             Kernels::avx2_only(),
@@ -1225,7 +1284,7 @@ mod tests {
         {
             for d in (0..70).chain([255, 256, 257, 767, 768, 1023, I8_MAX_DIM]) {
                 for n in [0usize, 1, 3, 4, 5, 9, 13] {
-                    let q: Vec<u8> = (0..d).map(|_| byte(&mut next)).collect();
+                    let q: Vec<u8> = (0..d).map(|_| extreme_u8(&mut next)).collect();
                     let rows: Vec<i8> = (0..n * d).map(|_| extreme_i8(&mut next)).collect();
                     let sums: Vec<i32> = rows
                         .chunks_exact(d.max(1))
@@ -1352,16 +1411,20 @@ mod tests {
         .into_iter()
         .flatten()
         {
-            for d in [1usize, 7, 15, 16, 17, 33, 256, 768] {
+            for d in [1usize, 7, 15, 16, 17, 33, 63, 64, 65, 256, 768] {
                 for m in 0..=6 {
                     for r in 0..=5 {
-                        let qs: Vec<i16> = (0..m * d).map(|_| extreme_i16(&mut next)).collect();
+                        let qs: Vec<u8> = (0..m * d).map(|_| extreme_u8(&mut next)).collect();
                         let rows: Vec<i8> = (0..r * d).map(|_| extreme_i8(&mut next)).collect();
+                        let sums: Vec<i32> = (0..r)
+                            .map(|i| rows[i * d..(i + 1) * d].iter().map(|&v| v as i32).sum())
+                            .collect();
                         let mut out = vec![i32::MIN; m * r];
-                        (k.dot_i8_tile)(&qs, d, &rows, &mut out);
+                        (k.dot_u8_tile)(&qs, d, &rows, &sums, &mut out);
                         for qi in 0..m {
                             let mut want = vec![0i32; r];
-                            (k.dot_i8_rows)(&qs[qi * d..(qi + 1) * d], &rows, &mut want);
+                            let q = &qs[qi * d..(qi + 1) * d];
+                            (Kernels::scalar().dot_u8_rows)(q, &rows, &sums, &mut want);
                             assert_eq!(
                                 &out[qi * r..(qi + 1) * r],
                                 &want[..],

@@ -10,9 +10,9 @@
 //! [`search_block`](Searcher::search_block) serves up to [`BLOCK`] queries with one pass over
 //! the centroid table.
 
-use super::coarse::{round_up, CodedRows, RowBounds};
+use super::coarse::{CodedRows, RowBounds};
 use super::codes::MIN_SCREENED_LIST;
-use super::kernels::{all_finite, narrow_query, prefetch, Kernels, I8_MAX_DIM};
+use super::kernels::{all_finite, prefetch, Kernels, I8_MAX_DIM, U8_QUERY_OFFSET};
 use super::topk::TopK;
 use super::IvfIndex;
 use crate::format::Metric;
@@ -353,7 +353,7 @@ pub struct Searcher {
     query_u8: [u8; I8_MAX_DIM],
     idots: [i32; SCREEN_CHUNK],
     block_screens: [Screen<BLOCK_MAX_NPROBE, BLOCK_CAND_CAP>; BLOCK],
-    block_queries: [i16; BLOCK * I8_MAX_DIM],
+    block_queries: [u8; BLOCK * I8_MAX_DIM],
     block_dots: [i32; BLOCK * BLOCK_CHUNK],
     block: BlockResults,
     stats: SearchStats,
@@ -500,22 +500,24 @@ impl Searcher {
         let mut live = [false; BLOCK];
         for (qi, q) in queries.chunks_exact(d).enumerate() {
             live[qi] = all_finite(q);
-            let qn2 = (self.kernels.dot)(q, q);
             let qb = &mut self.block_queries[qi * d..(qi + 1) * d];
             if live[qi] {
-                let (t, eq) = (self.kernels.quantise)(q, qb);
+                let qn2 = (self.kernels.dot)(q, q);
+                let (t, eq) = self.kernels.quantise_u8(q, &mut self.query_i16[..d], qb);
                 self.block_screens[qi].begin(nprobe, qn2, t, eq, &table.bounds, false);
             } else {
-                qb.fill(0);
+                qb.fill(U8_QUERY_OFFSET as u8);
             }
         }
-        let (rows, nlist) = (table.rows(), index.nlist());
+        let (rows, sums, nlist) = (table.rows(), table.sums(), index.nlist());
         let qs = &self.block_queries[..m * d];
         let mut base = 0;
         while base < nlist {
             let r = BLOCK_CHUNK.min(nlist - base);
             let dots = &mut self.block_dots[..m * r];
-            (self.kernels.dot_i8_tile)(qs, d, &rows[base * d..(base + r) * d], dots);
+            let chunk = base..base + r;
+            let tile = &rows[base * d..(base + r) * d];
+            (self.kernels.dot_u8_tile)(qs, d, tile, &sums[chunk], dots);
             for qi in 0..m {
                 let s = &mut self.block_screens[qi];
                 if live[qi] && !s.failed {
@@ -569,12 +571,11 @@ impl Searcher {
         let d = index.dim();
         let qn2 = (self.kernels.dot)(query, query);
         // The table is screened with an 8-bit query (the high bytes of the 16-bit one): half
-        // the multiply work of a 16-bit query, for a slightly looser bound (about one more
-        // list to re-check).
-        let (t16, e16) = (self.kernels.quantise)(query, &mut self.query_i16[..d]);
-        let r2 = narrow_query(&self.query_i16[..d], &mut self.query_u8[..d]);
-        let t = 256.0 * t16;
-        let eq = round_up((e16 as f64 + t16 as f64 * (r2 as f64).sqrt()) * (1.0 + 1e-9));
+        // the multiply work of a 16-bit query, for a slightly looser bound (about two more
+        // lists to re-check).
+        let (t, eq) =
+            self.kernels
+                .quantise_u8(query, &mut self.query_i16[..d], &mut self.query_u8[..d]);
         self.screen.begin(nprobe, qn2, t, eq, &table.bounds, false);
         let (kernel, q8) = (self.kernels.dot_u8_rows, &self.query_u8[..d]);
         let (rows, sums) = (table.rows(), table.sums());
