@@ -146,6 +146,34 @@ mod plugin {
         pub swap_callback_max_us: f64,
         pub swap_load_ms: f64,
         pub swap_request_to_first_blend_ms: f64,
+        /// When the slowest callback started, ms after the load request (negative: before it).
+        pub swap_slowest_at_ms: f64,
+        /// Page faults (minor + major) the callback thread took during the slowest callback.
+        pub swap_slowest_page_faults: u64,
+        /// Times the scheduler preempted the callback thread during the slowest callback.
+        pub swap_slowest_preemptions: u64,
+        /// Whether the callback thread ran under `SCHED_FIFO` (as an audio thread does).
+        pub swap_callback_realtime: bool,
+    }
+
+    /// One simulated callback: when it started (ns since the swap test began), how long it
+    /// took, and the page faults and involuntary context switches of its thread meanwhile.
+    #[derive(Clone, Copy)]
+    struct Callback {
+        start_ns: u64,
+        ns: f64,
+        faults: u64,
+        preemptions: u64,
+    }
+
+    /// The calling thread's page faults (minor + major) and involuntary context switches.
+    fn thread_usage() -> (u64, u64) {
+        // SAFETY: getrusage writes into the zeroed struct we pass.
+        unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+            ((u.ru_minflt + u.ru_majflt) as u64, u.ru_nivcsw as u64)
+        }
     }
 
     fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -314,10 +342,10 @@ mod plugin {
         let target_id = AtomicU64::new(u64::MAX);
         let epoch = Instant::now();
         let period = Duration::from_nanos((BLOCK as f64 / SR as f64 * 1e9) as u64);
-        let (cb_times, load_ms) = std::thread::scope(|s| -> crate::Result<(Vec<f64>, f64)> {
+        let (callbacks, rt, load_ms) = std::thread::scope(|s| -> crate::Result<_> {
             let h = s.spawn(|| {
-                realtime_thread();
-                let mut times = Vec::new();
+                let rt = realtime_thread();
+                let mut times = Vec::with_capacity(4096);
                 let mut next = Instant::now();
                 let mut pos = 0;
                 while !stop.load(Relaxed) {
@@ -330,9 +358,19 @@ mod plugin {
                         active_slot: active.load(Relaxed),
                         ..params
                     };
+                    // The thread's counters are read outside the timed region.
+                    let (faults, preemptions) = thread_usage();
+                    let start_ns = epoch.elapsed().as_nanos() as u64;
                     let t = Instant::now();
                     engine.process(&mut [&mut l[..], &mut r[..]], &p);
-                    times.push(t.elapsed().as_nanos() as f64);
+                    let ns = t.elapsed().as_nanos() as f64;
+                    let (faults_after, preemptions_after) = thread_usage();
+                    times.push(Callback {
+                        start_ns,
+                        ns,
+                        faults: faults_after - faults,
+                        preemptions: preemptions_after - preemptions,
+                    });
                     let serving = engine.retriever().serving_id();
                     if first_blend_at.load(Relaxed) == 0
                         && serving.is_some()
@@ -347,7 +385,7 @@ mod plugin {
                         next = now;
                     }
                 }
-                times
+                (times, rt)
             });
             std::thread::sleep(Duration::from_millis(500));
             request_at.store(epoch.elapsed().as_nanos() as u64, Relaxed);
@@ -365,15 +403,20 @@ mod plugin {
             active.store(1, Relaxed);
             std::thread::sleep(Duration::from_millis(1500));
             stop.store(true, Relaxed);
-            let times = h.join().map_err(|_| "the callback thread panicked")?;
-            Ok((times, load_ms))
+            let (times, rt) = h.join().map_err(|_| "the callback thread panicked")?;
+            Ok((times, rt, load_ms))
         })?;
-        let over = cb_times
+        let over = callbacks
             .iter()
-            .filter(|&&t| t > 0.5 * deadline_us * 1e3)
+            .filter(|c| c.ns > 0.5 * deadline_us * 1e3)
             .count();
         let first = first_blend_at.load(Relaxed);
         let req = request_at.load(Relaxed);
+        let slowest = callbacks
+            .iter()
+            .copied()
+            .max_by(|a, b| a.ns.total_cmp(&b.ns))
+            .ok_or("no callback ran")?;
         Ok(PluginResult {
             kind: "plugin",
             voice_frames,
@@ -400,15 +443,19 @@ mod plugin {
                 },
             )?
             .ntotal(),
-            swap_callbacks: cb_times.len(),
+            swap_callbacks: callbacks.len(),
             swap_callbacks_over_half_deadline: over,
-            swap_callback_max_us: cb_times.iter().fold(0f64, |m, &v| m.max(v)) / 1e3,
+            swap_callback_max_us: slowest.ns / 1e3,
             swap_load_ms: load_ms,
             swap_request_to_first_blend_ms: if first > req {
                 (first - req) as f64 / 1e6
             } else {
                 f64::NAN
             },
+            swap_slowest_at_ms: (slowest.start_ns as f64 - req as f64) / 1e6,
+            swap_slowest_page_faults: slowest.faults,
+            swap_slowest_preemptions: slowest.preemptions,
+            swap_callback_realtime: rt,
         })
     }
 
@@ -417,7 +464,8 @@ mod plugin {
             "\nplugin path: VoiceEngine::process, {} Hz, {}-sample blocks, stereo, {}-frame voice (d {}, {} lists)\n\
              \x20 real-time factor {:.4} ({:.2} % of one core); block p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs ({:.1} % of the {:.0} µs block), max {:.1} µs; {} frames blended\n\
              swap under load: callback every {:.2} ms while loading and switching to a {:.0} MB index ({} vectors, read from disk)\n\
-             \x20 {} callbacks, {} over 50 % of the deadline, slowest {:.1} µs; load {:.0} ms; request to first blend from the new index {:.0} ms\n",
+             \x20 {} callbacks, {} over 50 % of the deadline, slowest {:.1} µs; load {:.0} ms; request to first blend from the new index {:.0} ms\n\
+             \x20 slowest callback: {:+.0} ms from the request, {} page faults and {} preemptions of its thread meanwhile; callback thread {}\n",
             p.sample_rate,
             p.block,
             p.voice_frames,
@@ -440,6 +488,14 @@ mod plugin {
             p.swap_callback_max_us,
             p.swap_load_ms,
             p.swap_request_to_first_blend_ms,
+            p.swap_slowest_at_ms,
+            p.swap_slowest_page_faults,
+            p.swap_slowest_preemptions,
+            if p.swap_callback_realtime {
+                "SCHED_FIFO"
+            } else {
+                "not realtime (no permission)"
+            },
         )
     }
 }
