@@ -12,7 +12,9 @@
 
 use super::coarse::{CodedRows, RowBounds};
 use super::codes::MIN_SCREENED_LIST;
-use super::kernels::{all_finite, prefetch, Kernels, I8_MAX_DIM, U8_QUERY_OFFSET};
+use super::kernels::{
+    all_finite, narrow_query, narrowed, prefetch, Kernels, I8_MAX_DIM, U8_QUERY_OFFSET,
+};
 use super::topk::TopK;
 use super::IvfIndex;
 use crate::format::Metric;
@@ -24,6 +26,9 @@ pub const MAX_NPROBE: usize = 64;
 /// Most queries one [`Searcher::search_block`] call serves (RVC searches about 16 frames per block).
 pub const BLOCK: usize = 16;
 
+/// Indexes of fewer dimensions screen their centroids with the 16-bit query only (measured on
+/// the plugin's 80-dimensional voices: the 8-bit query's looser bound failed half the screens).
+const MIN_BYTE_QUERY_DIM: usize = 128;
 /// Centroid rows per screening kernel call (one query).
 const SCREEN_CHUNK: usize = 64;
 /// Stored vectors per list-scan kernel call.
@@ -71,6 +76,9 @@ pub struct SearchStats {
     pub vectors_rechecked: u64,
     /// Lists whose screen could not narrow the vectors down (then scanned in f32).
     pub list_fallbacks: u64,
+    /// Queries whose 8-bit centroid screen left too many candidates and which were screened
+    /// again with the tighter 16-bit query.
+    pub rescreened: u64,
 }
 
 /// Screening state of one query against 8-bit rows (centroids, or a list's vectors): the n-th
@@ -484,8 +492,14 @@ impl Searcher {
         self.block.m = m;
         self.block.lens = [0; BLOCK];
         let nprobe = nprobe.clamp(1, MAX_NPROBE);
+        // The shared pass uses 8-bit queries, so indexes below `MIN_BYTE_QUERY_DIM` search query
+        // by query (with the 16-bit screen).
+        let shared = self.screening
+            && nprobe <= BLOCK_MAX_NPROBE
+            && index.ntotal() > 0
+            && d >= MIN_BYTE_QUERY_DIM;
         let table = match index.coarse() {
-            Some(t) if self.screening && nprobe <= BLOCK_MAX_NPROBE && index.ntotal() > 0 => t,
+            Some(t) if shared => t,
             _ => {
                 for (qi, q) in queries.chunks_exact(d).enumerate() {
                     let n = self.search(index, q, k, nprobe).len();
@@ -570,21 +584,40 @@ impl Searcher {
     ) -> bool {
         let d = index.dim();
         let qn2 = (self.kernels.dot)(query, query);
-        // The table is screened with an 8-bit query (the high bytes of the 16-bit one): half
-        // the multiply work of a 16-bit query, for a slightly looser bound (about two more
-        // lists to re-check).
-        let (t, eq) =
-            self.kernels
-                .quantise_u8(query, &mut self.query_i16[..d], &mut self.query_u8[..d]);
-        self.screen.begin(nprobe, qn2, t, eq, &table.bounds, false);
-        let (kernel, q8) = (self.kernels.dot_u8_rows, &self.query_u8[..d]);
+        // From 128 dimensions on, the table is screened with an 8-bit query (the high bytes of
+        // the 16-bit one): half the multiply work, for a slightly looser bound (about two more
+        // lists to re-check at RVC's shapes). Below, rows are short and the looser bound
+        // failed about half the screens of the plugin's 80-dimensional voices.
+        let (t16, e16) = (self.kernels.quantise)(query, &mut self.query_i16[..d]);
         let (rows, sums) = (table.rows(), table.sums());
-        self.screen.screen_rows(
-            &table.bounds,
-            0..index.nlist(),
-            &mut self.idots,
-            |r, out| kernel(q8, &rows[r.start * d..r.end * d], &sums[r], out),
-        );
+        let byte_query = d >= MIN_BYTE_QUERY_DIM;
+        if byte_query {
+            let r2 = narrow_query(&self.query_i16[..d], &mut self.query_u8[..d]);
+            let (t, eq) = narrowed(t16, e16, r2);
+            self.screen.begin(nprobe, qn2, t, eq, &table.bounds, false);
+            let (kernel, q8) = (self.kernels.dot_u8_rows, &self.query_u8[..d]);
+            self.screen.screen_rows(
+                &table.bounds,
+                0..index.nlist(),
+                &mut self.idots,
+                |r, out| kernel(q8, &rows[r.start * d..r.end * d], &sums[r], out),
+            );
+        }
+        if !byte_query || (self.screen.failed && t16.is_finite()) {
+            // The 16-bit query; after a failed 8-bit screen (many centroids within its looser
+            // bound: tight clusters, features with a large common offset), before falling back
+            // to an f32 scan of every centroid.
+            self.stats.rescreened += byte_query as u64;
+            self.screen
+                .begin(nprobe, qn2, t16, e16, &table.bounds, false);
+            let (kernel, q16) = (self.kernels.dot_i8_rows, &self.query_i16[..d]);
+            self.screen.screen_rows(
+                &table.bounds,
+                0..index.nlist(),
+                &mut self.idots,
+                |r, out| kernel(q16, &rows[r.start * d..r.end * d], out),
+            );
+        }
         if self.screen.failed {
             return false;
         }
@@ -919,7 +952,7 @@ mod tests {
         // quantisation of the query. Queries land between many such centroids: a bound that
         // leaves out the error of narrowing the query to 8 bits drops the nearest list.
         let mut rng = Rng(5);
-        let dim = 96;
+        let dim = 160;
         let mut centroids = Vec::new();
         for l in 0..400 {
             let mut c: Vec<f32> = (0..dim).map(|_| (254.0 * rng.next()).round()).collect();
@@ -930,6 +963,56 @@ mod tests {
         let index = index(dim, centroids, &rows, Metric::L2, 0);
         let queries: Vec<f32> = (0..300 * dim).map(|_| 250.0 * rng.next()).collect();
         assert_same_as_exact_with(&index, &queries, &[1, 8], &[1, 2], false);
+    }
+
+    #[test]
+    fn a_failed_8_bit_screen_is_screened_again_with_16_bits() {
+        // A tight cluster of 300 centroids (whole numbers coded without error, a few units
+        // apart) around the queries: the 8-bit query's error covers the whole cluster, which
+        // is more than a screen keeps, and the 16-bit query narrows it down to a few.
+        let mut rng = Rng(6);
+        let dim = 160;
+        let base: Vec<f32> = (0..dim)
+            .map(|j| {
+                if j == 0 {
+                    127.0
+                } else {
+                    (200.0 * rng.next()).round()
+                }
+            })
+            .collect();
+        let mut centroids = Vec::new();
+        for _ in 0..300 {
+            centroids.extend(base.iter().enumerate().map(|(j, &b)| {
+                if j == 0 {
+                    b
+                } else {
+                    b + (6.0 * rng.next()).round()
+                }
+            }));
+        }
+        for l in 0..100 {
+            let mut c: Vec<f32> = (0..dim).map(|_| (254.0 * rng.next()).round()).collect();
+            c[1 + l % (dim - 1)] = 127.0;
+            centroids.extend(c);
+        }
+        let rows: Vec<f32> = (0..3000 * dim).map(|_| 250.0 * rng.next()).collect();
+        let index = index(dim, centroids, &rows, Metric::L2, 0);
+        let queries: Vec<f32> = (0..100)
+            .flat_map(|_| {
+                base.iter()
+                    .map(|&b| b + 20.0 * rng.next())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut s = Searcher::new();
+        for q in queries.chunks_exact(dim) {
+            s.search(&index, q, 8, 1);
+        }
+        let st = s.stats();
+        assert!(st.rescreened > 50, "{st:?}");
+        assert!(st.exact_scans < st.rescreened / 2, "{st:?}");
+        assert_same_as_exact(&index, &queries, &[1, 8], &[1, 3]);
     }
 
     #[test]
