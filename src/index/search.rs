@@ -34,7 +34,9 @@ const SCREEN_CHUNK: usize = 64;
 /// Stored vectors per list-scan kernel call.
 const LIST_CHUNK: usize = 64;
 /// Lists a single-query screen may keep for re-checking before it gives up and scans exactly.
-const CAND_CAP: usize = 128;
+/// At 128 the plugin's 80-dimensional voices scanned every centroid in f32 for 9 % of queries
+/// (15 123 lists: 4.8 MB); at 512 none did, and re-checking even 512 lists reads less.
+const CAND_CAP: usize = 512;
 /// Vectors a list screen may keep for re-checking before it gives up and scans the list in f32.
 const LIST_CAND_CAP: usize = 128;
 /// Centroid rows per tile kernel call (block of queries).
@@ -967,7 +969,7 @@ mod tests {
 
     #[test]
     fn a_failed_8_bit_screen_is_screened_again_with_16_bits() {
-        // A tight cluster of 300 centroids (whole numbers coded without error, a few units
+        // A tight cluster of 800 centroids (whole numbers coded without error, a few units
         // apart) around the queries: the 8-bit query's error covers the whole cluster, which
         // is more than a screen keeps, and the 16-bit query narrows it down to a few.
         let mut rng = Rng(6);
@@ -982,12 +984,12 @@ mod tests {
             })
             .collect();
         let mut centroids = Vec::new();
-        for _ in 0..300 {
+        for _ in 0..800 {
             centroids.extend(base.iter().enumerate().map(|(j, &b)| {
                 if j == 0 {
                     b
                 } else {
-                    b + (6.0 * rng.next()).round()
+                    b + (2.0 * rng.next()).round()
                 }
             }));
         }
@@ -996,15 +998,12 @@ mod tests {
             c[1 + l % (dim - 1)] = 127.0;
             centroids.extend(c);
         }
-        let rows: Vec<f32> = (0..3000 * dim).map(|_| 250.0 * rng.next()).collect();
+        // Rows around the cluster, so that its lists are not empty (empty lists never compete).
+        let near =
+            |rng: &mut Rng| -> Vec<f32> { base.iter().map(|&b| b + 20.0 * rng.next()).collect() };
+        let rows: Vec<f32> = (0..6000).flat_map(|_| near(&mut rng)).collect();
         let index = index(dim, centroids, &rows, Metric::L2, 0);
-        let queries: Vec<f32> = (0..100)
-            .flat_map(|_| {
-                base.iter()
-                    .map(|&b| b + 20.0 * rng.next())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let queries: Vec<f32> = (0..100).flat_map(|_| near(&mut rng)).collect();
         let mut s = Searcher::new();
         for q in queries.chunks_exact(dim) {
             s.search(&index, q, 8, 1);
