@@ -111,7 +111,7 @@ impl Kernels {
     /// `e ≥ ‖q − t·(out − U8_QUERY_OFFSET)‖` (rigorous; infinite when `t` is).
     pub fn quantise_u8(&self, q: &[f32], scratch: &mut [i16], out: &mut [u8]) -> (f32, f32) {
         let (t16, e16) = (self.quantise)(q, scratch);
-        narrowed(t16, e16, narrow_query(scratch, out))
+        narrow(scratch, t16, e16, out)
     }
 
     /// Portable kernels (the compiler vectorises them for the baseline target).
@@ -366,9 +366,10 @@ unsafe fn finish_group<Q: Copy + Into<i32>>(
     }
 }
 
-/// The scale and error bound of an 8-bit query narrowed (by [`narrow_query`], which returned
-/// `r2`) from a 16-bit one of scale `t16` and error bound `e16`.
-pub fn narrowed(t16: f32, e16: f32, r2: u64) -> (f32, f32) {
+/// Narrows a 16-bit query `q16` of scale `t16` and error bound `e16` to the bytes `out` of an
+/// 8-bit query ([`narrow_query`]); returns its scale and error bound.
+pub fn narrow(q16: &[i16], t16: f32, e16: f32, out: &mut [u8]) -> (f32, f32) {
+    let r2 = narrow_query(q16, out);
     let e = (e16 as f64 + t16 as f64 * (r2 as f64).sqrt()) * (1.0 + 1e-9);
     (256.0 * t16, super::coarse::round_up(e))
 }

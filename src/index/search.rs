@@ -10,11 +10,9 @@
 //! [`search_block`](Searcher::search_block) serves up to [`BLOCK`] queries with one pass over
 //! the centroid table.
 
-use super::coarse::{CodedRows, RowBounds};
+use super::coarse::{CodedRows, RowBounds, MIN_BYTE_QUERY_DIM};
 use super::codes::MIN_SCREENED_LIST;
-use super::kernels::{
-    all_finite, narrow_query, narrowed, prefetch, Kernels, I8_MAX_DIM, U8_QUERY_OFFSET,
-};
+use super::kernels::{all_finite, narrow, prefetch, Kernels, I8_MAX_DIM, U8_QUERY_OFFSET};
 use super::topk::TopK;
 use super::IvfIndex;
 use crate::format::Metric;
@@ -26,9 +24,6 @@ pub const MAX_NPROBE: usize = 64;
 /// Most queries one [`Searcher::search_block`] call serves (RVC searches about 16 frames per block).
 pub const BLOCK: usize = 16;
 
-/// Indexes of fewer dimensions screen their centroids with the 16-bit query only (measured on
-/// the plugin's 80-dimensional voices: the 8-bit query's looser bound failed half the screens).
-const MIN_BYTE_QUERY_DIM: usize = 128;
 /// Centroid rows per screening kernel call (one query).
 const SCREEN_CHUNK: usize = 64;
 /// Stored vectors per list-scan kernel call.
@@ -594,8 +589,7 @@ impl Searcher {
         let (rows, sums) = (table.rows(), table.sums());
         let byte_query = d >= MIN_BYTE_QUERY_DIM;
         if byte_query {
-            let r2 = narrow_query(&self.query_i16[..d], &mut self.query_u8[..d]);
-            let (t, eq) = narrowed(t16, e16, r2);
+            let (t, eq) = narrow(&self.query_i16[..d], t16, e16, &mut self.query_u8[..d]);
             self.screen.begin(nprobe, qn2, t, eq, &table.bounds, false);
             let (kernel, q8) = (self.kernels.dot_u8_rows, &self.query_u8[..d]);
             self.screen.screen_rows(
@@ -838,6 +832,15 @@ mod tests {
         out
     }
 
+    /// The counters after one fresh searcher searched every query (k 8, n_probe 1).
+    fn single_search_stats(index: &IvfIndex, queries: &[f32]) -> SearchStats {
+        let mut s = Searcher::new();
+        for q in queries.chunks_exact(index.dim()) {
+            s.search(index, q, 8, 1);
+        }
+        s.stats()
+    }
+
     fn assert_same_as_exact(index: &IvfIndex, queries: &[f32], ks: &[usize], nprobes: &[usize]) {
         assert_same_as_exact_with(index, queries, ks, nprobes, true)
     }
@@ -1004,11 +1007,7 @@ mod tests {
         let rows: Vec<f32> = (0..6000).flat_map(|_| near(&mut rng)).collect();
         let index = index(dim, centroids, &rows, Metric::L2, 0);
         let queries: Vec<f32> = (0..100).flat_map(|_| near(&mut rng)).collect();
-        let mut s = Searcher::new();
-        for q in queries.chunks_exact(dim) {
-            s.search(&index, q, 8, 1);
-        }
-        let st = s.stats();
+        let st = single_search_stats(&index, &queries);
         assert!(st.rescreened > 50, "{st:?}");
         assert!(st.exact_scans < st.rescreened / 2, "{st:?}");
         assert_same_as_exact(&index, &queries, &[1, 8], &[1, 3]);
@@ -1048,11 +1047,7 @@ mod tests {
             let before = Searcher::new().stats();
             assert_eq!(before.codes_screened, 0);
             assert_same_as_exact_with(&index, &queries, &[1, 8, 32], &[1, 3], false);
-            let mut s = Searcher::new();
-            for q in queries.chunks_exact(dim) {
-                s.search(&index, q, 8, 1);
-            }
-            let st = s.stats();
+            let st = single_search_stats(&index, &queries);
             assert!(st.codes_screened > 0, "{st:?}");
             assert!(st.vectors_rechecked < st.codes_screened / 2, "{st:?}");
             assert!(st.list_fallbacks > 0, "{st:?}");
