@@ -185,19 +185,22 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
         if min_lanes(&lo) > u {
             return;
         }
-        for (j, &l) in lo[..n].iter().enumerate() {
-            if l <= u {
-                if self.n == CAP {
-                    self.compact();
-                    if self.n > CAP - CAP / 4 {
-                        self.failed = true;
-                        return;
-                    }
+        // Only rows below `n` (the bound may still be infinite, like the rows past `n`).
+        let rows = u64::MAX.checked_shr((SCREEN_CHUNK - n) as u32).unwrap_or(0);
+        let mut candidates = at_most(&lo, u) & rows;
+        while candidates != 0 {
+            let j = candidates.trailing_zeros() as usize;
+            candidates &= candidates - 1;
+            if self.n == CAP {
+                self.compact();
+                if self.n > CAP - CAP / 4 {
+                    self.failed = true;
+                    return;
                 }
-                self.lower[self.n] = l;
-                self.list[self.n] = (base + j) as u32;
-                self.n += 1;
             }
+            self.lower[self.n] = lo[j];
+            self.list[self.n] = (base + j) as u32;
+            self.n += 1;
         }
     }
 
@@ -296,6 +299,20 @@ fn min_lanes(v: &[f32; SCREEN_CHUNK]) -> f32 {
     }
     m.iter()
         .fold(f32::INFINITY, |a, &x| if x < a { x } else { a })
+}
+
+/// Bit `j` set where `v[j] <= bound`: one compare per lane and a mask per eight lanes.
+#[inline]
+fn at_most(v: &[f32; SCREEN_CHUNK], bound: f32) -> u64 {
+    let mut mask = 0u64;
+    for (g, c) in v.chunks_exact(8).enumerate() {
+        let mut bits = 0u64;
+        for (j, &x) in c.iter().enumerate() {
+            bits |= u64::from(x <= bound) << j;
+        }
+        mask |= bits << (8 * g);
+    }
+    mask
 }
 
 /// Results of [`Searcher::search_block`]: the neighbours of each query of the block.
