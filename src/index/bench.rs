@@ -145,6 +145,11 @@ pub struct CaseResult {
     pub fixed_task_tail: f64,
     /// faiss p99.9 / faiss p50.
     pub faiss_tail: f64,
+    /// Share of windows as long as knnblend's p50 in which the timing thread is stalled for
+    /// longer than that p50 (from [`Machine::stalls`]), percent. Such a stall by itself puts a
+    /// call of p50 or longer past 2× p50, and half the calls are that long: above 0.2 %, the
+    /// machine alone makes p99.9 > 2× p50.
+    pub stalled_windows_pct: f64,
     /// Percentage of queries (single and block) where both returned the same ids in order.
     pub same_neighbours_pct: f64,
     /// Bytes knnblend reads in the median query (by floor): 8-bit centroid table and its
@@ -230,6 +235,76 @@ pub struct Machine {
     /// How the timing thread ran: `SCHED_FIFO` (like an audio thread) pinned to one CPU when
     /// the system allowed it, else the normal scheduler.
     pub scheduling: String,
+    /// What the machine takes from the timing thread while it does nothing but read the clock.
+    pub stalls: Stalls,
+}
+
+/// Interruptions of the timing thread (timer ticks, the hypervisor, other tenants): gaps
+/// between consecutive clock reads of a thread that does nothing else, watched in 20 ms
+/// slices under the benchmark's own scheduling.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stalls {
+    /// Time watched, s.
+    pub watched_s: f64,
+    /// Stalls of at least [`Stalls::MIN_US`] per second.
+    pub per_second: f64,
+    /// Median stall, µs.
+    pub p50_us: f64,
+    /// 99th percentile stall, µs.
+    pub p99_us: f64,
+    /// Longest stall, µs.
+    pub max_us: f64,
+    /// Every stall, µs, sorted.
+    #[serde(skip)]
+    lengths_us: Vec<f64>,
+}
+
+impl Stalls {
+    /// The shortest gap between two clock reads counted as a stall, µs.
+    pub const MIN_US: f64 = 5.0;
+
+    /// Watches the calling thread for about `seconds`.
+    pub fn watch(seconds: f64) -> Stalls {
+        let mut stalls = Stalls::default();
+        stalls.add(seconds);
+        stalls
+    }
+
+    /// Watches for about `seconds` more and merges what it sees.
+    pub fn add(&mut self, seconds: f64) {
+        let slice = std::time::Duration::from_millis(20);
+        self.lengths_us.reserve((seconds * 20_000.0) as usize);
+        let mut watched = 0.0;
+        while watched < seconds {
+            // As in the timed loops: the CPU back for a moment between slices, so realtime
+            // throttling never shows up as a stall.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let start = Instant::now();
+            let mut last = start;
+            while last - start < slice {
+                let now = Instant::now();
+                let gap = (now - last).as_secs_f64() * 1e6;
+                if gap >= Self::MIN_US {
+                    self.lengths_us.push(gap);
+                }
+                last = now;
+            }
+            watched += (last - start).as_secs_f64();
+        }
+        self.watched_s += watched;
+        self.lengths_us.sort_by(f64::total_cmp);
+        let l = Latency::from_ns(self.lengths_us.iter().map(|&us| us * 1e3).collect());
+        self.per_second = self.lengths_us.len() as f64 / self.watched_s.max(1e-9);
+        (self.p50_us, self.p99_us, self.max_us) = (l.p50_us, l.p99_us, l.max_us);
+    }
+
+    /// Share of windows `window_us` long in which a stall longer than `window_us` begins,
+    /// percent (stalls taken as arriving independently at their measured rate).
+    pub fn doubling_share_pct(&self, window_us: f64) -> f64 {
+        let longer = self.lengths_us.partition_point(|&l| l <= window_us);
+        let rate = (self.lengths_us.len() - longer) as f64 / self.watched_s.max(1e-9);
+        100.0 * (1.0 - (-rate * window_us * 1e-6).exp())
+    }
 }
 
 /// Everything one run measured.
@@ -776,6 +851,8 @@ fn run_case(
         fixed_task_p999_us: lx.p999_us,
         fixed_task_tail: lx.p999_us / lx.p50_us,
         faiss_tail: lf.p999_us / lf.p50_us,
+        // Set by `run` from the stalls it watched.
+        stalled_windows_pct: 0.0,
         same_neighbours_pct: 100.0 * (same + same_b) as f64 / total.max(1) as f64,
         bytes_per_query,
         faiss_bytes_per_query: faiss_table_bytes + median_len * (d32 + 8.0),
@@ -982,6 +1059,7 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report, For
     // Indexes are built (on every core); time on one pinned realtime thread.
     let scheduling = realtime_scheduling();
     log(&format!("timing thread: {scheduling}"));
+    let mut stalls = Stalls::watch(1.0);
     let peak = peak_fma_rate();
 
     for (name, path, synthetic) in &jobs {
@@ -1008,6 +1086,11 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report, For
             }
         }
     }
+    // The machine's interruptions, watched before and after the cases.
+    stalls.add(1.0);
+    for c in &mut cases {
+        c.stalled_windows_pct = stalls.doubling_share_pct(c.knnblend_p50_us);
+    }
     Ok(Report {
         machine: Machine {
             cpu: cpu_model(),
@@ -1017,6 +1100,7 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report, For
             bandwidth: bw.0,
             load_average: load,
             scheduling,
+            stalls,
         },
         cases,
         k_sweep,
@@ -1042,6 +1126,12 @@ pub fn format_text(r: &Report) -> String {
         s,
         "single-core read bandwidth by working set: {}",
         bws.join(", ")
+    );
+    let st = &m.stalls;
+    let _ = writeln!(
+        s,
+        "timing-thread stalls of {:.0} µs or more (the thread only reading the clock, {:.1} s): {:.0}/s, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+        Stalls::MIN_US, st.watched_s, st.per_second, st.p50_us, st.p99_us, st.max_us
     );
     let _ = writeln!(
         s,
@@ -1110,11 +1200,11 @@ pub fn format_text(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "\ntails (p99.9 / p50): knnblend alternating with faiss, knnblend solo, faiss, and a fixed\ncache-resident task calibrated to knnblend's p50, timed between the same searches:"
+        "\ntails (p99.9 / p50): knnblend alternating with faiss, knnblend solo, faiss, a fixed\ncache-resident task calibrated to knnblend's p50, timed between the same searches, and the\nshare of p50-long windows with a stall longer than p50 (over 0.2 %: the machine alone puts\np99.9 past 2× p50, as half the calls last p50 or longer):"
     );
     let _ = writeln!(
         s,
-        "{:<22} {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} | {:>6} | {:>8} {:>8} {:>6}",
+        "{:<22} {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} | {:>6} | {:>8} {:>8} {:>6} | {:>9}",
         "case",
         "ours p50",
         "p99.9",
@@ -1125,12 +1215,13 @@ pub fn format_text(r: &Report) -> String {
         "faiss",
         "fixed50",
         "p99.9",
-        "tail"
+        "tail",
+        "stalled %"
     );
     for c in &r.cases {
         let _ = writeln!(
             s,
-            "{:<22} {:>9.1} {:>9.1} {:>6.2} | {:>9.1} {:>9.1} {:>6.2} | {:>6.2} | {:>8.1} {:>8.1} {:>6.2}",
+            "{:<22} {:>9.1} {:>9.1} {:>6.2} | {:>9.1} {:>9.1} {:>6.2} | {:>6.2} | {:>8.1} {:>8.1} {:>6.2} | {:>9.2}",
             c.name,
             c.knnblend_p50_us,
             c.knnblend_p999_us,
@@ -1141,7 +1232,8 @@ pub fn format_text(r: &Report) -> String {
             c.faiss_tail,
             c.fixed_task_p50_us,
             c.fixed_task_p999_us,
-            c.fixed_task_tail
+            c.fixed_task_tail,
+            c.stalled_windows_pct
         );
     }
     if !r.k_sweep.is_empty() {
@@ -1400,4 +1492,37 @@ fn tail_anatomy(index: &IvfIndex, queries: &[f32]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stalls;
+
+    fn stalls(lengths_us: &[f64], watched_s: f64) -> Stalls {
+        Stalls {
+            watched_s,
+            lengths_us: lengths_us.to_vec(),
+            ..Stalls::default()
+        }
+    }
+
+    #[test]
+    fn only_stalls_longer_than_the_window_count() {
+        // 1 000 stalls of 50 µs in one second: every 40 µs window has a 1000 × 40 µs = 4 %
+        // chance of one beginning in it; 50 µs windows none (the stalls are not longer).
+        let s = stalls(&[50.0; 1000], 1.0);
+        let expected = 100.0 * (1.0 - (-1000.0f64 * 40e-6).exp());
+        assert!((s.doubling_share_pct(40.0) - expected).abs() < 1e-12);
+        assert_eq!(s.doubling_share_pct(50.0), 0.0);
+        assert_eq!(stalls(&[], 1.0).doubling_share_pct(10.0), 0.0);
+    }
+
+    #[test]
+    fn watching_records_sorted_stalls_over_the_time_asked() {
+        let s = Stalls::watch(0.05);
+        assert!(s.watched_s >= 0.05);
+        assert!(s.lengths_us.windows(2).all(|w| w[0] <= w[1]));
+        assert!(s.lengths_us.iter().all(|&l| l >= Stalls::MIN_US));
+        assert!((s.per_second - s.lengths_us.len() as f64 / s.watched_s).abs() < 1e-9);
+    }
 }
