@@ -174,105 +174,112 @@ mod lease {
         file: std::fs::File,
     }
 
-    #[cfg(all(
-        target_os = "linux",
-        any(
-            target_arch = "x86_64",
-            target_arch = "x86",
-            target_arch = "aarch64",
-            target_arch = "arm",
-            target_arch = "riscv64"
-        )
-    ))]
-    mod imp {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::MetadataExt;
-        use std::path::Path;
+    // Leases, and F_SETSIG's asm-generic value, on Linux of these architectures.
+    cfg_if::cfg_if! {
+        if #[cfg(all(
+            target_os = "linux",
+            any(
+                target_arch = "x86_64",
+                target_arch = "x86",
+                target_arch = "aarch64",
+                target_arch = "arm",
+                target_arch = "riscv64"
+            )
+        ))] {
+            mod imp {
+                use std::os::fd::AsRawFd;
+                use std::os::unix::fs::MetadataExt;
+                use std::path::Path;
 
-        use super::super::LoadError;
-        use super::Lease;
+                use super::super::LoadError;
+                use super::Lease;
 
-        /// `F_SETSIG` (asm-generic value; not exported by the libc crate for glibc targets).
-        const F_SETSIG: libc::c_int = 10;
+                /// `F_SETSIG` (asm-generic value; not exported by the libc crate for glibc
+                /// targets).
+                const F_SETSIG: libc::c_int = 10;
 
-        /// Takes a read lease on `path` if it is still the file `(dev, ino)`. `Ok(None)` when
-        /// leases are not available; [`LoadError::Busy`] when the file is open for writing.
-        pub(crate) fn take(path: &Path, dev: u64, ino: u64) -> Result<Option<Lease>, LoadError> {
-            let file = std::fs::File::open(path).map_err(|source| LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let m = file.metadata().map_err(|source| LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            if (m.dev(), m.ino()) != (dev, ino) {
-                return Err(LoadError::Changed {
-                    path: path.to_path_buf(),
-                });
-            }
-            let fd = file.as_raw_fd();
-            // A lease break notifies its owner with a signal (SIGIO, fatal by default). Make it
-            // SIGURG, which is ignored by default, then remove the owner so none is sent at all;
-            // the loader asks with F_GETLEASE instead.
-            // SAFETY: fcntl on a file descriptor we own; no pointers are passed.
-            unsafe {
-                if libc::fcntl(fd, F_SETSIG, libc::SIGURG) != 0 {
-                    return Ok(None);
-                }
-                if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) != 0 {
-                    let e = std::io::Error::last_os_error();
-                    return match e.raw_os_error() {
-                        Some(libc::EAGAIN) | Some(libc::EBUSY) => Err(LoadError::Busy {
+                /// Takes a read lease on `path` if it is still the file `(dev, ino)`.
+                /// `Ok(None)` when leases are not available; [`LoadError::Busy`] when the file
+                /// is open for writing.
+                pub(crate) fn take(
+                    path: &Path,
+                    dev: u64,
+                    ino: u64,
+                ) -> Result<Option<Lease>, LoadError> {
+                    let file = std::fs::File::open(path).map_err(|source| LoadError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                    let m = file.metadata().map_err(|source| LoadError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                    if (m.dev(), m.ino()) != (dev, ino) {
+                        return Err(LoadError::Changed {
                             path: path.to_path_buf(),
-                        }),
-                        _ => Ok(None), // not permitted or not supported here: no protection
-                    };
+                        });
+                    }
+                    let fd = file.as_raw_fd();
+                    // A lease break notifies its owner with a signal (SIGIO, fatal by default).
+                    // Make it SIGURG, which is ignored by default, then remove the owner so none
+                    // is sent at all; the loader asks with F_GETLEASE instead.
+                    // SAFETY: fcntl on a file descriptor we own; no pointers are passed.
+                    unsafe {
+                        if libc::fcntl(fd, F_SETSIG, libc::SIGURG) != 0 {
+                            return Ok(None);
+                        }
+                        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) != 0 {
+                            let e = std::io::Error::last_os_error();
+                            return match e.raw_os_error() {
+                                Some(libc::EAGAIN) | Some(libc::EBUSY) => Err(LoadError::Busy {
+                                    path: path.to_path_buf(),
+                                }),
+                                _ => Ok(None), // not permitted or not supported here: no protection
+                            };
+                        }
+                        libc::fcntl(fd, libc::F_SETOWN, 0);
+                    }
+                    Ok(Some(Lease { file }))
                 }
-                libc::fcntl(fd, libc::F_SETOWN, 0);
+
+                impl Lease {
+                    /// Whether the lease is still held with no writer waiting for it.
+                    pub(crate) fn intact(&self) -> bool {
+                        let fd = self.file.as_raw_fd();
+                        // SAFETY: fcntl on a file descriptor we own.
+                        unsafe { libc::fcntl(fd, libc::F_GETLEASE) == libc::F_RDLCK }
+                    }
+                }
+
+                impl Drop for Lease {
+                    fn drop(&mut self) {
+                        let fd = self.file.as_raw_fd();
+                        // SAFETY: fcntl on a file descriptor we own (closing would release it
+                        // too).
+                        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+                    }
+                }
             }
-            Ok(Some(Lease { file }))
-        }
+        } else {
+            mod imp {
+                use std::path::Path;
 
-        impl Lease {
-            /// Whether the lease is still held with no writer waiting for it.
-            pub(crate) fn intact(&self) -> bool {
-                // SAFETY: fcntl on a file descriptor we own.
-                unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_GETLEASE) == libc::F_RDLCK }
-            }
-        }
+                use super::super::LoadError;
+                use super::Lease;
 
-        impl Drop for Lease {
-            fn drop(&mut self) {
-                // SAFETY: fcntl on a file descriptor we own (closing would release it too).
-                unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
-            }
-        }
-    }
+                pub(crate) fn take(
+                    _path: &Path,
+                    _dev: u64,
+                    _ino: u64,
+                ) -> Result<Option<Lease>, LoadError> {
+                    Ok(None)
+                }
 
-    #[cfg(not(all(
-        target_os = "linux",
-        any(
-            target_arch = "x86_64",
-            target_arch = "x86",
-            target_arch = "aarch64",
-            target_arch = "arm",
-            target_arch = "riscv64"
-        )
-    )))]
-    mod imp {
-        use std::path::Path;
-
-        use super::super::LoadError;
-        use super::Lease;
-
-        pub(crate) fn take(_path: &Path, _dev: u64, _ino: u64) -> Result<Option<Lease>, LoadError> {
-            Ok(None)
-        }
-
-        impl Lease {
-            pub(crate) fn intact(&self) -> bool {
-                true
+                impl Lease {
+                    pub(crate) fn intact(&self) -> bool {
+                        true
+                    }
+                }
             }
         }
     }
