@@ -10,7 +10,10 @@ use super::clock::ticks;
 use super::config::MAX_SLOTS;
 use super::entry::Entry;
 use super::telemetry::{Counters, Telemetry};
-use crate::index::{BlendOutcome, BlendParams, IvfIndex, Searcher, MAX_K};
+use crate::format::Metric;
+use crate::index::{
+    rvc_weights, BlendOutcome, BlendParams, IvfIndex, Neighbour, Searcher, BLOCK, MAX_K,
+};
 
 /// A publication: slot `slot` now holds `entry` (`None`: the slot was emptied).
 pub(crate) struct Msg {
@@ -267,6 +270,130 @@ impl AudioEngine {
         outcome
     }
 
+    /// Blends a block of frames: `frames` holds whole frames of `dim` values, `out` receives
+    /// as many. The result is bit for bit what [`blend`](Self::blend) called on each frame in
+    /// turn returns, crossfades included (the fade advances one frame period per frame), but
+    /// each run of up to [`BLOCK`] frames is searched with one
+    /// [`Searcher::search_block`] pass over the centroid table, so a block of RVC frames costs
+    /// less than as many single blends. Any number of frames may be given.
+    ///
+    /// Returns how many frames were blended with neighbours of the serving index (the others
+    /// were copied: no index serving, ratio 0, a frame holding NaN or infinity, or `dim`
+    /// differing from the serving index's dimension, counted in telemetry once per frame).
+    /// When `dim` is 0, `frames` is not whole frames or `out` is not as long as `frames`, as
+    /// much of `frames` as fits is copied to `out`, the rest of `out` is zeroed, one
+    /// mismatched query is counted and 0 is returned. Telemetry counts one query per frame,
+    /// each taking the call's time divided by the frames.
+    ///
+    /// Never panics, allocates, locks or makes a system call.
+    pub fn blend_block(
+        &mut self,
+        frames: &[f32],
+        dim: usize,
+        k: usize,
+        ratio: f32,
+        out: &mut [f32],
+    ) -> usize {
+        let t0 = ticks();
+        let k = k.clamp(1, MAX_K);
+        let mut mismatched = 0;
+        let mut blended = 0;
+        let whole = dim > 0 && frames.len() == out.len() && frames.len().is_multiple_of(dim);
+        let count = if whole {
+            // `dim <= frames.len()` here unless both are empty, so the product cannot overflow
+            // for any real slice; saturating keeps it so for an empty one.
+            let chunk = dim.saturating_mul(BLOCK);
+            for (qs, os) in frames.chunks(chunk).zip(out.chunks_mut(chunk)) {
+                blended += self.blend_chunk(qs, dim, k, ratio, os, &mut mismatched);
+            }
+            frames.len() / dim
+        } else {
+            let n = frames.len().min(out.len());
+            out[..n].copy_from_slice(&frames[..n]);
+            out[n..].fill(0.0);
+            mismatched += 1;
+            1
+        };
+        let c = &mut self.counters;
+        c.mismatched += mismatched;
+        c.queries += count as u64;
+        let dt = ticks().wrapping_sub(t0) / (count.max(1) as u64);
+        let s = self.active_slot;
+        c.slot_queries[s] += count as u64;
+        c.slot_last_ticks[s] = dt;
+        c.slot_max_ticks[s] = c.slot_max_ticks[s].max(dt);
+        c.last_query_ticks = dt;
+        c.max_query_ticks = c.max_query_ticks.max(dt);
+        blended
+    }
+
+    /// `blend_block` for at most [`BLOCK`] whole frames (`qs.len() == os.len()`, a multiple
+    /// of `dim > 0`).
+    fn blend_chunk(
+        &mut self,
+        qs: &[f32],
+        dim: usize,
+        k: usize,
+        ratio: f32,
+        os: &mut [f32],
+        mismatched: &mut u64,
+    ) -> usize {
+        let r = clamp_ratio(ratio);
+        let blended = blend_rows(
+            &mut self.searcher,
+            self.serving.as_deref(),
+            qs,
+            dim,
+            k,
+            r,
+            os,
+            mismatched,
+        );
+        if !self.fade.running {
+            return blended;
+        }
+        // The faded-out side, frame by frame into the scratch buffer, mixed in while the fade
+        // runs (as `blend` does: the frames after the one that ends it are not mixed).
+        let from = self
+            .fade
+            .from
+            .as_deref()
+            .map(|e| &e.index)
+            .filter(|ix| ix.dim() == dim && dim <= self.scratch.len());
+        let found = match from {
+            Some(ix) if r > 0.0 => Some(self.searcher.search_block(ix, qs, k, 1)),
+            _ => None,
+        };
+        for (i, (q, o)) in qs
+            .chunks_exact(dim)
+            .zip(os.chunks_exact_mut(dim))
+            .enumerate()
+        {
+            if !self.fade.running {
+                break;
+            }
+            let g = (self.fade.pos + self.fade.step).min(1.0);
+            self.fade.pos = g;
+            if dim <= self.scratch.len() {
+                let old = &mut self.scratch[..dim];
+                match (from, found) {
+                    (Some(ix), Some(found)) if !found.get(i).is_empty() => {
+                        blend_found(ix, q, found.get(i), r, old);
+                    }
+                    _ => old.copy_from_slice(q),
+                }
+                mix(o, old, g);
+            } else {
+                // Wider than any index can be: the old side is the query itself.
+                mix(o, q, g);
+            }
+            if g >= 1.0 {
+                self.fade.running = false; // the old index is handed back at the next block
+            }
+        }
+        blended
+    }
+
     /// Ends a block: publishes telemetry (relaxed atomic stores).
     pub fn end_block(&mut self) {
         let c = &mut self.counters;
@@ -319,6 +446,102 @@ fn mix(out: &mut [f32], old: &[f32], g: f32) {
     }
 }
 
+/// The index rate as [`Searcher::blend`] uses it: NaN is 0, the rest clamped to `[0, 1]`.
+#[inline]
+fn clamp_ratio(ratio: f32) -> f32 {
+    if ratio.is_nan() {
+        0.0
+    } else {
+        ratio.clamp(0.0, 1.0)
+    }
+}
+
+/// The blends of whole frames `qs` (at most [`BLOCK`]) against `entry` into `os`, searched in
+/// one block; frames without neighbours are copied. `ratio` is clamped already. Returns how
+/// many frames were blended with neighbours.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn blend_rows(
+    searcher: &mut Searcher,
+    entry: Option<&Entry>,
+    qs: &[f32],
+    dim: usize,
+    k: usize,
+    ratio: f32,
+    os: &mut [f32],
+    mismatched: &mut u64,
+) -> usize {
+    let index = match entry {
+        Some(e) if e.index.dim() == dim => &e.index,
+        other => {
+            if other.is_some() {
+                *mismatched += (qs.len() / dim) as u64;
+            }
+            os.copy_from_slice(qs);
+            return 0;
+        }
+    };
+    if ratio == 0.0 {
+        os.copy_from_slice(qs);
+        return 0;
+    }
+    // Frames holding NaN or infinity get no neighbours from the search and are copied, as
+    // `Searcher::blend` copies them.
+    let found = searcher.search_block(index, qs, k, 1);
+    let mut blended = 0;
+    for (i, (q, o)) in qs
+        .chunks_exact(dim)
+        .zip(os.chunks_exact_mut(dim))
+        .enumerate()
+    {
+        let nb = found.get(i);
+        if nb.is_empty() {
+            o.copy_from_slice(q);
+        } else {
+            blend_found(index, q, nb, ratio, o);
+            blended += 1;
+        }
+    }
+    blended
+}
+
+/// RVC's blend of `query` with neighbours `found` (not empty) of `index` into `out`: the same
+/// arithmetic, in the same order, as [`Searcher::blend`] after its search (the unit tests
+/// compare the two bit for bit). `ratio` is clamped already.
+#[inline]
+fn blend_found(index: &IvfIndex, query: &[f32], found: &[Neighbour], ratio: f32, out: &mut [f32]) {
+    let n = found.len().min(MAX_K);
+    let mut scores = [0f32; MAX_K];
+    let mut positions = [0u32; MAX_K];
+    let ip = index.metric() == Metric::InnerProduct;
+    let query_norm = if ip {
+        query.iter().map(|x| x * x).sum::<f32>()
+    } else {
+        0.0
+    };
+    let norms = index.vector_norms();
+    for (i, nb) in found.iter().take(n).enumerate() {
+        scores[i] = if ip {
+            (query_norm + norms[nb.pos as usize] - 2.0 * nb.distance).max(0.0)
+        } else {
+            nb.distance
+        };
+        positions[i] = nb.pos;
+    }
+    let mut weights = [0f64; MAX_K];
+    rvc_weights(&scores[..n], &mut weights);
+    let keep = 1.0 - ratio;
+    for (o, &q) in out.iter_mut().zip(query) {
+        *o = keep * q;
+    }
+    for i in 0..n {
+        let w = (weights[i] * ratio as f64) as f32;
+        for (o, &v) in out.iter_mut().zip(index.vector(positions[i] as usize)) {
+            *o += w * v;
+        }
+    }
+}
+
 /// One blend against `entry`, or a copy of the query when there is no usable index.
 #[inline]
 fn blend_one(
@@ -347,5 +570,210 @@ fn blend_one(
             out.copy_from_slice(query);
             BlendOutcome::Empty
         }
+    }
+}
+
+#[cfg(test)]
+mod blend_block_tests {
+    //! `blend_block` against `blend` frame by frame, bit for bit: two runtimes fed the same
+    //! publications, one blending frame by frame, the other block by block.
+
+    use super::super::{build, Controller, LiveConfig};
+    use super::*;
+    use crate::format::{IndexParts, ListParts, Metadata};
+
+    struct Rng(u64);
+    impl Rng {
+        fn f32(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
+    /// `n` vectors around `nlist` centroids (each filed under its own centroid).
+    fn parts(seed: u64, dim: usize, n: usize, nlist: usize, metric: Metric) -> IndexParts {
+        let mut rng = Rng(seed | 1);
+        let centroids: Vec<f32> = (0..nlist * dim).map(|_| rng.f32()).collect();
+        let mut lists = vec![ListParts::default(); nlist];
+        for i in 0..n {
+            let l = i % nlist;
+            lists[l].ids.push(i as i64);
+            let c = &centroids[l * dim..(l + 1) * dim];
+            lists[l]
+                .vectors
+                .extend(c.iter().map(|&x| x + 0.2 * rng.f32()));
+        }
+        IndexParts {
+            dim,
+            metric,
+            nprobe: 1,
+            centroids,
+            lists,
+            metadata: Metadata::default(),
+        }
+    }
+
+    fn config() -> LiveConfig {
+        LiveConfig {
+            slots: 3,
+            max_dim: 256,
+            crossfade_seconds: 0.05,
+            frame_period_seconds: 0.01,
+            validator: None,
+        }
+    }
+
+    fn publish(c: &Controller, slot: usize, p: &IndexParts) {
+        let ix = IvfIndex::from_parts(p).unwrap();
+        c.publish(slot, c.prepare_index(ix, "x").unwrap()).unwrap();
+    }
+
+    /// Frames near the centroids of `p`, with a NaN frame at `nan` (if any).
+    fn frames(p: &IndexParts, count: usize, seed: u64, nan: Option<usize>) -> Vec<f32> {
+        let (d, nlist) = (p.dim, p.nlist());
+        let mut rng = Rng(seed | 1);
+        let mut out = Vec::with_capacity(count * d);
+        for i in 0..count {
+            let c = &p.centroids[(i * 7 % nlist) * d..(i * 7 % nlist + 1) * d];
+            out.extend(c.iter().map(|&x| x + 0.3 * rng.f32()));
+        }
+        if let Some(i) = nan {
+            out[i * d + 1] = f32::NAN;
+        }
+        out
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    /// Runs `blocks` blocks of `frames` through both engines; panics at the first difference.
+    #[allow(clippy::too_many_arguments)]
+    fn compare(
+        single: &mut AudioEngine,
+        block: &mut AudioEngine,
+        slot: usize,
+        fade: f32,
+        qs: &[f32],
+        dim: usize,
+        k: usize,
+        ratio: f32,
+        blocks: usize,
+    ) -> (usize, usize) {
+        let mut a = vec![0f32; qs.len()];
+        let mut b = vec![0f32; qs.len()];
+        let (mut blended, mut fading) = (0, 0);
+        for blk in 0..blocks {
+            single.begin_block(slot, fade);
+            block.begin_block(slot, fade);
+            assert_eq!(single.is_fading(), block.is_fading());
+            fading += single.is_fading() as usize;
+            let mut n = 0;
+            for (q, o) in qs.chunks_exact(dim).zip(a.chunks_exact_mut(dim)) {
+                n += matches!(single.blend(q, k, ratio, o), BlendOutcome::Blended { .. }) as usize;
+            }
+            let m = block.blend_block(qs, dim, k, ratio, &mut b);
+            assert_eq!(n, m, "block {blk}: frames blended");
+            for (f, (x, y)) in a.chunks_exact(dim).zip(b.chunks_exact(dim)).enumerate() {
+                assert!(
+                    same_bits(x, y),
+                    "block {blk}, frame {f}: blend and blend_block differ"
+                );
+            }
+            assert_eq!(single.is_fading(), block.is_fading(), "block {blk}");
+            single.end_block();
+            block.end_block();
+            blended += m;
+        }
+        (blended, fading)
+    }
+
+    fn check_shape(dim: usize, metric: Metric, frames_per_block: usize) {
+        let a = parts(11, dim, 900, 24, metric);
+        let b = parts(29, dim, 700, 16, metric);
+        let (c1, mut single) = build(config(), false);
+        let (c2, mut block) = build(config(), false);
+        let qs = frames(&a, frames_per_block, 5, Some(3));
+
+        // Nothing serving: every frame passes through.
+        let (n, _) = compare(&mut single, &mut block, 0, 0.0, &qs, dim, 8, 0.75, 1);
+        assert_eq!(n, 0);
+
+        // A serving, then a crossfade to B long enough to span several blocks and end inside
+        // one (frame period 0.01 s, 0.37 s: 37 frames), then B alone.
+        for (c, p) in [(&c1, &a), (&c2, &a)] {
+            publish(c, 0, p);
+        }
+        let (n, _) = compare(&mut single, &mut block, 0, 0.0, &qs, dim, 8, 0.75, 2);
+        assert!(n > 0, "nothing was blended");
+        for (c, p) in [(&c1, &b), (&c2, &b)] {
+            publish(c, 1, p);
+        }
+        let blocks = 37 / frames_per_block + 2;
+        let (_, fading) = compare(&mut single, &mut block, 1, 0.37, &qs, dim, 8, 0.75, blocks);
+        assert!(fading >= 2, "the crossfade did not span blocks");
+        assert!(!block.is_fading());
+
+        // Other k, ratios 0 and 1, an out-of-range ratio and k.
+        compare(&mut single, &mut block, 1, 0.0, &qs, dim, 3, 1.0, 1);
+        compare(&mut single, &mut block, 1, 0.0, &qs, dim, 8, 0.0, 1);
+        compare(&mut single, &mut block, 1, 0.0, &qs, dim, 99, 7.0, 1);
+
+        // Back to A with a fade, then to the empty slot 2 with a fade (the new side is the
+        // query itself).
+        compare(&mut single, &mut block, 0, 0.05, &qs, dim, 8, 0.5, 3);
+        compare(&mut single, &mut block, 2, 0.05, &qs, dim, 8, 0.5, 3);
+        assert_eq!(single.serving_id(), None);
+    }
+
+    #[test]
+    fn blend_block_is_blend_frame_by_frame_bit_for_bit() {
+        // Below and above the 8-bit block screen's 128 dimensions, L2 and inner product, a
+        // block shorter than BLOCK, exactly BLOCK and longer (split into runs of BLOCK).
+        check_shape(32, Metric::L2, 5);
+        check_shape(160, Metric::L2, BLOCK);
+        check_shape(160, Metric::L2, 2 * BLOCK + 3);
+        check_shape(160, Metric::InnerProduct, 21);
+        check_shape(48, Metric::InnerProduct, 16);
+    }
+
+    #[test]
+    fn blend_block_passes_through_what_it_cannot_blend_and_counts_it() {
+        let p = parts(3, 32, 300, 8, Metric::L2);
+        let (c, mut a) = build(config(), false);
+        publish(&c, 0, &p);
+        a.begin_block(0, 0.0);
+        let qs = frames(&p, 4, 9, None);
+
+        // The serving index has another dimension: copied, one mismatch per frame.
+        let mut out = vec![0f32; 4 * 32];
+        let wide = frames(&parts(4, 64, 100, 4, Metric::L2), 2, 1, None);
+        assert_eq!(a.blend_block(&wide, 64, 8, 1.0, &mut out), 0);
+        assert!(same_bits(&out, &wide));
+
+        // Not whole frames, output of another length, dim 0: copied as far as it fits, the
+        // rest zeroed, one mismatch each.
+        let mut short = vec![9f32; 3 * 32];
+        assert_eq!(a.blend_block(&qs, 32, 8, 1.0, &mut short), 0);
+        assert!(same_bits(&short, &qs[..3 * 32]));
+        let mut long = vec![9f32; 5 * 32];
+        assert_eq!(a.blend_block(&qs, 32, 8, 1.0, &mut long), 0);
+        assert!(same_bits(&long[..4 * 32], &qs) && long[4 * 32..].iter().all(|&x| x == 0.0));
+        let mut same = vec![0f32; 4 * 32];
+        assert_eq!(a.blend_block(&qs[..33], 32, 8, 1.0, &mut same[..33]), 0);
+        assert_eq!(a.blend_block(&qs, 0, 8, 1.0, &mut same), 0);
+        assert!(same_bits(&same, &qs));
+        // Empty input is fine and blends nothing.
+        assert_eq!(a.blend_block(&[], 32, 8, 1.0, &mut []), 0);
+
+        // And a good call blends every frame.
+        assert_eq!(a.blend_block(&qs, 32, 8, 1.0, &mut same), 4);
+        a.end_block();
+        let t = c.telemetry();
+        assert_eq!(t.mismatched_queries, 2 + 4, "{t:?}");
+        assert_eq!(t.queries, 2 + 4 + 4, "{t:?}");
+        assert_eq!(t.slots[0].queries, t.queries);
     }
 }
