@@ -1,6 +1,5 @@
 //! Our reader and search engine against faiss itself, in the same process, on indexes built
 //! with RVC's recipe (`IVF{n},Flat`, n = min(16√N, N//39), n_probe 1, k 8).
-#![cfg(feature = "faiss")]
 
 mod common;
 

@@ -1,6 +1,5 @@
 //! `knnblend build`: RVC's recipe on feature folders (compared with faiss on the same rows and
 //! seed), and voice indexes from recordings.
-#![cfg(feature = "faiss")]
 
 mod voice_common;
 

@@ -346,6 +346,12 @@ impl IvfIndex {
         self.coarse.as_ref()
     }
 
+    /// Bytes of the 8-bit centroid screening table (with its per-row bounds and byte sums), if
+    /// this index has one.
+    pub fn centroid_screen_bytes(&self) -> Option<usize> {
+        self.coarse.as_ref().map(|c| c.byte_len())
+    }
+
     /// Bytes of the screening tables built when the index was made (8-bit centroids, 8-bit
     /// residual codes of the vectors, their bound constants), held in memory beside the index.
     pub fn screening_bytes(&self) -> usize {

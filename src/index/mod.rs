@@ -16,8 +16,6 @@ pub use search::{BlockResults, Neighbour, SearchStats, Searcher, BLOCK, MAX_K, M
 pub use topk::TopK;
 
 #[cfg(feature = "faiss")]
-pub mod bench;
-#[cfg(feature = "faiss")]
 mod faiss_ivf;
 #[cfg(feature = "faiss")]
 pub use faiss_ivf::{rvc_nlist, FaissIvf};

@@ -11,27 +11,32 @@
 //! - [`retriever`]: the per-frame retrieval the engine calls ([`Retriever`]).
 //! - [`extract`]: offline feature extraction (index building).
 //! - [`synth`]: a small formant synthesiser for tests and demos.
-//! - [`build`] (feature `faiss`): `knnblend build` ([`build_from_audio`], [`build_from_npy`]);
-//!   [`npy`]: RVC feature folders; [`shuffle`]: RVC's shuffle, reproducibly.
-//! - [`render`]: `knnblend render` ([`render_file`]); [`audio_file`]: decoding and WAV output.
+//! - `build` (feature `build`): `knnblend build` (`build_from_audio`, `build_from_npy`);
+//!   `npy` (feature `npy`): RVC feature folders; [`shuffle`]: RVC's shuffle, reproducibly.
+//! - `render` (feature `audio-files`): `knnblend render` (`render_file`); `audio_file`
+//!   (feature `audio-files`): decoding and WAV output.
 
+#[cfg(feature = "audio-files")]
 pub mod audio_file;
-#[cfg(feature = "faiss")]
+#[cfg(feature = "build")]
 pub mod build;
 pub mod engine;
 pub mod extract;
 pub mod features;
 mod flat;
+#[cfg(feature = "npy")]
 pub mod npy;
 pub mod offline;
 mod ramp;
+#[cfg(feature = "audio-files")]
 pub mod render;
 pub mod retriever;
 pub mod shuffle;
 pub mod synth;
 
+#[cfg(feature = "audio-files")]
 pub use audio_file::{read_audio, write_wav_f32, Audio, AudioError};
-#[cfg(feature = "faiss")]
+#[cfg(feature = "build")]
 pub use build::{
     build_from_audio, build_from_npy, AlphaExpand, BuildError, BuildOptions, BuildStage,
     BuildSummary,
@@ -41,5 +46,6 @@ pub use extract::{downmix, Extracted, Extractor, SilenceRule};
 pub use features::{BandLayout, FeatureSpec, Framing, FEATURE_KIND};
 pub use flat::flat_parts;
 pub use offline::{render_buffers, Schedule};
+#[cfg(feature = "audio-files")]
 pub use render::{render_file, RenderError, RenderOptions, RenderStage, RenderSummary};
 pub use retriever::{IndexRetriever, Retriever};

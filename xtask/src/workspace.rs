@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 pub const PLUGIN_PACKAGE: &str = "knnblend-plugin";
 /// Bundle name the plugin crate's `bundler.toml` maps [`PLUGIN_PACKAGE`] to.
 pub const BUNDLE_NAME: &str = "knnblend";
-/// Cargo package name of the library and its CLI.
+/// Cargo package name of the library (the realtime core).
 pub const LIBRARY_PACKAGE: &str = "knnblend";
+/// Cargo package name of the `knnblend` command line (`cli/`).
+pub const CLI_PACKAGE: &str = "knnblend-cli";
 /// Cargo feature of the plugin crate that turns on allocation assertions in `process()`.
 pub const ASSERT_ALLOCS_FEATURE: &str = "assert_process_allocs";
 

@@ -23,7 +23,7 @@ use crate::fresh::{self, Freshness};
 use crate::process::{self, cargo};
 use crate::setup;
 use crate::steps::{format_duration, Outcome, Steps};
-use crate::workspace::{Workspace, LIBRARY_PACKAGE, PLUGIN_PACKAGE};
+use crate::workspace::{Workspace, CLI_PACKAGE, PLUGIN_PACKAGE};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -307,7 +307,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 /// Builds the CLI; cargo decides whether anything needs compiling.
 fn build_cli(demo: &Demo) -> Result<Outcome> {
     let before = modified(&demo.cli);
-    process::run(cargo(&demo.ws.root).args(["build", "-p", LIBRARY_PACKAGE, "--bin", "knnblend"]))?;
+    process::run(cargo(&demo.ws.root).args(["build", "-p", CLI_PACKAGE, "--bin", "knnblend"]))?;
     let after = modified(&demo.cli);
     if after.is_none() {
         bail!("cargo built but {} does not exist", demo.ws.show(&demo.cli));

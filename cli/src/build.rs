@@ -33,7 +33,6 @@ pub struct Args {
     seed: u32,
 }
 
-#[cfg(feature = "faiss")]
 pub fn run(a: Args) -> crate::Result {
     use knnblend::format::Metric;
     use knnblend::voice::{
@@ -88,9 +87,4 @@ pub fn run(a: Args) -> crate::Result {
         }
     );
     Ok(())
-}
-
-#[cfg(not(feature = "faiss"))]
-pub fn run(_: Args) -> crate::Result {
-    Err("this knnblend was built without the `faiss` feature, which trains indexes; rebuild with default features".into())
 }

@@ -1,5 +1,6 @@
 //! The `knnblend` command line, run as a user would.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;
@@ -202,7 +203,6 @@ fn bad_arguments_and_files_give_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("directory"));
 }
 
-#[cfg(feature = "faiss")]
 #[test]
 fn import_of_an_rvc_style_faiss_file_serves_faiss_neighbours() {
     use knnblend::index::{rvc_nlist, FaissIvf};
@@ -264,7 +264,6 @@ fn import_of_an_rvc_style_faiss_file_serves_faiss_neighbours() {
 
 /// The voice workflow a newcomer follows: synthesise two voices, build indexes from them,
 /// render a phrase through the realtime path, with and without a live swap.
-#[cfg(feature = "faiss")]
 #[test]
 fn synth_build_render_workflow() {
     let dir = tempfile::tempdir().unwrap();

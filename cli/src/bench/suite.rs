@@ -4,7 +4,8 @@
 //! faiss/knnblend, whether both found the same neighbours, and the hardware floor of each case
 //! (bytes touched against measured single-core read bandwidth, FMAs against measured peak).
 //!
-//! Nothing here runs on an audio thread. The CLI (`knnblend bench`) is a thin wrapper.
+//! Nothing here runs on an audio thread. It lives in the CLI package, outside the library: the
+//! library's default build stays the realtime core.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,8 @@ use faiss::index::ivf_flat::IVFFlatIndexImpl;
 use faiss::index::Index;
 use serde::Serialize;
 
-use super::{rvc_nlist, FaissIvf, IvfIndex, SearchStats, Searcher, BLOCK};
-use crate::format::{AlignedBytes, FormatError, Metric};
+use knnblend::format::{AlignedBytes, FormatError, Metric};
+use knnblend::index::{kernels, rvc_nlist, FaissIvf, IvfIndex, SearchStats, Searcher, BLOCK, MAX_K};
 
 extern "C" {
     /// libgomp (linked statically with faiss): faiss runs on this many threads.
@@ -444,7 +445,7 @@ fn cached_index(
     if path.is_file() {
         return Ok(path);
     }
-    std::fs::create_dir_all(&opts.cache_dir).map_err(|e| FormatError::io(&opts.cache_dir, e))?;
+    std::fs::create_dir_all(&opts.cache_dir).map_err(|source| FormatError::Io { path: opts.cache_dir.clone(), source })?;
     log(&format!(
         "building {} (d {}, N {}, {} lists) with faiss; cached in {}",
         shape.name,
@@ -463,7 +464,7 @@ fn cached_index(
     let faiss = FaissIvf::build(shape.dim, nlist, Metric::L2, &data, &data)?;
     let tmp = path.with_extension("index.tmp");
     faiss.write(&tmp)?;
-    std::fs::rename(&tmp, &path).map_err(|e| FormatError::io(&path, e))?;
+    std::fs::rename(&tmp, &path).map_err(|source| FormatError::Io { path: path.clone(), source })?;
     log(&format!("  built in {:.1} s", t.elapsed().as_secs_f64()));
     Ok(path)
 }
@@ -676,7 +677,7 @@ fn run_case(
     let mut theirs = Vec::with_capacity(nq);
     let mut fixed_ns = Vec::with_capacity(nq);
     let mut same = 0usize;
-    let mut ids = [0i64; super::MAX_K];
+    let mut ids = [0i64; MAX_K];
     let mut probed_len = Vec::with_capacity(nq);
     let mut work = Vec::with_capacity(nq);
     let mut breather = Breather(Instant::now());
@@ -685,7 +686,7 @@ fn run_case(
         fixed_ns.push(fixed.time());
         let before = s.stats();
         let ours_first = i % 2 == 0;
-        let time_ours = |s: &mut Searcher, ids: &mut [i64; super::MAX_K]| {
+        let time_ours = |s: &mut Searcher, ids: &mut [i64; MAX_K]| {
             let t = Instant::now();
             let r = black_box(s.search(index, black_box(q), k, 1));
             let ns = t.elapsed().as_nanos() as f64;
@@ -785,7 +786,7 @@ fn run_case(
     let nlist = index.nlist();
     let (d8, d32) = (d as f64, d as f64 * 4.0);
     // The 8-bit table with its per-row constants (bounds and byte sums).
-    let table_bytes = index.coarse().map_or(nlist * d * 4, |t| t.byte_len()) as f64;
+    let table_bytes = index.centroid_screen_bytes().unwrap_or(nlist * d * 4) as f64;
     let table_bw = bw.get(table_bytes as usize);
     let centroid_bw = bw.get(nlist * d * 4);
     let list_bw = bw.get(index.byte_len() + index.screening_bytes());
@@ -1293,7 +1294,7 @@ fn human_bytes(b: f64) -> String {
 /// Times the phases of one search on `index` (kernels over the whole centroid table, searches
 /// hot and rotating, block search) and returns the lines to print. For finding where time goes.
 pub fn phases(index: &IvfIndex) -> String {
-    use super::kernels::Kernels;
+    use kernels::Kernels;
     use std::fmt::Write;
     let mut s = String::new();
     let (d, nlist) = (index.dim(), index.nlist());
@@ -1343,10 +1344,10 @@ pub fn phases(index: &IvfIndex) -> String {
         .chunks_exact(d.max(1))
         .zip(q8.chunks_exact_mut(d.max(1)))
     {
-        super::kernels::narrow_query(q, b);
+        kernels::narrow_query(q, b);
     }
     let sums = vec![0i32; nlist];
-    if d <= super::kernels::I8_MAX_DIM {
+    if d <= kernels::I8_MAX_DIM {
         time("dot_i8_rows, whole 8-bit table", 2000, hb, &mut || {
             (k.dot_i8_rows)(black_box(&q16[..d]), bytes, &mut iout)
         });
@@ -1363,7 +1364,7 @@ pub fn phases(index: &IvfIndex) -> String {
     time("l2sq_rows, whole f32 table", 2000, fb, &mut || {
         (k.l2sq_rows)(black_box(q), cents, &mut out)
     });
-    if d <= super::kernels::I8_MAX_DIM {
+    if d <= kernels::I8_MAX_DIM {
         let r = nlist.min(64);
         let mut o64 = vec![0i32; r];
         let hot = (r * d) as f64;

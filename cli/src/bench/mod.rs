@@ -1,6 +1,8 @@
-//! `knnblend bench`: per-frame search against faiss in one process (see `knnblend::index::bench`).
+//! `knnblend bench`: per-frame search against faiss in one process (the suite is `suite.rs`).
 
 use std::path::PathBuf;
+
+mod suite;
 
 /// Arguments of `knnblend bench`.
 #[derive(clap::Args)]
@@ -39,12 +41,11 @@ pub struct Args {
     phases: Option<PathBuf>,
 }
 
-#[cfg(feature = "faiss")]
 pub fn run(a: Args) -> crate::Result {
-    use knnblend::index::bench::{self, BenchOptions};
+    use suite::BenchOptions;
     if let Some(p) = &a.phases {
         let index = knnblend::index::IvfIndex::open(p)?;
-        print!("{}", bench::phases(&index));
+        print!("{}", suite::phases(&index));
         return Ok(());
     }
     let opts = BenchOptions {
@@ -59,7 +60,7 @@ pub fn run(a: Args) -> crate::Result {
     let report = if a.only_plugin {
         None
     } else {
-        Some(bench::run(&opts, &mut log)?)
+        Some(suite::run(&opts, &mut log)?)
     };
     let plugin = if a.plugin || a.only_plugin {
         Some(plugin::run(&opts.cache_dir, &mut log)?)
@@ -82,7 +83,7 @@ pub fn run(a: Args) -> crate::Result {
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         if let Some(r) = &report {
-            print!("{}", bench::format_text(r));
+            print!("{}", suite::format_text(r));
         }
         if let Some(p) = &plugin {
             print!("{}", plugin::format_text(p));
@@ -91,18 +92,9 @@ pub fn run(a: Args) -> crate::Result {
     Ok(())
 }
 
-#[cfg(not(feature = "faiss"))]
-pub fn run(_: Args) -> crate::Result {
-    Err(
-        "this knnblend was built without the `faiss` feature; the benchmark compares against faiss"
-            .into(),
-    )
-}
-
 /// The plugin path (`--plugin`): the whole `VoiceEngine::process` on a live runtime, and an
 /// index swap while a simulated audio callback runs. Timing and glue only; the work measured is
 /// the library's.
-#[cfg(feature = "faiss")]
 mod plugin {
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
