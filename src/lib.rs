@@ -64,4 +64,5 @@
 pub mod format;
 pub mod index;
 pub mod live;
+pub mod platform;
 pub mod voice;

@@ -1,0 +1,106 @@
+//! Other Unix (macOS, the BSDs, Android): only calls POSIX defines and macOS has. `mlock`,
+//! `madvise(MADV_WILLNEED)`, `fsync`, `getrusage(RUSAGE_SELF)`, `SCHED_FIFO`; no read leases,
+//! no `MAP_POPULATE`, no per-thread fault counts, no thread pinning, no `sched_getcpu`, no
+//! `posix_fadvise`.
+//!
+//! The feature `force-posix-platform` compiles this file on Linux too, so CI runs it.
+
+use std::fs::{File, Metadata, Permissions};
+use std::io;
+use std::path::Path;
+
+use super::LeaseError;
+
+pub(super) const NAME: &str = "posix";
+
+pub(super) const READ_LEASES: bool = false;
+
+pub(super) fn lock_memory(ptr: *const u8, len: usize) -> bool {
+    // SAFETY: mlock only pins the pages of memory the caller holds; no memory is accessed.
+    unsafe { libc::mlock(ptr.cast(), len) == 0 }
+}
+
+pub(super) fn unlock_memory(ptr: *const u8, len: usize) -> bool {
+    // SAFETY: munlock only unpins pages; no memory is accessed.
+    unsafe { libc::munlock(ptr.cast(), len) == 0 }
+}
+
+pub(super) fn advise_will_need(ptr: *const u8, len: usize) -> bool {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+    let skew = ptr as usize % page;
+    let start = ptr.wrapping_sub(skew);
+    // SAFETY: the span covers only pages that hold part of the caller's memory, and
+    // MADV_WILLNEED is advice that never changes their contents.
+    unsafe { libc::madvise(start.cast_mut().cast(), len + skew, libc::MADV_WILLNEED) == 0 }
+}
+
+pub(super) unsafe fn map_read_only(file: &File, _populate: bool) -> io::Result<memmap2::Mmap> {
+    // No MAP_POPULATE outside Linux: the caller's prefault reads every page instead.
+    // SAFETY: forwarded to the caller.
+    unsafe { memmap2::MmapOptions::new().map(file) }
+}
+
+pub(super) fn sync_directory(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+pub(super) fn file_identity(metadata: &Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((metadata.dev(), metadata.ino()))
+}
+
+pub(super) fn new_file_permissions() -> Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    Permissions::from_mode(0o644)
+}
+
+/// Never made: there are no read leases here.
+pub(super) struct Lease {
+    never: std::convert::Infallible,
+}
+
+impl Lease {
+    pub(super) fn intact(&self) -> bool {
+        match self.never {}
+    }
+}
+
+pub(super) fn take_read_lease(_file: File) -> Result<Lease, LeaseError> {
+    Err(LeaseError::Unsupported)
+}
+
+pub(super) fn thread_usage() -> Option<super::ThreadUsage> {
+    None
+}
+
+pub(super) fn process_page_faults() -> Option<u64> {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0)
+            .then(|| (u.ru_minflt + u.ru_majflt) as u64)
+    }
+}
+
+pub(super) fn set_thread_realtime(priority: i32) -> bool {
+    // SAFETY: plain call on the calling thread with a valid parameter struct (zeroed first:
+    // macOS's has a private field besides the priority).
+    unsafe {
+        let mut param: libc::sched_param = std::mem::zeroed();
+        param.sched_priority = priority;
+        libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) == 0
+    }
+}
+
+pub(super) fn pin_thread_to_cpu(_cpu: usize) -> bool {
+    false
+}
+
+pub(super) fn current_cpu() -> Option<usize> {
+    None
+}
+
+pub(super) fn drop_page_cache(_file: &File) -> bool {
+    false
+}

@@ -1,0 +1,414 @@
+//! Tests of every implementation that compiles on Linux: run them with no feature (`linux`),
+//! with `force-posix-platform` and with `force-portable-platform`. Each checks the answer the
+//! implementation gives against what the kernel did, read from `/proc` (when the tests run on
+//! Linux), and checks the documented "no" where an implementation has none.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::format::{write_kbi, AlignedBytes, IndexParts, ListParts, Metadata, Metric};
+use crate::index::{IvfIndex, OpenOptions};
+use crate::live::{live, LiveConfig, LoadError};
+
+/// The alignment of [`AlignedBytes`]: one page (4 KiB pages are assumed, as for `.kbi`).
+const ALIGN: usize = 4096;
+
+/// Whether the implementation under test makes real calls for memory and usage (mlock,
+/// madvise, getrusage): `linux` and `posix`.
+fn unix_calls() -> bool {
+    matches!(NAME, "linux" | "posix")
+}
+
+#[test]
+fn the_forcing_features_choose_the_implementation() {
+    if cfg!(feature = "force-portable-platform") {
+        assert_eq!(NAME, "portable");
+    } else if cfg!(feature = "force-posix-platform") {
+        assert_eq!(NAME, "posix");
+    } else if cfg!(target_os = "linux") {
+        assert_eq!(NAME, "linux");
+    }
+    assert!(["linux", "posix", "windows", "portable"].contains(&NAME));
+    if NAME != "linux" {
+        assert!(!READ_LEASES);
+    }
+}
+
+/// What `/proc/self/smaps` says of the mapping that holds `addr` (Linux hosts).
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+struct Vma {
+    size_kib: u64,
+    rss_kib: u64,
+    locked: bool,
+}
+
+#[cfg(target_os = "linux")]
+fn vma(addr: *const u8) -> Vma {
+    let addr = addr as u64;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    let (mut size_kib, mut rss_kib) = (0, 0);
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                inside = (a..b).contains(&addr);
+                continue;
+            }
+        }
+        if !inside {
+            continue;
+        }
+        let kib = || {
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        if line.starts_with("Size:") {
+            size_kib = kib();
+        } else if line.starts_with("Rss:") {
+            rss_kib = kib();
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            return Vma {
+                size_kib,
+                rss_kib,
+                locked: flags.split_whitespace().any(|f| f == "lo"),
+            };
+        }
+    }
+    panic!("no mapping holds {addr:#x}");
+}
+
+/// Whether this process may lock any amount of memory: `CAP_IPC_LOCK`, or an unlimited
+/// `RLIMIT_MEMLOCK` (Linux hosts; elsewhere assumed not).
+fn may_lock_everything() -> bool {
+    if !cfg!(target_os = "linux") {
+        return false;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_ipc_lock = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 14) != 0);
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let unlimited = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .is_some_and(|l| l.split_whitespace().nth(3) == Some("unlimited"));
+    cap_ipc_lock || unlimited
+}
+
+#[test]
+fn locking_memory_reports_what_the_kernel_did() {
+    // Whole pages of our own, so no other allocation shares them.
+    let mut buf = AlignedBytes::zeroed(16 * ALIGN);
+    buf.as_mut_slice().fill(1);
+    let locked = lock_memory(buf.as_slice());
+    #[cfg(target_os = "linux")]
+    assert_eq!(vma(buf.as_slice().as_ptr()).locked, locked, "{NAME}");
+    if NAME == "portable" {
+        assert!(!locked);
+    } else if may_lock_everything() {
+        assert!(
+            locked,
+            "{NAME}: mlock refused although this process may lock memory"
+        );
+    }
+    let unlocked = unlock_memory(buf.as_slice());
+    assert_eq!(unlocked, unix_calls(), "{NAME}");
+    #[cfg(target_os = "linux")]
+    assert!(!vma(buf.as_slice().as_ptr()).locked);
+    // Nothing to lock is always locked, on every implementation.
+    assert!(lock_memory::<f32>(&[]) && unlock_memory::<u8>(&[]));
+}
+
+#[test]
+fn will_need_advice_accepts_any_slice() {
+    let buf = AlignedBytes::zeroed(8 * ALIGN);
+    // Starts mid-page: the implementation must widen it to page boundaries.
+    let ok = advise_will_need(&buf.as_slice()[100..5 * ALIGN + 7]);
+    match NAME {
+        "linux" | "posix" => assert!(ok),
+        "portable" => assert!(!ok),
+        _ => {}
+    }
+    assert!(advise_will_need::<u8>(&[]));
+}
+
+#[test]
+fn fault_counters_rise_when_fresh_pages_are_touched() {
+    const PAGES: usize = 256;
+    // A fresh anonymous mapping: none of its pages is in the page tables yet (memory from the
+    // allocator may be reused, already resident memory).
+    let mut buf = memmap2::MmapMut::map_anon(PAGES * ALIGN).unwrap();
+    let (thread_before, process_before) = (thread_usage(), process_page_faults());
+    for page in buf.chunks_mut(ALIGN) {
+        // SAFETY: a valid, exclusive reference to the first byte of the chunk.
+        unsafe { std::ptr::write_volatile(page.as_mut_ptr(), 1) };
+    }
+    let (thread_after, process_after) = (thread_usage(), process_page_faults());
+    std::hint::black_box(&buf);
+    match NAME {
+        "linux" => {
+            let (b, a) = (thread_before.unwrap(), thread_after.unwrap());
+            assert!(
+                a.page_faults >= b.page_faults + PAGES as u64 / 2,
+                "{b:?} → {a:?}"
+            );
+            assert!(a.involuntary_switches >= b.involuntary_switches);
+            assert_eq!(thread_page_faults().map(|f| f >= a.page_faults), Some(true));
+        }
+        _ => {
+            assert_eq!((thread_before, thread_after), (None, None));
+            assert_eq!(thread_page_faults(), None);
+        }
+    }
+    if unix_calls() {
+        let (b, a) = (process_before.unwrap(), process_after.unwrap());
+        assert!(a >= b + PAGES as u64 / 2, "{b} → {a}");
+    } else if NAME == "portable" {
+        assert_eq!((process_before, process_after), (None, None));
+    }
+}
+
+/// The scheduling policy of the calling thread (`/proc/thread-self/stat`, field 41: 0 is
+/// `SCHED_OTHER`, 1 `SCHED_FIFO`).
+#[cfg(target_os = "linux")]
+fn thread_policy() -> u32 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    // Fields from the third (state) on; policy is field 41.
+    after_name
+        .split_whitespace()
+        .nth(41 - 3)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn scheduling_calls_answer_honestly() {
+    // A thread of its own, so the test harness's thread keeps its scheduling.
+    std::thread::spawn(|| {
+        assert!(!pin_thread_to_cpu(usize::MAX));
+        match NAME {
+            "linux" => {
+                let cpu = current_cpu().expect("sched_getcpu");
+                assert!(
+                    pin_thread_to_cpu(cpu),
+                    "the CPU it runs on is an allowed one"
+                );
+                assert_eq!(current_cpu(), Some(cpu));
+            }
+            "posix" | "portable" => {
+                assert_eq!(current_cpu(), None);
+                assert!(!pin_thread_to_cpu(0));
+            }
+            _ => {}
+        }
+        #[cfg(target_os = "linux")]
+        {
+            // SCHED_FIFO priorities start at 1: 0 is refused wherever the call is made.
+            assert!(!set_thread_realtime(0));
+            assert_eq!(thread_policy(), 0);
+            let fifo = set_thread_realtime(10);
+            assert_eq!(thread_policy() == 1, fifo, "{NAME}");
+            if NAME == "portable" {
+                assert!(!fifo);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn files_identity_directories_and_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = file_with(dir.path(), "a", b"aaaa");
+    let b = file_with(dir.path(), "b", b"bbbb");
+    let link = dir.path().join("a-link");
+    std::fs::hard_link(&a, &link).unwrap();
+    let id = |p: &Path| file_identity(&std::fs::metadata(p).unwrap());
+    if unix_calls() {
+        assert!(id(&a).is_some());
+        assert_eq!(id(&a), id(&link));
+        assert_ne!(id(&a), id(&b));
+    } else if NAME == "portable" {
+        assert_eq!((id(&a), id(&b)), (None, None));
+    }
+
+    let missing = dir.path().join("missing");
+    assert!(sync_directory(dir.path()).is_ok());
+    assert_eq!(sync_directory(&missing).is_err(), unix_calls(), "{NAME}");
+
+    let dropped = drop_page_cache(&File::open(&a).unwrap());
+    assert_eq!(dropped, NAME == "linux");
+
+    let p = new_file_permissions();
+    assert!(!p.readonly());
+    #[cfg(unix)]
+    if unix_calls() {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(p.mode() & 0o777, 0o644);
+    }
+}
+
+#[test]
+fn read_leases_where_supported_and_a_documented_no_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_with(dir.path(), "leased", &[7u8; 8192]);
+    let taken = take_read_lease(File::open(&path).unwrap());
+    if !READ_LEASES {
+        assert_eq!(taken.unwrap_err(), LeaseError::Unsupported);
+        return;
+    }
+    let lease = taken.expect("a read lease on our own file");
+    assert!(lease.intact());
+    // A writer's open waits for the lease, and the lease reports that it waits.
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(b"more").unwrap();
+        })
+    };
+    let start = std::time::Instant::now();
+    while lease.intact() {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "the writer never broke the lease"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!writer.is_finished(), "the writer went ahead of the lease");
+    drop(lease);
+    writer.join().unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 8196);
+
+    // A file open for writing gets no lease.
+    let w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    assert_eq!(
+        take_read_lease(File::open(&path).unwrap()).unwrap_err(),
+        LeaseError::Busy
+    );
+    drop(w);
+    assert!(take_read_lease(File::open(&path).unwrap()).is_ok());
+}
+
+fn small_index(dir: &Path) -> PathBuf {
+    let dim = 16;
+    let lists = (0..3)
+        .map(|l| ListParts {
+            ids: (0..100).map(|i| l * 100 + i).collect(),
+            vectors: (0..100 * dim)
+                .map(|i| ((i as i64 * 7 + l * 13) % 101) as f32 / 50.0 - 1.0)
+                .collect(),
+        })
+        .collect();
+    let parts = IndexParts {
+        dim,
+        metric: Metric::L2,
+        nprobe: 1,
+        centroids: (0..3 * dim).map(|i| (i % 5) as f32 / 5.0).collect(),
+        lists,
+        metadata: Metadata {
+            features: "test".into(),
+            ..Metadata::default()
+        },
+    };
+    let path = dir.join("small.kbi");
+    write_kbi(&path, &parts).unwrap();
+    path
+}
+
+/// The lock an index reports matches its mapping's, and its mapping is resident.
+fn check_loaded(index: &IvfIndex, reported_locked: bool) {
+    assert!(index.is_mapped());
+    assert_eq!(reported_locked, index.is_locked());
+    #[cfg(target_os = "linux")]
+    {
+        let v = vma(index.vectors().as_ptr().cast());
+        assert_eq!(
+            v.rss_kib, v.size_kib,
+            "{NAME}: prefaulting left pages out: {v:?}"
+        );
+        if reported_locked {
+            assert!(
+                v.locked,
+                "{NAME}: reported locked, but the mapping is not: {v:?}"
+            );
+        }
+        if NAME == "portable" {
+            assert!(!v.locked);
+        }
+    }
+    if NAME == "portable" {
+        assert!(!reported_locked);
+    } else if may_lock_everything() {
+        assert!(reported_locked, "{NAME}: not locked although it may be");
+    }
+}
+
+#[test]
+fn a_kbi_opens_prefaulted_and_locked_as_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = small_index(dir.path());
+    let index = IvfIndex::open_with(
+        &path,
+        OpenOptions {
+            prefault: true,
+            mlock: true,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((index.ntotal(), index.nlist(), index.dim()), (300, 3, 16));
+    assert!(index.is_verified());
+    check_loaded(&index, index.is_locked());
+}
+
+#[test]
+fn live_loads_a_kbi_and_reports_mlocked_truthfully() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = small_index(dir.path());
+    let (control, _audio) = live(LiveConfig {
+        max_dim: 16,
+        ..LiveConfig::default()
+    });
+    let prepared = control.prepare(&path, |_, _| {}).unwrap();
+    assert_eq!(prepared.info().ntotal, 300);
+    check_loaded(prepared.index(), prepared.info().mlocked);
+
+    // Without leases, a file open for writing elsewhere is loaded (the protection is absent,
+    // as documented); with them, it is refused.
+    let w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let busy = control.prepare(&path, |_, _| {});
+    if READ_LEASES {
+        assert!(matches!(busy, Err(LoadError::Busy { .. })), "{busy:?}");
+    } else {
+        assert!(busy.is_ok(), "{busy:?}");
+    }
+    drop(w);
+}
