@@ -7,9 +7,11 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+use crate::platform;
+
 /// Writes `path` atomically: `fill` writes the content into a temporary file next to it, which
 /// then replaces `path` in one rename. The new file gets the permissions of the file it
-/// replaces, or `rw-r--r--` (subject to the umask's effect on other users' bits) when new.
+/// replaces, or [`platform::new_file_permissions`] (`rw-r--r--` on Unix) when new.
 pub fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
@@ -25,32 +27,15 @@ pub fn write_atomically(
     fill(tmp.as_file_mut())?;
     let permissions = match std::fs::metadata(path) {
         Ok(m) => m.permissions(),
-        Err(_) => default_permissions(),
+        Err(_) => platform::new_file_permissions(),
     };
     tmp.as_file().set_permissions(permissions)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
-    if let Ok(d) = File::open(dir) {
-        // Makes the rename durable; failing here leaves a consistent file either way.
-        let _ = d.sync_all();
-    }
+    // Makes the rename durable (a no-op where the OS has no directory sync); failing here
+    // leaves a consistent file either way.
+    let _ = platform::sync_directory(dir);
     Ok(())
-}
-
-#[cfg(unix)]
-fn default_permissions() -> std::fs::Permissions {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::Permissions::from_mode(0o644)
-}
-
-#[cfg(not(unix))]
-fn default_permissions() -> std::fs::Permissions {
-    let mut p = tempfile::tempfile()
-        .and_then(|f| f.metadata())
-        .map(|m| m.permissions())
-        .expect("temp file");
-    p.set_readonly(false);
-    p
 }
 
 #[cfg(test)]
@@ -67,9 +52,15 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
+            // The portable fallback cannot make a mode; it copies a temporary file's.
+            let new = if platform::NAME == "portable" {
+                platform::new_file_permissions().mode() & 0o777
+            } else {
+                0o644
+            };
             assert_eq!(
                 std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-                0o644
+                new
             );
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         }

@@ -20,6 +20,7 @@
 //! the exact f32 kernel; no other list can be among the n nearest.
 
 use crate::format::{AlignedBytes, Metric};
+use crate::platform;
 
 use super::kernels::I8_MAX_DIM;
 
@@ -238,21 +239,18 @@ impl CodedRows {
     }
 
     fn pin(&self, lock: bool) -> bool {
-        let f = |p: *const u8, n: usize| {
-            // SAFETY: mlock/munlock only pin or unpin pages of memory we own.
-            unsafe {
-                if lock {
-                    libc::mlock(p.cast(), n) == 0
-                } else {
-                    libc::munlock(p.cast(), n) == 0
-                }
+        fn f<T>(data: &[T], lock: bool) -> bool {
+            if lock {
+                platform::lock_memory(data)
+            } else {
+                platform::unlock_memory(data)
             }
-        };
-        let mut ok = self.bytes.is_empty() || f(self.bytes.as_slice().as_ptr(), self.bytes.len());
-        for v in self.bounds.regions() {
-            ok &= v.is_empty() || f(v.as_ptr().cast(), v.len() * 4);
         }
-        ok &= self.sums.is_empty() || f(self.sums.as_ptr().cast(), self.sums.len() * 4);
+        let mut ok = f(self.bytes.as_slice(), lock);
+        for v in self.bounds.regions() {
+            ok &= f(v.as_slice(), lock);
+        }
+        ok &= f(&self.sums, lock);
         ok
     }
 }

@@ -5,10 +5,11 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Advice, Mmap, MmapOptions};
+use memmap2::Mmap;
 
 use crate::format::kbi::{self, KbiLayout, SectionKind};
 use crate::format::{self, AlignedBytes, FileKind, FormatError, IndexParts, Metadata, Metric};
+use crate::platform;
 
 use super::coarse::CodedRows;
 
@@ -33,9 +34,11 @@ impl Backing {
 pub struct OpenOptions<'a> {
     /// Verify every section checksum and that all floats are finite (default true).
     pub verify: bool,
-    /// Map with `MAP_POPULATE`, advise will-need and touch every page before returning (default false).
+    /// Map with `MAP_POPULATE` (Linux), advise will-need and touch every page before returning
+    /// (default false). See [`platform`] for what each OS does.
     pub prefault: bool,
-    /// Try to `mlock` the mapping (best effort; see [`IvfIndex::is_locked`]) (default false).
+    /// Try to lock the pages in RAM ([`platform::lock_memory`]: `mlock`, `VirtualLock`; best
+    /// effort, see [`IvfIndex::is_locked`]) (default false).
     pub mlock: bool,
     /// Called with (bytes done, bytes total) while verifying and prefaulting.
     pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
@@ -110,14 +113,11 @@ impl IvfIndex {
         let mut index = match format::sniff(path)? {
             FileKind::Kbi => {
                 let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-                let mut mo = MmapOptions::new();
-                if opts.prefault {
-                    mo.populate();
-                }
                 // SAFETY: the mapping is read-only. knnblend's writers replace files by rename and
                 // never modify them in place; another program truncating the file in place while
                 // it is mapped is the one hazard (SIGBUS on access), documented in the README.
-                let map = unsafe { mo.map(&file) }.map_err(|e| FormatError::io(path, e))?;
+                let map = unsafe { platform::map_read_only(&file, opts.prefault) }
+                    .map_err(|e| FormatError::io(path, e))?;
                 Self::from_backing(Backing::Mapped(map), FileKind::Kbi, opts.verify, progress)?
             }
             FileKind::Faiss => {
@@ -217,7 +217,7 @@ impl IvfIndex {
     /// so no later access page-faults (unless memory pressure evicts it; see [`lock`](Self::lock)).
     pub fn prefault(&self) {
         if let Backing::Mapped(m) = &self.backing {
-            let _ = m.advise(Advice::WillNeed);
+            platform::advise_will_need(&m[..]);
         }
         let bytes = self.backing.bytes();
         let mut sum = 0u8;
@@ -228,17 +228,12 @@ impl IvfIndex {
         std::hint::black_box(sum);
     }
 
-    /// Tries to lock the index's pages in RAM. Returns whether it succeeded: unprivileged
-    /// users often have a small `RLIMIT_MEMLOCK`, which is reported, not fatal.
+    /// Tries to lock the index's pages in RAM ([`platform::lock_memory`]). Returns whether it
+    /// succeeded: unprivileged users often have a small `RLIMIT_MEMLOCK`, which is reported,
+    /// not fatal, and some platforms cannot lock at all (always false there).
     pub fn lock(&mut self) -> bool {
         self.pinned = true;
-        self.locked = match &self.backing {
-            Backing::Mapped(m) => m.lock().is_ok(),
-            Backing::Owned(b) => {
-                // SAFETY: mlock on memory we own; it only pins pages.
-                unsafe { libc::mlock(b.as_slice().as_ptr().cast(), b.len()) == 0 }
-            }
-        };
+        self.locked = platform::lock_memory(self.backing.bytes());
         if let Some(c) = &self.coarse {
             self.locked &= c.lock();
         }
@@ -416,8 +411,7 @@ impl Drop for IvfIndex {
         // Unmapping releases a mapping's locks; heap pages must be unlocked by hand, or they
         // would stay pinned (and count against RLIMIT_MEMLOCK) after the memory is reused.
         if let Backing::Owned(b) = &self.backing {
-            // SAFETY: munlock on memory we own; it only unpins pages.
-            unsafe { libc::munlock(b.as_slice().as_ptr().cast(), b.len()) };
+            platform::unlock_memory(b.as_slice());
         }
         if let Some(c) = &self.coarse {
             c.unlock();

@@ -37,9 +37,11 @@ pub struct IndexInfo {
     pub metric: Metric,
     /// What the vectors are.
     pub metadata: Metadata,
-    /// Whether its pages are locked in RAM (`mlock`); best effort, may be false for users with a
-    /// small `RLIMIT_MEMLOCK`, in which case pages could in principle be evicted under memory
-    /// pressure.
+    /// Whether its pages are locked in RAM (`mlock`, `VirtualLock`: see
+    /// [`platform::lock_memory`](crate::platform::lock_memory)); best effort, may be false for
+    /// users with a small `RLIMIT_MEMLOCK` (or a small working set on Windows), and always is on
+    /// platforms that cannot lock pages, in which case pages could in principle be evicted under
+    /// memory pressure.
     pub mlocked: bool,
     /// Bytes of memory it occupies (mapped or owned).
     pub bytes: u64,

@@ -8,15 +8,21 @@
 //! and modification time are compared before and after, so a file another program is still
 //! writing is refused with [`LoadError::Changed`] instead of being published half-written.
 //!
-//! On Linux the loader also holds a read *lease* (`fcntl(F_SETLEASE, F_RDLCK)`) on the file while
-//! it maps and reads it. Taking it fails while any program has the file open for writing
-//! ([`LoadError::Busy`]), and while it is held, another program's `open` for writing or
-//! `truncate` of the file waits until it is released, so the file cannot be truncated under the
-//! loader's reads (which would raise `SIGBUS`). If a writer started waiting during the load, the
-//! load is abandoned ([`LoadError::Busy`]) and the writer proceeds. The lease is released when
-//! the load ends (see the module documentation of [`live`](super) for the hazard that remains
-//! while an index is served). Where leases are not available (a file owned by another user
-//! without `CAP_LEASE`, file systems without lease support) loading proceeds without one.
+//! On Linux the loader also holds a read *lease* (`fcntl(F_SETLEASE, F_RDLCK)`, through
+//! [`platform::take_read_lease`]) on the file while it maps and reads it. Taking it fails while
+//! any program has the file open for writing ([`LoadError::Busy`]), and while it is held,
+//! another program's `open` for writing or `truncate` of the file waits until it is released,
+//! so the file cannot be truncated under the loader's reads (which would raise `SIGBUS`). If a
+//! writer started waiting during the load, the load is abandoned ([`LoadError::Busy`]) and the
+//! writer proceeds. The lease is released when the load ends (see the module documentation of
+//! [`live`](super) for the hazard that remains while an index is served). Where leases are not
+//! available (a file owned by another user without `CAP_LEASE`, file systems without lease
+//! support, and every OS but Linux: [`platform::READ_LEASES`]) loading proceeds without one.
+//!
+//! On the other OSes the mapping has no `MAP_POPULATE` (the checksum pass and the page walk
+//! read every page in anyway), and `mlock` is the OS's own page lock or nothing. Every OS call
+//! here (mapping, advice, locking, leases, file identity) goes through [`platform`], which says
+//! what each OS does.
 
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
@@ -26,6 +32,7 @@ use super::config::Validator;
 use super::entry::{display_name, Entry, PreparedIndex};
 use super::LoadError;
 use crate::index::{IvfIndex, OpenOptions};
+use crate::platform::{self, LeaseError, ReadLease};
 
 /// The checks every index passes before it may be published.
 #[derive(Clone)]
@@ -38,8 +45,8 @@ pub(crate) struct Checks {
 /// What identifies one version of a file.
 #[derive(Debug, PartialEq, Eq)]
 struct Stamp {
-    dev: u64,
-    ino: u64,
+    /// Device and inode, where the platform has them ([`platform::file_identity`]).
+    id: Option<(u64, u64)>,
     len: u64,
     modified: Option<std::time::SystemTime>,
 }
@@ -49,17 +56,9 @@ fn stamp(path: &Path) -> Result<(Stamp, bool), LoadError> {
         path: path.to_path_buf(),
         source,
     })?;
-    #[cfg(unix)]
-    let (dev, ino) = {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    };
-    #[cfg(not(unix))]
-    let (dev, ino) = (0, 0);
     Ok((
         Stamp {
-            dev,
-            ino,
+            id: platform::file_identity(&m),
             len: m.len(),
             modified: m.modified().ok(),
         },
@@ -79,7 +78,7 @@ pub(crate) fn prepare_file(
             path: path.to_path_buf(),
         });
     }
-    let lease = lease::take(path, before.dev, before.ino)?;
+    let lease = take_lease(path, before.id)?;
     let total = before.len.max(1);
     progress(0, total);
     // Validation progress is scaled onto the file size and stops one byte short of the end:
@@ -113,9 +112,9 @@ pub(crate) fn prepare_file(
     let prepared = finish(index, display_name(path), path, checks)?;
     if let Some(lease) = lease {
         if !lease.intact() {
-            // A writer is waiting for the lease: unmap first, then let it proceed.
+            // A writer is waiting for the lease: unmap first, then let it proceed (the lease
+            // is released on return).
             drop(prepared);
-            drop(lease);
             return Err(LoadError::Busy {
                 path: path.to_path_buf(),
             });
@@ -162,130 +161,30 @@ pub(crate) fn finish(
     })
 }
 
-/// Read leases that keep other programs from truncating a file while it is being loaded.
-mod lease {
-    use std::path::Path;
-
-    use super::LoadError;
-
-    /// A read lease on an open file; dropping it closes the file and releases the lease.
-    pub(crate) struct Lease {
-        #[allow(dead_code)] // only read on platforms with leases
-        file: std::fs::File,
+/// Takes a read lease on `path` if it is still the file `id` ([`platform::take_read_lease`]),
+/// so other programs cannot truncate it while it is being loaded. `Ok(None)` where leases are
+/// not available; [`LoadError::Busy`] when the file is open for writing.
+fn take_lease(path: &Path, id: Option<(u64, u64)>) -> Result<Option<ReadLease>, LoadError> {
+    if !platform::READ_LEASES {
+        return Ok(None);
     }
-
-    // Leases, and F_SETSIG's asm-generic value, on Linux of these architectures.
-    cfg_if::cfg_if! {
-        if #[cfg(all(
-            target_os = "linux",
-            any(
-                target_arch = "x86_64",
-                target_arch = "x86",
-                target_arch = "aarch64",
-                target_arch = "arm",
-                target_arch = "riscv64"
-            )
-        ))] {
-            mod imp {
-                use std::os::fd::AsRawFd;
-                use std::os::unix::fs::MetadataExt;
-                use std::path::Path;
-
-                use super::super::LoadError;
-                use super::Lease;
-
-                /// `F_SETSIG` (asm-generic value; not exported by the libc crate for glibc
-                /// targets).
-                const F_SETSIG: libc::c_int = 10;
-
-                /// Takes a read lease on `path` if it is still the file `(dev, ino)`.
-                /// `Ok(None)` when leases are not available; [`LoadError::Busy`] when the file
-                /// is open for writing.
-                pub(crate) fn take(
-                    path: &Path,
-                    dev: u64,
-                    ino: u64,
-                ) -> Result<Option<Lease>, LoadError> {
-                    let file = std::fs::File::open(path).map_err(|source| LoadError::Io {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
-                    let m = file.metadata().map_err(|source| LoadError::Io {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
-                    if (m.dev(), m.ino()) != (dev, ino) {
-                        return Err(LoadError::Changed {
-                            path: path.to_path_buf(),
-                        });
-                    }
-                    let fd = file.as_raw_fd();
-                    // A lease break notifies its owner with a signal (SIGIO, fatal by default).
-                    // Make it SIGURG, which is ignored by default, then remove the owner so none
-                    // is sent at all; the loader asks with F_GETLEASE instead.
-                    // SAFETY: fcntl on a file descriptor we own; no pointers are passed.
-                    unsafe {
-                        if libc::fcntl(fd, F_SETSIG, libc::SIGURG) != 0 {
-                            return Ok(None);
-                        }
-                        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) != 0 {
-                            let e = std::io::Error::last_os_error();
-                            return match e.raw_os_error() {
-                                Some(libc::EAGAIN) | Some(libc::EBUSY) => Err(LoadError::Busy {
-                                    path: path.to_path_buf(),
-                                }),
-                                _ => Ok(None), // not permitted or not supported here: no protection
-                            };
-                        }
-                        libc::fcntl(fd, libc::F_SETOWN, 0);
-                    }
-                    Ok(Some(Lease { file }))
-                }
-
-                impl Lease {
-                    /// Whether the lease is still held with no writer waiting for it.
-                    pub(crate) fn intact(&self) -> bool {
-                        let fd = self.file.as_raw_fd();
-                        // SAFETY: fcntl on a file descriptor we own.
-                        unsafe { libc::fcntl(fd, libc::F_GETLEASE) == libc::F_RDLCK }
-                    }
-                }
-
-                impl Drop for Lease {
-                    fn drop(&mut self) {
-                        let fd = self.file.as_raw_fd();
-                        // SAFETY: fcntl on a file descriptor we own (closing would release it
-                        // too).
-                        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
-                    }
-                }
-            }
-        } else {
-            mod imp {
-                use std::path::Path;
-
-                use super::super::LoadError;
-                use super::Lease;
-
-                pub(crate) fn take(
-                    _path: &Path,
-                    _dev: u64,
-                    _ino: u64,
-                ) -> Result<Option<Lease>, LoadError> {
-                    Ok(None)
-                }
-
-                impl Lease {
-                    pub(crate) fn intact(&self) -> bool {
-                        true
-                    }
-                }
-            }
-        }
+    let io = |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let m = file.metadata().map_err(io)?;
+    if platform::file_identity(&m) != id {
+        return Err(LoadError::Changed {
+            path: path.to_path_buf(),
+        });
     }
-
-    /// See [`imp::take`].
-    pub(crate) fn take(path: &Path, dev: u64, ino: u64) -> Result<Option<Lease>, LoadError> {
-        imp::take(path, dev, ino)
+    match platform::take_read_lease(file) {
+        Ok(lease) => Ok(Some(lease)),
+        Err(LeaseError::Busy) => Err(LoadError::Busy {
+            path: path.to_path_buf(),
+        }),
+        // Not permitted or not supported here: no protection.
+        Err(LeaseError::Unsupported) => Ok(None),
     }
 }

@@ -469,17 +469,29 @@ fn a_file_written_while_loading_is_refused() {
         })
         .unwrap_err();
     writer.unwrap().join().unwrap();
-    assert!(
-        matches!(e, LoadError::Busy { .. } | LoadError::Changed { .. }),
-        "{e}"
-    );
+    if crate::platform::READ_LEASES {
+        assert!(
+            matches!(e, LoadError::Busy { .. } | LoadError::Changed { .. }),
+            "{e}"
+        );
+    } else {
+        // Without a lease the append goes ahead at once: the load sees a changed file or,
+        // already at its header check, one with trailing data. Never a half-written index.
+        assert!(
+            matches!(
+                e,
+                LoadError::Busy { .. } | LoadError::Changed { .. } | LoadError::Format { .. }
+            ),
+            "{e}"
+        );
+    }
     // Once the writer is done, the file is judged on its (now damaged) contents.
     let e = c.prepare(&path, |_, _| {}).unwrap_err();
     assert!(matches!(e, LoadError::Format { .. }), "{e}");
 }
 
-/// A file another program holds open for writing is refused while it does.
-#[cfg(target_os = "linux")]
+/// A file another program holds open for writing is refused while it does (where the platform
+/// has read leases; elsewhere that protection is documented as absent and the file loads).
 #[test]
 fn a_file_open_for_writing_elsewhere_is_busy() {
     let dir = tempfile::tempdir().unwrap();
@@ -489,6 +501,10 @@ fn a_file_open_for_writing_elsewhere_is_busy() {
         .append(true)
         .open(&path)
         .unwrap();
+    if !crate::platform::READ_LEASES {
+        assert!(c.prepare(&path, |_, _| {}).is_ok());
+        return;
+    }
     let e = c.prepare(&path, |_, _| {}).unwrap_err();
     assert!(matches!(e, LoadError::Busy { .. }), "{e}");
     assert!(
