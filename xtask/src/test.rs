@@ -3,11 +3,14 @@
 //! 1. setup (system packages, `target/venv`);
 //! 2. `cargo test --workspace --exclude knnblend-plugin` — library, CLI, integration tests,
 //!    faiss parity (faiss is a default feature of the library);
-//! 3. bundle the plugin as a debug build with `assert_process_allocs`, then prove the
+//! 3. `cargo test -p knnblend --lib --features force-posix-platform`, then the same with
+//!    `force-portable-platform` — the library's unit tests (loading, live, `platform`) on the
+//!    macOS/POSIX and the no-op implementations of `platform`, compiled on Linux;
+//! 4. bundle the plugin as a debug build with `assert_process_allocs`, then prove the
 //!    bundled binaries do not link faiss;
-//! 4. `cargo test -p knnblend-plugin --features assert_process_allocs` — plugin tests,
+//! 5. `cargo test -p knnblend-plugin --features assert_process_allocs` — plugin tests,
 //!    including the CLAP host harness that loads `target/bundled/knnblend.clap`;
-//! 5. the VST3 host test: `target/venv/bin/python plugin/tests/vst3_host.py
+//! 6. the VST3 host test: `target/venv/bin/python plugin/tests/vst3_host.py
 //!    target/bundled/knnblend.vst3` (pedalboard).
 //!
 //! Steps whose inputs do not exist yet are skipped with the reason; the task fails when any
@@ -17,7 +20,7 @@ use crate::linkcheck;
 use crate::process::{self, cargo};
 use crate::setup;
 use crate::steps::{Outcome, Steps};
-use crate::workspace::{Workspace, ASSERT_ALLOCS_FEATURE, PLUGIN_PACKAGE};
+use crate::workspace::{Workspace, ASSERT_ALLOCS_FEATURE, LIBRARY_PACKAGE, PLUGIN_PACKAGE};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -31,6 +34,15 @@ pub struct Options {
 
 const STEP_SETUP: &str = "setup";
 const STEP_WORKSPACE: &str = "cargo test --workspace --exclude knnblend-plugin";
+const STEP_POSIX_PLATFORM: &str = "cargo test -p knnblend --lib --features force-posix-platform";
+const STEP_PORTABLE_PLATFORM: &str =
+    "cargo test -p knnblend --lib --features force-portable-platform";
+/// The library's test-only features that compile another OS's `platform` implementation on
+/// Linux, with the step that runs the unit tests on it.
+const PLATFORM_FALLBACKS: [(&str, &str); 2] = [
+    (STEP_POSIX_PLATFORM, "force-posix-platform"),
+    (STEP_PORTABLE_PLATFORM, "force-portable-platform"),
+];
 const STEP_BUNDLE: &str = "bundle plugin (debug, assert_process_allocs) + no-faiss check";
 const STEP_PLUGIN: &str = "cargo test -p knnblend-plugin --features assert_process_allocs";
 const STEP_VST3: &str = "VST3 host test (pedalboard)";
@@ -53,7 +65,7 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
         std::env::var_os("DISPLAY").is_some(),
         process::on_path("Xvfb"),
     );
-    let mut steps = Steps::new("cargo xtask test", 5 + usize::from(gui_skip.is_some()));
+    let mut steps = Steps::new("cargo xtask test", 7 + usize::from(gui_skip.is_some()));
 
     if options.no_setup {
         steps.skip(STEP_SETUP, "--no-setup given");
@@ -62,7 +74,14 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
             setup::run(ws, setup::Options::default()).map(|()| Outcome::Passed)
         });
         if matches!(outcome, Outcome::Failed(_)) {
-            for name in [STEP_WORKSPACE, STEP_BUNDLE, STEP_PLUGIN, STEP_VST3] {
+            for name in [
+                STEP_WORKSPACE,
+                STEP_POSIX_PLATFORM,
+                STEP_PORTABLE_PLATFORM,
+                STEP_BUNDLE,
+                STEP_PLUGIN,
+                STEP_VST3,
+            ] {
                 steps.skip(name, "setup failed");
             }
             return steps.finish();
@@ -79,6 +98,21 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
         ]))
         .map(|()| Outcome::Passed)
     });
+
+    for (name, feature) in PLATFORM_FALLBACKS {
+        steps.run(name, || {
+            process::run(cargo(&ws.root).args([
+                "test",
+                "-p",
+                LIBRARY_PACKAGE,
+                "--lib",
+                "--features",
+                feature,
+                "--no-fail-fast",
+            ]))
+            .map(|()| Outcome::Passed)
+        });
+    }
 
     let plugin_ready = ws
         .plugin
@@ -264,6 +298,18 @@ mod tests {
             .is_some_and(|r| r.contains("Xvfb") && r.contains("cargo xtask setup")));
         assert_eq!(gui_test_skip_reason(true, false), None);
         assert_eq!(gui_test_skip_reason(false, true), None);
+    }
+
+    #[test]
+    fn platform_fallback_steps_run_features_the_library_has() {
+        let manifest = include_str!("../../Cargo.toml");
+        for (name, feature) in PLATFORM_FALLBACKS {
+            assert!(name.ends_with(&format!("--features {feature}")), "{name}");
+            assert!(
+                manifest.contains(&format!("\n{feature} = []")),
+                "the library has no `{feature}` feature"
+            );
+        }
     }
 
     #[test]
