@@ -267,7 +267,7 @@ typedef struct kb_neighbour {
 
 // A validator: called on the loader thread (or the thread calling `kb_controller_publish`)
 // for every index before it is published, with the index (lent for the call only: never
-// free, publish or keep it; inspect it with `kb_index_info`, `kb_index_features`,
+// free, publish or keep it; inspect it with `kb_index_get_info`, `kb_index_features`,
 // `kb_index_metadata_json`). Return 0 to accept it; anything else refuses it, and the NUL-terminated UTF-8 text written to
 // `reason` (`reason_cap` bytes) becomes the load's `KB_ERR_REJECTED` message. It must not
 // throw (a C++ exception must not cross into the library), block for long or call the
@@ -594,10 +594,10 @@ void kb_index_free(struct kb_index **index);
 //
 // Requires: `index` is NULL or a live index (or the index given to a validator); `out` is NULL or
 // writable.
-enum kb_status kb_index_info(const struct kb_index *index, struct kb_index_info *out);
+enum kb_status kb_index_get_info(const struct kb_index *index, struct kb_index_info *out);
 
-// Copies the index's feature kind (metadata `features`, e.g. `rvc-v2-768`; empty for a faiss
-// file) into `buf` as NUL-terminated UTF-8, snprintf-like: `*needed` (if not NULL) receives
+// Copies the index's feature kind (metadata `features`, e.g. `rvc-v2-768`; for a faiss file
+// it is told from the dimension: 256 `rvc-v1-256`, 768 `rvc-v2-768`, else empty) into `buf` as NUL-terminated UTF-8, snprintf-like: `*needed` (if not NULL) receives
 // its length without the NUL; `cap == 0` with `needed` is a size query (`buf` may be NULL);
 // a `buf` too small gets a truncated, NUL-terminated prefix and `KB_ERR_BUFFER`.
 //

@@ -309,7 +309,7 @@ pub unsafe extern "C" fn kb_index_free(index: *mut *mut kb_index) {
 /// Requires: `index` is NULL or a live index (or the index given to a validator); `out` is NULL or
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn kb_index_info(
+pub unsafe extern "C" fn kb_index_get_info(
     index: *const kb_index,
     out: *mut kb_index_info,
 ) -> kb_status {
@@ -325,8 +325,8 @@ pub unsafe extern "C" fn kb_index_info(
     KB_OK
 }
 
-/// Copies the index's feature kind (metadata `features`, e.g. `rvc-v2-768`; empty for a faiss
-/// file) into `buf` as NUL-terminated UTF-8, snprintf-like: `*needed` (if not NULL) receives
+/// Copies the index's feature kind (metadata `features`, e.g. `rvc-v2-768`; for a faiss file
+/// it is told from the dimension: 256 `rvc-v1-256`, 768 `rvc-v2-768`, else empty) into `buf` as NUL-terminated UTF-8, snprintf-like: `*needed` (if not NULL) receives
 /// its length without the NUL; `cap == 0` with `needed` is a size query (`buf` may be NULL);
 /// a `buf` too small gets a truncated, NUL-terminated prefix and `KB_ERR_BUFFER`.
 ///

@@ -28,7 +28,7 @@ pub const KB_WAIT_FOREVER: u32 = 0xFFFF_FFFF;
 
 /// A validator: called on the loader thread (or the thread calling `kb_controller_publish`)
 /// for every index before it is published, with the index (lent for the call only: never
-/// free, publish or keep it; inspect it with `kb_index_info`, `kb_index_features`,
+/// free, publish or keep it; inspect it with `kb_index_get_info`, `kb_index_features`,
 /// `kb_index_metadata_json`). Return 0 to accept it; anything else refuses it, and the NUL-terminated UTF-8 text written to
 /// `reason` (`reason_cap` bytes) becomes the load's `KB_ERR_REJECTED` message. It must not
 /// throw (a C++ exception must not cross into the library), block for long or call the

@@ -308,8 +308,8 @@ fn null_pointers_give_kb_err_null_and_never_crash() {
             &["out"],
         );
         let mut info = kb_index_info::EMPTY;
-        assert_eq!(kb_index_info(null(), &mut info), KB_ERR_NULL);
-        assert_eq!(kb_index_info(ix, null_mut()), KB_ERR_NULL);
+        assert_eq!(kb_index_get_info(null(), &mut info), KB_ERR_NULL);
+        assert_eq!(kb_index_get_info(ix, null_mut()), KB_ERR_NULL);
         assert_eq!(
             kb_index_features(null(), null_mut(), 0, &mut n),
             KB_ERR_NULL
@@ -571,7 +571,7 @@ fn opening_bad_files_gives_the_right_code_and_a_message_naming_the_file() {
         let mut info = kb_index_info::EMPTY;
         // SAFETY: live index.
         unsafe {
-            assert_eq!(kb_index_info(ix, &mut info), KB_OK);
+            assert_eq!(kb_index_get_info(ix, &mut info), KB_OK);
             kb_index_free(&mut ix);
         }
         assert_eq!(
@@ -1154,7 +1154,7 @@ unsafe extern "C" fn features_must_be(
     let mut buf = [0 as c_char; 64];
     let mut info = kb_index_info::EMPTY;
     unsafe {
-        assert_eq!(kb_index_info(index, &mut info), KB_OK);
+        assert_eq!(kb_index_get_info(index, &mut info), KB_OK);
         kb_index_features(index, buf.as_mut_ptr(), buf.len(), null_mut());
         if CStr::from_ptr(buf.as_ptr()).to_bytes() == want {
             return 0;
