@@ -159,13 +159,11 @@ mod plugin {
     }
 
     /// The calling thread's page faults (minor + major) and involuntary context switches.
+    /// The calling thread's page faults and involuntary switches (zero where the OS does not
+    /// count them per thread).
     fn thread_usage() -> (u64, u64) {
-        // SAFETY: getrusage writes into the zeroed struct we pass.
-        unsafe {
-            let mut u: libc::rusage = std::mem::zeroed();
-            libc::getrusage(libc::RUSAGE_THREAD, &mut u);
-            ((u.ru_minflt + u.ru_majflt) as u64, u.ru_nivcsw as u64)
-        }
+        let u = knnblend::platform::thread_usage().unwrap_or_default();
+        (u.page_faults, u.involuntary_switches)
     }
 
     fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -265,16 +263,12 @@ mod plugin {
     /// Drops a file's pages from the page cache, so a load really reads it.
     fn evict_from_page_cache(path: &Path) {
         if let Ok(f) = std::fs::File::open(path) {
-            use std::os::fd::AsRawFd;
-            // SAFETY: advisory call on a valid descriptor.
-            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            knnblend::platform::drop_page_cache(&f);
         }
     }
 
     fn realtime_thread() -> bool {
-        let param = libc::sched_param { sched_priority: 40 };
-        // SAFETY: plain syscall on the calling thread.
-        unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) == 0 }
+        knnblend::platform::set_thread_realtime(40)
     }
 
     pub fn run(cache: &Path, log: &mut dyn FnMut(&str)) -> crate::Result<PluginResult> {

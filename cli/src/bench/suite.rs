@@ -1012,31 +1012,22 @@ fn k_point(
 /// Moves the calling thread to `SCHED_FIFO` (priority 40, like an audio thread) pinned to the
 /// CPU it runs on, when the system allows it; returns a description of what it got.
 fn realtime_scheduling() -> String {
-    // SAFETY: plain syscalls on the calling thread with valid arguments.
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        let mut pinned = false;
-        if cpu >= 0 {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu as usize, &mut set);
-            pinned = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0;
+    use knnblend::platform;
+    let cpu = platform::current_cpu();
+    let pinned = cpu.is_some_and(platform::pin_thread_to_cpu);
+    let fifo = platform::set_thread_realtime(40);
+    format!(
+        "{}{}",
+        if fifo {
+            "SCHED_FIFO 40"
+        } else {
+            "normal scheduler (SCHED_FIFO refused)"
+        },
+        match (pinned, cpu) {
+            (true, Some(cpu)) => format!(", pinned to CPU {cpu}"),
+            _ => String::new(),
         }
-        let param = libc::sched_param { sched_priority: 40 };
-        let fifo = libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) == 0;
-        format!(
-            "{}{}",
-            if fifo {
-                "SCHED_FIFO 40"
-            } else {
-                "normal scheduler (SCHED_FIFO refused)"
-            },
-            if pinned {
-                format!(", pinned to CPU {cpu}")
-            } else {
-                String::new()
-            }
-        )
-    }
+    )
 }
 
 /// Gives the CPU back for a moment every 20 ms of timing, so a realtime-priority benchmark
