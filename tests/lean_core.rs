@@ -164,7 +164,8 @@ fn the_allow_list_check_can_fail() {
     let text = String::from_utf8_lossy(&out.stdout);
     for name in ["faiss", "symphonia", "hound", "ndarray-npy"] {
         assert!(
-            text.lines().any(|l| l.split_whitespace().next() == Some(name)),
+            text.lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
             "`--features build` should pull in {name}:\n{text}"
         );
     }

@@ -16,7 +16,9 @@ use faiss::index::Index;
 use serde::Serialize;
 
 use knnblend::format::{AlignedBytes, FormatError, Metric};
-use knnblend::index::{kernels, rvc_nlist, FaissIvf, IvfIndex, SearchStats, Searcher, BLOCK, MAX_K};
+use knnblend::index::{
+    kernels, rvc_nlist, FaissIvf, IvfIndex, SearchStats, Searcher, BLOCK, MAX_K,
+};
 
 extern "C" {
     /// libgomp (linked statically with faiss): faiss runs on this many threads.
@@ -445,7 +447,10 @@ fn cached_index(
     if path.is_file() {
         return Ok(path);
     }
-    std::fs::create_dir_all(&opts.cache_dir).map_err(|source| FormatError::Io { path: opts.cache_dir.clone(), source })?;
+    std::fs::create_dir_all(&opts.cache_dir).map_err(|source| FormatError::Io {
+        path: opts.cache_dir.clone(),
+        source,
+    })?;
     log(&format!(
         "building {} (d {}, N {}, {} lists) with faiss; cached in {}",
         shape.name,
@@ -464,7 +469,10 @@ fn cached_index(
     let faiss = FaissIvf::build(shape.dim, nlist, Metric::L2, &data, &data)?;
     let tmp = path.with_extension("index.tmp");
     faiss.write(&tmp)?;
-    std::fs::rename(&tmp, &path).map_err(|source| FormatError::Io { path: path.clone(), source })?;
+    std::fs::rename(&tmp, &path).map_err(|source| FormatError::Io {
+        path: path.clone(),
+        source,
+    })?;
     log(&format!("  built in {:.1} s", t.elapsed().as_secs_f64()));
     Ok(path)
 }
