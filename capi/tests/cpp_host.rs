@@ -43,6 +43,7 @@ struct Fixture {
     host_static: PathBuf,
     host_shared: PathBuf,
     interposer: PathBuf,
+    minimal_c: PathBuf,
 }
 
 /// Whether the system compilers are there; without them the test fails in CI and is skipped
@@ -156,8 +157,20 @@ fn fixture() -> Option<&'static Fixture> {
                 .arg("-o")
                 .arg(&host_shared),
         );
+        // The README's C example, as strict C99.
+        let minimal_c = dir.join("minimal_c");
+        run_tool(
+            Command::new("gcc")
+                .args(["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-I"])
+                .arg(&include)
+                .arg(src.join("examples/c/minimal.c"))
+                .arg(libs.join("libknnblend.a"))
+                .args(["-lpthread", "-ldl", "-lm", "-lrt", "-lgcc_s", "-o"])
+                .arg(&minimal_c),
+        );
         Some(Fixture {
             _dir: tmp,
+            minimal_c,
             dir,
             files,
             queries,
@@ -415,6 +428,27 @@ fn a_deliberate_system_call_on_the_realtime_thread_kills_the_host() {
     let all = text(&out);
     assert_eq!(out.status.signal(), Some(libc_sigsys()), "{all}");
     assert!(!all.contains("NOT KILLED"), "{all}");
+}
+
+#[test]
+fn the_readme_c_example_compiles_as_c99_and_blends_a_block() {
+    let Some(f) = fixture() else { return };
+    for file in &f.files[..2] {
+        let out = Command::new(&f.minimal_c).arg(file).output().unwrap();
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(all.contains("16 of 16 frames blended"), "{all}");
+    }
+    let out = Command::new(&f.minimal_c)
+        .arg(f.dir.join("missing.index"))
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("not loaded: cannot read") && all.contains("missing.index"),
+        "{all}"
+    );
 }
 
 /// SIGSYS on Linux (31 on x86-64).
