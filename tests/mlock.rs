@@ -29,7 +29,12 @@ fn dropping_a_locked_owned_index_unlocks_its_pages() {
     let before = locked_kib();
     let mut index = IvfIndex::from_parts(&parts).unwrap();
     if !index.lock() {
-        println!("skipped: mlock is not permitted here (RLIMIT_MEMLOCK too small)");
+        if knnblend::platform::NAME == "portable" {
+            // The no-op platform locks nothing, and says so.
+            assert_eq!(locked_kib(), before);
+        } else {
+            println!("skipped: mlock is not permitted here (RLIMIT_MEMLOCK too small)");
+        }
         return;
     }
     let during = locked_kib();
