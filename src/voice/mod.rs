@@ -11,6 +11,7 @@
 //! - [`retriever`]: the per-frame retrieval the engine calls ([`Retriever`]).
 //! - [`extract`]: offline feature extraction (index building).
 //! - [`synth`]: a small formant synthesiser for tests and demos.
+//! - [`pitch`]: a YIN pitch tracker ([`Yin`], [`PitchSpec`]) at any sample rate.
 //! - `build` (feature `build`): `knnblend build` (`build_from_audio`, `build_from_npy`);
 //!   `npy` (feature `npy`): RVC feature folders; [`shuffle`]: RVC's shuffle, reproducibly.
 //! - `render` (feature `audio-files`): `knnblend render` (`render_file`); `audio_file`
@@ -27,6 +28,7 @@ mod flat;
 #[cfg(feature = "npy")]
 pub mod npy;
 pub mod offline;
+pub mod pitch;
 mod ramp;
 #[cfg(feature = "audio-files")]
 pub mod render;
@@ -46,6 +48,7 @@ pub use extract::{downmix, Extracted, Extractor, SilenceRule};
 pub use features::{BandLayout, FeatureSpec, Framing, FEATURE_KIND};
 pub use flat::flat_parts;
 pub use offline::{render_buffers, Schedule};
+pub use pitch::{Pitch, PitchSpec, Yin};
 #[cfg(feature = "audio-files")]
 pub use render::{render_file, RenderError, RenderOptions, RenderStage, RenderSummary};
 pub use retriever::{IndexRetriever, Retriever};
