@@ -21,5 +21,6 @@ pub mod frames;
 pub mod models;
 pub mod runtime;
 pub mod sola;
+pub mod stream;
 
 pub use error::RvcError;
