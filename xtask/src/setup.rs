@@ -9,7 +9,9 @@
 //!   link it; the x11-dl build script only asks pkg-config where those libraries live;
 //! - the editor test (`plugin/tests/clap_gui.rs`) needs those run-time libraries and an X
 //!   server: `Xvfb` (package xvfb) when there is no `DISPLAY`;
-//! - the VST3 host test runs Python with `pedalboard` and `numpy` in `target/venv`.
+//! - the VST3 host test runs Python with `pedalboard` and `numpy` in `target/venv`;
+//! - the RVC tests run Python with `onnx` there and load ONNX Runtime from the `onnxruntime`
+//!   wheel installed there (`target/venv/lib/python3*/site-packages/onnxruntime/capi/`).
 //!
 //! Every check is quick, so a second run finishes in well under a second or two.
 
@@ -23,8 +25,19 @@ use std::process::Command;
 /// faiss's `CMakeLists.txt` requires this cmake version.
 const MIN_CMAKE: (u32, u32) = (3, 24);
 
-/// Python packages the VST3 host test imports.
-const PYTHON_PACKAGES: &[&str] = &["pedalboard", "numpy"];
+/// Python packages installed into `target/venv`, as pip requirements: the VST3 host test
+/// imports pedalboard and numpy; the RVC tests (`rvc/tests`) build their stand-in models with
+/// onnx and load ONNX Runtime from the onnxruntime wheel's `libonnxruntime.so` (pinned: ort
+/// 2.0.0-rc.15 is known to work with 1.32).
+const PYTHON_PACKAGES: &[&str] = &["pedalboard", "numpy", "onnx", "onnxruntime==1.32.0"];
+
+/// The module a requirement installs, and the version it pins (`name==version`).
+fn requirement(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once("==") {
+        Some((name, version)) => (name, Some(version)),
+        None => (spec, None),
+    }
+}
 
 /// How to tell whether a system requirement is met.
 #[derive(Debug, Clone, Copy)]
@@ -242,7 +255,7 @@ fn parse_cmake_version(text: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Creates `target/venv` with pedalboard and numpy unless they are already importable.
+/// Creates `target/venv` with [`PYTHON_PACKAGES`] unless they are already importable.
 fn ensure_python_env(
     ws: &Workspace,
     apt: &Apt,
@@ -259,9 +272,10 @@ fn ensure_python_env(
         return Ok(());
     }
     println!(
-        "setup: {} needs {} (the VST3 host test loads the plugin in pedalboard)",
+        "setup: {} needs {} (the VST3 host test loads the plugin in pedalboard; the RVC tests \
+         build ONNX models and load ONNX Runtime)",
         ws.show(&ws.venv()),
-        PYTHON_PACKAGES.join(" and ")
+        PYTHON_PACKAGES.join(", ")
     );
     if options.check_only {
         bail!("the Python environment is incomplete (run `cargo xtask setup`)");
@@ -286,20 +300,36 @@ fn ensure_python_env(
             python.display()
         );
     }
-    installed.push("pedalboard + numpy (PyPI, target/venv)");
+    installed.push("pedalboard, numpy, onnx, onnxruntime (PyPI, target/venv)");
     Ok(())
 }
 
-/// True when `python` runs and can find every module (without importing them, to stay quick).
-fn python_has_modules(python: &Path, modules: &[&str]) -> bool {
-    let list = modules
+/// True when `python` runs, can find every requirement's module (without importing them, to
+/// stay quick) and has the pinned versions.
+fn python_has_modules(python: &Path, requirements: &[&str]) -> bool {
+    let modules = requirements
         .iter()
-        .map(|m| format!("'{m}'"))
+        .map(|r| format!("'{}'", requirement(r).0))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pins = requirements
+        .iter()
+        .filter_map(|r| match requirement(r) {
+            (name, Some(version)) => Some(format!("('{name}','{version}')")),
+            _ => None,
+        })
         .collect::<Vec<_>>()
         .join(",");
     let script = format!(
-        "import importlib.util, sys; \
-         sys.exit(0 if all(importlib.util.find_spec(m) for m in [{list}]) else 1)"
+        "import importlib.util, importlib.metadata as md, sys\n\
+         def pinned(n, v):\n\
+         \x20   try:\n\
+         \x20       return md.version(n) == v\n\
+         \x20   except md.PackageNotFoundError:\n\
+         \x20       return False\n\
+         ok = all(importlib.util.find_spec(m) for m in [{modules}])\n\
+         ok = ok and all(pinned(n, v) for n, v in [{pins}])\n\
+         sys.exit(0 if ok else 1)\n"
     );
     python.is_file() && process::succeeds(Command::new(python).args(["-c", &script]))
 }
@@ -434,6 +464,19 @@ mod tests {
         assert_eq!(parse_cmake_version("garbage"), None);
         assert!(Some((3, 22)) < Some(MIN_CMAKE));
         assert!((4, 0) >= MIN_CMAKE);
+    }
+
+    #[test]
+    fn python_requirements_name_their_modules() {
+        assert_eq!(requirement("numpy"), ("numpy", None));
+        assert_eq!(
+            requirement("onnxruntime==1.32.0"),
+            ("onnxruntime", Some("1.32.0"))
+        );
+        assert!(PYTHON_PACKAGES.contains(&"onnx"));
+        assert!(PYTHON_PACKAGES
+            .iter()
+            .any(|r| requirement(r).0 == "onnxruntime"));
     }
 
     #[test]
