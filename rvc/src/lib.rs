@@ -24,3 +24,5 @@ pub mod sola;
 pub mod stream;
 
 pub use error::RvcError;
+pub use models::{ContentVec, Rmvpe, SynthInfo, Synthesizer};
+pub use runtime::OnnxRuntime;
