@@ -20,6 +20,8 @@ pub mod f0;
 pub mod frames;
 pub mod models;
 pub mod runtime;
+pub mod pipeline;
+pub mod resample;
 pub mod sola;
 pub mod stream;
 

@@ -48,7 +48,9 @@ use std::time::{Duration, Instant};
 
 /// What the worker runs: turns one block of host-rate samples into one block of output.
 pub trait Converter: Send + 'static {
-    /// Converts `input` (`block` samples, oldest first) into `output` (the same length).
+    /// Converts `input` (`block` samples, oldest first) into `output` (the same length). A
+    /// converter that has no conversion for some samples (a model failed on this block) writes
+    /// NaN there: the audio side plays the dry signal in their place, crossfaded.
     fn convert(&mut self, input: &[f32], output: &mut [f32]);
 
     /// The converter's own delay in samples (resampler and crossfade look-back): its output
@@ -229,42 +231,80 @@ impl StreamAudio {
             self.restarting = false;
         }
         self.drop_late();
-        let mut available = self.output.slots();
-        for (out, d) in converted.iter_mut().zip(dry.iter()) {
+        // A view of what this callback may play plus the fade's lookahead. A NaN in it is a
+        // sample the worker has no conversion for (a block that failed): it counts as missing.
+        let available = self.output.slots();
+        let view_len = available.min(converted.len() + self.fade + 1);
+        let (mut consumed, mut late, mut dry_samples, mut underruns) = (0usize, 0u64, 0u64, 0u64);
+        if let Ok(chunk) = self.output.read_chunk(view_len) {
+            let (a, b) = chunk.as_slices();
+            let at = |i: usize| if i < a.len() { a[i] } else { b[i - a.len()] };
+            let scan = |from: usize| {
+                (from..view_len)
+                    .find(|&j| at(j).is_nan())
+                    .unwrap_or(view_len)
+            };
+            let mut next_bad = scan(0);
             let step = 1.0 / self.fade as f32;
-            if self.lead_in > 0 {
-                // Before the first converted sample is due (at the start, where the delayed
-                // input is silence, and after a restart, where the stream plays dry) there is
-                // nothing to take from the ring.
-                self.lead_in -= 1;
+            for (out, d) in converted.iter_mut().zip(dry.iter()) {
+                if self.lead_in > 0 {
+                    // Before the first converted sample is due (at the start, where the delayed
+                    // input is silence, and after a restart, where the stream plays dry) there
+                    // is nothing to take from the ring.
+                    self.lead_in -= 1;
+                    self.gain = match self.mode {
+                        Mode::Converted => self.gain,
+                        Mode::Dry => (self.gain - step).max(0.0),
+                    };
+                    *out = (1.0 - self.gain) * d;
+                    continue;
+                }
+                let i = consumed;
+                if i > next_bad {
+                    next_bad = scan(i);
+                }
+                // Good converted samples from here on (all that are there, past the view).
+                let ahead = if next_bad == view_len {
+                    available.saturating_sub(i)
+                } else {
+                    next_bad.saturating_sub(i)
+                };
+                match self.mode {
+                    Mode::Converted if ahead <= self.fade => {
+                        self.mode = Mode::Dry;
+                        underruns += 1;
+                    }
+                    Mode::Dry if ahead > 2 * self.fade => self.mode = Mode::Converted,
+                    _ => {}
+                }
                 self.gain = match self.mode {
-                    Mode::Converted => self.gain,
+                    Mode::Converted => (self.gain + step).min(1.0),
                     Mode::Dry => (self.gain - step).max(0.0),
                 };
-                *out = (1.0 - self.gain) * d;
-                continue;
+                let wet = if i < view_len {
+                    consumed += 1;
+                    let w = at(i);
+                    if w.is_nan() {
+                        dry_samples += 1;
+                        0.0
+                    } else {
+                        w
+                    }
+                } else {
+                    late += 1;
+                    dry_samples += 1;
+                    0.0
+                };
+                *out = self.gain * wet + (1.0 - self.gain) * d;
             }
-            match self.mode {
-                Mode::Converted if available <= self.fade => {
-                    self.mode = Mode::Dry;
-                    self.telemetry.underruns.fetch_add(1, Relaxed);
-                }
-                Mode::Dry if available > 2 * self.fade => self.mode = Mode::Converted,
-                _ => {}
-            }
-            self.gain = match self.mode {
-                Mode::Converted => (self.gain + step).min(1.0),
-                Mode::Dry => (self.gain - step).max(0.0),
-            };
-            let wet = if available > 0 {
-                available -= 1;
-                self.output.pop().unwrap_or(0.0)
-            } else {
-                self.late += 1;
-                self.telemetry.dry_samples.fetch_add(1, Relaxed);
-                0.0
-            };
-            *out = self.gain * wet + (1.0 - self.gain) * d;
+            chunk.commit(consumed);
+        }
+        self.late += late;
+        if underruns > 0 {
+            self.telemetry.underruns.fetch_add(underruns, Relaxed);
+        }
+        if dry_samples > 0 {
+            self.telemetry.dry_samples.fetch_add(dry_samples, Relaxed);
         }
 
         // 3. This callback's input to the worker. When it does not fit, the worker is far
@@ -345,7 +385,10 @@ pub fn stream<C: Converter>(
 
 /// Both sides of a stream without a thread: the caller drives the worker with
 /// [`ManualWorker::step`] (deterministic tests, offline rendering).
-pub fn stream_manual<C: Converter>(config: StreamConfig, converter: C) -> (StreamAudio, ManualWorker<C>) {
+pub fn stream_manual<C: Converter>(
+    config: StreamConfig,
+    converter: C,
+) -> (StreamAudio, ManualWorker<C>) {
     let block = config.block.max(1);
     let fade = config.fade.max(1);
     let converter_delay = converter.delay();
