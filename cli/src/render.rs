@@ -1,16 +1,46 @@
 use std::path::PathBuf;
 
 use knnblend::voice::{render_file, RenderOptions};
+use knnblend_rvc::render::RvcRenderOptions;
 
 /// Arguments of `knnblend render`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The voice index (.kbi, or an index with matching features).
+    /// The voice index: a .kbi of knnblend's own features, or with --rvc-model an RVC
+    /// added_*.index (or a .kbi imported from one).
     #[arg(long)]
     index: PathBuf,
     /// Blend ratio (RVC's index rate), 0..1.
     #[arg(long, default_value_t = 0.75)]
     ratio: f32,
+    /// Render through an RVC voice instead: the synthesizer exported to ONNX (RVC WebUI's
+    /// export_onnx). Needs --contentvec.
+    #[arg(long, value_name = "MODEL.onnx", requires = "contentvec")]
+    rvc_model: Option<PathBuf>,
+    /// ContentVec as ONNX (vec-768-layer-12.onnx for v2 models, vec-256-layer-9.onnx for v1).
+    #[arg(long, value_name = "CONTENTVEC.onnx", requires = "rvc_model")]
+    contentvec: Option<PathBuf>,
+    /// RMVPE as ONNX (rmvpe.onnx) for f0; without it the built-in tracker runs.
+    #[arg(long, value_name = "RMVPE.onnx", requires = "rvc_model")]
+    rmvpe: Option<PathBuf>,
+    /// ONNX Runtime library (libonnxruntime.so); default: ORT_DYLIB_PATH, then target/venv.
+    #[arg(long, value_name = "PATH", requires = "rvc_model")]
+    onnxruntime: Option<PathBuf>,
+    /// RVC: pitch shift in semitones (f0_up_key), -24..24.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pitch: f32,
+    /// RVC: protect (0..0.5; 0.5 turns it off).
+    #[arg(long, default_value_t = 0.33)]
+    protect: f32,
+    /// RVC: conversion block length, ms (rounded to 10 ms).
+    #[arg(long, default_value_t = 250.0)]
+    block_ms: f64,
+    /// RVC: extra context, ms.
+    #[arg(long, default_value_t = 2500.0)]
+    extra_ms: f64,
+    /// RVC: SOLA crossfade between blocks, ms.
+    #[arg(long, default_value_t = 50.0)]
+    sola_crossfade_ms: f64,
     /// Neighbours per frame, 1..32.
     #[arg(long, default_value_t = 8)]
     k: usize,
@@ -39,6 +69,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> crate::Result {
+    if let (Some(model), Some(contentvec)) = (a.rvc_model.clone(), a.contentvec.clone()) {
+        return run_rvc(a, model, contentvec);
+    }
     let opts = RenderOptions {
         index: a.index,
         input: a.input,
@@ -67,6 +100,42 @@ pub fn run(a: Args) -> crate::Result {
         s.blended_frames,
         s.analysed_frames,
         s.latency_samples
+    );
+    Ok(())
+}
+
+/// `render --rvc-model`: the realtime RVC path (stream, worker, rings) driven block by block.
+fn run_rvc(a: Args, model: PathBuf, contentvec: PathBuf) -> crate::Result {
+    if a.swap_to.is_some() {
+        return Err("--swap-to is not available with --rvc-model yet".into());
+    }
+    let mut opts = RvcRenderOptions::new(a.input, a.output, model, contentvec, a.index);
+    opts.rmvpe = a.rmvpe;
+    opts.onnxruntime = a.onnxruntime;
+    opts.pitch = a.pitch;
+    opts.ratio = a.ratio;
+    opts.protect = a.protect;
+    opts.k = a.k;
+    opts.block_seconds = a.block_ms / 1000.0;
+    opts.extra_seconds = a.extra_ms / 1000.0;
+    opts.crossfade_seconds = a.sola_crossfade_ms / 1000.0;
+    opts.host_block = a.block;
+    opts.dry_wet = a.dry_wet;
+    let s = knnblend_rvc::render::render_file(&opts)?;
+    println!(
+        "wrote {}: {:.2} s @ {} Hz through the RVC path ({}-d, {} Hz model, f0 {}: {}); {} blocks, \
+         {} failed; latency {} samples (compensated); ONNX Runtime {}",
+        opts.output.display(),
+        s.seconds,
+        s.sample_rate,
+        s.dim,
+        s.model_rate,
+        if s.f0 { "on" } else { "off" },
+        s.f0_method,
+        s.blocks,
+        s.model_errors,
+        s.latency_samples,
+        s.onnxruntime
     );
     Ok(())
 }

@@ -21,6 +21,8 @@ pub mod frames;
 pub mod models;
 pub mod runtime;
 pub mod pipeline;
+#[cfg(feature = "files")]
+pub mod render;
 pub mod resample;
 pub mod sola;
 pub mod stream;
