@@ -19,11 +19,11 @@ pub mod error;
 pub mod f0;
 pub mod frames;
 pub mod models;
-pub mod runtime;
 pub mod pipeline;
 #[cfg(feature = "files")]
 pub mod render;
 pub mod resample;
+pub mod runtime;
 pub mod sola;
 pub mod stream;
 

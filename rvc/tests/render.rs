@@ -65,7 +65,10 @@ fn a_file_renders_to_the_same_length_whatever_the_host_buffer() {
     let a = render_file(&options(dir.path(), 512)).unwrap();
     let b = render_file(&options(dir.path(), 100)).unwrap();
     assert_eq!(a.latency_samples, b.latency_samples);
-    assert_eq!((a.model_rate, a.dim, a.f0, a.f0_method), (40_000, 768, true, "builtin"));
+    assert_eq!(
+        (a.model_rate, a.dim, a.f0, a.f0_method),
+        (40_000, 768, true, "builtin")
+    );
     assert_eq!(a.model_errors, 0);
     let input = read_audio(&dir.path().join("in.wav")).unwrap();
     let out_a = read_audio(&dir.path().join("out-512.wav")).unwrap();

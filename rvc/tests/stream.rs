@@ -80,7 +80,11 @@ fn latency_is_exact_and_independent_of_the_host_buffer() {
     let (reference, _, latency) = run_manual(&input, 64, 0);
     assert_eq!(latency, 480 + 480 + 48);
     for n in 0..input.len() {
-        let expected = if n >= latency { -input[n - latency] } else { 0.0 };
+        let expected = if n >= latency {
+            -input[n - latency]
+        } else {
+            0.0
+        };
         assert_eq!(reference[n], expected, "sample {n}");
     }
     for host in [1, 17, 128, 441, 479, 480, 512] {
@@ -154,7 +158,10 @@ fn a_late_worker_crossfades_to_the_aligned_dry_signal_and_back() {
     let dry_stretch = (stall_start + latency + 100..stall_start + 40 * host)
         .filter(|&n| converted[n] == input[n - latency])
         .count();
-    assert!(dry_stretch > 1000, "the dry signal played for {dry_stretch} samples");
+    assert!(
+        dry_stretch > 1000,
+        "the dry signal played for {dry_stretch} samples"
+    );
     let max_signal_step = input
         .windows(2)
         .map(|w| (w[1] - w[0]).abs())
@@ -210,7 +217,12 @@ fn allocation_guard_is_active() {
     // checks nothing in release builds, where this test fails instead of the others passing
     // vacuously).
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "deliberate_allocation_child", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "deliberate_allocation_child",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, "1")
         .output()
         .unwrap();
