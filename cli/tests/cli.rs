@@ -379,3 +379,61 @@ fn synth_build_render_workflow() {
     ]);
     assert!(!bad.status.success(), "--swap-to needs --swap-at");
 }
+
+#[test]
+fn bench_rvc_prints_every_stage_the_rtf_and_the_underruns() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap();
+    let t = std::time::Instant::now();
+    let out = knnblend(&[
+        "bench",
+        "--rvc",
+        "--rvc-seconds",
+        "2",
+        "--rvc-vectors",
+        "5000",
+        "--cache-dir",
+        cache,
+    ]);
+    let text = ok(&out);
+    for stage in [
+        "resample",
+        "contentvec",
+        "retrieval",
+        "f0",
+        "synthesizer",
+        "sola",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(stage)),
+            "no {stage} row:\n{text}"
+        );
+    }
+    for block in ["block 0.1 s", "block 0.25 s", "block 0.5 s", "block 1 s"] {
+        assert!(text.contains(block), "no {block} column:\n{text}");
+    }
+    let rtf = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("RTF "))
+        .unwrap_or_else(|| panic!("no RTF row:\n{text}"));
+    let figures: Vec<f64> = rtf
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(figures.len(), 4, "{rtf}");
+    assert!(figures.iter().all(|&f| f > 0.0 && f.is_finite()), "{rtf}");
+    let underruns = text
+        .split("underruns ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no underrun count:\n{text}"));
+    underruns.parse::<u64>().unwrap();
+    assert!(text.contains("p99.9"), "{text}");
+    assert!(
+        text.contains("stand-in models only"),
+        "the figures must say they are of stand-ins:\n{text}"
+    );
+    assert!(text.contains("PASS") || text.contains("MISS"), "{text}");
+    assert!(t.elapsed().as_secs() < 60, "took {:?}", t.elapsed());
+}

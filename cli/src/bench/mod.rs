@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+mod rvc;
 mod suite;
 
 /// Arguments of `knnblend bench`.
@@ -39,6 +40,21 @@ pub struct Args {
     /// rotating searches, block search).
     #[arg(long, value_name = "PATH")]
     phases: Option<PathBuf>,
+    /// Instead of the comparison, measure the RVC path: the worker's time per stage at each
+    /// Block setting (0.1, 0.25, 0.5, 1 s) on an RVC-shaped index, and a real-time stream run
+    /// with a 128-sample callback (underruns, callback p99.9).
+    #[arg(long)]
+    rvc: bool,
+    /// A folder with vec-768-layer-12.onnx, a synthesizer and optionally rmvpe.onnx (default:
+    /// the test stand-ins, generated into the cache dir with target/venv's Python).
+    #[arg(long, value_name = "DIR", requires = "rvc")]
+    rvc_models: Option<PathBuf>,
+    /// Length of the --rvc real-time stream run, seconds.
+    #[arg(long, value_name = "N", default_value_t = 60.0, requires = "rvc")]
+    rvc_seconds: f64,
+    /// Vectors in the --rvc index (768-d, RVC's list count).
+    #[arg(long, value_name = "N", default_value_t = 200_000, requires = "rvc")]
+    rvc_vectors: usize,
 }
 
 pub fn run(a: Args) -> crate::Result {
@@ -46,6 +62,22 @@ pub fn run(a: Args) -> crate::Result {
     if let Some(p) = &a.phases {
         let index = knnblend::index::IvfIndex::open(p)?;
         print!("{}", suite::phases(&index));
+        return Ok(());
+    }
+    if a.rvc {
+        let opts = rvc::RvcOptions {
+            models: a.rvc_models,
+            seconds: a.rvc_seconds,
+            vectors: a.rvc_vectors,
+            cache_dir: a.cache_dir,
+            seed: a.seed,
+        };
+        let r = rvc::run(&opts, &mut |line: &str| eprintln!("{line}"))?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&[r])?);
+        } else {
+            print!("{}", rvc::format_text(&r));
+        }
         return Ok(());
     }
     let opts = BenchOptions {
