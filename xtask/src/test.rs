@@ -1,8 +1,9 @@
 //! `cargo xtask test`: the README's test command and what `.ci/run` calls.
 //!
 //! 1. setup (system packages, `target/venv`);
-//! 2. `cargo test --workspace --exclude knnblend-plugin` — library, CLI, integration tests,
-//!    faiss parity (faiss is a default feature of the library);
+//! 2. `cargo test --workspace --exclude knnblend-plugin --exclude knnblend-capi` — library,
+//!    CLI, RVC path, integration tests, faiss parity (the tests enable the library's `build`
+//!    feature); then `cargo test -p knnblend-capi` on its own, so the C ABI links the lean core;
 //! 3. `cargo test -p knnblend --lib --features force-posix-platform`, then the same with
 //!    `force-portable-platform` — the library's unit tests (loading, live, `platform`) on the
 //!    macOS/POSIX and the no-op implementations of `platform`, compiled on Linux;
@@ -20,7 +21,9 @@ use crate::linkcheck;
 use crate::process::{self, cargo};
 use crate::setup;
 use crate::steps::{Outcome, Steps};
-use crate::workspace::{Workspace, ASSERT_ALLOCS_FEATURE, LIBRARY_PACKAGE, PLUGIN_PACKAGE};
+use crate::workspace::{
+    Workspace, ASSERT_ALLOCS_FEATURE, CAPI_PACKAGE, LIBRARY_PACKAGE, PLUGIN_PACKAGE,
+};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -33,7 +36,11 @@ pub struct Options {
 }
 
 const STEP_SETUP: &str = "setup";
-const STEP_WORKSPACE: &str = "cargo test --workspace --exclude knnblend-plugin";
+const STEP_WORKSPACE: &str =
+    "cargo test --workspace --exclude knnblend-plugin --exclude knnblend-capi";
+/// The C ABI on its own: built with the whole workspace, cargo would unify the library's
+/// features (the CLI's faiss) into `libknnblend.a`; alone it links the lean core, as users get it.
+const STEP_CAPI: &str = "cargo test -p knnblend-capi (C ABI on the lean core, C and C++ hosts)";
 const STEP_POSIX_PLATFORM: &str = "cargo test -p knnblend --lib --features force-posix-platform";
 const STEP_PORTABLE_PLATFORM: &str =
     "cargo test -p knnblend --lib --features force-portable-platform";
@@ -65,7 +72,7 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
         std::env::var_os("DISPLAY").is_some(),
         process::on_path("Xvfb"),
     );
-    let mut steps = Steps::new("cargo xtask test", 7 + usize::from(gui_skip.is_some()));
+    let mut steps = Steps::new("cargo xtask test", 8 + usize::from(gui_skip.is_some()));
 
     if options.no_setup {
         steps.skip(STEP_SETUP, "--no-setup given");
@@ -76,6 +83,7 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
         if matches!(outcome, Outcome::Failed(_)) {
             for name in [
                 STEP_WORKSPACE,
+                STEP_CAPI,
                 STEP_POSIX_PLATFORM,
                 STEP_PORTABLE_PLATFORM,
                 STEP_BUNDLE,
@@ -94,9 +102,16 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
             "--workspace",
             "--exclude",
             PLUGIN_PACKAGE,
+            "--exclude",
+            CAPI_PACKAGE,
             "--no-fail-fast",
         ]))
         .map(|()| Outcome::Passed)
+    });
+
+    steps.run(STEP_CAPI, || {
+        process::run(cargo(&ws.root).args(["test", "-p", CAPI_PACKAGE, "--no-fail-fast"]))
+            .map(|()| Outcome::Passed)
     });
 
     for (name, feature) in PLATFORM_FALLBACKS {

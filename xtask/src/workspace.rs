@@ -11,6 +11,8 @@ pub const PLUGIN_PACKAGE: &str = "knnblend-plugin";
 pub const BUNDLE_NAME: &str = "knnblend";
 /// Cargo package name of the library (the realtime core).
 pub const LIBRARY_PACKAGE: &str = "knnblend";
+/// Cargo package name of the C ABI (`capi/`).
+pub const CAPI_PACKAGE: &str = "knnblend-capi";
 /// Cargo package name of the `knnblend` command line (`cli/`).
 pub const CLI_PACKAGE: &str = "knnblend-cli";
 /// Cargo feature of the plugin crate that turns on allocation assertions in `process()`.
