@@ -12,7 +12,7 @@
 //! applying `1/score²` to similarities would invert the order.
 
 use super::kernels::all_finite;
-use super::search::{Searcher, MAX_K};
+use super::search::{Neighbour, Searcher, MAX_K};
 use super::IvfIndex;
 use crate::format::Metric;
 
@@ -115,38 +115,7 @@ impl Searcher {
             out.copy_from_slice(query);
             return BlendOutcome::Empty;
         }
-        let mut scores = [0f32; MAX_K];
-        let mut positions = [0u32; MAX_K];
-        // Weights always follow squared Euclidean distance, whatever metric picked the
-        // neighbours: for an inner-product index ‖q − v‖² = ‖q‖² + ‖v‖² − 2·q·v, from the stored
-        // norms (for L2 the score already is that distance, as in RVC).
-        let ip = index.metric() == Metric::InnerProduct;
-        let query_norm = if ip {
-            query.iter().map(|x| x * x).sum::<f32>()
-        } else {
-            0.0
-        };
-        let norms = index.vector_norms();
-        for (i, nb) in found.iter().enumerate() {
-            scores[i] = if ip {
-                (query_norm + norms[nb.pos as usize] - 2.0 * nb.distance).max(0.0)
-            } else {
-                nb.distance
-            };
-            positions[i] = nb.pos;
-        }
-        let mut weights = [0f64; MAX_K];
-        rvc_weights(&scores[..n], &mut weights);
-        let keep = 1.0 - ratio;
-        for (o, &q) in out.iter_mut().zip(query) {
-            *o = keep * q;
-        }
-        for i in 0..n {
-            let w = (weights[i] * ratio as f64) as f32;
-            for (o, &v) in out.iter_mut().zip(index.vector(positions[i] as usize)) {
-                *o += w * v;
-            }
-        }
+        blend_neighbours(index, query, found, ratio, out);
         BlendOutcome::Blended { neighbours: n }
     }
 
@@ -214,5 +183,52 @@ mod tests {
         rvc_weights(&[1.0, 2.0], &mut w);
         // 1/1 : 1/4 → 0.8 : 0.2
         assert!((w[0] - 0.8).abs() < 1e-12 && (w[1] - 0.2).abs() < 1e-12);
+    }
+}
+
+/// RVC's blend of `query` with its neighbours `found` (not empty, at most `MAX_K`) of `index`
+/// into `out`, `ratio` already clamped: `out = (1 − r)·q + r·Σ wᵢ·vᵢ` with [`rvc_weights`].
+/// [`Searcher::blend`] and the live runtime's blends share it, so they agree bit for bit.
+///
+/// Weights always follow squared Euclidean distance, whatever metric picked the neighbours:
+/// for an inner-product index ‖q − v‖² = ‖q‖² + ‖v‖² − 2·q·v, from the stored norms (for L2 the
+/// score already is that distance, as in RVC).
+#[inline]
+pub(crate) fn blend_neighbours(
+    index: &IvfIndex,
+    query: &[f32],
+    found: &[Neighbour],
+    ratio: f32,
+    out: &mut [f32],
+) {
+    let n = found.len().min(MAX_K);
+    let mut scores = [0f32; MAX_K];
+    let mut positions = [0u32; MAX_K];
+    let ip = index.metric() == Metric::InnerProduct;
+    let query_norm = if ip {
+        query.iter().map(|x| x * x).sum::<f32>()
+    } else {
+        0.0
+    };
+    let norms = index.vector_norms();
+    for (i, nb) in found.iter().take(n).enumerate() {
+        scores[i] = if ip {
+            (query_norm + norms[nb.pos as usize] - 2.0 * nb.distance).max(0.0)
+        } else {
+            nb.distance
+        };
+        positions[i] = nb.pos;
+    }
+    let mut weights = [0f64; MAX_K];
+    rvc_weights(&scores[..n], &mut weights);
+    let keep = 1.0 - ratio;
+    for (o, &q) in out.iter_mut().zip(query) {
+        *o = keep * q;
+    }
+    for i in 0..n {
+        let w = (weights[i] * ratio as f64) as f32;
+        for (o, &v) in out.iter_mut().zip(index.vector(positions[i] as usize)) {
+            *o += w * v;
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod kernels;
 mod search;
 mod topk;
 
+pub(crate) use blend::blend_neighbours;
 pub use blend::{rvc_weights, BlendOutcome, BlendParams, SCORE_EPSILON};
 pub use ivf::{IvfIndex, OpenOptions};
 pub use kernels::Kernels;

@@ -10,10 +10,7 @@ use super::clock::ticks;
 use super::config::MAX_SLOTS;
 use super::entry::Entry;
 use super::telemetry::{Counters, Telemetry};
-use crate::format::Metric;
-use crate::index::{
-    rvc_weights, BlendOutcome, BlendParams, IvfIndex, Neighbour, Searcher, BLOCK, MAX_K,
-};
+use crate::index::{blend_neighbours, BlendOutcome, BlendParams, IvfIndex, Searcher, BLOCK, MAX_K};
 
 /// A publication: slot `slot` now holds `entry` (`None`: the slot was emptied).
 pub(crate) struct Msg {
@@ -378,7 +375,7 @@ impl AudioEngine {
                 let old = &mut self.scratch[..dim];
                 match (from, found) {
                     (Some(ix), Some(found)) if !found.get(i).is_empty() => {
-                        blend_found(ix, q, found.get(i), r, old);
+                        blend_neighbours(ix, q, found.get(i), r, old);
                     }
                     _ => old.copy_from_slice(q),
                 }
@@ -498,48 +495,11 @@ fn blend_rows(
         if nb.is_empty() {
             o.copy_from_slice(q);
         } else {
-            blend_found(index, q, nb, ratio, o);
+            blend_neighbours(index, q, nb, ratio, o);
             blended += 1;
         }
     }
     blended
-}
-
-/// RVC's blend of `query` with neighbours `found` (not empty) of `index` into `out`: the same
-/// arithmetic, in the same order, as [`Searcher::blend`] after its search (the unit tests
-/// compare the two bit for bit). `ratio` is clamped already.
-#[inline]
-fn blend_found(index: &IvfIndex, query: &[f32], found: &[Neighbour], ratio: f32, out: &mut [f32]) {
-    let n = found.len().min(MAX_K);
-    let mut scores = [0f32; MAX_K];
-    let mut positions = [0u32; MAX_K];
-    let ip = index.metric() == Metric::InnerProduct;
-    let query_norm = if ip {
-        query.iter().map(|x| x * x).sum::<f32>()
-    } else {
-        0.0
-    };
-    let norms = index.vector_norms();
-    for (i, nb) in found.iter().take(n).enumerate() {
-        scores[i] = if ip {
-            (query_norm + norms[nb.pos as usize] - 2.0 * nb.distance).max(0.0)
-        } else {
-            nb.distance
-        };
-        positions[i] = nb.pos;
-    }
-    let mut weights = [0f64; MAX_K];
-    rvc_weights(&scores[..n], &mut weights);
-    let keep = 1.0 - ratio;
-    for (o, &q) in out.iter_mut().zip(query) {
-        *o = keep * q;
-    }
-    for i in 0..n {
-        let w = (weights[i] * ratio as f64) as f32;
-        for (o, &v) in out.iter_mut().zip(index.vector(positions[i] as usize)) {
-            *o += w * v;
-        }
-    }
 }
 
 /// One blend against `entry`, or a copy of the query when there is no usable index.
@@ -580,7 +540,7 @@ mod blend_block_tests {
 
     use super::super::{build, Controller, LiveConfig};
     use super::*;
-    use crate::format::{IndexParts, ListParts, Metadata};
+    use crate::format::{IndexParts, ListParts, Metadata, Metric};
 
     struct Rng(u64);
     impl Rng {
