@@ -50,14 +50,7 @@ impl ContentVec {
         let inputs = signature::describe(session.inputs());
         let outputs = signature::describe(session.outputs());
         let input = signature::first(MODEL, path, Port::Input, &inputs, "audio input")?;
-        if let Some(extra) = inputs.get(1) {
-            return Err(RvcError::UnexpectedInput {
-                model: MODEL,
-                path: path.to_path_buf(),
-                name: extra.name.clone(),
-                expected: vec![input.name.clone()],
-            });
-        }
+        signature::only(MODEL, path, &inputs, &[input.name.as_str()])?;
         signature::check(
             MODEL,
             path,
