@@ -13,11 +13,17 @@
 //! - [`f0`]: pitch: the built-in tracker, RVC's coarse pitch, `f0_up_key`.
 //! - [`frames`]: RVC's feature steps: ×2 upsampling and protect.
 //! - [`sola`]: SOLA: aligning and crossfading consecutive converted blocks.
+//! - [`stream`]: the worker thread and the lock-free rings between it and the audio thread.
+//! - [`pipeline`]: one block's conversion ([`pipeline::RvcConverter`]).
+//! - [`voice`]: opening one voice from its files.
+//! - [`host`]: eight slots of voices for a plugin: off-thread loading, one voice serving,
+//!   crossfaded swaps, a fixed latency.
 #![warn(missing_docs)]
 
 pub mod error;
 pub mod f0;
 pub mod frames;
+pub mod host;
 pub mod models;
 pub mod pipeline;
 #[cfg(feature = "files")]
@@ -26,6 +32,7 @@ pub mod resample;
 pub mod runtime;
 pub mod sola;
 pub mod stream;
+pub mod voice;
 
 pub use error::RvcError;
 pub use models::{ContentVec, Rmvpe, SynthInfo, Synthesizer};

@@ -236,21 +236,7 @@ impl RvcConverter {
     ) -> Result<Self, RvcError> {
         let info = models.synth.info();
         let dim = models.contentvec.dim();
-        if dim != info.dim {
-            return Err(RvcError::Other(format!(
-                "ContentVec {} gives {dim}-dimensional features but the synthesizer {} takes \
-                 {} ({} model): use {} with this model",
-                models.contentvec.path().display(),
-                models.synth.path().display(),
-                info.dim,
-                info.version(),
-                if info.dim == 256 {
-                    "vec-256-layer-9.onnx"
-                } else {
-                    "vec-768-layer-12.onnx"
-                }
-            )));
-        }
+        crate::voice::check_widths(dim, models.contentvec.path(), &models.synth)?;
         if framing.host_rate == 0 || !framing.host_rate.is_multiple_of(100) {
             return Err(RvcError::Other(format!(
                 "the RVC path needs a host sample rate that is a multiple of 100 Hz, got {}",
@@ -282,12 +268,7 @@ impl RvcConverter {
         let n = bf.frames();
         let to_16k = BlockResampler::new(framing.host_rate, 16_000, host_block)?;
         let to_host = BlockResampler::new(info.sample_rate, framing.host_rate, bf.block)?;
-        // The converted block lags its input by the resamplers' delays and by SOLA's look-back
-        // (crossfade + search, RVC's realtime latency), all in host samples.
-        let host = framing.host_rate as f64;
-        let lag = to_16k.delay() as f64 * host / 16_000.0
-            + (bf.crossfade + bf.sola_search) as f64 * host / info.sample_rate as f64
-            + to_host.delay() as f64;
+        let lag = lag(framing.host_rate, &bf, &to_16k, &to_host);
         Ok(RvcConverter {
             retrieval,
             controls,
@@ -314,7 +295,7 @@ impl RvcConverter {
             synth_out: Vec::with_capacity(n * info.hop),
             sola: Sola::new(bf.sola_buffer, bf.sola_search, bf.block),
             model_out: vec![0.0; bf.block],
-            delay: lag.round() as usize,
+            delay: lag,
             models,
         })
     }
@@ -524,6 +505,44 @@ impl Converter for RvcConverter {
         self.to_16k.reset();
         self.to_host.reset();
     }
+}
+
+/// The converted block lags its input by the resamplers' delays and by SOLA's look-back
+/// (crossfade + search, RVC's realtime latency), in host samples.
+fn lag(
+    host_rate: u32,
+    bf: &BlockFraming,
+    to_16k: &BlockResampler,
+    to_host: &BlockResampler,
+) -> usize {
+    let host = host_rate as f64;
+    let lag = to_16k.delay() as f64 * host / 16_000.0
+        + (bf.crossfade + bf.sola_search) as f64 * host / bf.sample_rate as f64
+        + to_host.delay() as f64;
+    lag.round() as usize
+}
+
+/// What [`RvcConverter::delay`] and [`RvcConverter::host_block`] will be for a synthesizer at
+/// `model_rate` with `framing`, without opening any model: `(delay, host_block)` in host
+/// samples. Lets a host fix its latency before it knows which model it will run.
+pub fn converter_timing(framing: &Framing, model_rate: u32) -> Result<(usize, usize), RvcError> {
+    if framing.host_rate == 0 || !framing.host_rate.is_multiple_of(100) {
+        return Err(RvcError::Other(format!(
+            "the RVC path needs a host sample rate that is a multiple of 100 Hz, got {}",
+            framing.host_rate
+        )));
+    }
+    let bf = BlockFraming::rvc(
+        model_rate,
+        framing.block_seconds,
+        framing.crossfade_seconds,
+        framing.extra_seconds,
+    )
+    .map_err(RvcError::Other)?;
+    let host_block = bf.block / bf.zc * framing.host_rate as usize / 100;
+    let to_16k = BlockResampler::new(framing.host_rate, 16_000, host_block)?;
+    let to_host = BlockResampler::new(model_rate, framing.host_rate, bf.block)?;
+    Ok((lag(framing.host_rate, &bf, &to_16k, &to_host), host_block))
 }
 
 impl RvcConverter {

@@ -5,13 +5,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use knnblend::index::IvfIndex;
-use knnblend::live::{live, LiveConfig, LoadOutcome, Validator};
 use knnblend::voice::{downmix, read_audio, write_wav_f32, Audio};
 
-use crate::models::{ContentVec, Rmvpe, Synthesizer};
-use crate::pipeline::{Controls, Framing, RvcConverter, VoiceModels};
+use crate::pipeline::{Controls, Framing};
 use crate::stream::{stream_manual, StreamConfig};
+use crate::voice::{open_voice, OpenedVoice, VoiceFiles};
 use crate::{OnnxRuntime, RvcError};
 
 /// What to render and how.
@@ -115,11 +113,6 @@ pub struct RvcRenderSummary {
 /// Renders `opts.input` through the RVC path into `opts.output`.
 pub fn render_file(opts: &RvcRenderOptions) -> Result<RvcRenderSummary, RvcError> {
     let runtime = OnnxRuntime::load(opts.onnxruntime.as_deref())?;
-    let contentvec = ContentVec::open(&opts.contentvec)?;
-    let synth = Synthesizer::open(&opts.model)?;
-    let rmvpe = opts.rmvpe.as_ref().map(Rmvpe::open).transpose()?;
-    let info = synth.info();
-    let dim = contentvec.dim();
     let audio = read_audio(&opts.input).map_err(|e| RvcError::Other(e.to_string()))?;
     if audio.sample_rate == 0 || !audio.sample_rate.is_multiple_of(100) {
         return Err(RvcError::Other(format!(
@@ -127,31 +120,6 @@ pub fn render_file(opts: &RvcRenderOptions) -> Result<RvcRenderSummary, RvcError
             opts.input.display(),
             audio.sample_rate
         )));
-    }
-
-    // The index, through the live runtime as in the plugin, refused unless it holds this
-    // ContentVec's features.
-    let validator: Validator = Arc::new(move |index: &IvfIndex| {
-        if index.dim() == dim {
-            Ok(())
-        } else {
-            Err(format!(
-                "the index holds {}-dimensional features, but the ContentVec model gives {dim}",
-                index.dim()
-            ))
-        }
-    });
-    let (control, retrieval) = live(LiveConfig {
-        max_dim: dim,
-        validator: Some(validator),
-        ..LiveConfig::default()
-    });
-    match control.load(0, &opts.index).wait() {
-        LoadOutcome::Published(_) => {}
-        LoadOutcome::Failed(e) => return Err(RvcError::Other(e.to_string())),
-        LoadOutcome::Superseded => {
-            return Err(RvcError::Other("the index load was superseded".into()))
-        }
     }
 
     let controls = Arc::new(Controls::default());
@@ -166,12 +134,19 @@ pub fn render_file(opts: &RvcRenderOptions) -> Result<RvcRenderSummary, RvcError
         crossfade_seconds: opts.crossfade_seconds,
         extra_seconds: opts.extra_seconds,
     };
-    let models = VoiceModels {
-        contentvec,
-        synth,
-        rmvpe,
+    // The voice opened as the plugin opens it: the index behind a `live` runtime, refused
+    // unless it holds this ContentVec's features.
+    let files = VoiceFiles {
+        model: opts.model.clone(),
+        index: opts.index.clone(),
+        contentvec: opts.contentvec.clone(),
+        rmvpe: opts.rmvpe.clone(),
     };
-    let converter = RvcConverter::new(models, retrieval, framing, controls, opts.seed)?;
+    let OpenedVoice {
+        converter,
+        index: control,
+        info,
+    } = open_voice(&files, framing, controls, opts.seed, &mut |_| {})?;
     let f0_method = match converter.f0_method() {
         crate::f0::F0Method::Rmvpe => "rmvpe",
         crate::f0::F0Method::Builtin => "builtin",
@@ -220,8 +195,8 @@ pub fn render_file(opts: &RvcRenderOptions) -> Result<RvcRenderSummary, RvcError
         seconds: frames as f64 / audio.sample_rate as f64,
         sample_rate: audio.sample_rate,
         latency_samples: latency,
-        model_rate: info.sample_rate,
-        dim,
+        model_rate: info.model_rate,
+        dim: info.dim,
         f0: info.f0,
         f0_method,
         blocks: stats.blocks,

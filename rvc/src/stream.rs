@@ -202,6 +202,12 @@ impl StreamAudio {
         &self.telemetry
     }
 
+    /// Whether the last sample out was fully converted: past the stream's lead-in, not fading
+    /// and not restarting. A host crossfading from another stream to this one waits for it.
+    pub fn is_converting(&self) -> bool {
+        self.lead_in == 0 && !self.restarting && self.mode == Mode::Converted && self.gain >= 1.0
+    }
+
     /// Hands `input` to the worker and writes, for the same samples, the converted signal (or
     /// the dry signal, crossfaded, where the worker is late) into `converted` and the input
     /// delayed by the latency into `dry`. All three have the same length.
