@@ -1,5 +1,5 @@
 //! Linux: `mlock`, `madvise`, `MAP_POPULATE`, read leases, `getrusage(RUSAGE_THREAD)`,
-//! `SCHED_FIFO`, `sched_setaffinity`, `sched_getcpu`, `posix_fadvise`.
+//! `SCHED_FIFO`, `sched_setaffinity`, `sched_getcpu`, `posix_fadvise`, `dladdr`.
 //!
 //! The functions take `(ptr, len)` of memory the caller holds a reference to (see `raw` in
 //! the module root), non-empty.
@@ -7,7 +7,7 @@
 use std::fs::{File, Metadata, Permissions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::LeaseError;
 
@@ -187,4 +187,30 @@ pub(super) fn current_cpu() -> Option<usize> {
 pub(super) fn drop_page_cache(file: &File) -> bool {
     // SAFETY: advisory call on a valid descriptor.
     unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) == 0 }
+}
+
+pub(super) fn module_directory() -> Option<PathBuf> {
+    // This function is in the binary knnblend is linked into, so its address names that binary.
+    let address = module_directory as fn() -> Option<PathBuf>;
+    super::folder_of_module(loaded_file(address as *const libc::c_void))
+}
+
+/// The file of the loaded object (executable or shared library) holding `address`, as
+/// `dladdr` names it (for the executable, glibc gives `argv[0]`).
+pub(super) fn loaded_file(address: *const libc::c_void) -> Option<PathBuf> {
+    use std::ffi::{CStr, OsStr};
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: an all-zero Dl_info is valid (null pointers); dladdr only writes into it, and
+    // only looks the address up in the loader's tables (nothing is read there).
+    let (found, info) = unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        let found = libc::dladdr(address, &mut info) != 0;
+        (found, info)
+    };
+    (found && !info.dli_fname.is_null()).then(|| {
+        // SAFETY: a NUL-terminated string of the loader's, valid while the object is loaded,
+        // which the callers' is (it holds code they run).
+        let name = unsafe { CStr::from_ptr(info.dli_fname) };
+        PathBuf::from(OsStr::from_bytes(name.to_bytes()))
+    })
 }

@@ -31,13 +31,14 @@
 //! | [`pin_thread_to_cpu`] | `sched_setaffinity` | `false` | `SetThreadAffinityMask` | `false` |
 //! | [`current_cpu`] | `sched_getcpu` | `None` | `GetCurrentProcessorNumber` | `None` |
 //! | [`drop_page_cache`] | `posix_fadvise(POSIX_FADV_DONTNEED)` | `false` | `false` | `false` |
+//! | [`module_directory`] | `dladdr` | `dladdr` | `GetModuleHandleExW` + `GetModuleFileNameW` | `current_exe` |
 //!
 //! Everything here is for the control side (loader, GUI, benchmarks, tests): none of it is
 //! called on the audio thread, and every function is a system call or several.
 
 use std::fs::{File, Metadata, Permissions};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 cfg_if::cfg_if! {
     if #[cfg(feature = "force-portable-platform")] {
@@ -276,6 +277,48 @@ pub fn current_cpu() -> Option<usize> {
 /// - portable: false.
 pub fn drop_page_cache(file: &File) -> bool {
     imp::drop_page_cache(file)
+}
+
+/// The folder of the binary that holds knnblend's code: the shared library (a plugin's `.clap`
+/// or `.so`, a host's `.dll`) when knnblend is linked into one, else the executable. A plugin
+/// finds the files shipped beside it there (ONNX Runtime's `libonnxruntime.so`). `None` when the
+/// OS says nothing usable.
+///
+/// - linux, posix: `dladdr` on the address of a function of this module; the parent of the
+///   file it names (`dli_fname`), canonicalized where possible (symbolic links resolved: the
+///   folder of the real file). When `dladdr` fails or that name is empty or relative (for the
+///   executable, glibc reports `argv[0]`, which may be a bare name found on `PATH`),
+///   `std::env::current_exe()` is used instead; so a library the host loaded by a relative path gets the executable's
+///   folder (hosts load plugins by absolute paths).
+/// - windows: `GetModuleHandleExW(GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS |
+///   GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT)` on the same address, then
+///   `GetModuleFileNameW`; the parent of that absolute path, not canonicalized (which would
+///   give it a `\\?\` prefix). Falls back to `std::env::current_exe()` if either call fails.
+/// - portable: the parent of `std::env::current_exe()`, canonicalized where possible (right
+///   for an executable, not for a shared library).
+///
+/// Any thread but the audio thread: it takes the dynamic loader's lock and reads the file
+/// system (canonicalizing resolves every symbolic link on the path). Call it once, when loading.
+pub fn module_directory() -> Option<PathBuf> {
+    imp::module_directory()
+}
+
+/// The folder of the module whose file the OS reported as `reported` (`dladdr`'s `dli_fname`,
+/// or nothing): `std::env::current_exe()` instead when it is empty or relative, canonicalized
+/// where possible, then its parent.
+#[cfg_attr(
+    all(windows, not(feature = "force-portable-platform")),
+    allow(dead_code) // the windows implementation reports absolute paths and keeps them
+)]
+fn folder_of_module(reported: Option<PathBuf>) -> Option<PathBuf> {
+    let file = match reported {
+        Some(file) if file.is_absolute() => file,
+        _ => std::env::current_exe().ok()?,
+    };
+    let file = std::fs::canonicalize(&file).unwrap_or(file);
+    file.parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(Path::to_path_buf)
 }
 
 /// The start and byte length of a slice.

@@ -7,7 +7,7 @@
 
 use std::fs::{File, Metadata, Permissions};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::LeaseError;
 
@@ -93,4 +93,9 @@ pub(super) fn current_cpu() -> Option<usize> {
 
 pub(super) fn drop_page_cache(_file: &File) -> bool {
     false
+}
+
+pub(super) fn module_directory() -> Option<PathBuf> {
+    // No way to ask which binary holds this code: the executable's folder.
+    super::folder_of_module(None)
 }

@@ -1,13 +1,13 @@
 //! Other Unix (macOS, the BSDs, Android): only calls POSIX defines and macOS has. `mlock`,
-//! `madvise(MADV_WILLNEED)`, `fsync`, `getrusage(RUSAGE_SELF)`, `SCHED_FIFO`; no read leases,
-//! no `MAP_POPULATE`, no per-thread fault counts, no thread pinning, no `sched_getcpu`, no
-//! `posix_fadvise`.
+//! `madvise(MADV_WILLNEED)`, `fsync`, `getrusage(RUSAGE_SELF)`, `SCHED_FIFO`, `dladdr` (not
+//! POSIX, but in every libc here); no read leases, no `MAP_POPULATE`, no per-thread fault
+//! counts, no thread pinning, no `sched_getcpu`, no `posix_fadvise`.
 //!
 //! The feature `force-posix-platform` compiles this file on Linux too, so CI runs it.
 
 use std::fs::{File, Metadata, Permissions};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::LeaseError;
 
@@ -103,4 +103,30 @@ pub(super) fn current_cpu() -> Option<usize> {
 
 pub(super) fn drop_page_cache(_file: &File) -> bool {
     false
+}
+
+pub(super) fn module_directory() -> Option<PathBuf> {
+    // This function is in the binary knnblend is linked into, so its address names that binary.
+    let address = module_directory as fn() -> Option<PathBuf>;
+    super::folder_of_module(loaded_file(address as *const libc::c_void))
+}
+
+/// The file of the loaded object (executable or shared library) holding `address`, as
+/// `dladdr` names it (for the executable, glibc gives `argv[0]`).
+pub(super) fn loaded_file(address: *const libc::c_void) -> Option<PathBuf> {
+    use std::ffi::{CStr, OsStr};
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: an all-zero Dl_info is valid (null pointers); dladdr only writes into it, and
+    // only looks the address up in the loader's tables (nothing is read there).
+    let (found, info) = unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        let found = libc::dladdr(address, &mut info) != 0;
+        (found, info)
+    };
+    (found && !info.dli_fname.is_null()).then(|| {
+        // SAFETY: a NUL-terminated string of the loader's, valid while the object is loaded,
+        // which the callers' is (it holds code they run).
+        let name = unsafe { CStr::from_ptr(info.dli_fname) };
+        PathBuf::from(OsStr::from_bytes(name.to_bytes()))
+    })
 }

@@ -411,3 +411,84 @@ fn live_loads_a_kbi_and_reports_mlocked_truthfully() {
     }
     drop(w);
 }
+
+/// The folder of the test executable's real file (symbolic links resolved).
+fn executable_folder() -> PathBuf {
+    let exe = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+    exe.parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn the_module_directory_of_a_test_binary_is_the_executables_folder() {
+    // The unit tests are linked into the test executable, so it is the module holding them.
+    let found = module_directory().unwrap_or_else(|| panic!("{NAME}: no module directory"));
+    assert!(found.is_absolute() && found.is_dir(), "{NAME}: {found:?}");
+    if NAME == "windows" {
+        // Kept as the loader reports it; canonicalizing adds a `\\?\` prefix.
+        assert_eq!(std::fs::canonicalize(&found).unwrap(), executable_folder());
+    } else {
+        assert_eq!(found, executable_folder(), "{NAME}");
+    }
+    // The same answer every time.
+    assert_eq!(module_directory(), Some(found));
+}
+
+#[test]
+fn a_module_reported_by_a_relative_or_empty_name_falls_back_to_the_executable() {
+    assert_eq!(folder_of_module(None), Some(executable_folder()));
+    for reported in ["", "knnblend", "./target/knnblend.clap"] {
+        assert_eq!(
+            folder_of_module(Some(PathBuf::from(reported))),
+            Some(executable_folder()),
+            "{reported:?}"
+        );
+    }
+}
+
+#[test]
+fn a_module_reported_by_an_absolute_name_gives_its_real_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = std::fs::canonicalize(dir.path()).unwrap();
+    let plugin = file_with(&real, "knnblend.clap", b"\x7fELF");
+    assert_eq!(folder_of_module(Some(plugin.clone())), Some(real.clone()));
+    // A file that is gone (a plugin replaced while loaded) still names its folder.
+    let gone = real.join("gone").join("knnblend.clap");
+    assert_eq!(folder_of_module(Some(gone)), Some(real.join("gone")));
+    // Symbolic links are resolved: the folder of the real file, where its companions are.
+    #[cfg(unix)]
+    {
+        let elsewhere = real.join("installed");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let link = elsewhere.join("knnblend.clap");
+        std::os::unix::fs::symlink(&plugin, &link).unwrap();
+        assert_eq!(folder_of_module(Some(link)), Some(real));
+    }
+}
+
+/// `dladdr` names the shared library that holds an address, not the executable: what a plugin
+/// needs (linux and posix).
+#[cfg(all(unix, not(feature = "force-portable-platform")))]
+#[test]
+fn dladdr_names_the_shared_library_holding_an_address() {
+    let libc_file = imp::loaded_file(libc::getpid as *const libc::c_void).expect("dladdr");
+    assert!(
+        libc_file.is_absolute() && libc_file.is_file(),
+        "{libc_file:?}"
+    );
+    let real = std::fs::canonicalize(&libc_file).unwrap();
+    assert_ne!(
+        real,
+        std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap()
+    );
+    #[cfg(target_os = "linux")]
+    assert!(
+        real.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("libc"),
+        "{real:?}"
+    );
+    // And this code's own address, the test executable.
+    let own = imp::loaded_file(executable_folder as *const libc::c_void).expect("dladdr");
+    assert_eq!(folder_of_module(Some(own)), Some(executable_folder()));
+}

@@ -1,7 +1,7 @@
 //! Windows, through windows-sys: `VirtualLock`, `PrefetchVirtualMemory`,
 //! `GetProcessMemoryInfo`, `SetThreadPriority`, `SetThreadAffinityMask`,
-//! `GetCurrentProcessorNumber`. No read leases, no per-thread fault counts, no page-cache
-//! eviction, and directory sync is a documented no-op.
+//! `GetCurrentProcessorNumber`, `GetModuleHandleExW`, `GetModuleFileNameW`. No read leases, no
+//! per-thread fault counts, no page-cache eviction, and directory sync is a documented no-op.
 //!
 //! **Not compiled in CI**: the project's machines can install no Windows standard library, so
 //! this file is written against windows-sys 0.61's declarations (checked in its source) but has
@@ -10,8 +10,13 @@
 
 use std::fs::{File, Metadata, Permissions};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use windows_sys::Win32::Foundation::HMODULE;
+use windows_sys::Win32::System::LibraryLoader::{
+    GetModuleFileNameW, GetModuleHandleExW, GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS,
+    GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
+};
 use windows_sys::Win32::System::Memory::{
     PrefetchVirtualMemory, VirtualLock, VirtualUnlock, WIN32_MEMORY_RANGE_ENTRY,
 };
@@ -127,4 +132,55 @@ pub(super) fn current_cpu() -> Option<usize> {
 
 pub(super) fn drop_page_cache(_file: &File) -> bool {
     false
+}
+
+pub(super) fn module_directory() -> Option<PathBuf> {
+    let file = module_file()
+        .filter(|file| file.is_absolute())
+        .or_else(|| std::env::current_exe().ok())?;
+    file.parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+}
+
+/// The file of the module (DLL or EXE) that holds this code, as the loader has it.
+fn module_file() -> Option<PathBuf> {
+    use std::ffi::OsString;
+    use std::os::windows::ffi::OsStringExt;
+    // This function is in the binary knnblend is linked into, so its address names that binary.
+    let address = module_file as fn() -> Option<PathBuf>;
+    let mut module: HMODULE = std::ptr::null_mut();
+    // SAFETY: with FROM_ADDRESS the "name" argument is an address inside the module, not a
+    // string (nothing is read there); UNCHANGED_REFCOUNT takes no reference, so there is no
+    // FreeLibrary to pair it with, and the module cannot be unloaded while its code runs.
+    let ok = unsafe {
+        GetModuleHandleExW(
+            GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS | GET_MODULE_HANDLE_EX_FLAG_UNCHANGED_REFCOUNT,
+            address as *const u16,
+            &mut module,
+        )
+    };
+    if ok == 0 || module.is_null() {
+        return None;
+    }
+    // MAX_PATH first; long paths reach 32 767 UTF-16 units.
+    let mut buf: Vec<u16> = vec![0; 260];
+    loop {
+        let size = u32::try_from(buf.len()).ok()?;
+        // SAFETY: a buffer of `size` UTF-16 units we own; the call writes at most that many.
+        let len = unsafe { GetModuleFileNameW(module, buf.as_mut_ptr(), size) };
+        if len == 0 {
+            return None;
+        }
+        if len < size {
+            // The whole name, without its terminating NUL.
+            buf.truncate(len as usize);
+            return Some(PathBuf::from(OsString::from_wide(&buf)));
+        }
+        // Truncated (the return value is the buffer size): try a bigger one.
+        if buf.len() > 32_767 {
+            return None;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
 }
