@@ -72,6 +72,9 @@ enum Task {
     Demo,
     /// Build and bundle a plugin into target/bundled/ (nice-plug-xtask)
     ///
+    /// The knnblend-plugin bundles also get ONNX Runtime (libonnxruntime.so.*) from
+    /// target/venv, which `cargo xtask setup` fills.
+    ///
     /// Example: `cargo xtask bundle knnblend-plugin --release`.
     #[command(disable_help_flag = true)]
     Bundle {
@@ -120,7 +123,8 @@ fn run(task: Task) -> Result<()> {
                 println!(
                     "usage: cargo xtask bundle <package> [cargo build options]\n       \
                      cargo xtask bundle -p <package1> -p <package2> ... [cargo build options]\n\n\
-                     Bundles go to target/bundled/ (e.g. knnblend.clap, knnblend.vst3)."
+                     Bundles go to target/bundled/ (e.g. knnblend.clap, knnblend.vst3); \
+                     knnblend-plugin's get ONNX Runtime from target/venv beside the plugin."
                 );
                 return Ok(());
             }

@@ -7,8 +7,9 @@
 //! 3. `cargo test -p knnblend --lib --features force-posix-platform`, then the same with
 //!    `force-portable-platform` — the library's unit tests (loading, live, `platform`) on the
 //!    macOS/POSIX and the no-op implementations of `platform`, compiled on Linux;
-//! 4. bundle the plugin as a debug build with `assert_process_allocs`, then prove the
-//!    bundled binaries do not link faiss;
+//! 4. bundle the plugin as a debug build with `assert_process_allocs` (with ONNX Runtime from
+//!    `target/venv` copied beside it; see `bundle`), then prove the bundled binaries do not link
+//!    faiss;
 //! 5. `cargo test -p knnblend-plugin --features assert_process_allocs` — plugin tests,
 //!    including the CLAP host harness that loads `target/bundled/knnblend.clap`;
 //! 6. the VST3 host test: `target/venv/bin/python plugin/tests/vst3_host.py
