@@ -1,5 +1,6 @@
-//! The egui editor: parameters, eight voice slots (load, what they hold, progress, errors) and a
-//! live meter of query time and CPU share.
+//! The egui editor: parameters, eight voice slots (a knnblend index or an RVC voice: load, what
+//! they hold, progress, errors), the shared ContentVec and ONNX Runtime status, and a live meter
+//! of query time, CPU share and the RVC worker (time per block, underruns).
 //!
 //! The editor never blocks: the native file dialog runs on its own thread, loads are handed to
 //! the library's loader, and everything shown is polled from atomics or the controller's status.
@@ -16,13 +17,15 @@ use nice_plug_egui::{
     create_egui_editor, EguiEditor, EguiEditorState, EguiNiceSettings, NiceEguiApp, RepaintNotifier,
 };
 
-use crate::engine::{LoadState, SlotView, TelemetryView, VoiceInfo};
+use crate::engine::{
+    LoadState, RvcState, RvcStatus, RvcTelemetry, RvcVoiceInfo, SlotView, TelemetryView, VoiceInfo,
+};
 use crate::meter::{MeterReading, ProcessMeter};
 use crate::params::{KnnBlendParams, SLOTS};
-use crate::slots::SlotStore;
+use crate::slots::{RvcEntry, RvcFile, SlotStore};
 
-const WIDTH: u32 = 760;
-const HEIGHT: u32 = 720;
+const WIDTH: u32 = 820;
+const HEIGHT: u32 = 900;
 /// How often figures on screen are refreshed while the editor is open.
 const REFRESH: Duration = Duration::from_millis(100);
 /// Colour of the active slot.
@@ -123,6 +126,9 @@ struct Snapshot {
     telemetry: TelemetryView,
     reading: MeterReading,
     running: bool,
+    rvc: Option<RvcTelemetry>,
+    rvc_failure: Option<String>,
+    contentvec: Option<String>,
 }
 
 /// One slot as displayed.
@@ -138,27 +144,124 @@ pub struct SlotRow {
     pub progress: Option<f32>,
     /// Error or restore message.
     pub error: Option<String>,
+    /// For an RVC slot: its files and the loading stage, if loading.
+    pub rvc: Option<(RvcEntry, Option<String>)>,
 }
 
-/// Builds the display rows from the slot store and the runtime's status.
+/// Builds the display rows from the slot store and the runtimes' status.
 pub fn slot_rows(store: &SlotStore) -> Vec<SlotRow> {
     let control = store.control();
+    let rvc_control = store.rvc_control();
     (0..SLOTS)
-        .map(|slot| {
-            let path = store.path(slot);
-            let view = control.as_ref().map(|c| c.status(slot));
-            row(path, store.message(slot), view)
+        .map(|slot| match store.rvc(slot) {
+            Some(entry) => rvc_row(
+                entry,
+                store.contentvec().is_some(),
+                store.message(slot),
+                rvc_control.as_ref().map(|c| c.status(slot)),
+            ),
+            None => {
+                let path = store.path(slot);
+                let view = control.as_ref().map(|c| c.status(slot));
+                row(path, store.message(slot), view)
+            }
         })
         .collect()
 }
 
-fn row(path: Option<String>, message: Option<String>, view: Option<SlotView>) -> SlotRow {
-    let file_name = |p: &str| {
-        std::path::Path::new(p)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| p.to_string())
+fn file_name(p: &str) -> String {
+    std::path::Path::new(p)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.to_string())
+}
+
+/// The row of an RVC slot.
+pub fn rvc_row(
+    entry: RvcEntry,
+    contentvec: bool,
+    message: Option<String>,
+    status: Option<RvcStatus>,
+) -> SlotRow {
+    let title = match (&entry.model, &entry.index) {
+        (Some(m), Some(i)) => format!("RVC · {} + {}", file_name(m), file_name(i)),
+        (Some(m), None) => format!("RVC · {} (choose its index)", file_name(m)),
+        (None, Some(i)) => format!("RVC · {} (choose the model)", file_name(i)),
+        (None, None) => "RVC voice · choose a model and its index".to_string(),
     };
+    let mut out = SlotRow {
+        path: entry.model.clone(),
+        title,
+        contents: None,
+        progress: None,
+        error: message,
+        rvc: None,
+    };
+    let mut stage = None;
+    if !contentvec && (entry.model.is_some() || entry.index.is_some()) {
+        out.error
+            .get_or_insert_with(|| "choose the ContentVec model (above) to use RVC voices".into());
+    }
+    if let Some(status) = status {
+        if let Some(info) = &status.info {
+            out.contents = Some(describe_rvc(info));
+        }
+        match status.state {
+            RvcState::Loading(what) => stage = Some(what),
+            RvcState::Failed(why) => out.error = Some(why),
+            RvcState::Standby => {
+                stage = Some("checked; opens when this slot is the active voice".to_string())
+            }
+            RvcState::Empty | RvcState::Ready => {}
+        }
+    }
+    out.rvc = Some((entry, stage));
+    out
+}
+
+/// One line describing an RVC voice.
+pub fn describe_rvc(info: &RvcVoiceInfo) -> String {
+    let index = if info.vectors > 0 {
+        format!("{} ({} vectors)", info.index_name, info.vectors)
+    } else {
+        info.index_name.clone()
+    };
+    format!(
+        "{} · {} kHz · {}{}-d · f0 by {} · {index}",
+        info.version,
+        info.model_rate / 1000,
+        if info.f0 { "pitch · " } else { "no pitch · " },
+        info.dim,
+        match info.f0_method {
+            knnblend_rvc::f0::F0Method::Rmvpe => "RMVPE",
+            knnblend_rvc::f0::F0Method::Builtin => "the built-in tracker",
+        },
+    )
+}
+
+/// The RVC line: latency, worker time per block against the block, underruns.
+pub fn describe_rvc_telemetry(t: &RvcTelemetry, sample_rate: f32) -> String {
+    let ms = |samples: usize| samples as f64 * 1000.0 / sample_rate.max(1.0) as f64;
+    let mut line = format!("RVC: latency {:.0} ms", ms(t.latency));
+    if let Some(slot) = t.serving_slot {
+        let worker_ms = t.stream.last_block_ns as f64 / 1e6;
+        let block_ms = ms(t.block);
+        line.push_str(&format!(
+            " · slot {} · worker {worker_ms:.1} ms per {block_ms:.0} ms block",
+            slot + 1
+        ));
+        if block_ms > 0.0 {
+            line.push_str(&format!(" ({:.0} %)", 100.0 * worker_ms / block_ms));
+        }
+    }
+    line.push_str(&format!(" · underruns {}", t.stream.underruns));
+    if t.model_errors > 0 {
+        line.push_str(&format!(" · model errors {}", t.model_errors));
+    }
+    line
+}
+
+fn row(path: Option<String>, message: Option<String>, view: Option<SlotView>) -> SlotRow {
     let mut out = SlotRow {
         title: path
             .as_deref()
@@ -168,6 +271,7 @@ fn row(path: Option<String>, message: Option<String>, view: Option<SlotView>) ->
         contents: None,
         progress: None,
         error: message,
+        rvc: None,
     };
     if let Some(view) = view {
         if let Some(info) = &view.info {
@@ -307,6 +411,9 @@ fn panel_contents(
             telemetry: control.as_ref().map(|c| c.telemetry()).unwrap_or_default(),
             reading: meter.read(),
             running: control.is_some(),
+            rvc: params.slots.rvc_control().map(|c| c.telemetry()),
+            rvc_failure: params.slots.rvc_failure(),
+            contentvec: params.slots.contentvec(),
         };
         state.meter.push(now, snapshot.telemetry, snapshot.reading);
         state.cached = Some((now, snapshot));
@@ -319,7 +426,8 @@ fn panel_contents(
     ui.heading("kNN Blend");
     ui.label(
         egui::RichText::new(format!(
-            "Voices: .kbi or RVC .index files with {}",
+            "Index slots: .kbi or .index files with {}. RVC slots: an RVC model (.onnx) and its \
+             added_*.index, with the ContentVec below.",
             state.expected()
         ))
         .small(),
@@ -348,7 +456,78 @@ fn panel_contents(
             ui.label("Output gain");
             ui.add(ParamSlider::for_param(&params.output_gain_db, setter).with_width(260.0));
             ui.end_row();
+            ui.label(egui::RichText::new("RVC voices").strong());
+            ui.end_row();
+            ui.label("Pitch");
+            ui.add(ParamSlider::for_param(&params.pitch, setter).with_width(260.0));
+            ui.end_row();
+            ui.label("Protect");
+            ui.add(ParamSlider::for_param(&params.protect, setter).with_width(260.0));
+            ui.end_row();
+            ui.label("Block");
+            ui.add(ParamSlider::for_param(&params.block_ms, setter).with_width(260.0));
+            ui.end_row();
+            ui.label("Extra context");
+            ui.add(ParamSlider::for_param(&params.extra_ms, setter).with_width(260.0));
+            ui.end_row();
+            ui.label("Block crossfade");
+            ui.add(ParamSlider::for_param(&params.sola_ms, setter).with_width(260.0));
+            ui.end_row();
         });
+
+    ui.add_space(4.0);
+    ui.horizontal(|ui| {
+        ui.label("ContentVec");
+        let dialog_busy = state.dialog_open.load(Ordering::Acquire);
+        if ui
+            .add_enabled(!dialog_busy, egui::Button::new("Choose…"))
+            .on_hover_text("vec-768-layer-12.onnx for v2 models, vec-256-layer-9.onnx for v1")
+            .clicked()
+        {
+            open_dialog(
+                Pick::ContentVec,
+                params.slots.clone(),
+                state.dialog_open.clone(),
+            );
+        }
+        if ui
+            .add_enabled(snapshot.contentvec.is_some(), egui::Button::new("Clear"))
+            .clicked()
+        {
+            let _ = params.slots.set_contentvec(None);
+        }
+        match &snapshot.contentvec {
+            Some(path) => {
+                ui.label(file_name(path)).on_hover_text(path);
+            }
+            None => {
+                ui.label(egui::RichText::new("not set (RVC slots need it)").weak());
+            }
+        }
+    });
+    if let Some(why) = &snapshot.rvc_failure {
+        ui.add(egui::Label::new(egui::RichText::new(why).color(ERROR)).wrap());
+    }
+    if let Some(rvc) = &snapshot.rvc {
+        match &rvc.runtime {
+            Some(Ok(runtime)) => {
+                ui.label(egui::RichText::new(runtime).small());
+            }
+            Some(Err(why)) => {
+                ui.add(
+                    egui::Label::new(
+                        egui::RichText::new(format!("RVC voices pass audio through: {why}"))
+                            .color(ERROR),
+                    )
+                    .wrap(),
+                );
+            }
+            None => {}
+        }
+        if snapshot.slots.iter().any(|row| row.rvc.is_some()) {
+            ui.label(describe_rvc_telemetry(rvc, snapshot.reading.sample_rate));
+        }
+    }
 
     ui.add_space(6.0);
     let figures = state.meter.figures();
@@ -394,26 +573,87 @@ fn slot_ui(
             label = label.color(ACCENT);
         }
         ui.add_sized([32.0, 18.0], egui::Label::new(label));
-        let dialog_busy = state.dialog_open.load(Ordering::Acquire);
-        if ui
-            .add_enabled(!dialog_busy, egui::Button::new("Load…"))
-            .on_hover_text("Choose a .kbi or RVC .index file")
-            .clicked()
-        {
-            open_dialog(slot, store.clone(), state.dialog_open.clone());
+        let is_rvc = info.rvc.is_some();
+        if ui.selectable_label(!is_rvc, "Index").clicked() && is_rvc {
+            store.set_rvc_kind(slot, false);
         }
         if ui
-            .add_enabled(info.path.is_some(), egui::Button::new("Clear"))
+            .selectable_label(is_rvc, "RVC voice")
+            .on_hover_text("An RVC model (.onnx), its index and optionally RMVPE")
+            .clicked()
+            && !is_rvc
+        {
+            store.set_rvc_kind(slot, true);
+        }
+        let dialog_busy = state.dialog_open.load(Ordering::Acquire);
+        match &info.rvc {
+            None => {
+                if ui
+                    .add_enabled(!dialog_busy, egui::Button::new("Load…"))
+                    .on_hover_text("Choose a .kbi or RVC .index file")
+                    .clicked()
+                {
+                    open_dialog(Pick::Index(slot), store.clone(), state.dialog_open.clone());
+                }
+            }
+            Some((entry, _)) => {
+                for (label, which) in [
+                    ("Model…", RvcFile::Model),
+                    ("Index…", RvcFile::Index),
+                    ("RMVPE…", RvcFile::Rmvpe),
+                ] {
+                    let chosen = entry.get(which).as_deref();
+                    if ui
+                        .add_enabled(!dialog_busy, egui::Button::new(label))
+                        .on_hover_text(chosen.unwrap_or("not chosen"))
+                        .clicked()
+                    {
+                        open_dialog(
+                            Pick::Rvc(slot, which),
+                            store.clone(),
+                            state.dialog_open.clone(),
+                        );
+                    }
+                }
+            }
+        }
+        let has_files = info.path.is_some()
+            || info
+                .rvc
+                .as_ref()
+                .is_some_and(|(e, _)| *e != RvcEntry::default());
+        if ui
+            .add_enabled(has_files, egui::Button::new("Clear"))
             .clicked()
         {
             store.clear(slot);
         }
-        ui.label(egui::RichText::new(&info.title).strong())
-            .on_hover_text(info.path.as_deref().unwrap_or("no file"));
         if active {
             ui.label(egui::RichText::new("active").color(ACCENT).small());
         }
     });
+    ui.horizontal(|ui| {
+        ui.add_space(36.0);
+        ui.label(egui::RichText::new(&info.title).strong())
+            .on_hover_text(info.path.as_deref().unwrap_or("no file"));
+    });
+    if let Some((entry, stage)) = &info.rvc {
+        if let Some(rmvpe) = &entry.rmvpe {
+            ui.horizontal(|ui| {
+                ui.add_space(36.0);
+                ui.label(format!("f0: {}", file_name(rmvpe)));
+                if ui.small_button("no RMVPE").clicked() {
+                    let _ = store.set_rvc_file(slot, RvcFile::Rmvpe, None);
+                }
+            });
+        }
+        if let Some(stage) = stage {
+            ui.horizontal(|ui| {
+                ui.add_space(36.0);
+                ui.label(egui::RichText::new(stage).italics());
+            });
+        }
+    }
     ui.horizontal(|ui| {
         ui.add_space(36.0);
         let typed = &mut state.typed_paths[slot];
@@ -426,8 +666,20 @@ fn slot_ui(
             && ui.input(|i| i.key_pressed(egui::Key::Enter))
             && !typed.trim().is_empty()
         {
+            // In an RVC slot a typed .onnx is the model and anything else the index.
             let path = PathBuf::from(typed.trim());
-            if store.set_path(slot, &path).is_ok() {
+            let set = match store.rvc(slot) {
+                Some(_) => {
+                    let which = if path.extension().is_some_and(|e| e == "onnx") {
+                        RvcFile::Model
+                    } else {
+                        RvcFile::Index
+                    };
+                    store.set_rvc_file(slot, which, Some(&path))
+                }
+                None => store.set_path(slot, &path),
+            };
+            if set.is_ok() {
                 typed.clear();
             }
         }
@@ -456,30 +708,78 @@ fn slot_ui(
     }
 }
 
+/// What a file dialog chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    /// An index slot's index.
+    Index(usize),
+    /// One file of an RVC slot.
+    Rvc(usize, RvcFile),
+    /// The shared ContentVec.
+    ContentVec,
+}
+
+impl Pick {
+    fn title(self) -> String {
+        match self {
+            Pick::Index(slot) => format!("Load voice into slot {}", slot + 1),
+            Pick::Rvc(slot, RvcFile::Model) => format!("RVC model (.onnx) for slot {}", slot + 1),
+            Pick::Rvc(slot, RvcFile::Index) => format!("RVC index for slot {}", slot + 1),
+            Pick::Rvc(slot, RvcFile::Rmvpe) => format!("RMVPE (rmvpe.onnx) for slot {}", slot + 1),
+            Pick::ContentVec => "ContentVec (vec-768-layer-12.onnx or vec-256-layer-9.onnx)".into(),
+        }
+    }
+
+    fn filter(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Pick::Index(_) | Pick::Rvc(_, RvcFile::Index) => ("Voice index", &["kbi", "index"]),
+            _ => ("ONNX model", &["onnx"]),
+        }
+    }
+
+    fn current(self, store: &SlotStore) -> Option<String> {
+        match self {
+            Pick::Index(slot) => store.path(slot),
+            Pick::Rvc(slot, which) => store.rvc(slot).and_then(|e| e.get(which).clone()),
+            Pick::ContentVec => store.contentvec(),
+        }
+    }
+
+    fn apply(self, store: &SlotStore, file: &std::path::Path) -> Result<(), String> {
+        match self {
+            Pick::Index(slot) => store.set_path(slot, file),
+            Pick::Rvc(slot, which) => store.set_rvc_file(slot, which, Some(file)),
+            Pick::ContentVec => store.set_contentvec(Some(file)),
+        }
+    }
+}
+
 /// Runs the native file dialog on its own thread; the chosen file goes to the slot store, which
 /// hands it to the library's loader.
-fn open_dialog(slot: usize, store: Arc<SlotStore>, busy: Arc<AtomicBool>) {
+fn open_dialog(pick: Pick, store: Arc<SlotStore>, busy: Arc<AtomicBool>) {
     if busy.swap(true, Ordering::AcqRel) {
         return;
     }
-    let start_dir = store
-        .path(slot)
+    let start_dir = pick
+        .current(&store)
+        .or_else(|| store.contentvec())
         .and_then(|p| std::path::Path::new(&p).parent().map(|d| d.to_path_buf()));
     let spawned = std::thread::Builder::new()
         .name("knnblend-file-dialog".into())
         .spawn({
             let busy = busy.clone();
             move || {
+                let (name, extensions) = pick.filter();
                 let mut dialog = rfd::FileDialog::new()
-                    .set_title(format!("Load voice into slot {}", slot + 1))
-                    .add_filter("Voice index", &["kbi", "index"])
+                    .set_title(pick.title())
+                    .add_filter(name, extensions)
                     .add_filter("All files", &["*"]);
                 if let Some(dir) = start_dir {
                     dialog = dialog.set_directory(dir);
                 }
                 if let Some(file) = dialog.pick_file() {
                     // A refused path leaves its reason in the slot's message.
-                    let _ = store.set_path(slot, &file);
+                    let _ = pick.apply(&store, &file);
                 }
                 busy.store(false, Ordering::Release);
             }
@@ -516,6 +816,15 @@ mod tests {
             .slots
             .set_path(2, std::path::Path::new("/nonexistent/voice.kbi"))
             .unwrap();
+        params
+            .slots
+            .set_rvc_file(
+                3,
+                RvcFile::Model,
+                Some(std::path::Path::new("/m/voice.onnx")),
+            )
+            .unwrap();
+        params.slots.set_rvc_kind(4, true);
         let meter = ProcessMeter::default();
         let host = NoHost;
         let setter = ParamSetter::new(&host);

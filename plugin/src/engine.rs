@@ -1,16 +1,28 @@
-//! The only place the plugin touches the library's realtime runtime (`knnblend::live`) and voice
-//! path (`knnblend::voice`). Everything else in the plugin talks to the small types below, so a
-//! change in the library's API is a change in this file only.
+//! The only place the plugin touches the library's realtime runtime (`knnblend::live`), voice
+//! path (`knnblend::voice`) and RVC voice host (`knnblend_rvc::host`). Everything else in the
+//! plugin talks to the small types below, so a change in the libraries' APIs is a change in
+//! this file only.
 //!
 //! - [`start`] creates the runtime for one sample rate and channel count: a [`ControlHandle`]
 //!   (control side: loads, status, telemetry; shared with the editor) and an [`AudioHandle`]
 //!   (audio side: owned by the plugin's `process()`).
+//! - [`start_rvc`] creates the RVC voice host for one sample rate: an [`RvcControl`] (shared
+//!   with the slot store and the editor) whose audio side goes into the [`AudioHandle`].
 //! - The plugin does no search and no DSP: [`AudioHandle::process`] hands the buffer to
-//!   `VoiceEngine::process`.
+//!   `VoiceEngine::process`, or for an RVC slot to the RVC host's `VoiceAudio::process`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 
 use knnblend::{live, voice};
+use knnblend_rvc::host;
+
+pub use knnblend_rvc::host::{
+    HostTelemetry as RvcTelemetry, VoiceControl as RvcControl, VoiceState as RvcState,
+    VoiceStatus as RvcStatus,
+};
+pub use knnblend_rvc::voice::{VoiceFiles, VoiceInfo as RvcVoiceInfo};
 
 /// Number of voice slots the runtime supports.
 pub const MAX_SLOTS: usize = live::MAX_SLOTS;
@@ -30,6 +42,54 @@ pub struct BlockSettings {
     pub dry_wet: f32,
     /// Output gain, linear.
     pub output_gain: f32,
+    /// RVC: pitch shift, semitones.
+    pub pitch: f32,
+    /// RVC: protect, 0–0.5.
+    pub protect: f32,
+    /// RVC: conversion block, seconds.
+    pub block_seconds: f32,
+    /// RVC: extra context, seconds.
+    pub extra_seconds: f32,
+    /// RVC: block crossfade (SOLA), seconds.
+    pub sola_seconds: f32,
+}
+
+impl BlockSettings {
+    fn rvc(&self) -> host::BlockParams {
+        host::BlockParams {
+            active_slot: self.active_slot,
+            pitch: self.pitch,
+            index_rate: self.ratio,
+            protect: self.protect,
+            k: self.k,
+            crossfade_seconds: self.crossfade_seconds,
+            block_seconds: self.block_seconds,
+            extra_seconds: self.extra_seconds,
+            sola_seconds: self.sola_seconds,
+            dry_wet: self.dry_wet,
+            output_gain: self.output_gain,
+        }
+    }
+}
+
+/// Which slots are RVC slots: written by the slot store, read by the audio thread (relaxed
+/// atomics).
+#[derive(Debug, Default)]
+pub struct SlotKinds([AtomicBool; MAX_SLOTS]);
+
+impl SlotKinds {
+    /// Marks `slot` as an RVC slot or not.
+    pub fn set_rvc(&self, slot: usize, rvc: bool) {
+        if let Some(flag) = self.0.get(slot) {
+            flag.store(rvc, Relaxed);
+        }
+    }
+
+    /// Whether `slot` is an RVC slot.
+    #[inline]
+    pub fn is_rvc(&self, slot: usize) -> bool {
+        self.0.get(slot).is_some_and(|flag| flag.load(Relaxed))
+    }
 }
 
 /// What a slot holds, for display.
@@ -141,12 +201,29 @@ pub struct AudioHandle {
     spec: voice::FeatureSpec,
     sample_rate: f32,
     channels: usize,
+    rvc: Option<host::VoiceAudio>,
+    kinds: Arc<SlotKinds>,
 }
 
 impl AudioHandle {
-    /// Latency the voice path adds, in samples at the runtime's sample rate.
+    /// Latency the path serving `active_slot` adds, in samples at the runtime's sample rate:
+    /// the voice path's, or for an RVC slot the RVC host's (block + worker budget + fades).
+    pub fn latency_samples_for(&self, active_slot: usize) -> u32 {
+        match &self.rvc {
+            Some(rvc) if self.kinds.is_rvc(active_slot) => rvc.latency() as u32,
+            _ => self.voice.latency_samples(),
+        }
+    }
+
+    /// Latency of the knnblend voice path alone.
     pub fn latency_samples(&self) -> u32 {
         self.voice.latency_samples()
+    }
+
+    /// Gives this handle the RVC host's audio side (replacing, and returning, any earlier one).
+    /// Call off the audio thread.
+    pub fn set_rvc(&mut self, rvc: Option<host::VoiceAudio>) -> Option<host::VoiceAudio> {
+        std::mem::replace(&mut self.rvc, rvc)
     }
 
     /// Sample rate this handle was built for.
@@ -162,6 +239,12 @@ impl AudioHandle {
     /// Processes `channels` in place. Allocation-free, lock-free.
     #[inline]
     pub fn process(&mut self, channels: &mut [&mut [f32]], settings: &BlockSettings) {
+        if let Some(rvc) = &mut self.rvc {
+            if self.kinds.is_rvc(settings.active_slot) {
+                rvc.process(channels, &settings.rvc());
+                return;
+            }
+        }
         let params = voice::BlockParams {
             active_slot: settings.active_slot,
             k: settings.k,
@@ -180,9 +263,27 @@ impl AudioHandle {
 
     /// A handle for another sample rate or channel count on the same runtime: loaded voices and
     /// the controller stay. Allocates; call it off the audio thread.
+    /// The RVC host's audio side stays when the rate does (the caller makes a new host for a
+    /// new rate).
     pub fn reconfigure(self, sample_rate: f32, channels: usize) -> AudioHandle {
-        let AudioHandle { voice, spec, .. } = self;
-        build_audio(voice.into_audio(), spec, sample_rate, channels)
+        let AudioHandle {
+            voice,
+            spec,
+            rvc,
+            kinds,
+            sample_rate: old_rate,
+            ..
+        } = self;
+        let mut out = build_audio(voice.into_audio(), spec, sample_rate, channels, kinds);
+        if old_rate == sample_rate {
+            out.rvc = rvc;
+        }
+        out
+    }
+
+    /// Whether an RVC host is attached.
+    pub fn has_rvc(&self) -> bool {
+        self.rvc.is_some()
     }
 }
 
@@ -191,6 +292,7 @@ fn build_audio(
     spec: voice::FeatureSpec,
     sample_rate: f32,
     channels: usize,
+    kinds: Arc<SlotKinds>,
 ) -> AudioHandle {
     // Also sets the runtime's crossfade frame period to the hop at this rate.
     let voice = voice::VoiceEngine::new(audio, &spec, sample_rate, channels);
@@ -199,7 +301,29 @@ fn build_audio(
         spec,
         sample_rate,
         channels,
+        rvc: None,
+        kinds,
     }
+}
+
+/// Creates the RVC voice host for `sample_rate`, starting from `settings`. ONNX Runtime is
+/// looked for beside the plugin's binary (the bundle carries it), then `ORT_DYLIB_PATH`.
+/// `None` (with the reason) when the host could not start its loader thread.
+pub fn start_rvc(
+    sample_rate: f32,
+    settings: &BlockSettings,
+) -> Result<(RvcControl, host::VoiceAudio), String> {
+    let mut runtime = knnblend_rvc::runtime::RuntimeSearch::default();
+    if let Some(dir) = knnblend::platform::module_directory() {
+        runtime.beside.push(dir);
+    }
+    host::host(host::HostConfig {
+        host_rate: sample_rate.round() as u32,
+        runtime,
+        seed: 1,
+        initial: settings.rvc(),
+    })
+    .map_err(|e| format!("could not start the RVC voice loader: {e}"))
 }
 
 /// What the voice engine expects an index to hold, for the editor, e.g.
@@ -209,15 +333,20 @@ pub fn expected_features() -> String {
 }
 
 /// Creates the runtime for `sample_rate` and up to `channels` channels. Indexes are checked
-/// against the voice engine's features before they are published.
-pub fn start(sample_rate: f32, channels: usize) -> (ControlHandle, AudioHandle) {
+/// against the voice engine's features before they are published. `kinds` says which slots are
+/// RVC slots.
+pub fn start(
+    sample_rate: f32,
+    channels: usize,
+    kinds: Arc<SlotKinds>,
+) -> (ControlHandle, AudioHandle) {
     let spec = voice::FeatureSpec::default();
     // The feature check as validator, and room for RVC-width indexes so a mismatched one is
     // refused with a message naming its features.
     let (controller, audio) = live::live(spec.live_config(MAX_SLOTS));
     (
         ControlHandle { controller },
-        build_audio(audio, spec, sample_rate, channels),
+        build_audio(audio, spec, sample_rate, channels, kinds),
     )
 }
 

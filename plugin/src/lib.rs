@@ -29,6 +29,8 @@ pub struct KnnBlend {
     meter: Arc<ProcessMeter>,
     /// The runtime's audio side; `None` until the first activation (audio passes through).
     audio: Option<AudioHandle>,
+    /// Latency last reported to the host.
+    reported_latency: u32,
 }
 
 impl Default for KnnBlend {
@@ -38,6 +40,7 @@ impl Default for KnnBlend {
             editor_state: editor::default_state(),
             meter: Arc::new(ProcessMeter::default()),
             audio: None,
+            reported_latency: 0,
         }
     }
 }
@@ -48,26 +51,42 @@ impl KnnBlend {
         self.params.clone()
     }
 
-    /// Latency currently reported to the host, in samples.
+    /// Latency of the path serving the active slot, in samples (what is reported to the host).
     pub fn latency_samples(&self) -> u32 {
-        self.audio.as_ref().map_or(0, AudioHandle::latency_samples)
+        let slot = (clamp_i32(self.params.voice.value(), params::VOICE) - 1) as usize;
+        self.audio
+            .as_ref()
+            .map_or(0, |audio| audio.latency_samples_for(slot))
     }
 
-    /// Settings for the next block of `samples` samples: advances the smoothers and clamps
-    /// everything into range (restored or automated values are not trusted).
+    /// Settings for the next block of `samples` samples: advances the smoothers (unless
+    /// `samples` is 0) and clamps everything into range (restored or automated values are not
+    /// trusted).
     fn block_settings(&self, samples: usize) -> BlockSettings {
         let p = &self.params;
-        let steps = samples.max(1) as u32;
+        let steps = samples as u32;
+        let smoothed = |param: &FloatParam| {
+            if steps == 0 {
+                param.value()
+            } else {
+                param.smoothed.next_step(steps)
+            }
+        };
         BlockSettings {
             active_slot: (clamp_i32(p.voice.value(), params::VOICE) - 1) as usize,
             k: clamp_i32(p.neighbours.value(), params::NEIGHBOURS) as usize,
-            ratio: clamp_f32(p.blend.smoothed.next_step(steps), params::BLEND),
+            ratio: clamp_f32(smoothed(&p.blend), params::BLEND),
             crossfade_seconds: clamp_f32(p.crossfade_ms.value(), params::CROSSFADE_MS) / 1000.0,
-            dry_wet: clamp_f32(p.dry_wet.smoothed.next_step(steps), params::DRY_WET),
+            dry_wet: clamp_f32(smoothed(&p.dry_wet), params::DRY_WET),
             output_gain: util::db_to_gain(clamp_f32(
-                p.output_gain_db.smoothed.next_step(steps),
+                smoothed(&p.output_gain_db),
                 params::OUTPUT_GAIN_DB,
             )),
+            pitch: clamp_i32(p.pitch.value(), params::PITCH) as f32,
+            protect: clamp_f32(p.protect.value(), params::PROTECT),
+            block_seconds: clamp_f32(p.block_ms.value(), params::BLOCK_MS) / 1000.0,
+            extra_seconds: clamp_f32(p.extra_ms.value(), params::EXTRA_MS) / 1000.0,
+            sola_seconds: clamp_f32(p.sola_ms.value(), params::SOLA_MS) / 1000.0,
         }
     }
 }
@@ -128,21 +147,40 @@ impl Plugin for KnnBlend {
             .main_output_channels
             .map_or(2, NonZeroU32::get) as usize;
 
-        self.audio = match self.audio.take() {
+        let mut audio = match self.audio.take() {
             Some(audio) if audio.sample_rate() == sample_rate && audio.channels() == channels => {
-                Some(audio)
+                audio
             }
             // Same runtime, new rate: loaded voices stay.
-            Some(audio) => Some(audio.reconfigure(sample_rate, channels)),
+            Some(audio) => audio.reconfigure(sample_rate, channels),
             None => {
-                let (control, audio) = engine::start(sample_rate, channels);
+                let kinds = self.params.slots.kinds();
+                let (control, audio) = engine::start(sample_rate, channels, kinds);
                 // The persisted slots are requested from the new runtime's loader.
                 self.params.slots.attach(Arc::new(control));
-                Some(audio)
+                audio
             }
         };
+        if !audio.has_rvc() {
+            // RVC voices are opened for one host rate: a new rate, a new voice host (the old
+            // one's voices are dropped here, off the audio thread).
+            let settings = self.block_settings(0);
+            match engine::start_rvc(sample_rate, &settings) {
+                Ok((control, rvc)) => {
+                    drop(audio.set_rvc(Some(rvc)));
+                    self.params.slots.attach_rvc(Some(Arc::new(control)));
+                }
+                Err(why) => {
+                    drop(audio.set_rvc(None));
+                    self.params.slots.attach_rvc(None);
+                    self.params.slots.set_rvc_failure(Some(why));
+                }
+            }
+        }
+        self.audio = Some(audio);
         self.meter.set_sample_rate(sample_rate);
-        context.set_latency_samples(self.latency_samples());
+        self.reported_latency = self.latency_samples();
+        context.set_latency_samples(self.reported_latency);
         true
     }
 
@@ -156,7 +194,7 @@ impl Plugin for KnnBlend {
         &mut self,
         buffer: &mut Buffer,
         _aux: &mut AuxiliaryBuffers,
-        _context: &mut impl ProcessContext<Self>,
+        context: &mut impl ProcessContext<Self>,
     ) -> ProcessStatus {
         let _denormals = denormals::FlushDenormals::new();
         let samples = buffer.samples();
@@ -168,10 +206,15 @@ impl Plugin for KnnBlend {
         let latency = match &mut self.audio {
             Some(audio) => {
                 audio.process(buffer.as_slice(), &settings);
-                audio.latency_samples()
+                audio.latency_samples_for(settings.active_slot)
             }
             None => 0,
         };
+        if latency != self.reported_latency {
+            // Switching between an index slot and an RVC slot, or a new Block time.
+            self.reported_latency = latency;
+            context.set_latency_samples(latency);
+        }
         self.meter.stop(timer, samples);
         if latency > 0 {
             ProcessStatus::Tail(latency)

@@ -24,6 +24,17 @@ pub const CROSSFADE_MS: (f32, f32, f32) = (0.0, 500.0, 50.0);
 pub const DRY_WET: (f32, f32, f32) = (0.0, 1.0, 1.0);
 /// Output gain in decibels.
 pub const OUTPUT_GAIN_DB: (f32, f32, f32) = (-24.0, 12.0, 0.0);
+/// RVC: pitch shift in semitones (RVC's `f0_up_key`).
+pub const PITCH: (i32, i32, i32) = (-24, 24, 0);
+/// RVC: protect (RVC's `protect`): unvoiced frames keep this much of the input's features;
+/// 0.5 turns it off.
+pub const PROTECT: (f32, f32, f32) = (0.0, 0.5, 0.33);
+/// RVC: conversion block in milliseconds (RVC realtime's block time).
+pub const BLOCK_MS: (f32, f32, f32) = (50.0, 1000.0, 250.0);
+/// RVC: extra context in milliseconds (RVC realtime's extra time).
+pub const EXTRA_MS: (f32, f32, f32) = (0.0, 5000.0, 2500.0);
+/// RVC: crossfade between conversion blocks in milliseconds (RVC realtime's crossfade length).
+pub const SOLA_MS: (f32, f32, f32) = (10.0, 150.0, 50.0);
 
 /// Smoothing time for the audible continuous parameters.
 const SMOOTHING_MS: f32 = 30.0;
@@ -53,6 +64,21 @@ pub struct KnnBlendParams {
     /// Output gain in dB.
     #[id = "gain"]
     pub output_gain_db: FloatParam,
+    /// RVC: pitch shift in semitones.
+    #[id = "pitch"]
+    pub pitch: IntParam,
+    /// RVC: protect.
+    #[id = "protect"]
+    pub protect: FloatParam,
+    /// RVC: conversion block, ms.
+    #[id = "block"]
+    pub block_ms: FloatParam,
+    /// RVC: extra context, ms.
+    #[id = "extra"]
+    pub extra_ms: FloatParam,
+    /// RVC: crossfade between conversion blocks, ms.
+    #[id = "sola"]
+    pub sola_ms: FloatParam,
 }
 
 impl Default for KnnBlendParams {
@@ -137,8 +163,38 @@ impl KnnBlendParams {
             .with_unit(" dB")
             .with_step_size(0.1)
             .with_value_to_string(formatters::v2s_f32_rounded(1)),
+            pitch: IntParam::new(
+                "Pitch",
+                PITCH.2,
+                IntRange::Linear {
+                    min: PITCH.0,
+                    max: PITCH.1,
+                },
+            )
+            .with_unit(" st"),
+            protect: FloatParam::new(
+                "Protect",
+                PROTECT.2,
+                FloatRange::Linear {
+                    min: PROTECT.0,
+                    max: PROTECT.1,
+                },
+            )
+            .with_step_size(0.01)
+            .with_value_to_string(formatters::v2s_f32_rounded(2)),
+            block_ms: ms_param("Block", BLOCK_MS),
+            extra_ms: ms_param("Extra Context", EXTRA_MS),
+            sola_ms: ms_param("Block Crossfade", SOLA_MS),
         }
     }
+}
+
+/// A time in whole 10 ms steps (RVC's framing rounds to 10 ms).
+fn ms_param(name: &str, (min, max, default): (f32, f32, f32)) -> FloatParam {
+    FloatParam::new(name, default, FloatRange::Linear { min, max })
+        .with_unit(" ms")
+        .with_step_size(10.0)
+        .with_value_to_string(formatters::v2s_f32_rounded(0))
 }
 
 /// Clamps a float into `[lo, hi]`, replacing NaN by `default`.
@@ -163,13 +219,21 @@ pub fn clamp_i32(value: i32, (lo, hi, _default): (i32, i32, i32)) -> i32 {
 pub fn sanitize_state(state: &mut PluginState) {
     use nice_plug::plugin::ParamValue;
 
-    let floats: [(&str, (f32, f32, f32)); 4] = [
+    let floats: [(&str, (f32, f32, f32)); 8] = [
         ("blend", BLEND),
         ("crossfade", CROSSFADE_MS),
         ("mix", DRY_WET),
         ("gain", OUTPUT_GAIN_DB),
+        ("protect", PROTECT),
+        ("block", BLOCK_MS),
+        ("extra", EXTRA_MS),
+        ("sola", SOLA_MS),
     ];
-    let ints: [(&str, (i32, i32, i32)); 2] = [("neighbours", NEIGHBOURS), ("voice", VOICE)];
+    let ints: [(&str, (i32, i32, i32)); 3] = [
+        ("neighbours", NEIGHBOURS),
+        ("voice", VOICE),
+        ("pitch", PITCH),
+    ];
 
     for (id, range) in floats {
         if let Some(value) = state.params.get_mut(id) {
@@ -210,6 +274,11 @@ mod tests {
         assert_eq!(params.crossfade_ms.to_string(), "50 ms");
         assert_eq!(params.voice.to_string(), "Slot 1");
         assert_eq!(params.neighbours.to_string(), "8");
+        assert_eq!(params.pitch.to_string(), "0 st");
+        assert_eq!(params.block_ms.to_string(), "250 ms");
+        assert_eq!(params.extra_ms.to_string(), "2500 ms");
+        assert_eq!(params.sola_ms.to_string(), "50 ms");
+        assert_eq!(params.protect.to_string(), "0.33");
         assert_eq!(params.voice.string_to_normalized_value("Slot 8"), Some(1.0));
         assert_eq!(params.blend.string_to_normalized_value("50%"), Some(0.5));
     }
@@ -224,6 +293,9 @@ mod tests {
         params.insert("neighbours".to_string(), ParamValue::I32(1000));
         params.insert("voice".to_string(), ParamValue::String("x".into()));
         params.insert("unknown".to_string(), ParamValue::F32(1.0));
+        params.insert("pitch".to_string(), ParamValue::F32(99.0));
+        params.insert("block".to_string(), ParamValue::F32(f32::NAN));
+        params.insert("sola".to_string(), ParamValue::F32(0.0));
         let mut state = PluginState {
             version: String::new(),
             params,
@@ -244,6 +316,9 @@ mod tests {
         assert_eq!(f("crossfade"), CROSSFADE_MS.1);
         assert_eq!(i("neighbours"), NEIGHBOURS.1);
         assert_eq!(i("voice"), VOICE.2);
+        assert_eq!(i("pitch"), PITCH.1);
+        assert_eq!(f("block"), BLOCK_MS.2);
+        assert_eq!(f("sola"), SOLA_MS.0);
     }
 
     #[test]

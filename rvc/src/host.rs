@@ -324,7 +324,7 @@ pub fn host(config: HostConfig) -> std::io::Result<(VoiceControl, VoiceAudio)> {
     let thread = std::thread::Builder::new()
         .name("knnblend-rvc-loader".into())
         .spawn(move || loader.run())?;
-    let zeros = || vec![0f32; CHUNK].into_boxed_slice();
+    let zeros = || touched(CHUNK);
     let audio = VoiceAudio {
         shared: shared.clone(),
         host_rate: rate as f32,
@@ -336,7 +336,7 @@ pub fn host(config: HostConfig) -> std::io::Result<(VoiceControl, VoiceAudio)> {
         fading: false,
         stopping: false,
         waited: 0,
-        line: vec![0f32; line_len].into_boxed_slice(),
+        line: touched(line_len),
         line_pos: 0,
         mono: zeros(),
         wet_a: zeros(),
@@ -353,6 +353,16 @@ pub fn host(config: HostConfig) -> std::io::Result<(VoiceControl, VoiceAudio)> {
         },
         audio,
     ))
+}
+
+/// A zeroed buffer whose every page has been written, so the audio thread never meets a fresh
+/// page (zeroed allocations may come straight from the kernel, unmapped until first touched).
+fn touched(len: usize) -> Box<[f32]> {
+    let mut buffer = vec![0f32; len].into_boxed_slice();
+    for x in buffer.iter_mut() {
+        *x = std::hint::black_box(0.0);
+    }
+    buffer
 }
 
 impl VoiceControl {
@@ -511,13 +521,10 @@ impl VoiceAudio {
             None => self.wet_a[..len].copy_from_slice(pass),
         }
         if self.stopping {
-            for w in &mut self.wet_a[..len] {
-                self.fade = (self.fade + step).min(1.0);
-                *w = (1.0 - self.fade) * *w;
-            }
-            // The pass-through fades in under it.
+            // The voice fades out and the pass-through in.
             for (w, p) in self.wet_a[..len].iter_mut().zip(pass) {
-                *w += self.fade * p;
+                self.fade = (self.fade + step).min(1.0);
+                *w = (1.0 - self.fade) * *w + self.fade * p;
             }
             if self.fade >= 1.0 {
                 if let Some(voice) = self.current.take() {
