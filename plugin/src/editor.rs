@@ -198,10 +198,6 @@ pub fn rvc_row(
         rvc: None,
     };
     let mut stage = None;
-    if !contentvec && (entry.model.is_some() || entry.index.is_some()) {
-        out.error
-            .get_or_insert_with(|| "choose the ContentVec model (above) to use RVC voices".into());
-    }
     if let Some(status) = status {
         if let Some(info) = &status.info {
             out.contents = Some(describe_rvc(info));
@@ -214,6 +210,9 @@ pub fn rvc_row(
             }
             RvcState::Empty | RvcState::Ready => {}
         }
+    }
+    if !contentvec && (entry.model.is_some() || entry.index.is_some()) {
+        out.error = Some("choose the ContentVec model (above) to use RVC voices".into());
     }
     out.rvc = Some((entry, stage));
     out
