@@ -159,7 +159,7 @@ fn venv_onnx_runtime(venv: &Path) -> Option<PathBuf> {
 
 /// The library in `dir`: the unversioned name when present, else the highest version (the
 /// choice `rvc`'s `library_in` makes).
-fn onnx_runtime_in(dir: &Path) -> Option<PathBuf> {
+pub(crate) fn onnx_runtime_in(dir: &Path) -> Option<PathBuf> {
     let mut found: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|entry| {
@@ -182,7 +182,7 @@ fn onnx_runtime_in(dir: &Path) -> Option<PathBuf> {
 /// Copies `source` into `dir` under its own name, first removing any other ONNX Runtime library
 /// there (an older version would be a second candidate for the loader), then checks the copy
 /// exists with the source's size. Returns the copy's path.
-fn copy_library(source: &Path, dir: &Path) -> Result<PathBuf> {
+pub(crate) fn copy_library(source: &Path, dir: &Path) -> Result<PathBuf> {
     let name = source
         .file_name()
         .with_context(|| format!("{} has no file name", source.display()))?;

@@ -47,6 +47,13 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
         replace_recursively(from, &to)?;
         println!("installed {} -> {}", ws.show(from), to.display());
     }
+    // The CLAP bundle is one file on Linux: ONNX Runtime (for RVC voices) goes beside it, as in
+    // target/bundled. The VST3 bundle carries its own copy inside.
+    let bundled = ws.clap_bundle();
+    if let Some(library) = bundled.parent().and_then(bundle::onnx_runtime_in) {
+        let copy = bundle::copy_library(&library, &pairs[0].1)?;
+        println!("installed {} -> {}", ws.show(&library), copy.display());
+    }
     println!(
         "Rescan plugins in your host (CLAP: {}, VST3: {}) to find \"kNN Blend\".",
         pairs[0].1.display(),
