@@ -4,7 +4,10 @@
 //! are counted, and what plays instead is the latency-compensated dry signal, faded in and
 //! out, never cut. The negative control runs the same setup with the normal stand-in: no
 //! underruns once warmed up.
-
+//!
+//! The last test drives the same stream manually with a worker as slow (3.5 blocks per block,
+//! deterministic) at budgets of one block and more, and checks that a block the worker skips
+//! to catch up is played as the dry signal, never as silence.
 //! `synth_v2_40k_slow.onnx` (see `fixtures/make_models.py`) computes the standard stand-in's
 //! audio plus zero times the sum of a chain of dense 768 × 768 MatMuls, so its output is
 //! exactly the standard one's and only its time differs.
@@ -22,7 +25,7 @@ use knnblend::index::{rvc_nlist, FaissIvf, IvfIndex};
 use knnblend::live::{live, Controller, LiveConfig, LoadOutcome, Validator};
 use knnblend_rvc::models::{ContentVec, Synthesizer};
 use knnblend_rvc::pipeline::{Controls, Framing, RvcConverter, VoiceModels};
-use knnblend_rvc::stream::{stream, stream_manual, StreamConfig, StreamStats};
+use knnblend_rvc::stream::{stream, stream_manual, Converter, StreamConfig, StreamStats};
 
 use common::{model, runtime, Rng};
 
@@ -347,5 +350,148 @@ fn the_normal_stand_in_with_the_same_setup_keeps_up() {
     assert_eq!(
         differ, None,
         "{what}: the realtime output differs from the manual one"
+    );
+}
+
+/// The manually driven stream with a worker that takes `busy` host samples per converted
+/// block: after each callback it steps only when its last conversion is done (skips are
+/// instant, as in `ManualWorker::step`), exactly what the worker thread does with a
+/// converter that slow, but deterministic.
+fn simulated_slow_worker(index: &Path, x: &[f32], budget_blocks: usize, busy: usize) -> Sim {
+    let (_control, conv) = converter(index, FAST);
+    let converter_delay = conv.delay();
+    let mut config = StreamConfig::new(conv.host_block(), HOST as f32);
+    config.budget = budget_blocks * config.block;
+    let (mut audio, mut worker) = stream_manual(config, conv);
+    let telemetry = audio.telemetry().clone();
+    let n = x.len();
+    let (mut out, mut dry) = (vec![0f32; n], vec![0f32; n]);
+    let mut free_at = 0;
+    for (i, ((x, c), d)) in x
+        .chunks(HOST_BUFFER)
+        .zip(out.chunks_mut(HOST_BUFFER))
+        .zip(dry.chunks_mut(HOST_BUFFER))
+        .enumerate()
+    {
+        audio.process(x, c, d);
+        let now = (i + 1) * HOST_BUFFER;
+        while now >= free_at {
+            let converted = telemetry.snapshot().blocks;
+            if !worker.step() {
+                break;
+            }
+            if telemetry.snapshot().blocks > converted {
+                free_at = now + busy;
+            }
+        }
+    }
+    Sim {
+        out,
+        dry,
+        stats: telemetry.snapshot(),
+        latency: audio.latency(),
+        converter_delay,
+        fade: config.fade,
+        block: config.block,
+    }
+}
+
+/// What [`simulated_slow_worker`] gives.
+struct Sim {
+    out: Vec<f32>,
+    dry: Vec<f32>,
+    stats: StreamStats,
+    latency: usize,
+    converter_delay: usize,
+    fade: usize,
+    block: usize,
+}
+
+/// The longest stretch in which, wherever the dry signal is loud (|dry| > 0.1), the output is
+/// near silence (|out| < 0.02): a dropout. Samples where the dry signal is quiet neither
+/// count nor end a stretch.
+fn longest_dropout(out: &[f32], dry: &[f32]) -> usize {
+    let (mut longest, mut run) = (0, 0);
+    for (o, d) in out.iter().zip(dry) {
+        if d.abs() > 0.1 {
+            if o.abs() < 0.02 {
+                run += 1;
+                longest = longest.max(run);
+            } else {
+                run = 0;
+            }
+        }
+    }
+    longest
+}
+
+#[test]
+fn a_worker_that_skips_blocks_fades_to_dry_and_never_plays_silence() {
+    // A worker taking 3.5 blocks per block falls behind and skips blocks to catch up, at
+    // budgets of one block (`StreamConfig::new`) and more (the budget only has to exceed the
+    // host buffer plus the worker's time). Whatever the budget, a sample no converted block
+    // covers must be the dry signal (faded to, counted), never a gap.
+    let dir = tempfile::tempdir().unwrap();
+    let index = write_index(dir.path());
+    let n = 6 * HOST as usize / HOST_BUFFER * HOST_BUFFER;
+    let x = input(n);
+    // The converted signal when the worker keeps up, for its own largest step once settled.
+    let reference = simulated_slow_worker(&index, &x, 1, 0);
+    let r = reference.stats;
+    assert_eq!((r.underruns, r.skipped_blocks), (0, 0), "{r:?}");
+    let settled = HOST as usize;
+    // A cut is a step the size of the signal (the converted level is about 0.2–0.3). The
+    // bound allows the input's and the settled converted signal's own steps, a fade's
+    // (0.5 / 240 per sample), and the few hundredths the converted signal itself can jump
+    // by when the converter resumes after a skipped block (its window lost a block; measured
+    // 0.023 at a one-block budget).
+    let bound = max_step(&x) + max_step(&reference.out[settled..]) + 0.05;
+    let block = reference.block;
+    let mut failures = Vec::new();
+    for budget in [1usize, 2, 4] {
+        let sim = simulated_slow_worker(&index, &x, budget, 7 * block / 2);
+        let s = sim.stats;
+        let what = format!("budget {budget} block(s)");
+        assert!(s.skipped_blocks > 0 && s.blocks > 2, "{what}: {s:?}");
+        assert!(sim.out.iter().all(|v| v.is_finite()), "{what}");
+        // Samples played after the lead-in (the first converted sample is due at latency −
+        // converter delay) that no converted block can have covered: they must all have been
+        // counted dry.
+        let played = (n - (sim.latency - sim.converter_delay)) as u64;
+        let uncovered = played.saturating_sub(s.blocks * block as u64);
+        let start = sim.latency;
+        let dropout = longest_dropout(&sim.out[start..], &sim.dry[start..]);
+        let step = max_step(&sim.out[settled..]);
+        eprintln!(
+            "{what}: {s:?}; longest dropout {dropout} samples, largest step {step} (bound \
+             {bound}), samples no converted block covers at least {uncovered}"
+        );
+        if s.dry_samples < uncovered {
+            failures.push(format!(
+                "{what}: {} blocks converted, {} skipped, but only {} samples counted dry of \
+                 the at least {uncovered} that no converted block covers ({} underruns counted)",
+                s.blocks, s.skipped_blocks, s.dry_samples, s.underruns
+            ));
+        }
+        if dropout > sim.fade {
+            failures.push(format!(
+                "{what}: the output is silent for {dropout} samples ({:.0} ms) where the dry \
+                 signal plays",
+                dropout as f64 * 1e3 / HOST as f64
+            ));
+        }
+        if step > bound {
+            failures.push(format!(
+                "{what}: a step of {step} in the output (a cut; the input's and the converted \
+                 signal's own steps allow {bound})"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "SKIPPED BLOCKS ARE PLAYED AS SILENCE (ManualWorker::step pushes a skipped block's \
+         output as 0.0, which reaches the audio side on time whenever the budget exceeds about \
+         one block, and plays as converted audio instead of the dry signal):\n{}",
+        failures.join("\n")
     );
 }
