@@ -269,6 +269,18 @@ impl RvcConverter {
         let to_16k = BlockResampler::new(framing.host_rate, 16_000, host_block)?;
         let to_host = BlockResampler::new(info.sample_rate, framing.host_rate, bf.block)?;
         let lag = lag(framing.host_rate, &bf, &to_16k, &to_host);
+        // The live runtime advances an index crossfade by one frame period per blended frame;
+        // a block blends `contentvec_frames − blend_from` frames (they overlap the previous
+        // block's), so a frame period of block / that count makes the crossfade take the time
+        // it is set to.
+        let mut retrieval = retrieval;
+        let blended = bf
+            .contentvec_frames()
+            .saturating_sub(bf.blend_from())
+            .max(1);
+        retrieval.set_frame_period_seconds(
+            (bf.block as f64 / bf.sample_rate as f64 / blended as f64) as f32,
+        );
         Ok(RvcConverter {
             retrieval,
             controls,

@@ -493,7 +493,10 @@ impl<C: Converter> ManualWorker<C> {
             if let Ok(chunk) = self.input.read_chunk(self.block) {
                 chunk.commit_all();
             }
-            self.block_out.fill(0.0);
+            // No conversion for it: NaN, which the audio side plays as the crossfaded dry
+            // signal and counts (with a budget over a block it would otherwise arrive on time
+            // and play as silence).
+            self.block_out.fill(f32::NAN);
             self.push_block();
             self.telemetry.skipped_blocks.fetch_add(1, Relaxed);
             return true;
