@@ -31,6 +31,9 @@ pub struct KnnBlend {
     audio: Option<AudioHandle>,
     /// Latency last reported to the host.
     reported_latency: u32,
+    /// 0 = processing, 1 = bypassed; glides over `BYPASS_MS`.
+    bypass: Smoother<f32>,
+    sample_rate: f32,
 }
 
 impl Default for KnnBlend {
@@ -41,6 +44,8 @@ impl Default for KnnBlend {
             meter: Arc::new(ProcessMeter::default()),
             audio: None,
             reported_latency: 0,
+            bypass: Smoother::new(SmoothingStyle::Linear(params::BYPASS_MS)),
+            sample_rate: 48_000.0,
         }
     }
 }
@@ -49,6 +54,11 @@ impl KnnBlend {
     /// The parameters (shared with the editor and, in tests, with the harness).
     pub fn params_handle(&self) -> Arc<KnnBlendParams> {
         self.params.clone()
+    }
+
+    /// The CPU meter (the editor turns it on while open; tests do too).
+    pub fn meter_handle(&self) -> Arc<ProcessMeter> {
+        self.meter.clone()
     }
 
     /// Latency of the path serving the active slot, in samples (what is reported to the host).
@@ -178,6 +188,9 @@ impl Plugin for KnnBlend {
             }
         }
         self.audio = Some(audio);
+        self.sample_rate = sample_rate;
+        self.bypass
+            .reset(if self.params.bypass.value() { 1.0 } else { 0.0 });
         self.meter.set_sample_rate(sample_rate);
         self.reported_latency = self.latency_samples();
         context.set_latency_samples(self.reported_latency);
@@ -202,7 +215,13 @@ impl Plugin for KnnBlend {
             return ProcessStatus::Normal;
         }
         let timer = self.meter.start();
-        let settings = self.block_settings(samples);
+        let mut settings = self.block_settings(samples);
+        // Bypass: the dry side of the mix (the latency-compensated input) at unity gain.
+        let bypassed = if self.params.bypass.value() { 1.0 } else { 0.0 };
+        self.bypass.set_target(self.sample_rate, bypassed);
+        let b = self.bypass.next_step(samples as u32);
+        settings.dry_wet *= 1.0 - b;
+        settings.output_gain += (1.0 - settings.output_gain) * b;
         let latency = match &mut self.audio {
             Some(audio) => {
                 audio.process(buffer.as_slice(), &settings);

@@ -1,17 +1,37 @@
 //! CPU share of `process()`: time spent in the callback over the duration of the audio it
-//! produced. Measured only while the editor is open, with relaxed atomics (no locks).
+//! produced. Measured only while the editor is open, with relaxed atomics (no locks), timed with
+//! the library's tick counter (`knnblend::live::clock`: a register read, never a system call,
+//! whatever clock source the kernel has); ticks become nanoseconds on the editor's side.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+
+use knnblend::live::clock::{ticks, Calibration};
 
 /// Counters written by the audio thread and read by the editor.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProcessMeter {
     enabled: AtomicBool,
     sample_rate_bits: AtomicU32,
-    busy_ns: AtomicU64,
+    busy_ticks: AtomicU64,
     samples: AtomicU64,
+    calibration: Calibration,
 }
+
+impl Default for ProcessMeter {
+    fn default() -> Self {
+        ProcessMeter {
+            enabled: AtomicBool::new(false),
+            sample_rate_bits: AtomicU32::new(0),
+            busy_ticks: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            calibration: Calibration::start(),
+        }
+    }
+}
+
+/// A started measurement: the tick count at the start of a block.
+#[derive(Debug, Clone, Copy)]
+pub struct Started(u64);
 
 /// A reading of the counters; the difference of two readings gives the CPU share in between.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -50,26 +70,30 @@ impl ProcessMeter {
             .store(sample_rate.to_bits(), Ordering::Relaxed);
     }
 
-    /// Starts timing a block if measuring is on.
+    /// Starts timing a block if measuring is on (audio thread: a register read).
     #[inline]
-    pub fn start(&self) -> Option<Instant> {
-        self.enabled.load(Ordering::Relaxed).then(Instant::now)
+    pub fn start(&self) -> Option<Started> {
+        self.enabled
+            .load(Ordering::Relaxed)
+            .then(|| Started(ticks()))
     }
 
-    /// Ends timing a block of `samples` samples.
+    /// Ends timing a block of `samples` samples (audio thread: a register read, two relaxed
+    /// adds).
     #[inline]
-    pub fn stop(&self, started: Option<Instant>, samples: usize) {
-        if let Some(started) = started {
-            let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-            self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+    pub fn stop(&self, started: Option<Started>, samples: usize) {
+        if let Some(Started(at)) = started {
+            let spent = ticks().wrapping_sub(at);
+            self.busy_ticks.fetch_add(spent, Ordering::Relaxed);
             self.samples.fetch_add(samples as u64, Ordering::Relaxed);
         }
     }
 
-    /// Current counters.
+    /// Current counters (editor side: converts ticks to nanoseconds).
     pub fn read(&self) -> MeterReading {
+        let ns_per_tick = self.calibration.ns_per_tick();
         MeterReading {
-            busy_ns: self.busy_ns.load(Ordering::Relaxed),
+            busy_ns: Calibration::to_ns(self.busy_ticks.load(Ordering::Relaxed), ns_per_tick),
             samples: self.samples.load(Ordering::Relaxed),
             sample_rate: f32::from_bits(self.sample_rate_bits.load(Ordering::Relaxed)),
         }
@@ -105,7 +129,15 @@ mod tests {
         assert_eq!(meter.read().samples, 0);
         meter.set_enabled(true);
         let t = meter.start();
+        std::thread::sleep(std::time::Duration::from_millis(10));
         meter.stop(t, 64);
-        assert_eq!(meter.read().samples, 64);
+        let reading = meter.read();
+        assert_eq!(reading.samples, 64);
+        // 10 ms of sleeping inside the measured span, in calibrated nanoseconds.
+        assert!(
+            (9_000_000..2_000_000_000).contains(&reading.busy_ns),
+            "{} ns",
+            reading.busy_ns
+        );
     }
 }

@@ -79,7 +79,14 @@ pub struct KnnBlendParams {
     /// RVC: crossfade between conversion blocks, ms.
     #[id = "sola"]
     pub sola_ms: FloatParam,
+    /// The host's bypass: crossfades (over [`BYPASS_MS`]) to the latency-compensated input at
+    /// unity gain, so a bypassed track stays aligned with the others.
+    #[id = "bypass"]
+    pub bypass: BoolParam,
 }
+
+/// The bypass crossfade, ms.
+pub const BYPASS_MS: f32 = 20.0;
 
 impl Default for KnnBlendParams {
     fn default() -> Self {
@@ -185,6 +192,7 @@ impl KnnBlendParams {
             block_ms: ms_param("Block", BLOCK_MS),
             extra_ms: ms_param("Extra Context", EXTRA_MS),
             sola_ms: ms_param("Block Crossfade", SOLA_MS),
+            bypass: BoolParam::new("Bypass", false).make_bypass(),
         }
     }
 }

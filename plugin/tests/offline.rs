@@ -164,6 +164,55 @@ fn nulls_at_blend_zero_and_dry_wet_zero() {
     }
 }
 
+#[test]
+fn bypass_is_the_latency_compensated_input_at_unity_gain() {
+    let dir = tempfile::tempdir().unwrap();
+    let voice = make_voice(dir.path(), "voice.kbi", true);
+    let sample_rate = 48_000.0;
+    let mut host = OfflineHost::new(sample_rate, 2);
+    host.params.slots.set_path(0, &voice).unwrap();
+    wait_for_loads(&host.params.slots);
+    // The CPU meter on (as with the editor open): its timing is inside the guarded region too.
+    host.plugin.meter_handle().set_enabled(true);
+    let input = test_signal(sample_rate, 1.5, 2);
+    let latency = host.latency as usize;
+    let settle = latency + (0.2 * sample_rate) as usize;
+    let range = settle..input[0].len() - latency;
+    let sr = host.sample_rate;
+    host.handles.set_plain("blend", 1.0, sr, true);
+    host.handles.set_plain("mix", 1.0, sr, true);
+    host.handles.set_plain("gain", 6.0, sr, true);
+
+    // Negative control: not bypassed, the voice converts (and the gain applies).
+    host.handles.set_plain("bypass", 0.0, sr, true);
+    let mut converted = input.clone();
+    host.render(&mut converted, ODD_BLOCKS, |_, _, _, _| {});
+    let db = residual_dbfs(&input[0], &converted[0], latency, range.clone());
+    assert!(
+        db > -60.0,
+        "not bypassed, the signal was unchanged ({db:.1} dBFS)"
+    );
+
+    // Bypassed: after the 20 ms crossfade, the input delayed by the reported latency, at unity
+    // gain whatever Blend, Dry/Wet and Output gain say.
+    host.handles.set_plain("bypass", 1.0, sr, true);
+    let mut bypassed = input.clone();
+    host.render(&mut bypassed, ODD_BLOCKS, |_, _, _, _| {});
+    for (c, (i, o)) in input.iter().zip(&bypassed).enumerate() {
+        let db = residual_dbfs(i, o, latency, range.clone());
+        assert!(db <= -100.0, "bypassed, channel {c}: residual {db:.1} dBFS");
+    }
+    assert!(
+        host.plugin.meter_handle().read().samples > 0,
+        "the meter measured nothing"
+    );
+    // Back from bypass (gliding over the 20 ms), the output stays finite.
+    host.handles.set_plain("bypass", 0.0, sr, false);
+    let mut back = input.clone();
+    host.render(&mut back, &[64], |_, _, _, _| {});
+    assert!(back[0].iter().all(|v| v.is_finite()));
+}
+
 /// Hostile input followed by a clean voice signal, and the same clean signal after silence.
 fn hostile_then_clean(sample_rate: f32) -> (Vec<f32>, Vec<f32>, usize) {
     let seg = (0.25 * sample_rate) as usize;

@@ -6,6 +6,9 @@
 //! kernel uses (`clock_gettime` is only syscall-free while the vDSO can serve it). Elsewhere
 //! `std::time::Instant` is used. The tick rate is calibrated against `Instant` on the control
 //! side ([`Calibration`]), so the audio side only stores raw tick counts.
+//!
+//! Public so programs built on the library (the plugin's CPU meter) time their own audio-thread
+//! work the same way: [`ticks`] on the audio thread, [`Calibration`] on the control side.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -14,7 +17,7 @@ static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// Reads the tick counter. Allocation-, lock- and syscall-free on x86-64 and AArch64.
 #[inline]
-pub(crate) fn ticks() -> u64 {
+pub fn ticks() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: rdtsc has no preconditions on x86-64.
@@ -41,7 +44,7 @@ pub(crate) fn ticks() -> u64 {
 
 /// Converts tick counts to nanoseconds by comparing the counter with `Instant` since creation.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Calibration {
+pub struct Calibration {
     start_ticks: u64,
     start: Instant,
 }
@@ -51,7 +54,7 @@ const MIN_SPAN: Duration = Duration::from_millis(5);
 
 impl Calibration {
     /// Starts calibrating now (control side).
-    pub(crate) fn start() -> Calibration {
+    pub fn start() -> Calibration {
         EPOCH.get_or_init(Instant::now);
         let start = Instant::now();
         Calibration {
@@ -62,7 +65,7 @@ impl Calibration {
 
     /// Nanoseconds per tick, estimated over the time since [`start`](Self::start) (waits until
     /// at least 5 ms have passed the first time it is asked, so the estimate is meaningful).
-    pub(crate) fn ns_per_tick(&self) -> f64 {
+    pub fn ns_per_tick(&self) -> f64 {
         let mut elapsed = self.start.elapsed();
         if elapsed < MIN_SPAN {
             std::thread::sleep(MIN_SPAN - elapsed);
@@ -76,7 +79,7 @@ impl Calibration {
     }
 
     /// Converts a tick count to nanoseconds with the given rate.
-    pub(crate) fn to_ns(ticks: u64, ns_per_tick: f64) -> u64 {
+    pub fn to_ns(ticks: u64, ns_per_tick: f64) -> u64 {
         (ticks as f64 * ns_per_tick).round() as u64
     }
 }

@@ -95,7 +95,7 @@
 //! them, while a plugin may be serving them.
 
 mod audio;
-mod clock;
+pub mod clock;
 mod config;
 mod control;
 mod entry;
