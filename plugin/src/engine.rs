@@ -203,6 +203,8 @@ pub struct AudioHandle {
     channels: usize,
     rvc: Option<host::VoiceAudio>,
     kinds: Arc<SlotKinds>,
+    /// Which path served the last block (true: the RVC host).
+    served_rvc: bool,
 }
 
 impl AudioHandle {
@@ -239,11 +241,18 @@ impl AudioHandle {
     /// Processes `channels` in place. Allocation-free, lock-free.
     #[inline]
     pub fn process(&mut self, channels: &mut [&mut [f32]], settings: &BlockSettings) {
-        if let Some(rvc) = &mut self.rvc {
-            if self.kinds.is_rvc(settings.active_slot) {
-                rvc.process(channels, &settings.rvc());
-                return;
+        let rvc_slot = self.rvc.is_some() && self.kinds.is_rvc(settings.active_slot);
+        if rvc_slot != self.served_rvc {
+            // The other path sat idle: nothing from before the gap may play.
+            self.served_rvc = rvc_slot;
+            match &mut self.rvc {
+                Some(rvc) if rvc_slot => rvc.restart(),
+                _ => self.voice.reset(),
             }
+        }
+        if let Some(rvc) = self.rvc.as_mut().filter(|_| rvc_slot) {
+            rvc.process(channels, &settings.rvc());
+            return;
         }
         let params = voice::BlockParams {
             active_slot: settings.active_slot,
@@ -303,6 +312,7 @@ fn build_audio(
         channels,
         rvc: None,
         kinds,
+        served_rvc: false,
     }
 }
 

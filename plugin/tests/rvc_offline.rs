@@ -245,6 +245,23 @@ fn rvc_slot_converts_at_three_rates_without_allocating_or_faulting() {
             index_latency, expected,
             "{rate} Hz: switching kinds re-reports latency"
         );
+
+        // And back: the RVC stream restarts (nothing from before the gap plays) and converts
+        // again at its latency.
+        host.handles.set_plain("voice", 1.0, rate, true);
+        let signal = test_signal(rate, 1.5, channels);
+        let out = render_paced(&mut host, &signal, 512);
+        assert_eq!(host.plugin.latency_samples(), expected);
+        let tail = out[0].len() - (rate * 0.4) as usize;
+        let residual: Vec<f32> = (tail..out[0].len())
+            .map(|i| out[0][i] - dry_at(&signal, expected as usize, i))
+            .collect();
+        let rel = db(rms(&residual) / rms(&signal[0][tail..]));
+        assert!(
+            rel > -10.0,
+            "{rate} Hz: not converting after switching back ({rel:.1} dB)"
+        );
+        assert!(out.iter().flatten().all(|v| v.is_finite()));
     }
 }
 

@@ -458,6 +458,16 @@ impl VoiceAudio {
         self.current.is_some()
     }
 
+    /// Call before processing again after a gap (the host served another path meanwhile):
+    /// the serving stream (and one arriving) restart, so nothing from before the gap plays.
+    /// Realtime-safe (see [`StreamAudio::restart`]).
+    pub fn restart(&mut self) {
+        self.line.fill(0.0);
+        for voice in [&mut self.current, &mut self.next].into_iter().flatten() {
+            voice.stream.restart();
+        }
+    }
+
     /// Processes `channels` in place with `params`. Realtime-safe (see the module docs).
     pub fn process(&mut self, channels: &mut [&mut [f32]], params: &BlockParams) {
         self.publish(params);

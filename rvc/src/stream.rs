@@ -324,11 +324,27 @@ impl StreamAudio {
                 .input_overflows
                 .fetch_add(rest.len() as u64, Relaxed);
             self.telemetry.restarts.fetch_add(1, Relaxed);
-            self.epoch += 1;
-            self.restarting = true;
-            self.mode = Mode::Dry;
-            self.sync.requested.store(self.epoch, Release);
+            self.request_restart();
         }
+    }
+
+    /// Starts the stream afresh after a gap in its input (the host stopped calling it, e.g.
+    /// while another path served): the worker drops what it has and forgets its context, the
+    /// converted samples still in flight and the dry delay line (both from before the gap) are
+    /// dropped, and the output is silence, then the dry signal, then converted again once the
+    /// worker confirms and a new lead-in has passed. Realtime-safe: bounded work (clears the
+    /// delay line), no allocation, no system call.
+    pub fn restart(&mut self) {
+        self.delay_line.fill(0.0);
+        self.gain = 0.0;
+        self.request_restart();
+    }
+
+    fn request_restart(&mut self) {
+        self.epoch += 1;
+        self.restarting = true;
+        self.mode = Mode::Dry;
+        self.sync.requested.store(self.epoch, Release);
     }
 
     /// Pops converted samples that arrived after their time.
