@@ -316,7 +316,8 @@ pub fn describe(info: &VoiceInfo) -> String {
         if info.mlocked {
             " · locked in RAM"
         } else {
-            ""
+            " · NOT locked in RAM: it may be paged out and stall the audio (raise the memlock \
+             limit, `ulimit -l`)"
         },
     )
 }
@@ -882,6 +883,11 @@ mod tests {
             }),
         );
         assert_eq!(r.progress, Some(0.25));
+        let unlocked = VoiceInfo {
+            mlocked: false,
+            ..info.clone()
+        };
+        assert!(describe(&unlocked).contains("NOT locked in RAM"));
         let r = row(None, Some("restored badly".into()), None);
         assert_eq!(r.title, "empty");
         assert_eq!(r.error.as_deref(), Some("restored badly"));
