@@ -110,6 +110,8 @@ pub struct PanelState {
     meter: MeterHistory,
     cached: Option<(Instant, Snapshot)>,
     expected: Option<String>,
+    /// The audio thread's page-fault count over the last second.
+    faults: std::collections::VecDeque<(Instant, u64)>,
 }
 
 impl PanelState {
@@ -417,6 +419,16 @@ fn panel_contents(
         };
         state.meter.push(now, snapshot.telemetry, snapshot.reading);
         state.cached = Some((now, snapshot));
+        if let Some(faults) = meter.audio_thread_page_faults() {
+            state.faults.push_back((now, faults));
+            while state
+                .faults
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > METER_WINDOW)
+            {
+                state.faults.pop_front();
+            }
+        }
     }
     let Some((_, snapshot)) = state.cached.clone() else {
         return;
@@ -548,6 +560,16 @@ fn panel_contents(
     ));
     if !snapshot.running {
         ui.label("Not processing yet: slots load once the host starts the plugin.");
+    }
+    if let Some(faults) = recent_faults(&state.faults) {
+        ui.label(
+            egui::RichText::new(format!(
+            "The audio thread took {faults} page fault{} in the last second: memory it touches \
+             was not resident (swapped out, or an index not locked in RAM); expect dropouts.",
+            if faults == 1 { "" } else { "s" }
+        ))
+            .color(ERROR),
+        );
     }
     ui.separator();
 
@@ -754,6 +776,14 @@ impl Pick {
     }
 }
 
+/// Page faults of the audio thread between the oldest and newest reading of the window, when
+/// there were any.
+fn recent_faults(history: &std::collections::VecDeque<(Instant, u64)>) -> Option<u64> {
+    let (first, last) = (history.front()?, history.back()?);
+    let faults = last.1.saturating_sub(first.1);
+    (faults > 0).then_some(faults)
+}
+
 /// Runs the native file dialog on its own thread; the chosen file goes to the slot store, which
 /// hands it to the library's loader.
 fn open_dialog(pick: Pick, store: Arc<SlotStore>, busy: Arc<AtomicBool>) {
@@ -891,6 +921,18 @@ mod tests {
         let r = row(None, Some("restored badly".into()), None);
         assert_eq!(r.title, "empty");
         assert_eq!(r.error.as_deref(), Some("restored badly"));
+    }
+
+    #[test]
+    fn audio_thread_faults_warn_only_when_they_grow() {
+        let t0 = Instant::now();
+        let mut history = std::collections::VecDeque::new();
+        assert_eq!(recent_faults(&history), None);
+        history.push_back((t0, 10));
+        history.push_back((t0 + Duration::from_millis(500), 10));
+        assert_eq!(recent_faults(&history), None);
+        history.push_back((t0 + Duration::from_millis(900), 13));
+        assert_eq!(recent_faults(&history), Some(3));
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct ProcessMeter {
     busy_ticks: AtomicU64,
     samples: AtomicU64,
     calibration: Calibration,
+    /// The kernel id of the thread that ran the last `process()` (0: unknown).
+    audio_thread: AtomicU64,
 }
 
 impl Default for ProcessMeter {
@@ -25,6 +27,7 @@ impl Default for ProcessMeter {
             busy_ticks: AtomicU64::new(0),
             samples: AtomicU64::new(0),
             calibration: Calibration::start(),
+            audio_thread: AtomicU64::new(0),
         }
     }
 }
@@ -71,8 +74,13 @@ impl ProcessMeter {
     }
 
     /// Starts timing a block if measuring is on (audio thread: a register read).
+    /// Also records which thread is the audio thread (a register read, see
+    /// `knnblend::platform::current_thread_id`), so the editor can read its page faults.
     #[inline]
     pub fn start(&self) -> Option<Started> {
+        if let Some(id) = knnblend::platform::current_thread_id() {
+            self.audio_thread.store(id, Ordering::Relaxed);
+        }
         self.enabled
             .load(Ordering::Relaxed)
             .then(|| Started(ticks()))
@@ -86,6 +94,15 @@ impl ProcessMeter {
             let spent = ticks().wrapping_sub(at);
             self.busy_ticks.fetch_add(spent, Ordering::Relaxed);
             self.samples.fetch_add(samples as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Page faults so far of the thread that ran the last `process()` (editor side: reads
+    /// `/proc`), or `None` where the OS does not tell.
+    pub fn audio_thread_page_faults(&self) -> Option<u64> {
+        match self.audio_thread.load(Ordering::Relaxed) {
+            0 => None,
+            id => knnblend::platform::thread_page_faults_of(id),
         }
     }
 
@@ -133,6 +150,10 @@ mod tests {
         meter.stop(t, 64);
         let reading = meter.read();
         assert_eq!(reading.samples, 64);
+        // The "audio thread" (this one) is recorded and its faults are readable.
+        if cfg!(target_os = "linux") {
+            assert!(meter.audio_thread_page_faults().is_some());
+        }
         // 10 ms of sleeping inside the measured span, in calibrated nanoseconds.
         assert!(
             (9_000_000..2_000_000_000).contains(&reading.busy_ns),

@@ -152,6 +152,21 @@ pub(super) fn thread_usage() -> Option<super::ThreadUsage> {
     })
 }
 
+#[inline]
+pub(super) fn current_thread_id() -> Option<u64> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: pthread_self is always valid for the calling thread; the clock id is written into
+    // a local. glibc and musl compute it from the descriptor's tid, without a system call.
+    let ok = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0;
+    // A thread CPU clock: (!tid << 3) | CPUCLOCK_PERTHREAD (4) | CPUCLOCK_SCHED (2).
+    (ok && clock & 7 == 6).then(|| (!(clock >> 3)) as u32 as u64)
+}
+
+pub(super) fn thread_page_faults_of(thread_id: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{thread_id}/stat")).ok()?;
+    super::faults_from_stat(&stat)
+}
+
 pub(super) fn process_page_faults() -> Option<u64> {
     rusage(libc::RUSAGE_SELF).map(|u| (u.ru_minflt + u.ru_majflt) as u64)
 }

@@ -227,6 +227,31 @@ pub fn thread_page_faults() -> Option<u64> {
     thread_usage().map(|u| u.page_faults)
 }
 
+/// The calling thread's kernel thread id, read without a system call, or `None` where that is
+/// not possible. Safe on the audio thread: an audio side records it per block, and the control
+/// side reads that thread's counters with [`thread_page_faults_of`].
+///
+/// - linux: `pthread_getcpuclockid(pthread_self())`, which glibc and musl answer from the thread
+///   descriptor (`tid`) without entering the kernel; the thread CPU clock id encodes the tid as
+///   `(!tid << 3) | 6` (the kernel's `CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED`), decoded here.
+/// - posix: `pthread_threadid_np` on macOS (reads the thread's own descriptor), else `None`.
+/// - windows: `GetCurrentThreadId` (reads the thread environment block).
+/// - portable: `None`.
+#[inline]
+pub fn current_thread_id() -> Option<u64> {
+    imp::current_thread_id()
+}
+
+/// Page faults (minor and major) so far of the thread [`current_thread_id`] named, read from
+/// another thread, or `None` where the OS does not tell (or the thread is gone). Control side
+/// only (it reads a file).
+///
+/// - linux: fields 10 and 12 (`minflt`, `majflt`) of `/proc/self/task/<tid>/stat`.
+/// - posix, windows, portable: `None` (no per-thread fault counts readable from outside).
+pub fn thread_page_faults_of(thread_id: u64) -> Option<u64> {
+    imp::thread_page_faults_of(thread_id)
+}
+
 /// The whole process's page faults so far, or `None` where they are not counted.
 ///
 /// - linux, posix: `getrusage(RUSAGE_SELF)`: `ru_minflt + ru_majflt`.
@@ -324,6 +349,18 @@ fn folder_of_module(reported: Option<PathBuf>) -> Option<PathBuf> {
 /// The start and byte length of a slice.
 fn raw<T>(data: &[T]) -> (*const u8, usize) {
     (data.as_ptr().cast(), std::mem::size_of_val(data))
+}
+
+/// `minflt + majflt` from a `/proc/.../stat` line (fields 10 and 12, counted after the
+/// parenthesised command name, which may itself hold spaces and parentheses).
+#[allow(dead_code)]
+fn faults_from_stat(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": field 3 (state) is fields[0], so field n is fields[n - 3].
+    let minflt: u64 = fields.get(10 - 3)?.parse().ok()?;
+    let majflt: u64 = fields.get(12 - 3)?.parse().ok()?;
+    Some(minflt + majflt)
 }
 
 #[cfg(test)]

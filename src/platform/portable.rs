@@ -75,6 +75,14 @@ pub(super) fn thread_usage() -> Option<super::ThreadUsage> {
     None
 }
 
+pub(super) fn current_thread_id() -> Option<u64> {
+    None
+}
+
+pub(super) fn thread_page_faults_of(_thread_id: u64) -> Option<u64> {
+    None
+}
+
 pub(super) fn process_page_faults() -> Option<u64> {
     None
 }

@@ -74,6 +74,25 @@ pub(super) fn thread_usage() -> Option<super::ThreadUsage> {
     None
 }
 
+#[inline]
+pub(super) fn current_thread_id() -> Option<u64> {
+    #[cfg(target_os = "macos")]
+    {
+        let mut id: u64 = 0;
+        // SAFETY: asks for the calling thread's id (pthread_self is valid), written to a local.
+        let ok = unsafe { libc::pthread_threadid_np(libc::pthread_self(), &mut id) } == 0;
+        ok.then_some(id)
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        None
+    }
+}
+
+pub(super) fn thread_page_faults_of(_thread_id: u64) -> Option<u64> {
+    None
+}
+
 pub(super) fn process_page_faults() -> Option<u64> {
     // SAFETY: getrusage writes into the zeroed struct we pass.
     unsafe {

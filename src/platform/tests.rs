@@ -492,3 +492,70 @@ fn dladdr_names_the_shared_library_holding_an_address() {
     let own = imp::loaded_file(executable_folder as *const libc::c_void).expect("dladdr");
     assert_eq!(folder_of_module(Some(own)), Some(executable_folder()));
 }
+
+#[test]
+fn a_threads_page_faults_are_readable_from_another_thread() {
+    let id = current_thread_id();
+    if NAME != "linux" {
+        // posix (on Linux: not macOS) and portable have no such id; nor counts from outside.
+        assert_eq!(id, None, "{NAME}");
+        assert_eq!(thread_page_faults_of(1), None, "{NAME}");
+        return;
+    }
+    // The id is the kernel's tid.
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as u64;
+    assert_eq!(id, Some(tid));
+
+    // A thread faults in fresh pages; the main thread reads its count from /proc and compares
+    // with what the thread itself counted (getrusage of the thread).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let id = current_thread_id().unwrap();
+        let before = thread_page_faults().unwrap();
+        tx.send((id, before)).unwrap();
+        go_rx.recv().unwrap();
+        let pages = 256;
+        let mut buffer = vec![0u8; pages * 4096];
+        for page in 0..pages {
+            // SAFETY: in bounds; volatile so the writes (and the faults) happen.
+            unsafe { std::ptr::write_volatile(buffer.as_mut_ptr().add(page * 4096), 1) };
+        }
+        let after = thread_page_faults().unwrap();
+        tx.send((id, after)).unwrap();
+        go_rx.recv().unwrap();
+        std::hint::black_box(buffer);
+    });
+    let (id, own_before) = rx.recv().unwrap();
+    let seen_before = thread_page_faults_of(id).expect("readable from /proc");
+    go_tx.send(()).unwrap();
+    let (_, own_after) = rx.recv().unwrap();
+    let seen_after = thread_page_faults_of(id).expect("readable from /proc");
+    go_tx.send(()).unwrap();
+    worker.join().unwrap();
+    assert!(
+        own_after - own_before >= 200,
+        "touching 256 fresh pages faulted {} times",
+        own_after - own_before
+    );
+    // The outside view sees the same faults (it may also see the few the thread took between
+    // its own reading and ours).
+    let seen = seen_after - seen_before;
+    let own = own_after - own_before;
+    assert!(
+        seen >= own && seen <= own + 16,
+        "outside {seen} vs the thread's own {own}"
+    );
+    // A thread that is gone reads as None.
+    assert_eq!(thread_page_faults_of(id), None);
+    assert_eq!(thread_page_faults_of(u32::MAX as u64), None);
+}
+
+#[test]
+fn stat_lines_parse_with_odd_command_names() {
+    let line = "1234 (a (weird) name) S 1 2 3 4 5 6 70 8 90 10 11 12 13";
+    // Fields 10 and 12: minflt = 70, majflt = 90.
+    assert_eq!(faults_from_stat(line), Some(160));
+    assert_eq!(faults_from_stat("garbage"), None);
+}

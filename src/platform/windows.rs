@@ -101,6 +101,16 @@ pub(super) fn thread_usage() -> Option<super::ThreadUsage> {
     None
 }
 
+#[inline]
+pub(super) fn current_thread_id() -> Option<u64> {
+    // SAFETY: no preconditions; reads the calling thread's environment block.
+    Some(unsafe { windows_sys::Win32::System::Threading::GetCurrentThreadId() } as u64)
+}
+
+pub(super) fn thread_page_faults_of(_thread_id: u64) -> Option<u64> {
+    None
+}
+
 pub(super) fn process_page_faults() -> Option<u64> {
     let cb = std::mem::size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
     let mut counters = PROCESS_MEMORY_COUNTERS {
