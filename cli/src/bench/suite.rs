@@ -1135,6 +1135,11 @@ pub fn run(opts: &BenchOptions, log: &mut dyn FnMut(&str)) -> Result<Report, For
 }
 
 /// The report as text tables.
+/// Which faiss the ratios are against, printed with every report.
+pub const FAISS_PEER: &str = "faiss 1.12 (the `faiss` crate 0.13, static build by faiss-sys) \
+     compiled for baseline x86-64: SSE2, no AVX2/AVX-512 dispatch, one thread. PyPI's faiss-cpu \
+     dispatches AVX2/AVX-512 and is faster: these ratios overstate the lead over it.";
+
 pub fn format_text(r: &Report) -> String {
     use std::fmt::Write;
     let mut s = String::new();
@@ -1144,6 +1149,7 @@ pub fn format_text(r: &Report) -> String {
         "machine: {} ({} CPUs), kernels {}, peak {:.1} GFMA/s per core, load average {:.2} at start\ntiming thread: {}",
         m.cpu, m.cpus, m.kernels, m.peak_gfma, m.load_average, m.scheduling
     );
+    let _ = writeln!(s, "peer: {FAISS_PEER}");
     let bws: Vec<String> = m
         .bandwidth
         .iter()
