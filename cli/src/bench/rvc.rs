@@ -6,8 +6,9 @@
 //! Without `--rvc-models` the models are the test stand-ins (`rvc/tests/fixtures/
 //! make_models.py`): real signatures, trivial weights. Their ContentVec and synthesizer cost
 //! next to nothing, so the figures measure everything around the models (resampling,
-//! retrieval, f0, SOLA, the stream) and not a real voice's model time. Random-weight models of
-//! the real architectures' sizes are not generated here.
+//! retrieval, f0, SOLA, the stream) and not a real voice's model time. For that, random-weight
+//! models of the real architectures' sizes (ContentVec, a 40 kHz v2 synthesizer, RMVPE) come
+//! from `rvc/tests/fixtures/make_sized_models.py DIR`; pass DIR as `--rvc-models`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -496,7 +497,8 @@ pub fn run(opts: &RvcOptions, log: &mut dyn FnMut(&str)) -> crate::Result<RvcRes
         models: if stand_in { "stand-in" } else { "user" },
         models_note: if stand_in {
             "stand-in models only (real signatures, trivial weights: ContentVec and the \
-             synthesizer cost next to nothing); real-size random models not generated"
+             synthesizer cost next to nothing); for real-size random-weight models run \
+             rvc/tests/fixtures/make_sized_models.py DIR and pass --rvc-models DIR"
                 .into()
         } else {
             format!("models from {}", dir.display())
