@@ -52,6 +52,8 @@ pub struct BlockSettings {
     pub extra_seconds: f32,
     /// RVC: block crossfade (SOLA), seconds.
     pub sola_seconds: f32,
+    /// The host renders offline (a bounce): the RVC path waits for its worker.
+    pub offline: bool,
 }
 
 impl BlockSettings {
@@ -68,6 +70,7 @@ impl BlockSettings {
             sola_seconds: self.sola_seconds,
             dry_wet: self.dry_wet,
             output_gain: self.output_gain,
+            offline: self.offline,
         }
     }
 }
@@ -268,6 +271,10 @@ impl AudioHandle {
     /// Clears all running state (history, fades); realtime-safe.
     pub fn reset(&mut self) {
         self.voice.reset();
+        // The RVC path too: nothing from before the reset may play.
+        if let Some(rvc) = &mut self.rvc {
+            rvc.restart();
+        }
     }
 
     /// A handle for another sample rate or channel count on the same runtime: loaded voices and

@@ -34,6 +34,8 @@ pub struct KnnBlend {
     /// 0 = processing, 1 = bypassed; glides over `BYPASS_MS`.
     bypass: Smoother<f32>,
     sample_rate: f32,
+    /// The host renders offline (`ProcessMode::Offline`): the RVC path may wait for its worker.
+    offline: bool,
 }
 
 impl Default for KnnBlend {
@@ -46,6 +48,7 @@ impl Default for KnnBlend {
             reported_latency: 0,
             bypass: Smoother::new(SmoothingStyle::Linear(params::BYPASS_MS)),
             sample_rate: 48_000.0,
+            offline: false,
         }
     }
 }
@@ -97,6 +100,7 @@ impl KnnBlend {
             block_seconds: clamp_f32(p.block_ms.value(), params::BLOCK_MS) / 1000.0,
             extra_seconds: clamp_f32(p.extra_ms.value(), params::EXTRA_MS) / 1000.0,
             sola_seconds: clamp_f32(p.sola_ms.value(), params::SOLA_MS) / 1000.0,
+            offline: self.offline,
         }
     }
 }
@@ -189,6 +193,7 @@ impl Plugin for KnnBlend {
         }
         self.audio = Some(audio);
         self.sample_rate = sample_rate;
+        self.offline = buffer_config.process_mode == ProcessMode::Offline;
         self.bypass
             .reset(if self.params.bypass.value() { 1.0 } else { 0.0 });
         self.meter.set_sample_rate(sample_rate);

@@ -700,11 +700,10 @@ fn corrupt_rvc_model_passes_audio_through() {
     plugin.deactivate();
 }
 
-/// Known bug (see the doc): `Plugin::reset()` (CLAP `start_processing`, a reactivation) does not
-/// clear the RVC path, so the previous session's last `latency` samples come out again.
+/// `Plugin::reset()` (CLAP `start_processing`, a reactivation) clears the RVC path: the previous
+/// session's last `latency` samples never come out again (they did before the reset restarted
+/// the RVC host's streams and pass-through line).
 #[test]
-#[ignore = "known bug: AudioHandle::reset() leaves the RVC host's pass-through line (and streams) \
-            untouched, so after a reset the RVC path replays the last 265 ms of the previous audio"]
 fn reset_clears_the_rvc_path() {
     let _lock = exclusive();
     let Some(bundle) = bundle_or_skip() else {

@@ -120,6 +120,9 @@ pub struct BlockParams {
     pub dry_wet: f32,
     /// Output gain, linear.
     pub output_gain: f32,
+    /// Offline rendering: the audio side waits for the worker (see
+    /// [`StreamAudio::set_offline`]); never on a real-time thread.
+    pub offline: bool,
 }
 
 impl Default for BlockParams {
@@ -136,6 +139,7 @@ impl Default for BlockParams {
             sola_seconds: 0.05,
             dry_wet: 1.0,
             output_gain: 1.0,
+            offline: false,
         }
     }
 }
@@ -472,6 +476,9 @@ impl VoiceAudio {
     pub fn process(&mut self, channels: &mut [&mut [f32]], params: &BlockParams) {
         self.publish(params);
         self.take_incoming();
+        for voice in [&mut self.current, &mut self.next].into_iter().flatten() {
+            voice.stream.set_offline(params.offline);
+        }
         let n = channels.iter().map(|c| c.len()).min().unwrap_or(0);
         if n == 0 {
             return;

@@ -166,6 +166,8 @@ pub struct StreamAudio {
     delay_pos: usize,
     latency: usize,
     fade: usize,
+    /// The worker's block.
+    block: usize,
     /// Converted-signal gain, 0 (dry) to 1, moved by `1/fade` per sample.
     gain: f32,
     mode: Mode,
@@ -178,9 +180,14 @@ pub struct StreamAudio {
     /// The stream's restart generation, and whether the worker has yet to confirm it.
     epoch: u64,
     restarting: bool,
+    /// Offline rendering: wait for the worker instead of playing dry (see [`Self::set_offline`]).
+    offline: bool,
     sync: Arc<Sync>,
     telemetry: Arc<StreamTelemetry>,
 }
+
+/// The longest an offline render waits for one callback's converted samples.
+const OFFLINE_WAIT: Duration = Duration::from_secs(10);
 
 /// Restart handshake between the audio side and the worker.
 #[derive(Debug, Default)]
@@ -189,6 +196,8 @@ struct Sync {
     requested: AtomicU64,
     /// Written by the worker once it has dropped everything older.
     confirmed: AtomicU64,
+    /// Set by the worker while it takes or converts a block (offline waiting reads it).
+    busy: AtomicBool,
 }
 
 impl StreamAudio {
@@ -200,6 +209,15 @@ impl StreamAudio {
     /// Shared counters.
     pub fn telemetry(&self) -> &Arc<StreamTelemetry> {
         &self.telemetry
+    }
+
+    /// Offline rendering (a host bouncing faster or slower than real time, e.g. nice-plug's
+    /// `ProcessMode::Offline`): [`process`](Self::process) then waits (sleeping in 100 µs steps,
+    /// at most 10 s per call) until the worker has converted what this callback plays, so a
+    /// bounce sounds like real-time playback with a fast enough machine, whatever the machine.
+    /// Never set it on a real-time audio thread: waiting is a system call.
+    pub fn set_offline(&mut self, offline: bool) {
+        self.offline = offline;
     }
 
     /// Whether the last sample out was fully converted: past the stream's lead-in, not fading
@@ -237,6 +255,23 @@ impl StreamAudio {
             self.restarting = false;
         }
         self.drop_late();
+        if self.offline && !self.restarting {
+            // Everything this callback plays comes from input blocks already handed over (the
+            // latency is at least a block plus the budget), so waiting cannot deadlock.
+            let want = (converted.len().saturating_sub(self.lead_in) + self.fade + 1)
+                .min(self.output.buffer().capacity());
+            let capacity = self.input.buffer().capacity();
+            let began = Instant::now();
+            while self.output.slots() < want && began.elapsed() < OFFLINE_WAIT {
+                // Only while the worker has something to convert: a complete block waiting,
+                // or one in its hands.
+                let waiting = capacity - self.input.slots();
+                if waiting < self.block && !self.sync.busy.load(Acquire) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
         // A view of what this callback may play plus the fade's lookahead. A NaN in it is a
         // sample the worker has no conversion for (a block that failed): it counts as missing.
         let available = self.output.slots();
@@ -450,6 +485,7 @@ pub fn stream_manual<C: Converter>(
         delay_pos: 0,
         latency,
         fade,
+        block,
         gain: 1.0,
         mode: Mode::Converted,
         late: 0,
@@ -457,6 +493,7 @@ pub fn stream_manual<C: Converter>(
         converter_delay,
         epoch: 0,
         restarting: false,
+        offline: false,
         sync,
         telemetry,
     };
@@ -488,6 +525,16 @@ impl<C: Converter> ManualWorker<C> {
     /// more than two blocks behind skips the oldest block instead (its output would be dropped
     /// as late anyway), so the next conversion is on time.
     pub fn step(&mut self) -> bool {
+        // Busy from before a block leaves the in ring until its conversion is in the out ring,
+        // so an offline audio side that sees neither a waiting block nor `busy` knows nothing
+        // more is coming.
+        self.sync.busy.store(true, Release);
+        let did = self.step_inner();
+        self.sync.busy.store(false, Release);
+        did
+    }
+
+    fn step_inner(&mut self) -> bool {
         let requested = self.sync.requested.load(Acquire);
         if requested != self.epoch {
             // The audio side had to drop input: drop everything it sent before, forget the

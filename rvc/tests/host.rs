@@ -393,3 +393,73 @@ fn a_new_index_in_the_serving_slot_goes_through_its_live_runtime() {
         "index B did not change the voice: {level_a} vs {level_b}"
     );
 }
+
+#[test]
+fn an_offline_bounce_waits_for_the_worker_and_never_plays_dry() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = index(dir.path(), "added_a.index", 768, 0.0, 1);
+    let (control, mut audio) = start();
+    let mut drive = Driver::new();
+    control.set(
+        0,
+        Some(files("synth_v2_40k.onnx", "vec-768-layer-12.onnx", &a)),
+    );
+    assert!(
+        drive.run(&mut audio, &params(0), Duration::from_secs(60), |a| a
+            .is_serving())
+    );
+    drive.run(&mut audio, &params(0), Duration::from_millis(500), |_| {
+        false
+    });
+    let expected = audio.latency();
+
+    // As fast as the host can call (no pacing), in buffers larger than the block: real-time
+    // mode underruns (the negative control), offline mode waits and converts every sample.
+    for offline in [false, true] {
+        let p = BlockParams {
+            offline,
+            ..params(0)
+        };
+        let before = control.telemetry().stream;
+        let began = Instant::now();
+        let mut out = Vec::new();
+        let mut buffer = vec![0f32; 8192];
+        let start = drive.at;
+        for _ in 0..30 {
+            for (j, x) in buffer.iter_mut().enumerate() {
+                *x = input_at(drive.at + j);
+            }
+            {
+                let mut channels = [&mut buffer[..]];
+                assert_no_alloc(|| audio.process(&mut channels, &p));
+            }
+            out.extend_from_slice(&buffer);
+            drive.at += buffer.len();
+        }
+        let after = control.telemetry().stream;
+        let dry = after.dry_samples - before.dry_samples;
+        println!(
+            "offline {offline}: {} s of audio in {:.2} s, {dry} dry samples, {} underruns",
+            out.len() as f64 / HOST as f64,
+            began.elapsed().as_secs_f64(),
+            after.underruns - before.underruns
+        );
+        if offline {
+            assert_eq!(dry, 0, "an offline bounce played {dry} dry samples");
+            let residual: Vec<f32> = out
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v - input_at(start + i - expected.min(start + i)))
+                .collect();
+            assert!(rms(&residual) > 0.05, "the bounce is not converted");
+            assert!(out.iter().all(|v| v.is_finite()));
+        } else {
+            assert!(
+                dry > 0,
+                "negative control: real-time mode at full speed must fall behind"
+            );
+        }
+        // Back to real time; let the stream recover before the next case.
+        drive.run(&mut audio, &params(0), Duration::from_secs(3), |_| false);
+    }
+}
