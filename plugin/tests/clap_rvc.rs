@@ -41,12 +41,12 @@ mod clap_support;
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use clack_host::prelude::*;
 use clap_support::{bundle_or_skip, decode_state, encode_state, Instance};
+use common::rvc::{model, rvc_index};
 use knnblend_rvc::host::fixed_latency;
 use knnblend_rvc::pipeline::Framing;
 use serde_json::{json, Value};
@@ -64,13 +64,6 @@ const CONVERTED_DB: f64 = -20.0;
 const STEADY_SECONDS: f64 = 2.0;
 /// Longest wall time to wait for the voice to serve.
 const SERVE_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// The fixed latency for the test's times at `rate`.
 fn expected_latency(rate: f64) -> u32 {
@@ -100,67 +93,6 @@ fn exclusive() -> MutexGuard<'static, ()> {
         std::env::remove_var("ORT_DYLIB_PATH");
     });
     guard
-}
-
-/// The stand-in models, generated once per test binary by `make_models.py` with
-/// `target/venv/bin/python` (fails, naming the fix, without it).
-fn models() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let python = workspace().join("target/venv/bin/python");
-        assert!(
-            python.is_file(),
-            "{} is missing: run `cargo xtask setup` (it creates target/venv with onnx, \
-             onnxruntime and numpy)",
-            python.display()
-        );
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("clap-rvc-stand-ins");
-        let out = Command::new(&python)
-            .arg(workspace().join("rvc/tests/fixtures/make_models.py"))
-            .arg(&dir)
-            .output()
-            .expect("run make_models.py");
-        assert!(
-            out.status.success(),
-            "make_models.py failed (run `cargo xtask setup`):\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-}
-
-fn model(name: &str) -> PathBuf {
-    let path = models().join(name);
-    assert!(path.is_file(), "{} was not generated", path.display());
-    path
-}
-
-/// A 768-d `.kbi` of rows near the stand-in ContentVec's curve `(1 + c/C)·E + (c/C − 0.5)`,
-/// E from 0.02 to 0.07.
-fn rvc_index(dir: &Path, name: &str) -> PathBuf {
-    let dim = 768;
-    let n = 256;
-    let rows: Vec<f32> = (0..n * dim)
-        .map(|i| {
-            let (row, c) = (i / dim, i % dim);
-            let r = c as f32 / dim as f32;
-            let e = 0.02 + 0.0002 * row as f32;
-            (1.0 + r) * e + (r - 0.5)
-        })
-        .collect();
-    let metadata = knnblend::format::Metadata {
-        features: "rvc-v2-768".to_string(),
-        feature_params: json!({}),
-        sources: vec![],
-        frames: n as u64,
-        duration_seconds: n as f64 / 50.0,
-        extra: Default::default(),
-    };
-    let parts = knnblend::voice::flat_parts(&rows, dim, knnblend::format::Metric::L2, metadata);
-    let path = dir.join(name);
-    knnblend::format::write_kbi(&path, &parts).expect("write the RVC index");
-    path
 }
 
 /// `base` (a saved state) with slot 1 an RVC slot of `synth`, `index` and `rmvpe`, ContentVec
@@ -410,7 +342,7 @@ fn rvc_slot_in_the_bundled_clap() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let index = rvc_index(dir.path(), "added_stand_in_v2.kbi");
+    let index = rvc_index(dir.path(), "added_stand_in_v2.kbi", 0.0);
     // SAFETY: loading a plugin library runs its initialisers; this is the bundle under test.
     let entry = unsafe { PluginEntry::load(&bundle) }.expect("load the CLAP bundle");
     let mut plugin = Instance::new(&entry);
@@ -632,7 +564,7 @@ fn corrupt_rvc_model_passes_audio_through() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let index = rvc_index(dir.path(), "added_stand_in_v2.kbi");
+    let index = rvc_index(dir.path(), "added_stand_in_v2.kbi", 0.0);
     let corrupt = dir.path().join("corrupt_v2_40k.onnx");
     std::fs::write(&corrupt, b"\x08\x07this is not an ONNX model").unwrap();
     // SAFETY: as above.
@@ -710,7 +642,7 @@ fn reset_clears_the_rvc_path() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let index = rvc_index(dir.path(), "added_stand_in_v2.kbi");
+    let index = rvc_index(dir.path(), "added_stand_in_v2.kbi", 0.0);
     // A corrupt model keeps the RVC path on its pass-through, whose output is predictable.
     let corrupt = dir.path().join("corrupt_v2_40k.onnx");
     std::fs::write(&corrupt, b"\x08\x07this is not an ONNX model").unwrap();

@@ -45,12 +45,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering:
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::rvc::{running_in_ci, rvc_index, stand_in_models};
 use common::{make_voice, no_alloc, OfflineHost, ParamHandles};
 use knnblend_plugin::engine::{LoadState, RvcState};
 use knnblend_plugin::slots::RvcFile;
 use knnblend_plugin::KnnBlend;
-use knnblend_rvc::host::fixed_latency;
-use knnblend_rvc::pipeline::Framing;
 use nice_plug::context::process::{SendEventError, Transport};
 use nice_plug::midi::PluginNoteEvent;
 use nice_plug::prelude::*;
@@ -88,83 +87,25 @@ fn tsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-fn running_in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The stand-in RVC models, generated into `CARGO_TARGET_TMPDIR` with the project's venv; `None`
-/// (saying so) without the venv, except under CI, where that fails.
+/// The stand-in RVC models; `None` (saying so) without the venv, except under CI, where that
+/// fails.
 fn models() -> Option<PathBuf> {
-    let python = workspace().join("target/venv/bin/python");
-    if !python.is_file() {
-        let why = format!(
-            "{} is missing: run `cargo xtask setup` (it creates target/venv with onnx, \
-             onnxruntime and numpy, for the RVC stand-in models)",
-            python.display()
-        );
-        assert!(
-            !running_in_ci(),
-            "{why} (CI is set, so this test does not skip)"
-        );
-        eprintln!("SKIPPED the RVC part: {why}");
-        return None;
+    match stand_in_models() {
+        Ok(dir) => Some(dir.to_path_buf()),
+        Err(why) => {
+            assert!(
+                !running_in_ci(),
+                "{why} (CI is set, so this test does not skip)"
+            );
+            eprintln!("SKIPPED the RVC part: {why}");
+            None
+        }
     }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-seccomp-stand-ins");
-    let out = Command::new(&python)
-        .arg(workspace().join("rvc/tests/fixtures/make_models.py"))
-        .arg(&dir)
-        .output()
-        .expect("run make_models.py");
-    assert!(
-        out.status.success(),
-        "make_models.py failed (run `cargo xtask setup`):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(dir)
-}
-
-/// A 768-d `.kbi` of rows near the stand-in ContentVec's curve (as `rvc_offline.rs` writes it).
-fn rvc_index(dir: &Path, name: &str) -> PathBuf {
-    let dim = 768;
-    let n = 256;
-    let rows: Vec<f32> = (0..n * dim)
-        .map(|i| {
-            let (row, c) = (i / dim, i % dim);
-            let r = c as f32 / dim as f32;
-            let e = 0.02 + 0.0002 * row as f32;
-            (1.0 + r) * e + (r - 0.5)
-        })
-        .collect();
-    let metadata = knnblend::format::Metadata {
-        features: "rvc-v2-768".to_string(),
-        feature_params: serde_json::json!({}),
-        sources: vec![],
-        frames: n as u64,
-        duration_seconds: n as f64 / 50.0,
-        extra: Default::default(),
-    };
-    let parts = knnblend::voice::flat_parts(&rows, dim, knnblend::format::Metric::L2, metadata);
-    let path = dir.join(name);
-    knnblend::format::write_kbi(&path, &parts).expect("write the RVC index");
-    path
 }
 
 /// The RVC host's latency for the Block / Extra / Block crossfade times above.
 fn rvc_latency() -> u32 {
-    fixed_latency(&Framing {
-        host_rate: RATE as u32,
-        block_seconds: BLOCK_MS as f64 / 1000.0,
-        crossfade_seconds: SOLA_MS as f64 / 1000.0,
-        extra_seconds: EXTRA_MS as f64 / 1000.0,
-    })
-    .unwrap() as u32
+    common::rvc::rvc_latency(RATE, BLOCK_MS, EXTRA_MS, SOLA_MS)
 }
 
 /// The process context: no events, a stopped transport; counts the latency re-reports.
@@ -717,7 +658,7 @@ fn plugin_seccomp_child() {
     let voice_b = make_voice(dir.path(), "b.kbi", false);
     let rvc_index = models
         .as_ref()
-        .map(|_| rvc_index(dir.path(), "added_test_v2.kbi"));
+        .map(|_| rvc_index(dir.path(), "added_test_v2.kbi", 0.0));
 
     // An activated instance, the RVC times set, the meter on, two index voices loaded.
     let host = OfflineHost::new(RATE, CHANNELS);

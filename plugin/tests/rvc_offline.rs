@@ -10,96 +10,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::rvc::{model, rvc_index, rvc_latency};
 use common::*;
 use knnblend_plugin::engine::RvcState;
 use knnblend_plugin::params::KnnBlendParams;
 use knnblend_plugin::slots::RvcFile;
-use knnblend_rvc::host::fixed_latency;
-use knnblend_rvc::pipeline::Framing;
 use nice_plug::prelude::*;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The stand-in models, generated once per test binary (fails, naming the fix, without the
-/// project's venv).
-fn models() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let python = workspace().join("target/venv/bin/python");
-        assert!(
-            python.is_file(),
-            "{} is missing: run `cargo xtask setup`",
-            python.display()
-        );
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-rvc-stand-ins");
-        let out = Command::new(&python)
-            .arg(workspace().join("rvc/tests/fixtures/make_models.py"))
-            .arg(&dir)
-            .output()
-            .expect("run make_models.py");
-        assert!(
-            out.status.success(),
-            "make_models.py failed (run `cargo xtask setup`):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-}
-
-fn model(name: &str) -> PathBuf {
-    let path = models().join(name);
-    assert!(path.is_file(), "{} was not generated", path.display());
-    path
-}
-
-/// A 768-d `.kbi` of rows near the stand-in ContentVec's curve, offset by `level`.
-fn rvc_index(dir: &Path, name: &str, level: f32) -> PathBuf {
-    let dim = 768;
-    let n = 256;
-    let rows: Vec<f32> = (0..n * dim)
-        .map(|i| {
-            let (row, c) = (i / dim, i % dim);
-            let r = c as f32 / dim as f32;
-            let e = 0.02 + 0.0002 * row as f32;
-            (1.0 + r) * e + (r - 0.5) + level
-        })
-        .collect();
-    let metadata = knnblend::format::Metadata {
-        features: "rvc-v2-768".to_string(),
-        feature_params: serde_json::json!({}),
-        sources: vec![],
-        frames: n as u64,
-        duration_seconds: n as f64 / 50.0,
-        extra: Default::default(),
-    };
-    let parts = knnblend::voice::flat_parts(&rows, dim, knnblend::format::Metric::L2, metadata);
-    let path = dir.join(name);
-    knnblend::format::write_kbi(&path, &parts).expect("write the RVC index");
-    path
-}
 
 const BLOCK_MS: f32 = 100.0;
 const EXTRA_MS: f32 = 300.0;
 const SOLA_MS: f32 = 40.0;
 
 fn expected_latency(rate: f32) -> u32 {
-    fixed_latency(&Framing {
-        host_rate: rate as u32,
-        block_seconds: BLOCK_MS as f64 / 1000.0,
-        crossfade_seconds: SOLA_MS as f64 / 1000.0,
-        extra_seconds: EXTRA_MS as f64 / 1000.0,
-    })
-    .unwrap() as u32
+    rvc_latency(rate, BLOCK_MS, EXTRA_MS, SOLA_MS)
 }
 
 /// An instance with the RVC times set and slot 1 an RVC slot with `model_name`.

@@ -309,6 +309,7 @@ pub fn residual_dbfs(
     20.0 * worst.max(1e-20).log10()
 }
 
+pub mod rvc;
 mod voice;
 #[allow(unused_imports)]
 pub use voice::{make_mismatched, make_voice};
