@@ -596,6 +596,84 @@ fn faiss_list_sizes_that_overflow_overlap_or_disagree_are_refused() {
     }
 }
 
+/// A faiss file whose coarse quantizer measures another metric than the IVF index (by its type
+/// `IxF2`/`IxFI`, or by the metric in the header of a generic `IxFl`) would pick lists by one
+/// distance and rank vectors by another: refused, and the message names both metrics. A generic
+/// `IxFl` of the index's own metric is read.
+#[test]
+fn a_quantizer_of_another_metric_is_refused_naming_both_metrics() {
+    let file = handmade_faiss_file(false); // L2 index, IxF2 quantizer, L2 in both headers
+    let field = |name: &str| file.fields.iter().find(|f| f.name == name).unwrap().at;
+    let (qtype, qmetric, metric) = (
+        field("quantizer type"),
+        field("quantizer metric"),
+        field("metric"),
+    );
+    let with = |edits: &[(usize, &[u8])], metric_arg: bool| {
+        let mut b = file.bytes.clone();
+        for (at, bytes) in edits {
+            b[*at..*at + bytes.len()].copy_from_slice(bytes);
+        }
+        if metric_arg {
+            // faiss writes `metric_arg` (f32) after a metric code above 1.
+            b.splice(qmetric + 4..qmetric + 4, 0.5f32.to_le_bytes());
+        }
+        b
+    };
+    let l1 = 2i32.to_le_bytes();
+    let ip = 0i32.to_le_bytes();
+    let cases: Vec<(&str, Vec<u8>, [&str; 2])> = vec![
+        (
+            "IxFl quantizer measuring L1",
+            with(&[(qtype, b"IxFl"), (qmetric, &l1)], true),
+            ["L1", "L2"],
+        ),
+        (
+            "IxFI quantizer (inner product) of an L2 index",
+            with(&[(qtype, b"IxFI"), (qmetric, &ip)], false),
+            ["inner product", "L2"],
+        ),
+        (
+            "IxFl quantizer measuring inner product",
+            with(&[(qtype, b"IxFl"), (qmetric, &ip)], false),
+            ["inner product", "L2"],
+        ),
+        (
+            "inner-product index with an IxF2 (L2) quantizer",
+            with(&[(metric, &ip)], false),
+            ["L2", "inner product"],
+        ),
+        (
+            "IxF2 quantizer whose header says inner product",
+            with(&[(qmetric, &ip)], false),
+            ["inner product", "L2"],
+        ),
+    ];
+    for (what, bytes, [quantizer, ivf]) in cases {
+        let err = read_faiss_capped(&bytes).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, FormatError::BadFaiss(_)), "{what}: {msg}");
+        assert!(
+            msg.contains(&format!("quantizer measures {quantizer}"))
+                && msg.contains(&format!("index measures {ivf}")),
+            "{what}: the message must name both metrics: {msg}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("added.index");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = IvfIndex::open(&path).unwrap_err();
+        assert!(matches!(err, FormatError::BadFaiss(_)), "{what}: {err}");
+        let err = format::read_header(&path).unwrap_err();
+        assert!(matches!(err, FormatError::BadFaiss(_)), "{what}: {err}");
+    }
+    // A generic IxFl quantizer of the index's own metric is a faithful IVF-Flat.
+    let generic = with(&[(qtype, b"IxFl")], false);
+    assert_eq!(
+        read_faiss_capped(&generic).unwrap().lists,
+        handmade_faiss_parts(false).lists
+    );
+}
+
 /// Opens bytes as a file and checks the allocation cap.
 fn open_capped(bytes: &[u8]) -> Result<IvfIndex, FormatError> {
     let dir = tempfile::tempdir().unwrap();

@@ -28,7 +28,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use super::aligned::AlignedBytes;
-use super::parts::{IndexParts, Metadata, Metric, MAX_DIM, MAX_NLIST, MAX_NTOTAL};
+use super::parts::{IndexParts, ListParts, Metadata, Metric, MAX_DIM, MAX_NLIST, MAX_NTOTAL};
 use super::FormatError;
 
 /// First eight bytes of every `.kbi` file.
@@ -176,7 +176,14 @@ impl KbiLayout {
     /// Reads and validates the header of a `.kbi` held in `bytes` (the whole file).
     /// Does not read section contents; see [`verify_sections`] and [`check_list_offsets`].
     pub fn parse(bytes: &[u8]) -> Result<KbiLayout, FormatError> {
-        let actual = bytes.len() as u64;
+        Self::parse_header(bytes, bytes.len() as u64)
+    }
+
+    /// [`parse`](Self::parse) from the file's first bytes alone: `head` holds at least the
+    /// first [`HEADER_LEN`] bytes of a file of `file_len` bytes (all of it if it is shorter).
+    /// Every section is checked against `file_len`, none is read.
+    pub fn parse_header(head: &[u8], file_len: u64) -> Result<KbiLayout, FormatError> {
+        let (bytes, actual) = (head, file_len);
         if bytes.len() < 8 || &bytes[..8] != MAGIC {
             return Err(super::unknown_format(bytes));
         }
@@ -184,7 +191,7 @@ impl KbiLayout {
             return Err(FormatError::Truncated {
                 what: "the header".into(),
                 needed: HEADER_LEN as u64,
-                actual,
+                actual: actual.min(bytes.len() as u64),
             });
         }
         let version = u32_at(bytes, 8);
@@ -450,11 +457,141 @@ pub fn verify_sections(
 
 /// Parses the metadata section.
 pub fn parse_metadata(bytes: &[u8], layout: &KbiLayout) -> Result<Metadata, FormatError> {
-    let data = &bytes[layout.section(SectionKind::Metadata).range()];
+    metadata_from(&bytes[layout.section(SectionKind::Metadata).range()])
+}
+
+/// Parses the bytes of a metadata section (empty: the default metadata).
+pub(crate) fn metadata_from(data: &[u8]) -> Result<Metadata, FormatError> {
     if data.is_empty() {
         return Ok(Metadata::default());
     }
     serde_json::from_slice(data).map_err(|e| FormatError::BadMetadata(e.to_string()))
+}
+
+/// ‖v‖² as every writer stores it (a left-to-right f32 sum of squares), so indexes made by
+/// [`encode`] and by the faiss reader hold the same bits.
+#[inline]
+pub(crate) fn squared_norm(v: impl Iterator<Item = f32>) -> f32 {
+    v.map(|x| x * x).sum::<f32>()
+}
+
+/// The little-endian f32 values of `bytes`.
+#[inline]
+pub(crate) fn le_floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+}
+
+/// Where the sections of a `.kbi` image of one shape go: [`encode`] and the faiss reader
+/// fill them in, then [`seal`] writes the header.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    offsets: [u64; SECTION_COUNT],
+    sizes: [u64; SECTION_COUNT],
+    /// Length of the whole image.
+    pub(crate) file_len: u64,
+}
+
+impl Plan {
+    /// The layout of an image of this shape with `meta_len` bytes of metadata; `None` if its
+    /// sizes overflow (or exceed the address space).
+    pub(crate) fn new(dim: usize, nlist: usize, ntotal: usize, meta_len: usize) -> Option<Plan> {
+        let sizes = section_sizes(dim as u64, nlist as u64, ntotal as u64, meta_len as u64)?;
+        let mut offsets = [0u64; SECTION_COUNT];
+        let mut at = PAGE;
+        for i in 0..SECTION_COUNT {
+            offsets[i] = at;
+            at = round_up(at.checked_add(sizes[i])?);
+        }
+        let file_len = offsets[SECTION_COUNT - 1].checked_add(sizes[SECTION_COUNT - 1])?;
+        usize::try_from(file_len).ok()?;
+        Some(Plan {
+            offsets,
+            sizes,
+            file_len,
+        })
+    }
+
+    /// The byte range of one section.
+    pub(crate) fn range(&self, kind: SectionKind) -> std::ops::Range<usize> {
+        let i = kind as usize - 1;
+        self.offsets[i] as usize..(self.offsets[i] + self.sizes[i]) as usize
+    }
+}
+
+/// Writes the header of an image whose sections `plan` places and are already filled in:
+/// the shape, every section's checksum, the header's own.
+pub(crate) fn seal(
+    out: &mut [u8],
+    plan: &Plan,
+    dim: usize,
+    metric: Metric,
+    nprobe: u32,
+    nlist: usize,
+    ntotal: usize,
+) {
+    let h = &mut out[..HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+    h[16..20].copy_from_slice(&(dim as u32).to_le_bytes());
+    let metric: u32 = match metric {
+        Metric::L2 => 0,
+        Metric::InnerProduct => 1,
+    };
+    h[20..24].copy_from_slice(&metric.to_le_bytes());
+    h[24..28].copy_from_slice(&ELEMENT_F32.to_le_bytes());
+    h[28..32].copy_from_slice(&nprobe.max(1).to_le_bytes());
+    h[32..40].copy_from_slice(&(nlist as u64).to_le_bytes());
+    h[40..48].copy_from_slice(&(ntotal as u64).to_le_bytes());
+    h[48..56].copy_from_slice(&plan.file_len.to_le_bytes());
+    h[56..60].copy_from_slice(&(SECTION_COUNT as u32).to_le_bytes());
+    for (i, kind) in SectionKind::ALL.into_iter().enumerate() {
+        let sum = xxh3_64(&out[plan.range(kind)]);
+        let e = TABLE_AT + i * ENTRY_LEN;
+        let h = &mut out[..HEADER_LEN];
+        h[e..e + 4].copy_from_slice(&(kind as u32).to_le_bytes());
+        h[e + 8..e + 16].copy_from_slice(&plan.offsets[i].to_le_bytes());
+        h[e + 16..e + 24].copy_from_slice(&plan.sizes[i].to_le_bytes());
+        h[e + 24..e + 32].copy_from_slice(&sum.to_le_bytes());
+    }
+    let sum = xxh3_64(&out[..HEADER_SUM_AT]);
+    out[HEADER_SUM_AT..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// Reads a complete, validated image back into owned parts (list by list, in storage order).
+pub(crate) fn decode(bytes: &[u8]) -> Result<IndexParts, FormatError> {
+    let layout = KbiLayout::parse(bytes)?;
+    let section = |k: SectionKind| &bytes[layout.section(k).range()];
+    let offsets: Vec<u64> = section(SectionKind::ListOffsets)
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect();
+    check_list_offsets(&offsets, layout.ntotal)?;
+    let (vectors, ids) = (section(SectionKind::Vectors), section(SectionKind::Ids));
+    let d = layout.dim;
+    let lists = offsets
+        .windows(2)
+        .map(|w| {
+            let (start, end) = (w[0] as usize, w[1] as usize);
+            ListParts {
+                ids: ids[start * 8..end * 8]
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect(),
+                vectors: le_floats(&vectors[start * d * 4..end * d * 4]).collect(),
+            }
+        })
+        .collect();
+    Ok(IndexParts {
+        dim: d,
+        metric: layout.metric,
+        nprobe: layout.nprobe,
+        centroids: le_floats(section(SectionKind::Centroids)).collect(),
+        lists,
+        metadata: parse_metadata(bytes, &layout)?,
+    })
 }
 
 /// Serialises `parts` into a complete `.kbi` image in page-aligned memory.
@@ -471,41 +608,39 @@ pub fn encode(parts: &IndexParts) -> Result<AlignedBytes, FormatError> {
             meta.len()
         )));
     }
-    let sizes = section_sizes(dim as u64, nlist as u64, ntotal as u64, meta.len() as u64)
+    let plan = Plan::new(dim, nlist, ntotal, meta.len())
         .ok_or_else(|| FormatError::InvalidParts("index too large".into()))?;
-    let mut offsets = [0u64; SECTION_COUNT];
-    let mut at = PAGE;
-    for i in 0..SECTION_COUNT {
-        offsets[i] = at;
-        at = round_up(at + sizes[i]);
-    }
-    let file_len = offsets[SECTION_COUNT - 1] + sizes[SECTION_COUNT - 1];
-    let mut buf = AlignedBytes::zeroed(file_len as usize);
+    let mut buf = AlignedBytes::zeroed(plan.file_len as usize);
     let out = buf.as_mut_slice();
 
-    let mut put = |section: usize, bytes: &mut dyn Iterator<Item = [u8; 8]>, width: usize| {
-        let mut p = offsets[section] as usize;
+    let mut put = |kind: SectionKind, bytes: &mut dyn Iterator<Item = [u8; 8]>, width: usize| {
+        let range = plan.range(kind);
+        let mut p = range.start;
         for b in bytes {
             out[p..p + width].copy_from_slice(&b[..width]);
             p += width;
         }
-        debug_assert_eq!(p as u64, offsets[section] + sizes[section]);
+        debug_assert_eq!(p, range.end);
     };
     let f32b = |v: f32| {
         let mut b = [0u8; 8];
         b[..4].copy_from_slice(&v.to_le_bytes());
         b
     };
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>();
-    put(0, &mut parts.centroids.iter().map(|&v| f32b(v)), 4);
+    let norm = |v: &[f32]| squared_norm(v.iter().copied());
     put(
-        1,
+        SectionKind::Centroids,
+        &mut parts.centroids.iter().map(|&v| f32b(v)),
+        4,
+    );
+    put(
+        SectionKind::CentroidNorms,
         &mut parts.centroids.chunks_exact(dim).map(|c| f32b(norm(c))),
         4,
     );
     let mut running = 0u64;
     put(
-        2,
+        SectionKind::ListOffsets,
         &mut std::iter::once(0u64)
             .chain(parts.lists.iter().map(|l| {
                 running += l.ids.len() as u64;
@@ -515,7 +650,7 @@ pub fn encode(parts: &IndexParts) -> Result<AlignedBytes, FormatError> {
         8,
     );
     put(
-        3,
+        SectionKind::Vectors,
         &mut parts
             .lists
             .iter()
@@ -524,7 +659,7 @@ pub fn encode(parts: &IndexParts) -> Result<AlignedBytes, FormatError> {
         4,
     );
     put(
-        4,
+        SectionKind::VectorNorms,
         &mut parts
             .lists
             .iter()
@@ -533,7 +668,7 @@ pub fn encode(parts: &IndexParts) -> Result<AlignedBytes, FormatError> {
         4,
     );
     put(
-        5,
+        SectionKind::Ids,
         &mut parts
             .lists
             .iter()
@@ -541,37 +676,8 @@ pub fn encode(parts: &IndexParts) -> Result<AlignedBytes, FormatError> {
             .map(|&i| i.to_le_bytes()),
         8,
     );
-    let m = offsets[6] as usize;
-    out[m..m + meta.len()].copy_from_slice(&meta);
-
-    let h = &mut out[..HEADER_LEN];
-    h[..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
-    h[16..20].copy_from_slice(&(dim as u32).to_le_bytes());
-    let metric: u32 = match parts.metric {
-        Metric::L2 => 0,
-        Metric::InnerProduct => 1,
-    };
-    h[20..24].copy_from_slice(&metric.to_le_bytes());
-    h[24..28].copy_from_slice(&ELEMENT_F32.to_le_bytes());
-    h[28..32].copy_from_slice(&parts.nprobe.max(1).to_le_bytes());
-    h[32..40].copy_from_slice(&(nlist as u64).to_le_bytes());
-    h[40..48].copy_from_slice(&(ntotal as u64).to_le_bytes());
-    h[48..56].copy_from_slice(&file_len.to_le_bytes());
-    h[56..60].copy_from_slice(&(SECTION_COUNT as u32).to_le_bytes());
-    for (i, kind) in SectionKind::ALL.into_iter().enumerate() {
-        let range = offsets[i] as usize..(offsets[i] + sizes[i]) as usize;
-        let sum = xxh3_64(&out[range]);
-        let e = TABLE_AT + i * ENTRY_LEN;
-        let h = &mut out[..HEADER_LEN];
-        h[e..e + 4].copy_from_slice(&(kind as u32).to_le_bytes());
-        h[e + 8..e + 16].copy_from_slice(&offsets[i].to_le_bytes());
-        h[e + 16..e + 24].copy_from_slice(&sizes[i].to_le_bytes());
-        h[e + 24..e + 32].copy_from_slice(&sum.to_le_bytes());
-    }
-    let sum = xxh3_64(&out[..HEADER_SUM_AT]);
-    out[HEADER_SUM_AT..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+    out[plan.range(SectionKind::Metadata)].copy_from_slice(&meta);
+    seal(out, &plan, dim, parts.metric, parts.nprobe, nlist, ntotal);
     Ok(buf)
 }
 

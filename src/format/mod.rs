@@ -1,9 +1,11 @@
-//! Bytes on disk: the native memory-mappable `.kbi` format and the faiss IVF-Flat reader.
+//! Bytes on disk: the native memory-mappable `.kbi` format, the faiss IVF-Flat reader, and
+//! [`read_header`], what either kind of file declares, read from its first bytes.
 
 mod aligned;
 mod atomic;
 mod error;
 pub mod faiss;
+mod header;
 pub mod kbi;
 mod parts;
 
@@ -13,6 +15,8 @@ pub use aligned::AlignedBytes;
 pub use atomic::write_atomically;
 pub use error::FormatError;
 pub use faiss::read_faiss_index;
+pub(crate) use header::imported_source;
+pub use header::{read_header, IndexHeader};
 pub use kbi::{write_kbi, KbiLayout};
 pub use parts::{IndexParts, ListParts, Metadata, Metric, MAX_DIM, MAX_NLIST, MAX_NTOTAL};
 

@@ -1,6 +1,12 @@
 //! [`IvfIndex`]: an immutable IVF-Flat index, memory-mapped from a `.kbi` or held in owned,
 //! page-aligned memory (faiss imports, freshly built indexes). Search code sees the same
 //! slices either way.
+//!
+//! Everything that bounds a read is owned by the index, never read from a mapping after it was
+//! loaded: the validated layout (section ranges, dimension and counts), a copy of the list
+//! offsets made before they were checked, and the screening tables. A mapped `.kbi` that
+//! another program overwrites in place (without truncating it) can therefore only change the
+//! values a search reads (centroids, vectors, norms, ids), never make it index out of bounds.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -8,7 +14,9 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::format::kbi::{self, KbiLayout, SectionKind};
-use crate::format::{self, AlignedBytes, FileKind, FormatError, IndexParts, Metadata, Metric};
+use crate::format::{
+    self, AlignedBytes, FileKind, FormatError, IndexHeader, IndexParts, Metadata, Metric,
+};
 use crate::platform;
 
 use super::coarse::CodedRows;
@@ -62,6 +70,11 @@ impl Default for OpenOptions<'_> {
 pub struct IvfIndex {
     backing: Backing,
     layout: KbiLayout,
+    /// The list offsets (`nlist + 1` u64), copied out of the backing when the index was made
+    /// and checked there: searches bound every list by these, so no byte of a mapped file
+    /// written after loading can move a read out of bounds. Page-aligned so it can be locked
+    /// and unlocked without touching other allocations.
+    offsets: AlignedBytes,
     metadata: Metadata,
     source: FileKind,
     path: Option<PathBuf>,
@@ -85,6 +98,15 @@ fn view<'a, T>(bytes: &'a [u8], layout: &KbiLayout, kind: SectionKind) -> &'a [T
     unsafe {
         std::slice::from_raw_parts(s.as_ptr().cast::<T>(), s.len() / std::mem::size_of::<T>())
     }
+}
+
+/// Page-aligned bytes as u64 values.
+#[inline]
+fn u64s(bytes: &AlignedBytes) -> &[u64] {
+    let b = bytes.as_slice();
+    // SAFETY: the buffer is page-aligned, its length is a multiple of 8 (a list-offsets section),
+    // and u64 accepts any bits.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<u64>(), b.len() / 8) }
 }
 
 impl IvfIndex {
@@ -114,19 +136,21 @@ impl IvfIndex {
             FileKind::Kbi => {
                 let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
                 // SAFETY: the mapping is read-only. knnblend's writers replace files by rename and
-                // never modify them in place; another program truncating the file in place while
-                // it is mapped is the one hazard (SIGBUS on access), documented in the README.
+                // never modify them in place; another program overwriting the file in place can
+                // change only the values searches read (every bound is owned, see above), and
+                // truncating it in place while it is mapped is the one hazard (SIGBUS on
+                // access), documented in the README.
                 let map = unsafe { platform::map_read_only(&file, opts.prefault) }
                     .map_err(|e| FormatError::io(path, e))?;
                 Self::from_backing(Backing::Mapped(map), FileKind::Kbi, opts.verify, progress)?
             }
             FileKind::Faiss => {
-                let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
-                let total = bytes.len() as u64;
-                progress(total / 2, total);
-                let parts = format::read_faiss_index(&bytes)?;
-                drop(bytes);
-                let mut index = Self::from_parts(&parts)?;
+                // Streamed: each list is read straight into the index's image, so the load
+                // never holds the file and a converted copy at once.
+                let image = format::faiss::read_file(path, progress)?;
+                let total = meta.len();
+                let mut index =
+                    Self::from_backing(Backing::Owned(image), FileKind::Faiss, false, progress)?;
                 index.source = FileKind::Faiss;
                 progress(total, total);
                 index
@@ -134,13 +158,8 @@ impl IvfIndex {
         };
         index.file_bytes = meta.len();
         index.path = Some(path.to_path_buf());
-        if let Some(name) = path.file_name() {
-            if index.metadata.sources.is_empty() && index.source == FileKind::Faiss {
-                index
-                    .metadata
-                    .sources
-                    .push(name.to_string_lossy().into_owned());
-            }
+        if index.metadata.sources.is_empty() && index.source == FileKind::Faiss {
+            index.metadata.sources.extend(format::imported_source(path));
         }
         if opts.prefault {
             index.prefault();
@@ -176,26 +195,28 @@ impl IvfIndex {
         if verify {
             kbi::verify_sections(bytes, &layout, progress)?;
         }
-        // Always checked, verified or not: search relies on monotonic, in-bounds offsets.
-        kbi::check_list_offsets(
-            view::<u64>(bytes, &layout, SectionKind::ListOffsets),
-            layout.ntotal,
-        )?;
+        // Copied first, then checked (verified or not: search relies on monotonic, in-bounds
+        // offsets), then used for everything: what was checked is what searches use.
+        let mapped = &bytes[layout.section(SectionKind::ListOffsets).range()];
+        let mut offsets = AlignedBytes::zeroed(mapped.len());
+        offsets.as_mut_slice().copy_from_slice(mapped);
+        let owned = u64s(&offsets);
+        kbi::check_list_offsets(owned, layout.ntotal)?;
         let metadata = kbi::parse_metadata(bytes, &layout)?;
         let file_bytes = bytes.len() as u64;
         let centroids = view::<f32>(bytes, &layout, SectionKind::Centroids);
-        let offsets = view::<u64>(bytes, &layout, SectionKind::ListOffsets);
-        let coarse = CodedRows::centroids(centroids, layout.dim, layout.metric, offsets);
+        let coarse = CodedRows::centroids(centroids, layout.dim, layout.metric, owned);
         let codes = CodedRows::lists(
             centroids,
             view::<f32>(bytes, &layout, SectionKind::Vectors),
             layout.dim,
             layout.metric,
-            offsets,
+            owned,
         );
         Ok(IvfIndex {
             backing,
             layout,
+            offsets,
             metadata,
             source,
             path: None,
@@ -234,6 +255,7 @@ impl IvfIndex {
     pub fn lock(&mut self) -> bool {
         self.pinned = true;
         self.locked = platform::lock_memory(self.backing.bytes());
+        self.locked &= platform::lock_memory(self.offsets.as_slice());
         if let Some(c) = &self.coarse {
             self.locked &= c.lock();
         }
@@ -304,6 +326,20 @@ impl IvfIndex {
     pub fn layout(&self) -> &KbiLayout {
         &self.layout
     }
+    /// What this index declares, as [`format::read_header`] reads it from a file: kind, shape,
+    /// metric, file size, metadata.
+    pub fn header(&self) -> IndexHeader {
+        IndexHeader {
+            kind: self.source,
+            dim: self.dim(),
+            metric: self.metric(),
+            nlist: self.nlist(),
+            ntotal: self.ntotal(),
+            nprobe: self.nprobe(),
+            file_bytes: self.file_bytes,
+            metadata: self.metadata.clone(),
+        }
+    }
 
     /// Centroids, `nlist × dim`.
     #[inline]
@@ -319,10 +355,11 @@ impl IvfIndex {
             SectionKind::CentroidNorms,
         )
     }
-    /// List offsets, `nlist + 1` entries.
+    /// List offsets, `nlist + 1` entries: the index's own copy, checked when it was made
+    /// (monotonic, from 0 to `ntotal`), whatever happens to the file afterwards.
     #[inline]
     pub fn list_offsets(&self) -> &[u64] {
-        view(self.backing.bytes(), &self.layout, SectionKind::ListOffsets)
+        u64s(&self.offsets)
     }
     /// All vectors, grouped by list, `ntotal × dim`.
     #[inline]
@@ -413,6 +450,7 @@ impl Drop for IvfIndex {
         if let Backing::Owned(b) = &self.backing {
             platform::unlock_memory(b.as_slice());
         }
+        platform::unlock_memory(self.offsets.as_slice());
         if let Some(c) = &self.coarse {
             c.unlock();
         }
