@@ -23,6 +23,7 @@ fn queries_right_after_publishing_a_fresh_index_do_not_fault() {
         max_dim: DIM,
         crossfade_seconds: 0.05,
         frame_period_seconds: 0.01,
+        header_validator: None,
         validator: None,
     });
     assert!(matches!(

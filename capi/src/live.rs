@@ -349,6 +349,7 @@ pub unsafe extern "C" fn kb_live_new(
                     c.crossfade_seconds
                 },
                 frame_period_seconds: c.frame_period_seconds,
+                header_validator: None,
                 validator: validator(c.require_dim, c.validate, User(c.validate_user)),
             });
             control.write(Box::into_raw(Box::new(kb_controller { control: ctl })));

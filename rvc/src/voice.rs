@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use knnblend::index::IvfIndex;
-use knnblend::live::{live, Controller, LiveConfig, LoadOutcome, Validator};
+use knnblend::format::IndexHeader;
+use knnblend::live::{live, Controller, HeaderValidator, LiveConfig, LoadOutcome};
 
 use crate::f0::F0Method;
 use crate::models::{ContentVec, Rmvpe, Synthesizer};
@@ -105,18 +105,19 @@ pub struct OpenedVoice {
     pub info: VoiceInfo,
 }
 
-/// The validator that refuses an index not holding `dim`-dimensional features.
-pub fn dim_validator(dim: usize) -> Validator {
-    Arc::new(move |index: &IvfIndex| {
-        if index.dim() == dim {
+/// The header validator that refuses an index not holding `dim`-dimensional features, as soon
+/// as its header is read (before a large index of the wrong features is loaded).
+pub fn dim_validator(dim: usize) -> HeaderValidator {
+    Arc::new(move |header: &IndexHeader| {
+        if header.dim == dim {
             Ok(())
         } else {
             Err(format!(
                 "the index holds {}-dimensional features, but the ContentVec model gives {dim} \
                  (a {} index needs {})",
-                index.dim(),
-                if index.dim() == 256 { "v1" } else { "v2" },
-                if index.dim() == 256 {
+                header.dim,
+                if header.dim == 256 { "v1" } else { "v2" },
+                if header.dim == 256 {
                     "vec-256-layer-9.onnx and a v1 model"
                 } else {
                     "vec-768-layer-12.onnx and a v2 model"
@@ -193,7 +194,7 @@ pub fn open_voice(
     let (index, retrieval) = live(LiveConfig {
         slots: 1,
         max_dim: dim,
-        validator: Some(dim_validator(dim)),
+        header_validator: Some(dim_validator(dim)),
         ..LiveConfig::default()
     });
     let published = load_index(&index, &files.index, progress)?;

@@ -581,6 +581,7 @@ mod blend_block_tests {
             max_dim: 256,
             crossfade_seconds: 0.05,
             frame_period_seconds: 0.01,
+            header_validator: None,
             validator: None,
         }
     }

@@ -193,7 +193,8 @@ impl Controller {
     }
 
     /// Loads and checks `path` on the calling thread (for hosts that run their own background
-    /// tasks): validates every byte, prefaults, tries `mlock`, runs the configured checks.
+    /// tasks): reads its header and runs the cheap checks on it (width, header validator), then
+    /// validates every byte, prefaults, tries `mlock`, runs the validator.
     /// `progress(done, total)` counts bytes. Publish the result with [`publish`](Self::publish).
     pub fn prepare(
         &self,
@@ -203,7 +204,8 @@ impl Controller {
         prepare::prepare_file(path.as_ref(), &self.shared.checks, &mut progress)
     }
 
-    /// Checks an index built in memory (dimension, validator), prefaults and tries to lock it,
+    /// Checks an index built in memory (dimension and header validator on its
+    /// [`header`](IvfIndex::header), then the validator), prefaults and tries to lock it,
     /// ready for [`publish`](Self::publish). `name` is what the user interface shows.
     pub fn prepare_index(&self, index: IvfIndex, name: &str) -> Result<PreparedIndex, LoadError> {
         let path = index.path().map(Path::to_path_buf).unwrap_or_default();

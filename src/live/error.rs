@@ -62,7 +62,8 @@ pub enum LoadError {
         /// The configured maximum.
         max_dim: usize,
     },
-    /// The configured validator (for example the voice engine's feature check) refused it.
+    /// The configured header validator or validator (for example the voice engine's feature
+    /// check) refused it.
     #[error("{} does not suit this voice engine: {reason}", .path.display())]
     Rejected {
         /// The file (or the in-memory index's name).

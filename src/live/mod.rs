@@ -91,6 +91,12 @@
 //!   [`LoadError::Changed`] or a format error, never a half-written index.
 //! - faiss files are read into owned memory and are immune.
 //!
+//! A file overwritten in place *without* truncation (`dd conv=notrunc`, a tool writing through
+//! the same inode) keeps its pages: the mapping shows the new bytes. Every bound a query uses
+//! (section ranges, list offsets, screening tables) was copied into the index's own memory when
+//! it was loaded, so such a write can change the values the audio side reads (it may blend
+//! garbage) but cannot make it index out of bounds or panic.
+//!
 //! Replace index files by renaming (`mv`, or write elsewhere then rename), never by copying over
 //! them, while a plugin may be serving them.
 
@@ -109,7 +115,7 @@ use std::sync::Arc;
 use rtrb::RingBuffer;
 
 pub use audio::AudioEngine;
-pub use config::{LiveConfig, Validator, MAX_SLOTS};
+pub use config::{HeaderValidator, LiveConfig, Validator, MAX_SLOTS};
 pub use control::{Controller, SlotState, SlotStatus};
 pub use entry::{IndexInfo, PreparedIndex};
 pub use error::LoadError;
@@ -145,11 +151,7 @@ pub(crate) fn build(config: LiveConfig, spawn_loader: bool) -> (Controller, Audi
     while ret_rx.pop().is_ok() {}
 
     let telemetry = Arc::new(Telemetry::default());
-    let checks = prepare::Checks {
-        max_dim: config.max_dim,
-        validator: config.validator.clone(),
-        alive: control::alive_counter(),
-    };
+    let checks = prepare::Checks::new(&config, control::alive_counter());
     let controller = Controller::new(
         config.slots,
         checks,

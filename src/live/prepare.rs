@@ -1,5 +1,13 @@
-//! Loading an index for live use (control side only): open, validate everything, prefault,
-//! try to lock in RAM, run the configured checks.
+//! Loading an index for live use (control side only): read what the file declares and run the
+//! cheap checks on it, then open, validate everything, prefault, try to lock in RAM, run the
+//! configured validator.
+//!
+//! The header comes first ([`format::read_header`]: the first page, and a `.kbi`'s metadata
+//! section): the width limit and the configured
+//! [`header_validator`](super::LiveConfig::header_validator) refuse a file of the wrong
+//! dimension, metric or features before anything large is read, verified or allocated. What the
+//! loaded index declares must then be what the header said, or the file changed meanwhile
+//! ([`LoadError::Changed`]).
 //!
 //! A `.kbi` is memory-mapped with `MAP_POPULATE`, every section checksum is verified (which
 //! reads every byte through the mapping), the kernel is told every page will be needed, every
@@ -28,9 +36,10 @@ use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use super::config::Validator;
+use super::config::{HeaderValidator, LiveConfig, Validator};
 use super::entry::{display_name, Entry, PreparedIndex};
 use super::LoadError;
+use crate::format::{self, IndexHeader};
 use crate::index::{IvfIndex, OpenOptions};
 use crate::platform::{self, LeaseError, ReadLease};
 
@@ -38,8 +47,22 @@ use crate::platform::{self, LeaseError, ReadLease};
 #[derive(Clone)]
 pub(crate) struct Checks {
     pub(crate) max_dim: usize,
+    pub(crate) header_validator: Option<HeaderValidator>,
     pub(crate) validator: Option<Validator>,
     pub(crate) alive: Arc<AtomicUsize>,
+}
+
+impl Checks {
+    /// The checks `config` asks for (`config` already sanitized), counting live indexes in
+    /// `alive`.
+    pub(crate) fn new(config: &LiveConfig, alive: Arc<AtomicUsize>) -> Checks {
+        Checks {
+            max_dim: config.max_dim,
+            header_validator: config.header_validator.clone(),
+            validator: config.validator.clone(),
+            alive,
+        }
+    }
 }
 
 /// What identifies one version of a file.
@@ -91,6 +114,9 @@ pub(crate) fn prepare_file(
         };
         progress(d.min(total - 1), total);
     };
+    // The cheap checks, on what the file declares: nothing large read or allocated yet.
+    let header = format::read_header(path).map_err(|e| LoadError::from_format(path, e))?;
+    check_header(&header, path, checks)?;
     let index = IvfIndex::open_with(
         path,
         OpenOptions {
@@ -103,13 +129,14 @@ pub(crate) fn prepare_file(
     .map_err(|e| LoadError::from_format(path, e))?;
     let (after, _) = stamp(path)?;
     // A different size or time: someone wrote it in place. A different file: it was replaced by
-    // a rename meanwhile, so what was mapped may not be the file the lease protected.
-    if before != after {
+    // a rename meanwhile, so what was mapped may not be the file the lease protected. A
+    // different declaration: the header that was checked is not the index that was loaded.
+    if before != after || index.header() != header {
         return Err(LoadError::Changed {
             path: path.to_path_buf(),
         });
     }
-    let prepared = finish(index, display_name(path), path, checks)?;
+    let prepared = publishable(index, display_name(path), path, path.to_path_buf(), checks)?;
     if let Some(lease) = lease {
         if !lease.intact() {
             // A writer is waiting for the lease: unmap first, then let it proceed (the lease
@@ -124,9 +151,10 @@ pub(crate) fn prepare_file(
     Ok(prepared)
 }
 
-/// Checks an index already in memory, prefaults and locks it, and wraps it for publishing.
+/// Checks an index already in memory (its header, then the validator), prefaults and locks
+/// it, and wraps it for publishing.
 pub(crate) fn finish(
-    mut index: IvfIndex,
+    index: IvfIndex,
     name: String,
     path: &Path,
     checks: &Checks,
@@ -136,13 +164,37 @@ pub(crate) fn finish(
     } else {
         path.to_path_buf()
     };
-    if index.dim() > checks.max_dim {
+    check_header(&index.header(), &label, checks)?;
+    publishable(index, name, path, label, checks)
+}
+
+/// The width limit and the header validator, on what an index declares; `label` names it in
+/// errors.
+fn check_header(header: &IndexHeader, label: &Path, checks: &Checks) -> Result<(), LoadError> {
+    if header.dim > checks.max_dim {
         return Err(LoadError::TooWide {
-            path: label,
-            dim: index.dim(),
+            path: label.to_path_buf(),
+            dim: header.dim,
             max_dim: checks.max_dim,
         });
     }
+    if let Some(validate) = &checks.header_validator {
+        validate(header).map_err(|reason| LoadError::Rejected {
+            path: label.to_path_buf(),
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs the validator on an index whose header passed, prefaults and locks it, and wraps it.
+fn publishable(
+    mut index: IvfIndex,
+    name: String,
+    path: &Path,
+    label: std::path::PathBuf,
+    checks: &Checks,
+) -> Result<PreparedIndex, LoadError> {
     if let Some(validate) = &checks.validator {
         validate(&index).map_err(|reason| LoadError::Rejected {
             path: label,

@@ -61,6 +61,7 @@ fn config() -> LiveConfig {
         max_dim: 64,
         crossfade_seconds: 0.05,
         frame_period_seconds: 0.01,
+        header_validator: None,
         validator: None,
     }
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use crate::format::Metadata;
+use crate::format::{IndexHeader, Metadata};
 use crate::index::IvfIndex;
 use crate::live::LiveConfig;
 
@@ -246,17 +246,20 @@ impl FeatureSpec {
     }
 
     /// A live runtime configuration for these features: `slots` slots, a frame period of one
-    /// hop, and [`check`](Self::check) as the validator so that an index of other features is
-    /// refused with a message saying what it holds before it is published. `max_dim` is
-    /// `dim()` but at least 1024, so that RVC indexes (256/768) reach the validator and get
-    /// that message rather than a bare width error (it only sizes a crossfade buffer).
+    /// hop, and [`check_metadata`](Self::check_metadata) as the header validator, so that an
+    /// index of other features is refused with a message saying what it holds as soon as its
+    /// header is read, before anything large is loaded. `max_dim` is `dim()` but at least 1024,
+    /// so that RVC indexes (256/768) reach that check and get its message rather than a bare
+    /// width error (it only sizes a crossfade buffer).
     pub fn live_config(&self, slots: usize) -> LiveConfig {
         let spec = self.clone();
         LiveConfig {
             slots,
             max_dim: self.dim().max(1024),
             frame_period_seconds: self.hop_ms / 1000.0,
-            validator: Some(Arc::new(move |index: &IvfIndex| spec.check(index))),
+            header_validator: Some(Arc::new(move |header: &IndexHeader| {
+                spec.check_metadata(&header.metadata, header.dim)
+            })),
             ..LiveConfig::default()
         }
     }

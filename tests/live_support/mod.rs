@@ -98,6 +98,7 @@ pub fn runtime(slots: usize, crossfade: f32, frame: f32) -> (Controller, AudioEn
         max_dim: DIM,
         crossfade_seconds: crossfade,
         frame_period_seconds: frame,
+        header_validator: None,
         validator: None,
     })
 }
