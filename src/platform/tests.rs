@@ -539,12 +539,12 @@ fn a_threads_page_faults_are_readable_from_another_thread() {
         "touching 256 fresh pages faulted {} times",
         own_after - own_before
     );
-    // The outside view sees the same faults (it may also see the few the thread took between
-    // its own reading and ours).
+    // The outside view sees the same faults, give or take the few the thread took between its
+    // own readings and ours (sending on the channel may fault a page).
     let seen = seen_after - seen_before;
     let own = own_after - own_before;
     assert!(
-        seen >= own && seen <= own + 16,
+        seen + 8 >= own && seen <= own + 16,
         "outside {seen} vs the thread's own {own}"
     );
     // A thread that is gone reads as None.
