@@ -1,15 +1,19 @@
-//! The audio side of the live runtime never allocates or frees, across many swaps: pick-up,
-//! queries, blends, crossfades and slot switches run under `assert_no_alloc`'s global allocator,
-//! which aborts the process on any (de)allocation inside a guarded region. A second test shows
-//! the guard fires on a deliberate allocation (in a child process, since it aborts); it also
-//! fails if the guard is inactive (`assert_no_alloc` checks nothing in release builds).
+//! The audio side of the live runtime never allocates or frees, across many swaps, at the
+//! shapes users run (the plugin's 80-d voices, RVC's 256-d and 768-d indexes with RVC's list
+//! counts; `live_support`): pick-up, single and block blends (every search path of the shape:
+//! the 16-bit or 8-bit centroid screen and the 16-bit rescreen, list codes, the shared block
+//! screen), crossfades and slot switches run under `assert_no_alloc`'s global allocator, which
+//! aborts the process on any (de)allocation inside a guarded region. A second test shows the
+//! guard fires on a deliberate allocation (in a child process, since it aborts); it also fails
+//! if the guard is inactive (the dev-dependency is built without `disable_release`, so the
+//! guard is armed in release builds too).
 
 #[path = "live_support/mod.rs"]
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use assert_no_alloc::{assert_no_alloc, AllocDisabler};
 use knnblend::live::{live, LiveConfig, LoadOutcome};
@@ -21,10 +25,28 @@ static ALLOCATOR: AllocDisabler = AllocDisabler;
 const CHILD_ENV: &str = "KNNBLEND_LIVE_ALLOC_CHILD";
 
 #[test]
-fn the_audio_side_never_allocates_or_frees_across_swaps() {
+fn the_audio_side_never_allocates_or_frees_across_swaps_plugin_80() {
+    never_allocates(plugin_80(), 400);
+}
+
+#[test]
+fn the_audio_side_never_allocates_or_frees_across_swaps_rvc_256() {
+    never_allocates(rvc_256(), 100);
+}
+
+#[test]
+fn the_audio_side_never_allocates_or_frees_across_swaps_rvc_768() {
+    never_allocates(rvc_768(), 60);
+}
+
+/// `swaps` control-side operations among four voices of `shape` while the audio thread runs
+/// guarded blocks of 20 frames, blended alternately as one block and frame by frame.
+fn never_allocates(shape: Shape, swaps: usize) {
+    let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let files = four_voices(dir.path(), "v", 2000);
-    let (control, mut audio) = runtime(4, 0.02, 0.005);
+    let files = four_voices(dir.path(), "v", &shape);
+    assert_paths_engage(&shape, &files[0], &queries(shape.dim, 512, 3));
+    let (control, mut audio) = runtime(shape.dim, 4, 0.02, 0.005);
     let control = Arc::new(control);
     let active = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -32,8 +54,7 @@ fn the_audio_side_never_allocates_or_frees_across_swaps() {
     let audio_thread = {
         let (active, stop) = (active.clone(), stop.clone());
         std::thread::spawn(move || {
-            let queries = queries(64, 3);
-            let mut out = vec![0f32; DIM];
+            let mut work = Work::new(shape.dim, 20, 3);
             let mut seen = Vec::with_capacity(4096); // serving ids, recorded without allocating
             let mut blocks = 0u64;
             let mut fading_blocks = 0u64;
@@ -46,9 +67,8 @@ fn the_audio_side_never_allocates_or_frees_across_swaps() {
                     if audio.is_fading() {
                         fading_blocks += 1;
                     }
-                    for q in queries.chunks_exact(DIM).take(16) {
-                        audio.blend(q, 8, 0.9, &mut out);
-                    }
+                    // Block search on every other pair of blocks, single searches otherwise.
+                    work.blend(&mut audio, blocks & 2 == 0, 0.9);
                     let id = audio.serving_id().unwrap_or(0);
                     if seen.last() != Some(&id) && seen.len() < seen.capacity() {
                         seen.push(id);
@@ -58,7 +78,7 @@ fn the_audio_side_never_allocates_or_frees_across_swaps() {
                 blocks += 1;
                 std::thread::sleep(Duration::from_micros(300));
             }
-            (audio, seen, blocks, fading_blocks)
+            (audio, seen, blocks, fading_blocks, work)
         })
     };
 
@@ -66,7 +86,7 @@ fn the_audio_side_never_allocates_or_frees_across_swaps() {
     // and slot switches.
     let mut rng = Rng(42);
     let mut tickets = Vec::new();
-    for i in 0..400 {
+    for i in 0..swaps {
         let slot = rng.below(4);
         let file = &files[rng.below(4)];
         match i % 5 {
@@ -83,10 +103,15 @@ fn the_audio_side_never_allocates_or_frees_across_swaps() {
     }
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Relaxed);
-    let (audio, seen, blocks, fading_blocks) = audio_thread.join().expect("audio thread");
+    let (audio, seen, blocks, fading_blocks, work) = audio_thread.join().expect("audio thread");
     println!(
-        "{blocks} guarded blocks, {fading_blocks} of them crossfading, {} changes of the serving index",
-        seen.len()
+        "{}: {swaps} swaps, {blocks} guarded blocks, {fading_blocks} of them crossfading, {} \
+         changes of the serving index, {} frames blended by blend_block and {} by blend; {:.1} s",
+        shape.label(),
+        seen.len(),
+        work.by_block,
+        work.by_frame,
+        started.elapsed().as_secs_f64()
     );
     assert!(
         blocks > 200,
@@ -94,10 +119,11 @@ fn the_audio_side_never_allocates_or_frees_across_swaps() {
     );
     assert!(fading_blocks > 0, "no crossfade was exercised");
     assert!(
-        seen.len() > 20,
+        seen.len() > swaps / 20,
         "too few swaps were picked up: {}",
         seen.len()
     );
+    assert!(work.by_block > 0 && work.by_frame > 0, "both searches ran");
     drop(audio);
     control.collect();
     assert_eq!(control.indexes_alive(), 0);
@@ -111,17 +137,18 @@ fn deliberate_allocation_child() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
+    let shape = small(500);
     let (control, mut audio) = live(LiveConfig {
-        max_dim: DIM,
+        max_dim: shape.dim,
         ..LiveConfig::default()
     });
     let p = control.prepare_index(
-        knnblend::index::IvfIndex::from_parts(&parts(5.0, 500, 8)).unwrap(),
+        knnblend::index::IvfIndex::from_parts(&parts(&shape, 5.0)).unwrap(),
         "x",
     );
     control.publish(0, p.unwrap()).unwrap();
-    let q = queries(1, 1);
-    let mut out = vec![0f32; DIM];
+    let q = queries(shape.dim, 1, 1);
+    let mut out = vec![0f32; shape.dim];
     assert_no_alloc(|| {
         audio.begin_block(0, 0.0);
         audio.blend(&q, 8, 1.0, &mut out);

@@ -12,7 +12,7 @@ use support::*;
 fn runtime() -> (Controller, AudioEngine) {
     live(LiveConfig {
         slots: 2,
-        max_dim: DIM,
+        max_dim: SMALL_DIM,
         ..LiveConfig::default()
     })
 }
@@ -31,7 +31,7 @@ fn serve(audio: &mut AudioEngine, control: &Controller) -> f32 {
 #[test]
 fn a_file_replaced_by_rename_keeps_serving_its_old_contents_until_loaded_again() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "voice.kbi", 100.0, 2000);
+    let path = write(dir.path(), "voice.kbi", &small(2000), 100.0);
     let (control, mut audio) = runtime();
     assert!(matches!(
         control.load(0, &path).wait(),
@@ -40,7 +40,7 @@ fn a_file_replaced_by_rename_keeps_serving_its_old_contents_until_loaded_again()
     assert!(close(serve(&mut audio, &control), 100.0));
 
     // write_kbi replaces by rename: the mapping keeps the old inode.
-    write(dir.path(), "voice.kbi", 200.0, 3000);
+    write(dir.path(), "voice.kbi", &small(3000), 200.0);
     assert!(
         close(serve(&mut audio, &control), 100.0),
         "the old contents keep serving"
@@ -70,7 +70,7 @@ fn a_file_replaced_by_rename_keeps_serving_its_old_contents_until_loaded_again()
 #[test]
 fn a_deleted_file_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "gone.kbi", 300.0, 2000);
+    let path = write(dir.path(), "gone.kbi", &small(2000), 300.0);
     let (control, mut audio) = runtime();
     assert!(matches!(
         control.load(0, &path).wait(),
@@ -94,7 +94,7 @@ fn a_deleted_file_keeps_serving() {
 #[test]
 fn a_file_being_written_loads_completely_or_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let source = write(dir.path(), "source.kbi", 400.0, 20_000);
+    let source = write(dir.path(), "source.kbi", &small(20_000), 400.0);
     let bytes = std::fs::read(&source).unwrap();
     let target = dir.path().join("copying.kbi");
     let (control, _audio) = runtime();

@@ -1,10 +1,13 @@
-//! Swap storm: an audio thread runs blocks at a fixed 1 ms cadence while the control side swaps
-//! among four index files 1 000 times (background loads, prepare + publish, unloads) and
-//! switches slots. Every index's vectors encode its identity, so each blend reveals which index
-//! served it: every frame of a block must come from the index the engine reports as serving
-//! (or, during a crossfade, lie between the two indexes' identities, moving monotonically).
-//! At the end exactly the indexes held in slots remain allocated and mapped; after the engine
-//! is dropped, none. The longest audio-side block is printed.
+//! Swap storm, at the shapes users run (`live_support`: the plugin's 80-d voices, RVC's 256-d
+//! and 768-d indexes with RVC's list counts): an audio thread runs blocks at a fixed 1 ms
+//! cadence (frames searched with `blend_block` in every other block, one `blend` per frame in
+//! the others) while the control side swaps among four index files (background loads,
+//! prepare + publish, unloads) and switches slots. Every index's vectors encode its identity,
+//! so each blend reveals which index served it: every frame of a block must come from the
+//! index the engine reports as serving (or, during a crossfade, lie between the two indexes'
+//! identities, moving monotonically). At the end exactly the indexes held in slots remain
+//! allocated and mapped; after the engine is dropped, none. The longest audio-side block is
+//! printed.
 
 #[path = "live_support/mod.rs"]
 mod support;
@@ -17,14 +20,29 @@ use knnblend::live::LoadOutcome;
 use support::*;
 
 const SLOTS: usize = 4;
-const SWAPS: usize = 1000;
 const FRAMES: usize = 8;
 
 #[test]
-fn swap_storm() {
+fn swap_storm_plugin_80() {
+    swap_storm(plugin_80(), 1000);
+}
+
+#[test]
+fn swap_storm_rvc_256() {
+    swap_storm(rvc_256(), 200);
+}
+
+#[test]
+fn swap_storm_rvc_768() {
+    swap_storm(rvc_768(), 100);
+}
+
+fn swap_storm(shape: Shape, swaps: usize) {
+    let began = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let files = four_voices(dir.path(), "voice", 3000);
-    let (control, mut audio) = runtime(SLOTS, 0.004, 0.001);
+    let files = four_voices(dir.path(), "voice", &shape);
+    assert_paths_engage(&shape, &files[2], &queries(shape.dim, 512, 5));
+    let (control, mut audio) = runtime(shape.dim, SLOTS, 0.004, 0.001);
     let control = Arc::new(control);
     let active = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -32,8 +50,7 @@ fn swap_storm() {
     let audio_thread = {
         let (active, stop) = (active.clone(), stop.clone());
         std::thread::spawn(move || {
-            let q = queries(1, 5);
-            let mut out = [0f32; DIM];
+            let mut work = Work::new(shape.dim, FRAMES, 5);
             let mut stats = Stats::default();
             let mut serving_identity = 0.0f32; // what served at the end of the previous block
             let mut fade_from = 0.0f32;
@@ -43,6 +60,7 @@ fn swap_storm() {
                 let slot = active.load(Relaxed);
                 // Every third block switches instantly, the others crossfade (4 frames).
                 let fade = if stats.blocks % 3 == 0 { 0.0 } else { 0.004 };
+                let block = stats.blocks % 2 == 1;
                 let t0 = Instant::now();
                 let was_fading = audio.is_fading();
                 audio.begin_block(slot, fade);
@@ -53,10 +71,22 @@ fn swap_storm() {
                 }
                 let mut values = [0f32; FRAMES];
                 let mut fading = [false; FRAMES];
-                for (v, f) in values.iter_mut().zip(&mut fading) {
-                    *f = audio.is_fading();
-                    audio.blend(&q, 8, 1.0, &mut out);
-                    *v = out[0];
+                if block {
+                    // One call for the block: a fade running at its start may end inside it
+                    // (the frames after its end are the new index's, inside the fade's range).
+                    fading = [audio.is_fading(); FRAMES];
+                    work.blend(&mut audio, true, 1.0);
+                    for (i, v) in values.iter_mut().enumerate() {
+                        *v = work.value(i);
+                    }
+                } else {
+                    let dim = work.dim;
+                    let frames = work.frames.chunks_exact(dim);
+                    for (i, (q, o)) in frames.zip(work.out.chunks_exact_mut(dim)).enumerate() {
+                        fading[i] = audio.is_fading();
+                        audio.blend(q, K, 1.0, o);
+                        values[i] = o[0];
+                    }
                 }
                 audio.end_block();
                 let dt = t0.elapsed();
@@ -101,14 +131,14 @@ fn swap_storm() {
                     next = Instant::now();
                 }
             }
-            (audio, stats)
+            (audio, stats, work)
         })
     };
 
     let mut rng = Rng(2024);
     let mut tickets = Vec::new();
     let started = Instant::now();
-    for i in 0..SWAPS {
+    for i in 0..swaps {
         let slot = rng.below(SLOTS);
         let file = &files[rng.below(files.len())];
         // Every operation is a swap: a background load, a prepare + publish, or an unload.
@@ -136,7 +166,7 @@ fn swap_storm() {
     // Let the audio side pick up everything and finish its fades; the loader collects meanwhile.
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Relaxed);
-    let (audio, stats) = audio_thread.join().expect("the audio thread panicked");
+    let (audio, stats, work) = audio_thread.join().expect("the audio thread panicked");
     control.collect();
 
     let t = control.telemetry();
@@ -146,25 +176,34 @@ fn swap_storm() {
         .filter_map(|s| s.index.as_ref().map(|r| r.id))
         .collect();
     println!(
-        "storm: {SWAPS} swaps in {storm_time:?} ({} loads published, {} superseded); \
-         {} audio blocks, {} serving changes, {} crossfades; max audio block {:?} (wall), \
-         max query {} ns, max block {} ns (engine telemetry); deferred {}",
+        "storm at {}: {swaps} swaps in {storm_time:?} ({} loads published, {} superseded); \
+         {} audio blocks, {} serving changes, {} crossfades, {} frames blended by blend_block; \
+         max audio block {:?} (wall), max query {} ns, max block {} ns (engine telemetry); \
+         deferred {}; {:.1} s in all",
+        shape.label(),
         outcomes[0],
         outcomes[1],
         stats.blocks,
         stats.changes,
         stats.fades,
+        work.by_block,
         stats.max_block,
         t.max_query_ns,
         t.max_block_ns,
-        t.deferred
+        t.deferred,
+        began.elapsed().as_secs_f64()
     );
     assert!(
-        stats.changes > 50,
+        stats.changes > swaps as u64 / 20,
         "too few swaps reached the audio side: {}",
         stats.changes
     );
-    assert!(stats.fades > 10, "too few crossfades: {}", stats.fades);
+    assert!(
+        stats.fades > swaps as u64 / 100,
+        "too few crossfades: {}",
+        stats.fades
+    );
+    assert!(work.by_block > 0, "blend_block blended nothing");
     assert!(!t.fading);
 
     // Exactly what the slots hold is alive and mapped.

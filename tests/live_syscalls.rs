@@ -1,8 +1,10 @@
-//! The audio side makes no system calls: the audio thread installs a seccomp filter that kills
-//! the whole process (SIGSYS) on any system call other than write, exit and rt_sigreturn, and
-//! then picks up publications, blends and crossfades while the control side swaps indexes. It
-//! runs in a child process; the parent checks the child survived. A second test makes one
-//! deliberate system call under the same filter and checks the child is killed.
+//! The audio side makes no system calls, at the shapes users run (`live_support`: the plugin's
+//! 80-d voices, RVC's 256-d and 768-d indexes with RVC's list counts): the audio thread installs
+//! a seccomp filter that kills the whole process (SIGSYS) on any system call other than write,
+//! exit and rt_sigreturn, and then picks up publications, blends (single and block searches,
+//! alternately) and crossfades while the control side swaps indexes. It runs in a child
+//! process; the parent checks the child survived. A second test makes one deliberate system
+//! call under the same filter and checks the child is killed.
 //!
 //! (Seccomp *strict* mode cannot be used: it also disables `rdtsc`, which the engine reads.)
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -13,11 +15,12 @@ mod support;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use knnblend::live::LoadOutcome;
 use support::*;
 
+/// `clean` or `violate`, then the shape's dimension and the number of swaps: `clean 768 24`.
 const CHILD_ENV: &str = "KNNBLEND_LIVE_SECCOMP_CHILD";
 const PASSED: &str = "audio thread finished under the seccomp filter";
 
@@ -29,13 +32,22 @@ fn raw_write(msg: &str) {
 #[test]
 #[ignore = "run by the seccomp tests in a child process"]
 fn seccomp_child() {
-    let Some(mode) = std::env::var_os(CHILD_ENV) else {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
+    let words: Vec<&str> = spec.split(' ').collect();
+    let [mode, dim, swaps] = words[..] else {
+        panic!("{CHILD_ENV}={spec}: expected `clean|violate <dim> <swaps>`")
+    };
     let violate = mode == "violate";
+    let shape = shapes()
+        .into_iter()
+        .find(|s| s.dim.to_string() == dim)
+        .expect("a shape of live_support");
+    let swaps: usize = swaps.parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let files = four_voices(dir.path(), "s", 2000);
-    let (control, mut audio) = runtime(2, 0.003, 0.001);
+    let files = four_voices(dir.path(), "s", &shape);
+    let (control, mut audio) = runtime(shape.dim, 2, 0.003, 0.001);
     assert!(matches!(
         control.load(0, &files[0]).wait(),
         LoadOutcome::Published(_)
@@ -53,14 +65,14 @@ fn seccomp_child() {
             finished.clone(),
         );
         std::thread::spawn(move || {
-            let qs = queries(16, 9);
-            let mut out = [0f32; DIM];
+            let mut work = Work::new(shape.dim, 16, 9);
+            let mut n = 0u64;
             let mut run_block = |audio: &mut knnblend::live::AudioEngine| {
                 audio.begin_block(active.load(SeqCst), -1.0);
-                for q in qs.chunks_exact(DIM) {
-                    audio.blend(q, 8, 0.8, &mut out);
-                }
+                // Block search and single searches, alternately.
+                work.blend(audio, n.is_multiple_of(2), 0.8);
                 audio.end_block();
+                n += 1;
             };
             for _ in 0..100 {
                 run_block(&mut audio); // warm up before the filter
@@ -90,7 +102,7 @@ fn seccomp_child() {
     // The control side swaps indexes and slots while the audio thread runs under the filter.
     let mut rng = Rng(77);
     let mut last = blocks.load(SeqCst);
-    for i in 0..200 {
+    for i in 0..swaps {
         let slot = rng.below(2);
         if i % 3 == 0 {
             let p = control.prepare(&files[rng.below(4)], |_, _| {}).unwrap();
@@ -111,8 +123,10 @@ fn seccomp_child() {
     }
     let t = control.telemetry();
     raw_write(&format!(
-        "{PASSED}: {} blocks, {} queries\n",
-        t.blocks, t.queries
+        "{PASSED}: {}: {swaps} swaps, {} blocks, {} queries\n",
+        shape.label(),
+        t.blocks,
+        t.queries
     ));
 }
 
@@ -160,7 +174,7 @@ fn install_filter() {
     }
 }
 
-fn run_child(mode: &str) -> std::process::Output {
+fn run_child(mode: &str, shape: Shape, swaps: usize) -> std::process::Output {
     std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -169,14 +183,34 @@ fn run_child(mode: &str) -> std::process::Output {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_ENV, mode)
+        .env(CHILD_ENV, format!("{mode} {} {swaps}", shape.dim))
         .output()
         .unwrap()
 }
 
 #[test]
-fn the_audio_side_makes_no_system_calls() {
-    let out = run_child("clean");
+fn the_audio_side_makes_no_system_calls_plugin_80() {
+    no_system_calls(plugin_80(), 200);
+}
+
+#[test]
+fn the_audio_side_makes_no_system_calls_rvc_256() {
+    no_system_calls(rvc_256(), 45);
+}
+
+#[test]
+fn the_audio_side_makes_no_system_calls_rvc_768() {
+    no_system_calls(rvc_768(), 24);
+}
+
+fn no_system_calls(shape: Shape, swaps: usize) {
+    let started = Instant::now();
+    // The search paths the child runs, checked here (the child has no test harness output).
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "paths.kbi", &shape, 1.0);
+    assert_paths_engage(&shape, &file, &queries(shape.dim, 512, 9));
+    drop(dir);
+    let out = run_child("clean", shape, swaps);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.signal(),
@@ -186,17 +220,18 @@ fn the_audio_side_makes_no_system_calls() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(PASSED), "{stderr}");
     println!(
-        "{}",
+        "{}; {:.1} s",
         stderr
             .lines()
             .find(|l| l.contains(PASSED))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        started.elapsed().as_secs_f64()
     );
 }
 
 #[test]
 fn a_deliberate_system_call_under_the_filter_kills_the_child() {
-    let out = run_child("violate");
+    let out = run_child("violate", plugin_80(), 20);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{stderr}");
     assert!(!stderr.contains("audio thread: done"), "{stderr}");

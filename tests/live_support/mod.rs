@@ -1,62 +1,177 @@
-//! Helpers shared by the `live_*` integration tests: small indexes whose vectors encode which
-//! index they came from, per-thread page-fault counts, and mapping counts.
+//! Helpers shared by the `live_*` integration tests: indexes at the shapes users run (the
+//! plugin's 80-d voices, RVC's 256-d and 768-d indexes with RVC's list counts) whose vectors
+//! encode which index they came from, feature-like query frames, the audio-side work of one
+//! block (single and block search), a check that a shape engages the search paths it is meant
+//! to prove, per-thread page-fault counts, and mapping counts.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
-use knnblend::format::{write_kbi, IndexParts, ListParts, Metadata, Metric};
-use knnblend::index::IvfIndex;
+use knnblend::format::{kbi, IndexParts, ListParts, Metadata, Metric};
+use knnblend::index::{rvc_nlist, BlendOutcome, IvfIndex, SearchStats, Searcher, BLOCK};
 use knnblend::live::{live, AudioEngine, Controller, LiveConfig, LoadTicket};
 
-/// Dimension of the test indexes.
-pub const DIM: usize = 32;
+/// Largest dimension of the test indexes (RVC v2's features).
+pub const MAX_DIM: usize = 768;
+/// Dimension of the small indexes of the file tests (`live_files.rs`), which are not about
+/// search paths.
+pub const SMALL_DIM: usize = 32;
+/// Neighbours per blend (RVC's k).
+pub const K: usize = 8;
+
+/// The shape of a test index: dimension, stored vectors, inverted lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub dim: usize,
+    pub n: usize,
+    pub nlist: usize,
+}
+
+impl Shape {
+    /// `n` vectors of `dim` in RVC's list count, `min(16·√n, n / 39)` (what `knnblend build`
+    /// and RVC's training use).
+    pub fn rvc(dim: usize, n: usize) -> Shape {
+        Shape {
+            dim,
+            n,
+            nlist: rvc_nlist(n),
+        }
+    }
+
+    /// For messages: `d=768 N=20000 nlist=512`.
+    pub fn label(&self) -> String {
+        format!("d={} N={} nlist={}", self.dim, self.n, self.nlist)
+    }
+
+    /// Whether the 8-bit paths engage at this dimension (from 128 on: the 8-bit centroid
+    /// query with its 16-bit rescreen, list codes, the shared block screen with its tile
+    /// kernels); below, centroids are screened with the 16-bit query, lists are scanned in f32
+    /// and a block is searched query by query.
+    pub fn coded(&self) -> bool {
+        self.dim >= 128
+    }
+}
+
+/// The plugin's own voices: 80-dimensional features, about eight minutes of voiced frames.
+pub fn plugin_80() -> Shape {
+    Shape::rvc(80, 50_000)
+}
+
+/// An RVC v1 index (256-dimensional HuBERT features).
+pub fn rvc_256() -> Shape {
+    Shape::rvc(256, 30_000)
+}
+
+/// An RVC v2 index (768-dimensional ContentVec features), with more lists (615) than a
+/// centroid screen may keep, so the 16-bit rescreen can run.
+pub fn rvc_768() -> Shape {
+    Shape::rvc(768, 24_000)
+}
+
+/// Every shape a realtime proof runs at.
+pub fn shapes() -> [Shape; 3] {
+    [plugin_80(), rvc_256(), rvc_768()]
+}
+
+/// The shape of the file tests: `n` vectors of [`SMALL_DIM`] in 32 lists.
+pub fn small(n: usize) -> Shape {
+    Shape {
+        dim: SMALL_DIM,
+        n,
+        nlist: 32,
+    }
+}
 
 /// A small deterministic generator (xorshift64).
 pub struct Rng(pub u64);
 
 impl Rng {
-    /// Uniform in [-1, 1).
-    pub fn f32(&mut self) -> f32 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        self.0
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
     }
 
     /// Uniform in 0..n.
     pub fn below(&mut self, n: usize) -> usize {
         ((self.f32() * 0.5 + 0.5) * n as f32) as usize % n
     }
+
+    /// About standard normal: the sum of four 16-bit uniforms (Irwin–Hall), centred and
+    /// scaled to unit variance. One generator step per value, so indexes of millions of values
+    /// build quickly.
+    pub fn normal(&mut self) -> f32 {
+        let x = self.next_u64();
+        let sum: u32 = (0..4).map(|i| ((x >> (16 * i)) & 0xffff) as u32).sum();
+        (sum as f32 / 65_536.0 - 2.0) * 3f32.sqrt()
+    }
 }
 
-/// `n` vectors in `nlist` lists (each vector filed under its nearest centroid), every vector's
-/// component 0 equal to `identity`: a blend at ratio 1 outputs `identity` there, revealing which
-/// index served it.
-pub fn parts(identity: f32, n: usize, nlist: usize) -> IndexParts {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (identity.to_bits() as u64) << 7);
-    let row = |rng: &mut Rng| -> Vec<f32> {
-        let mut v: Vec<f32> = (0..DIM).map(|_| rng.f32()).collect();
-        v[0] = identity;
-        v
-    };
-    let centroids: Vec<f32> = (0..nlist).flat_map(|_| row(&mut rng)).collect();
+/// Component 0 of a glitch frame (features are of order 1).
+const GLITCH: f32 = 400.0;
+
+/// Phoneme-like centres every voice's features cluster around.
+const PHONEMES: usize = 48;
+
+/// The feature space of a dimension, shared by every voice and by the query frames: phoneme
+/// centres (standard normal) and a per-component spread of frames around their centre.
+struct Space {
+    dim: usize,
+    centres: Vec<f32>,
+    spread: Vec<f32>,
+}
+
+impl Space {
+    fn new(dim: usize) -> Space {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (dim as u64) << 20);
+        Space {
+            dim,
+            centres: (0..PHONEMES * dim).map(|_| rng.normal()).collect(),
+            spread: (0..dim).map(|_| 0.2 + 0.2 * (rng.f32() + 1.0)).collect(),
+        }
+    }
+
+    fn centre(&self, p: usize) -> &[f32] {
+        &self.centres[p * self.dim..(p + 1) * self.dim]
+    }
+}
+
+/// An index of `shape` whose every vector has component 0 equal to `identity`: a blend at
+/// ratio 1 outputs `identity` there, revealing which index served it. Like a trained RVC
+/// index: the list centroids scatter around the phoneme centres of the feature space (each
+/// voice its own), every stored vector lies near its list's centroid, list lengths vary.
+/// Identities are of the order of the features (`1.0` to `4.0` in the proofs), so they do not
+/// change how the screens behave.
+pub fn parts(shape: &Shape, identity: f32) -> IndexParts {
+    let Shape { dim, n, nlist } = *shape;
+    let space = Space::new(dim);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (identity.to_bits() as u64) << 7 ^ dim as u64);
+    let mut centroids = Vec::with_capacity(nlist * dim);
+    for _ in 0..nlist {
+        let p = space.centre(rng.below(PHONEMES));
+        let start = centroids.len();
+        centroids.extend(p.iter().map(|&x| x + 0.6 * rng.normal()));
+        centroids[start] = identity;
+    }
     let mut lists = vec![ListParts::default(); nlist];
     for i in 0..n {
-        let v = row(&mut rng);
-        let nearest = (0..nlist)
-            .min_by(|&a, &b| {
-                let d = |c: usize| -> f32 {
-                    centroids[c * DIM..(c + 1) * DIM]
-                        .iter()
-                        .zip(&v)
-                        .map(|(x, y)| (x - y) * (x - y))
-                        .sum()
-                };
-                d(a).total_cmp(&d(b))
-            })
-            .unwrap();
-        lists[nearest].ids.push(i as i64);
-        lists[nearest].vectors.extend(v);
+        let l = rng.below(nlist);
+        let c = &centroids[l * dim..(l + 1) * dim];
+        let list = &mut lists[l];
+        list.ids.push(i as i64);
+        let start = list.vectors.len();
+        list.vectors.extend(
+            c.iter()
+                .zip(&space.spread)
+                .map(|(&c, &s)| c + s * rng.normal()),
+        );
+        list.vectors[start] = identity;
     }
     let mut metadata = Metadata {
         features: "live-test".into(),
@@ -66,7 +181,7 @@ pub fn parts(identity: f32, n: usize, nlist: usize) -> IndexParts {
         .extra
         .insert("identity".into(), serde_json::json!(identity));
     IndexParts {
-        dim: DIM,
+        dim,
         metric: Metric::L2,
         nprobe: 1,
         centroids,
@@ -75,31 +190,43 @@ pub fn parts(identity: f32, n: usize, nlist: usize) -> IndexParts {
     }
 }
 
-/// Writes an identity index of `n` vectors to `dir/name` (atomically, by rename).
-pub fn write(dir: &Path, name: &str, identity: f32, n: usize) -> PathBuf {
+/// Writes an identity index of `shape` to `dir/name`, atomically by rename (a file that was
+/// there keeps its inode for whoever maps it), without `write_kbi`'s fsync: the indexes of
+/// the proofs are tens of megabytes and need not survive a crash.
+pub fn write(dir: &Path, name: &str, shape: &Shape, identity: f32) -> PathBuf {
     let path = dir.join(name);
-    write_kbi(&path, &parts(identity, n, 32)).unwrap();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(
+        &tmp,
+        kbi::encode(&parts(shape, identity)).unwrap().as_slice(),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
     path
 }
 
+/// The identity of voice `i` of [`four_voices`].
+pub fn identity(i: usize) -> f32 {
+    i as f32
+}
+
 /// The four identity indexes the swap tests swap among: `dir/{prefix}{i}.kbi` for i = 1..=4,
-/// identity `100·i`, `n` vectors each.
-pub fn four_voices(dir: &Path, prefix: &str, n: usize) -> Vec<PathBuf> {
+/// identity [`identity`]`(i)`, all of `shape`.
+pub fn four_voices(dir: &Path, prefix: &str, shape: &Shape) -> Vec<PathBuf> {
     (1..=4)
-        .map(|i| write(dir, &format!("{prefix}{i}.kbi"), 100.0 * i as f32, n))
+        .map(|i| write(dir, &format!("{prefix}{i}.kbi"), shape, identity(i)))
         .collect()
 }
 
-/// A live runtime of `slots` slots for indexes of [`DIM`], crossfading over `crossfade`
-/// seconds with a feature frame every `frame` seconds.
-pub fn runtime(slots: usize, crossfade: f32, frame: f32) -> (Controller, AudioEngine) {
+/// A live runtime of `slots` slots for indexes of up to `dim` dimensions, crossfading over
+/// `crossfade` seconds with a feature frame every `frame` seconds.
+pub fn runtime(dim: usize, slots: usize, crossfade: f32, frame: f32) -> (Controller, AudioEngine) {
     live(LiveConfig {
         slots,
-        max_dim: DIM,
+        max_dim: dim,
         crossfade_seconds: crossfade,
         frame_period_seconds: frame,
-        header_validator: None,
-        validator: None,
+        ..LiveConfig::default()
     })
 }
 
@@ -137,31 +264,169 @@ pub fn identity_of(index: &IvfIndex) -> f32 {
     index.vector(0)[0]
 }
 
-/// `count` queries spread over the index's lists (centroid plus noise), component 0 zero.
-pub fn queries(count: usize, seed: u64) -> Vec<f32> {
-    let p = parts(1.0, 0, 32);
-    let mut rng = Rng(seed | 1);
-    let mut out = Vec::with_capacity(count * DIM);
+/// `count` query frames of `dim` values: a source speaker's frames around the feature space's
+/// phoneme centres (each voice's lists scatter around the same centres), component 0 zero;
+/// every 16th frame is a glitch, far out along component 0, the one direction in which a
+/// voice's stored features do not vary (every vector has the voice's identity there). The
+/// 8-bit centroid screen cannot narrow such a frame down (its quantisation error grows with
+/// the frame's largest component, the keys' spread does not), so from 128 dimensions the
+/// 16-bit rescreen runs for it, when the index has more lists than a screen may keep
+/// (384). A blend at ratio 1 still outputs the identity.
+pub fn queries(dim: usize, count: usize, seed: u64) -> Vec<f32> {
+    let space = Space::new(dim);
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9) | 1);
+    let mut out = Vec::with_capacity(count * dim);
     for i in 0..count {
-        let c = &p.centroids[(i % 32) * DIM..(i % 32 + 1) * DIM];
-        out.extend(c.iter().map(|&x| x + 0.3 * rng.f32()));
-        out[i * DIM] = 0.0;
+        let p = space.centre(rng.below(PHONEMES));
+        let start = out.len();
+        out.extend(
+            p.iter()
+                .zip(&space.spread)
+                .map(|(&c, &s)| c + 0.6 * rng.normal() + s * rng.normal()),
+        );
+        out[start] = 0.0;
+        if i % 16 == 15 {
+            out[start] = GLITCH;
+        }
     }
     out
 }
 
-/// Component 0 of a full-ratio blend of a fixed query: the serving index's identity
-/// (0 when the query passes through).
+/// Component 0 of a full-ratio blend of a zero frame: the serving index's identity (0 when
+/// nothing serves and the frame passes through).
 pub fn served(audio: &mut AudioEngine) -> f32 {
-    let q = queries(1, 7);
-    let mut out = [0f32; DIM];
-    audio.blend(&q, 8, 1.0, &mut out);
+    let dim = audio.serving().map_or(1, IvfIndex::dim).min(MAX_DIM);
+    let q = [0f32; MAX_DIM];
+    let mut out = [0f32; MAX_DIM];
+    audio.blend(&q[..dim], K, 1.0, &mut out[..dim]);
     out[0]
 }
 
 /// Whether `a` equals the identity `b` up to the blend's rounding.
 pub fn close(a: f32, b: f32) -> bool {
     (a - b).abs() <= 1e-3 * b.abs().max(1.0)
+}
+
+/// The audio side's work in one block: RVC's frames of a block (whole rows of `dim`),
+/// blended either as one `blend_block` call (runs of [`BLOCK`] frames searched with one pass
+/// over the centroid table) or frame by frame with `blend`. Built before the audio thread's
+/// guarded region; blending allocates nothing.
+pub struct Work {
+    pub dim: usize,
+    pub frames: Vec<f32>,
+    pub out: Vec<f32>,
+    /// Frames blended with neighbours so far, by `blend_block` and by `blend`.
+    pub by_block: u64,
+    pub by_frame: u64,
+}
+
+impl Work {
+    /// `frames` query frames of `dim` (see [`queries`]).
+    pub fn new(dim: usize, frames: usize, seed: u64) -> Work {
+        let frames = queries(dim, frames, seed);
+        Work {
+            dim,
+            out: vec![0f32; frames.len()],
+            frames,
+            by_block: 0,
+            by_frame: 0,
+        }
+    }
+
+    /// Frames per block.
+    pub fn len(&self) -> usize {
+        self.frames.len() / self.dim
+    }
+
+    /// Blends every frame at `ratio`: with one `blend_block` call when `block`, else one
+    /// `blend` per frame.
+    pub fn blend(&mut self, audio: &mut AudioEngine, block: bool, ratio: f32) {
+        if block {
+            self.by_block +=
+                audio.blend_block(&self.frames, self.dim, K, ratio, &mut self.out) as u64;
+        } else {
+            for (q, o) in self
+                .frames
+                .chunks_exact(self.dim)
+                .zip(self.out.chunks_exact_mut(self.dim))
+            {
+                let outcome = audio.blend(q, K, ratio, o);
+                self.by_frame += matches!(outcome, BlendOutcome::Blended { .. }) as u64;
+            }
+        }
+    }
+
+    /// Component 0 of output frame `i`.
+    pub fn value(&self, i: usize) -> f32 {
+        self.out[i * self.dim]
+    }
+}
+
+/// How searching went on `index` for `queries` (whole rows), single searches and block
+/// searches (runs of [`BLOCK`]) with fresh searchers, at RVC's k and n_probe 1.
+pub fn search_paths(index: &IvfIndex, queries: &[f32]) -> (SearchStats, SearchStats) {
+    let d = index.dim();
+    let mut single = Searcher::new();
+    for q in queries.chunks_exact(d) {
+        single.search(index, q, K, 1);
+    }
+    let mut block = Searcher::new();
+    for qs in queries.chunks(d * BLOCK) {
+        block.search_block(index, qs, K, 1);
+    }
+    (single.stats(), block.stats())
+}
+
+/// Checks that a proof at `shape` exercises the search paths users run at that shape, on the
+/// voice in `file` and the frames `queries`: from 128 dimensions on, the 8-bit centroid screen
+/// with the 16-bit rescreen and list codes, in single and block search; below, the 16-bit
+/// screen and f32 list scans. A proof at a shape whose data fell back to exact scans
+/// everywhere would prove less than it says. Prints the counts.
+pub fn assert_paths_engage(shape: &Shape, file: &Path, queries: &[f32]) {
+    let index = IvfIndex::open(file).unwrap();
+    assert_eq!(
+        (index.dim(), index.ntotal(), index.nlist()),
+        (shape.dim, shape.n, shape.nlist)
+    );
+    let (single, block) = search_paths(&index, queries);
+    let n = (queries.len() / shape.dim) as u64;
+    println!(
+        "{}: {} screening bytes; single search of {n} frames: {single:?}; block search: \
+         {block:?}",
+        shape.label(),
+        index.screening_bytes()
+    );
+    let what = shape.label();
+    assert!(
+        index.centroid_screen_bytes().is_some(),
+        "{what}: no centroid table"
+    );
+    assert_eq!(single.queries, n, "{what}");
+    // The screen narrows the lists down for nearly every frame (the outliers may scan).
+    assert!(single.exact_scans * 8 <= n, "{what}: {single:?}");
+    assert!(block.exact_scans * 8 <= n, "{what}: {block:?}");
+    if shape.coded() {
+        assert!(
+            index.screening_bytes() > index.centroid_screen_bytes().unwrap(),
+            "{what}: no list codes"
+        );
+        assert!(
+            single.rescreened > 0,
+            "{what}: no 16-bit rescreen: {single:?}"
+        );
+        assert!(
+            single.codes_screened > single.vectors_scanned,
+            "{what}: lists mostly scanned in f32: {single:?}"
+        );
+        // Block search screens through the shared 8-bit pass (no counter of its own); a
+        // glitch frame fails it and is searched on its own, rescreened.
+        assert!(block.codes_screened > 0, "{what}: {block:?}");
+        assert!(block.rescreened > 0, "{what}: {block:?}");
+    } else {
+        assert_eq!(single.codes_screened, 0, "{what}: {single:?}");
+        assert_eq!(single.rescreened, 0, "{what}: {single:?}");
+        assert!(single.vectors_scanned > 0, "{what}: {single:?}");
+    }
 }
 
 /// Minor + major page faults of the calling thread so far (`getrusage(RUSAGE_THREAD)`).
