@@ -1,8 +1,20 @@
 //! Locked index memory is unpinned when the index is freed (heap pages do not unlock themselves).
 #![cfg(target_os = "linux")]
 
+mod skip;
+
 use knnblend::format::{IndexParts, ListParts, Metadata, Metric};
 use knnblend::index::IvfIndex;
+
+/// The soft RLIMIT_MEMLOCK in KiB.
+fn memlock_limit_kib() -> u64 {
+    // SAFETY: getrlimit writes into the struct we pass.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r), 0);
+        r.rlim_cur / 1024
+    }
+}
 
 fn locked_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -33,7 +45,14 @@ fn dropping_a_locked_owned_index_unlocks_its_pages() {
             // The no-op platform locks nothing, and says so.
             assert_eq!(locked_kib(), before);
         } else {
-            println!("skipped: mlock is not permitted here (RLIMIT_MEMLOCK too small)");
+            skip::skip(
+                &format!(
+                    "mlock is not permitted here (RLIMIT_MEMLOCK is {} KiB; 32 KiB are needed)",
+                    memlock_limit_kib()
+                ),
+                "raise the locked-memory limit: `ulimit -l 1024` in the shell, `--ulimit \
+                 memlock=-1` for a container, or LimitMEMLOCK= for a systemd service",
+            );
         }
         return;
     }

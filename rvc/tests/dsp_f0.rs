@@ -1,6 +1,9 @@
 //! RVC's coarse pitch and `f0_up_key` against numpy running RVC's own lines (`get_f0_post` /
 //! `get_f0`), and the built-in tracker through RVC's framing.
 
+#[path = "../../tests/skip/mod.rs"]
+mod skip;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -25,7 +28,10 @@ fn python_with_numpy() -> Option<PathBuf> {
 /// Runs `script` with `input` (little-endian f32) in the file `IN` and returns the file `OUT`.
 fn numpy(script: &str, input: &[f32]) -> Option<Vec<u8>> {
     let Some(python) = python_with_numpy() else {
-        eprintln!("SKIPPED: no Python with numpy (run `cargo xtask setup` for target/venv)");
+        skip::skip(
+            "no Python with numpy (target/venv/bin/python or python3)",
+            "run `cargo xtask setup`, which makes target/venv",
+        );
         return None;
     };
     let dir = tempfile::tempdir().unwrap();

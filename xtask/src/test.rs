@@ -17,16 +17,24 @@
 //!
 //! Steps whose inputs do not exist yet are skipped with the reason; the task fails when any
 //! step fails. Child output is streamed so the runners' own summary lines appear.
+//!
+//! Tests that cannot run here skip themselves through `tests/skip/mod.rs` (the Python VST3
+//! test through its `skip()`): each writes a `KNNBLEND-SKIPPED: <test>: <reason>` line, to the
+//! file `KNNBLEND_SKIP_LOG` names (set per step to `target/xtask-skips/<step>.log`) or to its
+//! output. The summary lists every skipped test as SKIPPED under its step, and the step as
+//! SKIPPED rather than passed. Under `CI=true` (or `CI=1`) tests fail instead of skipping,
+//! and a skipped step or test fails the task.
 
 use crate::linkcheck;
 use crate::process::{self, cargo};
 use crate::setup;
-use crate::steps::{Outcome, Steps};
+use crate::steps::{self, Outcome, Steps};
 use crate::workspace::{
     Workspace, ASSERT_ALLOCS_FEATURE, CAPI_PACKAGE, LIBRARY_PACKAGE, PLUGIN_PACKAGE,
 };
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Options of `cargo xtask test`.
@@ -54,29 +62,106 @@ const PLATFORM_FALLBACKS: [(&str, &str); 2] = [
 const STEP_BUNDLE: &str = "bundle plugin (debug, assert_process_allocs) + no-faiss check";
 const STEP_PLUGIN: &str = "cargo test -p knnblend-plugin --features assert_process_allocs";
 const STEP_VST3: &str = "VST3 host test (pedalboard)";
-const STEP_GUI: &str = "editor in an X11 window (plugin/tests/clap_gui.rs)";
 
-/// Why the plugin's editor test will skip itself, if it will: it needs `DISPLAY` or an
-/// `Xvfb` to start.
-fn gui_test_skip_reason(has_display: bool, has_xvfb: bool) -> Option<&'static str> {
-    (!has_display && !has_xvfb).then_some(
-        "the editor test skipped itself: no DISPLAY and no Xvfb (run `cargo xtask setup`, \
-         which installs the xvfb package)",
-    )
+/// The file a test appends its skip line to (`tests/skip/mod.rs`).
+const SKIP_LOG_ENV: &str = "KNNBLEND_SKIP_LOG";
+/// What starts a skip line.
+const SKIP_MARKER: &str = "KNNBLEND-SKIPPED: ";
+
+/// A test that skipped itself: its name and the reason (with the fix), from its skip line.
+type SkippedTest = (String, String);
+
+/// Whether `CI` says this runs in continuous integration (`CI=true` or `CI=1`), where nothing
+/// may skip (the tests' helper reads it the same way).
+fn running_in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Parses a skip line, `KNNBLEND-SKIPPED: <test>: <reason>`.
+fn parse_skip_line(line: &str) -> Option<SkippedTest> {
+    let rest = line.trim_end().strip_prefix(SKIP_MARKER)?;
+    let (test, reason) = rest.split_once(": ").unwrap_or((rest, "no reason given"));
+    Some((test.trim().to_string(), reason.trim().to_string()))
+}
+
+/// The skip lines of a log (none when it does not exist), each test once.
+fn read_skip_log(log: &Path) -> Result<Vec<SkippedTest>> {
+    let text = match std::fs::read_to_string(log) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("could not read {}", log.display())),
+    };
+    let mut tests = Vec::new();
+    for test in text.lines().filter_map(parse_skip_line) {
+        if !tests.contains(&test) {
+            tests.push(test);
+        }
+    }
+    Ok(tests)
+}
+
+/// `target/xtask-skips/<step>.log` for a step name (its words joined by dashes).
+fn skip_log_path(ws: &Workspace, step: &str) -> PathBuf {
+    let slug: String = step
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(8)
+        .collect::<Vec<_>>()
+        .join("-");
+    ws.target.join("xtask-skips").join(format!("{slug}.log"))
+}
+
+/// Runs a step that runs tests: `body` gets the skip log to hand to them (empty and fresh)
+/// and returns the skip lines it saw in their output, if it reads it. Afterwards every test
+/// that skipped itself is listed under the step, and the step is SKIPPED rather than passed.
+fn run_test_step(
+    steps: &mut Steps,
+    log: &Path,
+    name: &str,
+    body: impl FnOnce(&Path) -> Result<Vec<SkippedTest>>,
+) -> Outcome {
+    let mut skipped = Vec::new();
+    let outcome = steps.run(name, || {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("could not create {}", dir.display()))?;
+        }
+        match std::fs::remove_file(log) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("could not remove {}", log.display()))
+            }
+            _ => {}
+        }
+        let result = body(log);
+        // Read even when the step failed: its skips are listed either way.
+        skipped = read_skip_log(log)?;
+        for test in result.as_ref().map(Vec::as_slice).unwrap_or_default() {
+            if !skipped.contains(test) {
+                skipped.push(test.clone());
+            }
+        }
+        result.map(|_| steps::with_skipped_tests(&skipped))
+    });
+    steps.skipped_tests(&skipped);
+    outcome
+}
+
+/// Runs `cmd` (a `cargo test`) with the skip log set, streaming its output.
+fn run_with_skip_log(cmd: &mut Command, log: &Path) -> Result<Vec<SkippedTest>> {
+    process::run(cmd.env(SKIP_LOG_ENV, log)).map(|()| Vec::new())
 }
 
 /// Runs every test step.
 pub fn run(ws: &Workspace, options: Options) -> Result<()> {
-    // The editor test skips itself (inside a passing test, so cargo hides its message) when
-    // it has no X server; look for the same conditions it does and say so.
-    let gui_skip = gui_test_skip_reason(
-        std::env::var_os("DISPLAY").is_some(),
-        process::on_path("Xvfb"),
-    );
-    let mut steps = Steps::new("cargo xtask test", 8 + usize::from(gui_skip.is_some()));
+    let mut steps = Steps::new("cargo xtask test", 8);
+    if running_in_ci() {
+        println!("CI is set: tests fail instead of skipping, and a skipped step fails the task");
+        steps.fail_on_skips("CI is set");
+    }
+    let log = |name: &str| skip_log_path(ws, name);
 
     if options.no_setup {
-        steps.skip(STEP_SETUP, "--no-setup given");
+        steps.omit(STEP_SETUP, "--no-setup given");
     } else {
         let outcome = steps.run(STEP_SETUP, || {
             setup::run(ws, setup::Options::default()).map(|()| Outcome::Passed)
@@ -97,36 +182,42 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
         }
     }
 
-    steps.run(STEP_WORKSPACE, || {
-        process::run(cargo(&ws.root).args([
-            "test",
-            "--workspace",
-            "--exclude",
-            PLUGIN_PACKAGE,
-            "--exclude",
-            CAPI_PACKAGE,
-            "--no-fail-fast",
-        ]))
-        .map(|()| Outcome::Passed)
+    run_test_step(&mut steps, &log(STEP_WORKSPACE), STEP_WORKSPACE, |log| {
+        run_with_skip_log(
+            cargo(&ws.root).args([
+                "test",
+                "--workspace",
+                "--exclude",
+                PLUGIN_PACKAGE,
+                "--exclude",
+                CAPI_PACKAGE,
+                "--no-fail-fast",
+            ]),
+            log,
+        )
     });
 
-    steps.run(STEP_CAPI, || {
-        process::run(cargo(&ws.root).args(["test", "-p", CAPI_PACKAGE, "--no-fail-fast"]))
-            .map(|()| Outcome::Passed)
+    run_test_step(&mut steps, &log(STEP_CAPI), STEP_CAPI, |log| {
+        run_with_skip_log(
+            cargo(&ws.root).args(["test", "-p", CAPI_PACKAGE, "--no-fail-fast"]),
+            log,
+        )
     });
 
     for (name, feature) in PLATFORM_FALLBACKS {
-        steps.run(name, || {
-            process::run(cargo(&ws.root).args([
-                "test",
-                "-p",
-                LIBRARY_PACKAGE,
-                "--lib",
-                "--features",
-                feature,
-                "--no-fail-fast",
-            ]))
-            .map(|()| Outcome::Passed)
+        run_test_step(&mut steps, &log(name), name, |log| {
+            run_with_skip_log(
+                cargo(&ws.root).args([
+                    "test",
+                    "-p",
+                    LIBRARY_PACKAGE,
+                    "--lib",
+                    "--features",
+                    feature,
+                    "--no-fail-fast",
+                ]),
+                log,
+            )
         });
     }
 
@@ -149,42 +240,41 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
         bundle_and_check(ws).map(|()| Outcome::Passed)
     });
 
-    steps.run(STEP_PLUGIN, || {
-        if !plugin_ready {
-            return Ok(Outcome::Skipped(not_ready_reason.clone()));
-        }
-        if let Some(reason) = gui_skip {
-            println!("WARNING: {reason}");
-        }
-        process::run(cargo(&ws.root).args([
-            "test",
-            "-p",
-            PLUGIN_PACKAGE,
-            "--features",
-            ASSERT_ALLOCS_FEATURE,
-            "--no-fail-fast",
-        ]))
-        .map(|()| Outcome::Passed)
-    });
+    if plugin_ready {
+        // The CLAP host and editor tests skip themselves without the bundle or an X server
+        // (and fail under CI); their skip lines say so.
+        run_test_step(&mut steps, &log(STEP_PLUGIN), STEP_PLUGIN, |log| {
+            run_with_skip_log(
+                cargo(&ws.root).args([
+                    "test",
+                    "-p",
+                    PLUGIN_PACKAGE,
+                    "--features",
+                    ASSERT_ALLOCS_FEATURE,
+                    "--no-fail-fast",
+                ]),
+                log,
+            )
+        });
+    } else {
+        steps.skip(STEP_PLUGIN, &not_ready_reason);
+    }
 
-    steps.run(STEP_VST3, || {
-        let script = ws.vst3_host_test();
-        if !script.is_file() {
-            return Ok(Outcome::Skipped(format!(
-                "{} does not exist yet",
-                ws.show(&script)
-            )));
-        }
-        if bundled != Outcome::Passed {
-            return Ok(Outcome::Skipped(
-                "no fresh VST3 bundle (the bundle step did not pass)".into(),
-            ));
-        }
-        run_vst3_host_test(ws).map(|()| Outcome::Passed)
-    });
-
-    if let Some(reason) = gui_skip {
-        steps.skip(STEP_GUI, reason);
+    let script = ws.vst3_host_test();
+    if !script.is_file() {
+        steps.skip(
+            STEP_VST3,
+            &format!("{} does not exist yet", ws.show(&script)),
+        );
+    } else if bundled != Outcome::Passed {
+        steps.skip(
+            STEP_VST3,
+            "no fresh VST3 bundle (the bundle step did not pass)",
+        );
+    } else {
+        run_test_step(&mut steps, &log(STEP_VST3), STEP_VST3, |log| {
+            run_vst3_host_test(ws, log)
+        });
     }
 
     if bundled == Outcome::Passed {
@@ -242,8 +332,9 @@ fn bundle_and_check(ws: &Workspace) -> Result<()> {
     Ok(())
 }
 
-/// Runs the pedalboard VST3 test with the virtualenv's Python.
-fn run_vst3_host_test(ws: &Workspace) -> Result<()> {
+/// Runs the pedalboard VST3 test with the virtualenv's Python; returns the checks that
+/// skipped themselves.
+fn run_vst3_host_test(ws: &Workspace, log: &Path) -> Result<Vec<SkippedTest>> {
     let python = ws.venv_python();
     if !python.is_file() {
         bail!("{} is missing; run `cargo xtask setup`", ws.show(&python));
@@ -252,13 +343,15 @@ fn run_vst3_host_test(ws: &Workspace) -> Result<()> {
     cmd.current_dir(&ws.root)
         .arg(ws.vst3_host_test())
         .arg(ws.vst3_bundle())
-        .env("PYTHONUNBUFFERED", "1");
+        .env("PYTHONUNBUFFERED", "1")
+        .env(SKIP_LOG_ENV, log);
     run_counting_runner(&mut cmd)
 }
 
 /// Runs a test runner that closes with an `N passed, M failed` line, streaming its output,
 /// and fails on a bad exit status, on failures, on no tests, or on a missing closing line.
-fn run_counting_runner(cmd: &mut Command) -> Result<()> {
+/// Returns the tests its skip lines (`KNNBLEND-SKIPPED: …`) name.
+fn run_counting_runner(cmd: &mut Command) -> Result<Vec<SkippedTest>> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     let line = process::describe(cmd);
     println!("$ {line}");
@@ -266,12 +359,16 @@ fn run_counting_runner(cmd: &mut Command) -> Result<()> {
         .spawn()
         .with_context(|| format!("could not start `{line}`"))?;
     let mut summary = None;
+    let mut skipped = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         for text in BufReader::new(stdout).lines() {
             let text = text.with_context(|| format!("could not read the output of `{line}`"))?;
             println!("{text}");
             if let Some(counts) = parse_summary(&text) {
                 summary = Some(counts);
+            }
+            if let Some(test) = parse_skip_line(&text) {
+                skipped.push(test);
             }
         }
     }
@@ -284,8 +381,8 @@ fn run_counting_runner(cmd: &mut Command) -> Result<()> {
             bail!("`{line}` exited successfully but printed no closing `N passed, M failed` line")
         }
         Some((_, failed)) if failed > 0 => bail!("`{line}` reports {failed} failed"),
-        Some((0, 0)) => bail!("`{line}` ran no tests"),
-        Some(_) => Ok(()),
+        Some((0, 0)) if skipped.is_empty() => bail!("`{line}` ran no tests"),
+        Some(_) => Ok(skipped),
     }
 }
 
@@ -309,11 +406,108 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gui_skip_is_reported_only_without_an_x_server() {
-        assert!(gui_test_skip_reason(false, false)
-            .is_some_and(|r| r.contains("Xvfb") && r.contains("cargo xtask setup")));
-        assert_eq!(gui_test_skip_reason(true, false), None);
-        assert_eq!(gui_test_skip_reason(false, true), None);
+    fn skip_lines_parse() {
+        assert_eq!(
+            parse_skip_line("KNNBLEND-SKIPPED: mlock::unlocks: not permitted (raise it)\n"),
+            Some(("mlock::unlocks".into(), "not permitted (raise it)".into()))
+        );
+        assert_eq!(
+            parse_skip_line("KNNBLEND-SKIPPED: clap_gui"),
+            Some(("clap_gui".into(), "no reason given".into()))
+        );
+        assert_eq!(parse_skip_line("skipped: old style"), None);
+        assert_eq!(parse_skip_line("  KNNBLEND-SKIPPED: indented: no"), None);
+    }
+
+    /// A fresh directory under the system's temporary directory.
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn sh(script: &str, log: &Path) -> Result<Vec<SkippedTest>> {
+        run_with_skip_log(Command::new("sh").args(["-c", script]), log)
+    }
+
+    #[test]
+    fn a_test_step_lists_the_tests_that_skipped_themselves_and_is_not_passed() {
+        let dir = scratch_dir("skips");
+        let log = dir.join("skips/step.log");
+        let mut steps = Steps::new("t", 3);
+        // Nothing skipped: passed (and a log left by an earlier run is not read).
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, "KNNBLEND-SKIPPED: stale::test: old run\n").unwrap();
+        assert_eq!(
+            run_test_step(&mut steps, &log, "clean", |log| sh("true", log)),
+            Outcome::Passed
+        );
+        // Tests append their lines to the file the step names (a test skipping twice, as
+        // when it runs in two processes, is listed once).
+        let skipping = r#"
+            echo 'KNNBLEND-SKIPPED: clap_gui::editor: no DISPLAY (run `cargo xtask setup`)' >> "$KNNBLEND_SKIP_LOG"
+            echo 'KNNBLEND-SKIPPED: mlock::unlocks: not permitted (raise it)' >> "$KNNBLEND_SKIP_LOG"
+            echo 'KNNBLEND-SKIPPED: mlock::unlocks: not permitted (raise it)' >> "$KNNBLEND_SKIP_LOG"
+        "#;
+        let outcome = run_test_step(&mut steps, &log, "plugin tests", |log| sh(skipping, log));
+        assert_eq!(
+            outcome,
+            Outcome::Skipped("2 tests skipped themselves (listed below)".into())
+        );
+        // A failing step stays failed, with its skipped tests listed too.
+        let failing = format!("{skipping}\nexit 3");
+        let outcome = run_test_step(&mut steps, &log, "failing", |log| sh(&failing, log));
+        assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+        let summary = steps.to_string();
+        assert_eq!(steps.skipped(), 4, "{summary}");
+        assert!(!summary.contains("stale::test"), "{summary}");
+        let rows: Vec<&str> = summary
+            .lines()
+            .filter(|l| l.contains("test clap_gui::editor"))
+            .collect();
+        assert_eq!(rows.len(), 2, "{summary}");
+        assert!(
+            rows.iter().all(|r| r.trim_start().starts_with("SKIPPED")
+                && r.contains("(no DISPLAY (run `cargo xtask setup`))")),
+            "{summary}"
+        );
+        assert!(steps.finish().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every `assert_no_alloc` dev-dependency is built without its default
+    /// `disable_release`, which removes `AllocDisabler` from release builds: with it,
+    /// `cargo test --release` does not compile the allocation tests (and would prove nothing).
+    #[test]
+    fn allocation_guards_stay_armed_in_release_builds() {
+        let manifests = [
+            ("Cargo.toml", include_str!("../../Cargo.toml")),
+            ("rvc/Cargo.toml", include_str!("../../rvc/Cargo.toml")),
+            ("plugin/Cargo.toml", include_str!("../../plugin/Cargo.toml")),
+            ("cli/Cargo.toml", include_str!("../../cli/Cargo.toml")),
+            ("capi/Cargo.toml", include_str!("../../capi/Cargo.toml")),
+        ];
+        let mut found = 0;
+        for (path, text) in manifests {
+            let manifest: toml::Table = toml::from_str(text).unwrap();
+            for section in ["dependencies", "dev-dependencies"] {
+                let Some(dep) = manifest.get(section).and_then(|d| d.get("assert_no_alloc")) else {
+                    continue;
+                };
+                found += 1;
+                assert_eq!(
+                    dep.get("default-features").and_then(toml::Value::as_bool),
+                    Some(false),
+                    "{path} [{section}] assert_no_alloc keeps `disable_release`: write \
+                     `assert_no_alloc = {{ version = \"1\", default-features = false }}`"
+                );
+            }
+        }
+        assert!(
+            found >= 2,
+            "the root and rvc test crates use assert_no_alloc"
+        );
     }
 
     #[test]
@@ -339,13 +533,27 @@ mod tests {
         assert_eq!(parse_summary("5 passed"), None);
     }
 
-    fn runner(script: &str) -> Result<()> {
+    fn runner(script: &str) -> Result<Vec<SkippedTest>> {
         run_counting_runner(Command::new("sh").args(["-c", script]))
     }
 
     #[test]
     fn counting_runner_verdicts() {
-        assert!(runner("echo 'case a ok'; echo '2 passed, 0 failed'").is_ok());
+        assert_eq!(
+            runner("echo 'case a ok'; echo '2 passed, 0 failed'").unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            runner(
+                "echo 'KNNBLEND-SKIPPED: vst3_host.py: rvc voice: no models (run setup)'; \
+                 echo '1 passed, 0 failed, 1 skipped'"
+            )
+            .unwrap(),
+            vec![(
+                "vst3_host.py".to_string(),
+                "rvc voice: no models (run setup)".to_string()
+            )]
+        );
         let failed = runner("echo '1 passed, 1 failed'; exit 1").unwrap_err();
         assert!(
             failed.to_string().contains("failed (exit status: 1)"),

@@ -116,22 +116,24 @@ pub fn bundle_path() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-/// The bundle, or `None` after printing why the test skips; under `CI=true` a missing bundle
-/// fails the test instead (nothing skips silently in CI).
+/// The bundle, or `None` after reporting the skip (`tests/skip`: a `KNNBLEND-SKIPPED:` line
+/// that `cargo xtask test` lists); under `CI=true` a missing bundle fails the test instead
+/// (nothing skips silently in CI).
 pub fn bundle_or_skip() -> Option<PathBuf> {
     if let Some(path) = bundle_path() {
         return Some(path);
     }
-    let why = "target/bundled/knnblend.clap does not exist: run `cargo xtask setup` (target/venv, \
-               ONNX Runtime) and `cargo xtask bundle knnblend-plugin --features \
-               assert_process_allocs` (or `cargo xtask test`, which does both)";
-    assert!(
-        !running_in_ci(),
-        "{why} (CI is set, so this test does not skip)"
+    skip::skip(
+        "target/bundled/knnblend.clap does not exist",
+        "run `cargo xtask setup` (target/venv, ONNX Runtime) and `cargo xtask bundle \
+         knnblend-plugin --features assert_process_allocs` (or `cargo xtask test`, which does \
+         both)",
     );
-    println!("skipped: {why}");
     None
 }
+
+#[path = "../../../tests/skip/mod.rs"]
+mod skip;
 
 /// nice-plug's CLAP state: 8-byte little-endian length, then JSON.
 pub fn decode_state(bytes: &[u8]) -> serde_json::Value {
