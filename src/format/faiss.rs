@@ -32,11 +32,11 @@ use super::parts::{IndexParts, Metadata, Metric, MAX_DIM, MAX_NLIST, MAX_NTOTAL}
 use super::FormatError;
 
 /// faiss `MetricType` codes.
-const METRIC_INNER_PRODUCT: i32 = 0;
-const METRIC_L2: i32 = 1;
+pub(super) const METRIC_INNER_PRODUCT: i32 = 0;
+pub(super) const METRIC_L2: i32 = 1;
 
 /// Human names for the faiss fourccs we refuse, so the error says what the file is.
-fn faiss_type_name(code: &[u8; 4]) -> Option<&'static str> {
+pub(super) fn faiss_type_name(code: &[u8; 4]) -> Option<&'static str> {
     Some(match code {
         b"IvFl" | b"IvFL" => "legacy IVF-Flat (re-save it with a current faiss)",
         b"IwFd" => "IVF-Flat with deduplication",
@@ -72,16 +72,16 @@ pub fn looks_like_faiss(bytes: &[u8]) -> bool {
 
 /// The input of the reader: `len` bytes from `r`, of which `at` have been consumed. Every read
 /// is checked against `len` first, so nothing is allocated for bytes the input does not hold.
-struct Input<'p, R> {
-    r: R,
-    at: u64,
-    len: u64,
+pub(super) struct Input<'p, R> {
+    pub(super) r: R,
+    pub(super) at: u64,
+    pub(super) len: u64,
     /// The file, for I/O errors.
-    path: Option<&'p Path>,
+    pub(super) path: Option<&'p Path>,
 }
 
 impl<R: Read> Input<'_, R> {
-    fn need(&self, n: u64, what: &str) -> Result<(), FormatError> {
+    pub(super) fn need(&self, n: u64, what: &str) -> Result<(), FormatError> {
         match self.at.checked_add(n) {
             Some(end) if end <= self.len => Ok(()),
             _ => Err(FormatError::Truncated {
@@ -105,7 +105,7 @@ impl<R: Read> Input<'_, R> {
     }
 
     /// Fills `buf` with the next bytes.
-    fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<(), FormatError> {
+    pub(super) fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<(), FormatError> {
         let n = buf.len() as u64;
         self.need(n, what)?;
         self.r
@@ -116,7 +116,7 @@ impl<R: Read> Input<'_, R> {
     }
 
     /// The next `n` bytes, owned.
-    fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>, FormatError> {
+    pub(super) fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>, FormatError> {
         self.need(n, what)?;
         let mut v = vec![0u8; n as usize];
         self.fill(&mut v, what)?;
@@ -124,7 +124,7 @@ impl<R: Read> Input<'_, R> {
     }
 
     /// Skips `n` bytes.
-    fn skip(&mut self, n: u64, what: &str) -> Result<(), FormatError> {
+    pub(super) fn skip(&mut self, n: u64, what: &str) -> Result<(), FormatError> {
         self.need(n, what)?;
         let copied = std::io::copy(&mut (&mut self.r).take(n), &mut std::io::sink());
         let copied = copied.map_err(|e| self.read_error(e, n, what))?;
@@ -141,25 +141,28 @@ impl<R: Read> Input<'_, R> {
         self.fill(&mut b, what)?;
         Ok(b)
     }
-    fn fourcc(&mut self, what: &str) -> Result<[u8; 4], FormatError> {
+    pub(super) fn fourcc(&mut self, what: &str) -> Result<[u8; 4], FormatError> {
         self.array(what)
     }
-    fn u8(&mut self, what: &str) -> Result<u8, FormatError> {
+    pub(super) fn u8(&mut self, what: &str) -> Result<u8, FormatError> {
         Ok(self.array::<1>(what)?[0])
     }
-    fn i32(&mut self, what: &str) -> Result<i32, FormatError> {
+    pub(super) fn i32(&mut self, what: &str) -> Result<i32, FormatError> {
         Ok(i32::from_le_bytes(self.array(what)?))
     }
-    fn i64(&mut self, what: &str) -> Result<i64, FormatError> {
+    pub(super) fn i64(&mut self, what: &str) -> Result<i64, FormatError> {
         Ok(i64::from_le_bytes(self.array(what)?))
     }
-    fn u64(&mut self, what: &str) -> Result<u64, FormatError> {
+    pub(super) fn u64(&mut self, what: &str) -> Result<u64, FormatError> {
         Ok(u64::from_le_bytes(self.array(what)?))
+    }
+    pub(super) fn f32(&mut self, what: &str) -> Result<f32, FormatError> {
+        Ok(f32::from_le_bytes(self.array(what)?))
     }
 
     /// Reads the count of a length-prefixed vector of `elem`-byte items and returns its length
     /// in bytes, checked against the input (the items are not read).
-    fn vector_len(&mut self, elem: u64, what: &str) -> Result<u64, FormatError> {
+    pub(super) fn vector_len(&mut self, elem: u64, what: &str) -> Result<u64, FormatError> {
         let n = self.u64(what)?;
         let bytes = n
             .checked_mul(elem)
@@ -169,17 +172,20 @@ impl<R: Read> Input<'_, R> {
     }
 }
 
-fn bad(m: impl Into<String>) -> FormatError {
+pub(super) fn bad(m: impl Into<String>) -> FormatError {
     FormatError::BadFaiss(m.into())
 }
 
-struct Header {
-    d: i32,
-    ntotal: i64,
-    metric: i32,
+pub(super) struct Header {
+    pub(super) d: i32,
+    pub(super) ntotal: i64,
+    pub(super) metric: i32,
 }
 
-fn index_header<R: Read>(c: &mut Input<'_, R>, what: &str) -> Result<Header, FormatError> {
+pub(super) fn index_header<R: Read>(
+    c: &mut Input<'_, R>,
+    what: &str,
+) -> Result<Header, FormatError> {
     let d = c.i32(what)?;
     let ntotal = c.i64(what)?;
     c.i64(what)?;
@@ -192,7 +198,7 @@ fn index_header<R: Read>(c: &mut Input<'_, R>, what: &str) -> Result<Header, For
     Ok(Header { d, ntotal, metric })
 }
 
-fn metric_of(code: i32) -> Result<Metric, FormatError> {
+pub(super) fn metric_of(code: i32) -> Result<Metric, FormatError> {
     match code {
         METRIC_L2 => Ok(Metric::L2),
         METRIC_INNER_PRODUCT => Ok(Metric::InnerProduct),
@@ -203,7 +209,7 @@ fn metric_of(code: i32) -> Result<Metric, FormatError> {
 }
 
 /// The name of a faiss `MetricType` code, for messages.
-fn metric_name(code: i32) -> String {
+pub(super) fn metric_name(code: i32) -> String {
     match code {
         METRIC_INNER_PRODUCT => "inner product".into(),
         METRIC_L2 => "L2".into(),
@@ -233,11 +239,16 @@ fn inferred_features(dim: usize) -> String {
 /// from the dimension, the vector count, where it came from. (The loader adds the file name to
 /// `sources`.)
 pub(crate) fn imported_metadata(dim: usize, ntotal: u64) -> Metadata {
+    imported_metadata_from(dim, ntotal, "faiss IndexIVFFlat")
+}
+
+/// [`imported_metadata`] of an index of faiss type `from` (such as `faiss IndexIVFFlat`).
+pub(super) fn imported_metadata_from(dim: usize, ntotal: u64, from: &str) -> Metadata {
     Metadata {
         features: inferred_features(dim),
         frames: ntotal,
         extra: [
-            ("imported_from".to_string(), "faiss IndexIVFFlat".into()),
+            ("imported_from".to_string(), from.into()),
             ("features_inferred_from_dim".to_string(), true.into()),
         ]
         .into_iter()
@@ -268,6 +279,15 @@ fn ivf_header<R: Read>(c: &mut Input<'_, R>) -> Result<IvfHeader, FormatError> {
             None => super::unknown_format(&code),
         });
     }
+    ivf_fields(c, "IVF-Flat")
+}
+
+/// Reads and checks the fields every faiss IVF index (`kind`, for messages) starts with, after
+/// its type: the index header, nlist and nprobe, and the coarse quantizer up to its centroids.
+pub(super) fn ivf_fields<R: Read>(
+    c: &mut Input<'_, R>,
+    kind: &str,
+) -> Result<IvfHeader, FormatError> {
     let h = index_header(c, "the IVF header")?;
     if h.d <= 0 || h.d as usize > MAX_DIM {
         return Err(FormatError::field(
@@ -303,7 +323,7 @@ fn ivf_header<R: Read>(c: &mut Input<'_, R>) -> Result<IvfHeader, FormatError> {
         b"IxFl" => None,
         _ => {
             return Err(bad(format!(
-                "the coarse quantizer is `{}`, not a flat index; only IVF-Flat with a flat quantizer is supported",
+                "the coarse quantizer is `{}`, not a flat index; only {kind} with a flat quantizer is supported",
                 String::from_utf8_lossy(&q)
             )))
         }
@@ -337,6 +357,22 @@ fn ivf_header<R: Read>(c: &mut Input<'_, R>) -> Result<IvfHeader, FormatError> {
         nlist,
         nprobe: nprobe.clamp(1, u32::MAX as u64) as u32,
     })
+}
+
+/// Skips an IVF index's direct map (id → list position; knnblend does not need it).
+pub(super) fn skip_direct_map<R: Read>(c: &mut Input<'_, R>) -> Result<(), FormatError> {
+    let map_type = c.u8("the direct map")?;
+    let map = c.vector_len(8, "the direct map")?;
+    c.skip(map, "the direct map")?;
+    match map_type {
+        0 | 1 => {}
+        2 => {
+            let table = c.vector_len(16, "the direct map hashtable")?;
+            c.skip(table, "the direct map hashtable")?;
+        }
+        t => return Err(bad(format!("unknown direct map type {t}"))),
+    }
+    Ok(())
 }
 
 /// Reads what a faiss file declares from its first bytes (`head`, the first page or the
@@ -378,17 +414,7 @@ pub(crate) fn read_image<R: Read>(
     }
     let centroids = c.bytes(centroid_bytes, "the centroids")?;
 
-    let map_type = c.u8("the direct map")?;
-    let map = c.vector_len(8, "the direct map")?;
-    c.skip(map, "the direct map")?;
-    match map_type {
-        0 | 1 => {}
-        2 => {
-            let table = c.vector_len(16, "the direct map hashtable")?;
-            c.skip(table, "the direct map hashtable")?;
-        }
-        t => return Err(bad(format!("unknown direct map type {t}"))),
-    }
+    skip_direct_map(&mut c)?;
 
     let il = c.fourcc("the inverted lists")?;
     if &il == b"il00" || h.ntotal == 0 {

@@ -1,13 +1,16 @@
-//! Bytes on disk: the native memory-mappable `.kbi` format, the faiss IVF-Flat reader, and
-//! [`read_header`], what either kind of file declares, read from its first bytes.
+//! Bytes on disk: the native memory-mappable `.kbi` format, the faiss IVF-Flat reader, the faiss
+//! IVF-PQ FastScan reader ([`read_faiss_fastscan`] into [`PqParts`]), and [`read_header`], what
+//! an index file declares, read from its first bytes.
 
 mod aligned;
 mod atomic;
 mod error;
 pub mod faiss;
+mod faiss_fastscan;
 mod header;
 pub mod kbi;
 mod parts;
+mod pq;
 
 use std::path::Path;
 
@@ -15,10 +18,14 @@ pub use aligned::AlignedBytes;
 pub use atomic::write_atomically;
 pub use error::FormatError;
 pub use faiss::read_faiss_index;
+pub use faiss_fastscan::{
+    looks_like_faiss_fastscan, read_faiss_fastscan, read_faiss_fastscan_file,
+};
 pub(crate) use header::imported_source;
 pub use header::{read_header, IndexHeader};
 pub use kbi::{write_kbi, KbiLayout};
 pub use parts::{IndexParts, ListParts, Metadata, Metric, MAX_DIM, MAX_NLIST, MAX_NTOTAL};
+pub use pq::{PqList, PqParts, ProductQuantizer, RefineFlat, PQ_KSUB, PQ_NBITS};
 
 /// The kind of an index file, told from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
