@@ -141,51 +141,6 @@ impl Searcher {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inner_product_blends_weigh_the_most_similar_neighbour_most() {
-        use crate::format::{IndexParts, ListParts, Metadata};
-        // Unit vectors at 0°, 60° and 90° from the query.
-        let (c, s) = (0.5f32, 0.75f32.sqrt());
-        let parts = IndexParts {
-            dim: 2,
-            metric: Metric::InnerProduct,
-            nprobe: 1,
-            centroids: vec![1.0, 0.0],
-            lists: vec![ListParts {
-                ids: vec![0, 1, 2],
-                vectors: vec![0.99, 0.141, c, s, 0.0, 1.0],
-            }],
-            metadata: Metadata::default(),
-        };
-        let index = IvfIndex::from_parts(&parts).unwrap();
-        let mut out = [0f32; 2];
-        let params = BlendParams {
-            k: 3,
-            nprobe: 1,
-            ratio: 1.0,
-        };
-        Searcher::new().blend(&index, &[1.0, 0.0], &params, &mut out);
-        // Dominated by the nearly identical first vector.
-        assert!(out[0] > 0.9 && out[1] < 0.2, "{out:?}");
-    }
-
-    #[test]
-    fn weights_are_normalised_and_finite_even_for_exact_matches() {
-        let mut w = [0f64; 4];
-        rvc_weights(&[0.0, 0.0, 1.0, 4.0], &mut w);
-        assert!(w.iter().all(|x| x.is_finite() && *x >= 0.0));
-        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
-        assert!((w[0] - 0.5).abs() < 1e-9 && (w[1] - 0.5).abs() < 1e-9);
-        rvc_weights(&[1.0, 2.0], &mut w);
-        // 1/1 : 1/4 → 0.8 : 0.2
-        assert!((w[0] - 0.8).abs() < 1e-12 && (w[1] - 0.2).abs() < 1e-12);
-    }
-}
-
 /// RVC's blend of `query` with its neighbours `found` (not empty, at most `MAX_K`) of `index`
 /// into `out`, `ratio` already clamped: `out = (1 − r)·q + r·Σ wᵢ·vᵢ` with [`rvc_weights`].
 /// [`Searcher::blend`] and the live runtime's blends share it, so they agree bit for bit.
@@ -230,5 +185,50 @@ pub(crate) fn blend_neighbours(
         for (o, &v) in out.iter_mut().zip(index.vector(positions[i] as usize)) {
             *o += w * v;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inner_product_blends_weigh_the_most_similar_neighbour_most() {
+        use crate::format::{IndexParts, ListParts, Metadata};
+        // Unit vectors at 0°, 60° and 90° from the query.
+        let (c, s) = (0.5f32, 0.75f32.sqrt());
+        let parts = IndexParts {
+            dim: 2,
+            metric: Metric::InnerProduct,
+            nprobe: 1,
+            centroids: vec![1.0, 0.0],
+            lists: vec![ListParts {
+                ids: vec![0, 1, 2],
+                vectors: vec![0.99, 0.141, c, s, 0.0, 1.0],
+            }],
+            metadata: Metadata::default(),
+        };
+        let index = IvfIndex::from_parts(&parts).unwrap();
+        let mut out = [0f32; 2];
+        let params = BlendParams {
+            k: 3,
+            nprobe: 1,
+            ratio: 1.0,
+        };
+        Searcher::new().blend(&index, &[1.0, 0.0], &params, &mut out);
+        // Dominated by the nearly identical first vector.
+        assert!(out[0] > 0.9 && out[1] < 0.2, "{out:?}");
+    }
+
+    #[test]
+    fn weights_are_normalised_and_finite_even_for_exact_matches() {
+        let mut w = [0f64; 4];
+        rvc_weights(&[0.0, 0.0, 1.0, 4.0], &mut w);
+        assert!(w.iter().all(|x| x.is_finite() && *x >= 0.0));
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!((w[0] - 0.5).abs() < 1e-9 && (w[1] - 0.5).abs() < 1e-9);
+        rvc_weights(&[1.0, 2.0], &mut w);
+        // 1/1 : 1/4 → 0.8 : 0.2
+        assert!((w[0] - 0.8).abs() < 1e-12 && (w[1] - 0.2).abs() < 1e-12);
     }
 }

@@ -13,11 +13,22 @@
 //! `q · c − t·s_c·(q̂ · ĉ) = q · (c − s_c ĉ) + (q − t q̂) · s_c ĉ`, so by Cauchy–Schwarz the
 //! screening key `key_c = β_c − α·s_c·t·(q̂ · ĉ)` (`β_c = ‖c‖²`, `α = 2` for L2, where the exact key
 //! differs by the constant ‖q‖²; `β_c = 0`, `α = 1` for inner product) is within
-//! `err_c = ‖q‖·R_c + ‖q − t q̂‖·N_c + B_c + ε·‖q‖²` of the exact key, with
+//! `err_c = ‖q‖·R_c + ‖q − t q̂‖·N_c + B_c + ε·‖q‖² + A` of the exact key, with
 //! `R_c = α·(‖c − s_c ĉ‖ + 4γ‖c‖)`, `N_c = α·s_c‖ĉ‖`, and `B_c = ε·|β_c|`, `ε·‖q‖²`, `4γ‖c‖`
-//! covering f32 rounding (of the key and of the exact re-check). Every list whose lower bound
-//! `key_c − err_c` is not above the n-th smallest upper bound `key_j + err_j` is re-checked with
-//! the exact f32 kernel; no other list can be among the n nearest.
+//! covering f32 rounding (of the key and of the exact re-check), and `A` ([`underflow_slack`])
+//! covering the absolute errors of products that underflow, which no relative term bounds
+//! (‖q‖ is bounded from the kernel's ‖q‖² plus `A` for the same reason). The key is computed as
+//! `β_c − α s_c·(t·(q̂ · ĉ))`: `t·(q̂ · ĉ)` is a normal number (or 0), whereas `α s_c·t` is
+//! subnormal for tiny rows and queries and would carry a large relative error into the key.
+//! Every list whose lower bound `key_c − err_c` is not above the n-th smallest upper bound
+//! `key_j + err_j` is re-checked with the exact f32 kernel; no other list can be among the n
+//! nearest.
+//!
+//! The table holds rows for the non-empty lists only (with the list each row stands for). An
+//! empty list can never be probed, so it must not take part in the screen at all: its upper
+//! bound would count towards the n smallest and could rule out a list that is among the n
+//! nearest non-empty ones (with empty lists given a large finite key, a non-empty centroid of a
+//! larger, still finite key was ruled out and the search found nothing).
 
 use crate::format::{AlignedBytes, Metric};
 use crate::platform;
@@ -29,11 +40,9 @@ use super::kernels::I8_MAX_DIM;
 /// half the screens).
 pub(crate) const MIN_BYTE_QUERY_DIM: usize = 128;
 
-/// Bias given to empty lists: finite (keeps the arithmetic finite), never selected.
-const EMPTY_BIAS: f32 = f32::MAX / 8.0;
-
 /// The constants of the screening bound of each 8-bit row (see the module docs):
-/// `key = bias − scale·t·(q̂·r̂)`, `err = ‖q‖·radius + ‖q − t q̂‖·qradius + bias_slack + ε‖q‖²`.
+/// `key = bias − scale·(t·(q̂·r̂))`,
+/// `err = ‖q‖·radius + ‖q − t q̂‖·qradius + bias_slack + ε‖q‖² + floor`.
 pub(crate) struct RowBounds {
     /// `β` (‖c‖², 0, or a per-row constant of the key).
     pub bias: Vec<f32>,
@@ -47,10 +56,24 @@ pub(crate) struct RowBounds {
     pub bias_slack: Vec<f32>,
     /// `ε`, the relative slack for f32 rounding (of sums of `dim` terms and of the key).
     pub eps: f32,
+    /// `A`, the absolute slack for underflow ([`underflow_slack`]), added to every bound and
+    /// to ‖q‖² before its square root.
+    pub floor: f32,
+}
+
+/// Absolute slack for underflow in `dim` dimensions. A product (or fused multiply-add) whose
+/// result is subnormal or underflows is off by up to 2⁻¹⁵⁰, beyond any relative bound (sums of
+/// subnormals are exact): the exact kernels take `dim` of them, ‖q‖² (a key term of the list
+/// codes) as many again, and a key and its error a few more. `(2·dim + 32)·2⁻¹⁴⁹` is twice that
+/// (about 3·10⁻⁴² at `dim` = 1024): nothing next to the bounds of any data whose squares are
+/// normal numbers, and it keeps the screen exact for data whose squares are not.
+pub(crate) fn underflow_slack(dim: usize) -> f64 {
+    (2 * dim + 32) as f64 * f64::powi(2.0, -149)
 }
 
 impl RowBounds {
-    pub fn with_capacity(rows: usize, eps: f64) -> RowBounds {
+    /// Empty bounds for `rows` rows of `dim` dimensions with relative slack `eps`.
+    pub fn with_capacity(rows: usize, eps: f64, dim: usize) -> RowBounds {
         RowBounds {
             bias: Vec::with_capacity(rows),
             scale: Vec::with_capacity(rows),
@@ -58,6 +81,7 @@ impl RowBounds {
             qradius: Vec::with_capacity(rows),
             bias_slack: Vec::with_capacity(rows),
             eps: round_up(eps),
+            floor: round_up(underflow_slack(dim)),
         }
     }
 
@@ -142,12 +166,15 @@ pub(crate) struct CodedRows {
     /// Per-row sums of the bytes, for the 8-bit query kernel (centroid tables of at least
     /// [`MIN_BYTE_QUERY_DIM`] dimensions; empty otherwise and for list codes).
     sums: Vec<i32>,
+    /// The list each row of a centroid table codes (the non-empty lists, ascending); empty for
+    /// list codes.
+    lists: Vec<u32>,
 }
 
 impl CodedRows {
-    /// Builds the 8-bit centroid table, or `None` when the dimension is beyond the integer
-    /// kernels or some centroid is not finite (the searcher then scans the f32 centroids
-    /// directly). Empty lists get a bias of [`EMPTY_BIAS`].
+    /// Builds the 8-bit table of the centroids of the non-empty lists (in list order), or
+    /// `None` when the dimension is beyond the integer kernels, some centroid is not finite or
+    /// every list is empty (the searcher then scans the f32 centroids directly).
     pub fn centroids(
         centroids: &[f32],
         dim: usize,
@@ -158,34 +185,42 @@ impl CodedRows {
             || dim > I8_MAX_DIM
             || !centroids.len().is_multiple_of(dim)
             || !centroids.iter().all(|v| v.is_finite())
+            || list_offsets.len() != centroids.len() / dim + 1
         {
             return None;
         }
-        let nlist = centroids.len() / dim;
+        let lists: Vec<u32> = (0..centroids.len() / dim)
+            .filter(|&l| list_offsets[l + 1] != list_offsets[l])
+            .map(|l| l as u32)
+            .collect();
+        let rows = lists.len();
+        if rows == 0 {
+            return None;
+        }
         let alpha = match metric {
             Metric::L2 => 2.0f64,
             Metric::InnerProduct => 1.0,
         };
         let gamma = sum_rounding(dim);
-        let mut bytes = AlignedBytes::zeroed(nlist * dim);
-        let mut bounds = RowBounds::with_capacity(nlist, 4.0 * gamma);
+        let mut bytes = AlignedBytes::zeroed(rows * dim);
+        let mut bounds = RowBounds::with_capacity(rows, 4.0 * gamma, dim);
         let out = bytes.as_mut_slice();
         let mut row = vec![0f64; dim];
-        for (l, c) in centroids.chunks_exact(dim).enumerate() {
+        for (i, &l) in lists.iter().enumerate() {
+            let c = &centroids[l as usize * dim..(l as usize + 1) * dim];
             for (r, &v) in row.iter_mut().zip(c) {
                 *r = v as f64;
             }
-            let code = encode_row(&row, &mut out[l * dim..(l + 1) * dim]);
-            let empty = list_offsets[l + 1] == list_offsets[l];
+            let code = encode_row(&row, &mut out[i * dim..(i + 1) * dim]);
             let b = match metric {
-                _ if empty => EMPTY_BIAS as f64,
                 Metric::L2 => code.norm2,
                 Metric::InnerProduct => 0.0,
             };
             // The γ term covers the f32 key arithmetic and the cross term of the exact re-check.
             bounds.push(alpha, b, &code, 4.0 * gamma * code.norm2.sqrt());
         }
-        let mut table = CodedRows::new(bytes, dim, nlist, bounds);
+        let mut table = CodedRows::new(bytes, dim, rows, bounds);
+        table.lists = lists;
         if dim >= MIN_BYTE_QUERY_DIM {
             table.sums = table
                 .rows()
@@ -205,7 +240,20 @@ impl CodedRows {
             rows,
             bounds,
             sums: Vec::new(),
+            lists: Vec::new(),
         }
+    }
+
+    /// Number of rows.
+    #[inline]
+    pub fn row_count(&self) -> usize {
+        self.rows
+    }
+
+    /// The list that row `row` of a centroid table codes.
+    #[inline]
+    pub fn list(&self, row: usize) -> usize {
+        self.lists[row] as usize
     }
 
     /// Per-row byte sums (see [`Kernels::dot_u8_rows`](super::Kernels)); empty for list codes.
@@ -224,7 +272,7 @@ impl CodedRows {
 
     /// Bytes held (codes and bound constants).
     pub fn byte_len(&self) -> usize {
-        self.bytes.len() + self.rows * 20 + self.sums.len() * 4
+        self.bytes.len() + self.rows * 20 + self.sums.len() * 4 + self.lists.len() * 4
     }
 
     /// Tries to lock the pages in RAM (best effort, like the index itself).
@@ -251,6 +299,7 @@ impl CodedRows {
             ok &= f(v.as_slice(), lock);
         }
         ok &= f(&self.sums, lock);
+        ok &= f(&self.lists, lock);
         ok
     }
 }

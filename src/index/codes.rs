@@ -14,7 +14,8 @@
 //! `‖p̃‖·R + ‖p̃ − t p̂‖·N + ε·‖y‖² + ε·‖p̃‖²` of the distance the exact kernel computes, with
 //! `R = 2(‖y − sŷ‖ + 2u‖y‖)`, `N = 2s‖ŷ‖` (`u = 2⁻²⁴`), and `ε = 5γ` covering every f32 rounding:
 //! of `p̃` (relative `u` per element), of the key, of ‖p̃‖², and of the exact kernel's sum of `d`
-//! squares (relative `γ` of the distance, which is at most `2‖p‖² + 2‖y‖²`). A vector is
+//! squares (relative `γ` of the distance, which is at most `2‖p‖² + 2‖y‖²`); the absolute slack
+//! `A` of the centroid screen covers what underflows (subnormal squares and products). A vector is
 //! re-checked when its lower bound is not above the k-th smallest upper bound; no other vector
 //! can be among the k nearest.
 //!
@@ -54,7 +55,7 @@ impl CodedRows {
         let rows = vectors.len() / dim;
         let mut bytes = AlignedBytes::zeroed(rows * dim);
         let u = f64::powi(2.0, -24);
-        let mut bounds = RowBounds::with_capacity(rows, 5.0 * sum_rounding(dim));
+        let mut bounds = RowBounds::with_capacity(rows, 5.0 * sum_rounding(dim), dim);
         let out = bytes.as_mut_slice();
         let mut y = vec![0f64; dim];
         for (l, c) in centroids.chunks_exact(dim).enumerate() {

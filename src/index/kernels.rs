@@ -686,50 +686,56 @@ mod avx2 {
         unsafe { dot_rows_impl(q, rows.as_ptr(), out) }
     }
 
+    /// Like `l2sq_rows_impl`: four rows per pass, and the rows left over one at a time
+    /// through the same code, so a row's inner product never depends on its position (two
+    /// copies of a vector score the same, and ties resolve in storage order).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dot_rows_impl(q: &[f32], rows: *const f32, out: &mut [f32]) {
         let d = q.len();
-        let pq = q.as_ptr();
         let n = out.len();
         let mut i = 0;
         while i + 4 <= n {
-            let r = [
-                rows.add(i * d),
-                rows.add((i + 1) * d),
-                rows.add((i + 2) * d),
-                rows.add((i + 3) * d),
-            ];
-            let mut a0 = [_mm256_setzero_ps(); 4];
-            let mut a1 = [_mm256_setzero_ps(); 4];
-            let mut j = 0;
-            while j + 16 <= d {
-                let q0 = _mm256_loadu_ps(pq.add(j));
-                let q1 = _mm256_loadu_ps(pq.add(j + 8));
-                for t in 0..4 {
-                    a0[t] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(r[t].add(j)), a0[t]);
-                    a1[t] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(r[t].add(j + 8)), a1[t]);
-                }
-                j += 16;
-            }
-            if j + 8 <= d {
-                let q0 = _mm256_loadu_ps(pq.add(j));
-                for t in 0..4 {
-                    a0[t] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(r[t].add(j)), a0[t]);
-                }
-                j += 8;
-            }
-            for t in 0..4 {
-                let mut s = hsum(_mm256_add_ps(a0[t], a1[t]));
-                for jj in j..d {
-                    s += *pq.add(jj) * *r[t].add(jj);
-                }
-                *out.get_unchecked_mut(i + t) = s;
-            }
+            dot_tile::<4>(q, rows.add(i * d), out.as_mut_ptr().add(i));
             i += 4;
         }
         while i < n {
-            *out.get_unchecked_mut(i) = dot_impl(pq, rows.add(i * d), d);
+            dot_tile::<1>(q, rows.add(i * d), out.as_mut_ptr().add(i));
             i += 1;
+        }
+    }
+
+    /// Inner products of `q` with `R` consecutive rows at `rows`, into `out[..R]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_tile<const R: usize>(q: &[f32], rows: *const f32, out: *mut f32) {
+        let d = q.len();
+        let pq = q.as_ptr();
+        let r: [*const f32; R] = std::array::from_fn(|t| rows.add(t * d));
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
+        let mut j = 0;
+        while j + 16 <= d {
+            let q0 = _mm256_loadu_ps(pq.add(j));
+            let q1 = _mm256_loadu_ps(pq.add(j + 8));
+            for t in 0..R {
+                a0[t] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(r[t].add(j)), a0[t]);
+                a1[t] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(r[t].add(j + 8)), a1[t]);
+            }
+            j += 16;
+        }
+        if j + 8 <= d {
+            let q0 = _mm256_loadu_ps(pq.add(j));
+            for t in 0..R {
+                a0[t] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(r[t].add(j)), a0[t]);
+            }
+            j += 8;
+        }
+        for t in 0..R {
+            let mut s = hsum(_mm256_add_ps(a0[t], a1[t]));
+            for jj in j..d {
+                s += *pq.add(jj) * *r[t].add(jj);
+            }
+            *out.add(t) = s;
         }
     }
 
@@ -1185,6 +1191,13 @@ mod tests {
                             one[0].to_bits(),
                             l2[i].to_bits(),
                             "{} l2_rows alone d={d} n={n} i={i}",
+                            k.name
+                        );
+                        (k.dot_rows)(&q, &rows[i * d..(i + 1) * d], &mut one);
+                        assert_eq!(
+                            one[0].to_bits(),
+                            dot[i].to_bits(),
+                            "{} dot_rows alone d={d} n={n} i={i}",
                             k.name
                         );
                         let (rl2, rdot) = reference(&q, &rows[i * d..(i + 1) * d]);

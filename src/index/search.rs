@@ -122,13 +122,14 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
         self.upper.reset(nprobe);
         self.n = 0;
         // The key takes the kernel's ‖q‖² as computed; the bound takes it widened by the
-        // table's slack (the kernel's value may be low by its rounding).
+        // table's slack (the kernel's value may be low by its rounding, and by the underflow of
+        // squares of tiny elements, which the absolute slack covers).
         self.offset = if whole { qn2 } else { 0.0 };
         let qn2 = qn2 * (1.0 + bounds.eps);
-        self.qn = qn2.sqrt();
+        self.qn = (qn2 + bounds.floor).sqrt();
         self.eq = eq;
         self.t = t;
-        self.qterm = bounds.eps * qn2;
+        self.qterm = bounds.eps * qn2 + bounds.floor;
         self.ceiling = f32::INFINITY;
         self.failed = !(self.qterm.is_finite() && eq.is_finite() && t.is_finite());
     }
@@ -155,7 +156,10 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
         let mut hi = [f32::INFINITY; SCREEN_CHUNK];
         let mut finite = true;
         for j in 0..n {
-            let key = (bias[j] + offset) - (scale[j] * t) * dots[j] as f32;
+            // `t · dot` first: `scale · t` can underflow for tiny rows and queries (1e-18 both
+            // ways gives 1e-42), and a subnormal product loses the relative precision the bound
+            // relies on before the integer multiplies its error; `t · dot` is normal or 0.
+            let key = (bias[j] + offset) - scale[j] * (t * dots[j] as f32);
             let err = qn * radius[j] + eq * qradius[j] + slack[j] + qterm;
             lo[j] = key - err;
             hi[j] = key + err;
@@ -244,11 +248,12 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
         self.n = w;
     }
 
-    /// Exact f32 keys of the surviving candidates into `probes` (which keeps the n nearest).
-    /// Returns how many lists were re-checked.
+    /// Exact f32 keys of the surviving candidates (rows of the centroid table `table`) into
+    /// `probes` (which keeps the n nearest). Returns how many lists were re-checked.
     fn recheck(
         &self,
         index: &IvfIndex,
+        table: &CodedRows,
         query: &[f32],
         exact: &dyn Fn(&[f32], &[f32]) -> f32,
         probes: &mut TopK<MAX_NPROBE>,
@@ -257,14 +262,12 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
         let (centroids, offsets) = (index.centroids(), index.list_offsets());
         // Start every memory load at once: the surviving f32 centroids, and the head of the
         // lists most likely to be probed (the hardware prefetcher continues those streams).
-        for l in self.survivors() {
-            prefetch(centroids[l * d..].as_ptr().cast(), d * 4);
+        for r in self.survivors() {
+            prefetch(centroids[table.list(r) * d..].as_ptr().cast(), d * 4);
         }
-        for &l in self.upper.vals() {
-            let (start, end) = (
-                offsets[l as usize] as usize,
-                offsets[l as usize + 1] as usize,
-            );
+        for &r in self.upper.vals() {
+            let l = table.list(r as usize);
+            let (start, end) = (offsets[l] as usize, offsets[l + 1] as usize);
             // The list's codes when it will be screened, else its f32 vectors.
             match index.codes() {
                 Some(codes) if end - start >= MIN_SCREENED_LIST => prefetch(
@@ -277,12 +280,14 @@ impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
                 ),
             }
         }
+        // Rows are the non-empty lists in list order, so ties resolve to the lower list, as
+        // in the exact scan.
         let mut n = 0;
-        for l in self.survivors() {
-            if offsets[l + 1] != offsets[l] {
-                probes.push(exact(query, &centroids[l * d..(l + 1) * d]), l as u32);
-                n += 1;
-            }
+        for r in self.survivors() {
+            let l = table.list(r);
+            debug_assert!(offsets[l + 1] != offsets[l]);
+            probes.push(exact(query, &centroids[l * d..(l + 1) * d]), l as u32);
+            n += 1;
         }
         n
     }
@@ -537,11 +542,11 @@ impl Searcher {
                 qb.fill(U8_QUERY_OFFSET as u8);
             }
         }
-        let (rows, sums, nlist) = (table.rows(), table.sums(), index.nlist());
+        let (rows, sums, nrows) = (table.rows(), table.sums(), table.row_count());
         let qs = &self.block_queries[..m * d];
         let mut base = 0;
-        while base < nlist {
-            let r = BLOCK_CHUNK.min(nlist - base);
+        while base < nrows {
+            let r = BLOCK_CHUNK.min(nrows - base);
             let dots = &mut self.block_dots[..m * r];
             let chunk = base..base + r;
             let tile = &rows[base * d..(base + r) * d];
@@ -570,7 +575,7 @@ impl Searcher {
             self.probes.reset(nprobe);
             let exact = self.exact_fn(index);
             let s = &self.block_screens[qi];
-            self.stats.rechecked += s.recheck(index, q, &exact, &mut self.probes);
+            self.stats.rechecked += s.recheck(index, table, q, &exact, &mut self.probes);
             self.scan_lists(index, q, k);
             let n = self.emit(index);
             self.block.neighbours[qi][..n].copy_from_slice(&self.out[..n]);
@@ -611,7 +616,7 @@ impl Searcher {
             let (kernel, q8) = (self.kernels.dot_u8_rows, &self.query_u8[..d]);
             self.screen.screen_rows(
                 &table.bounds,
-                0..index.nlist(),
+                0..table.row_count(),
                 &mut self.idots,
                 |r, out| kernel(q8, &rows[r.start * d..r.end * d], &sums[r], out),
             );
@@ -626,7 +631,7 @@ impl Searcher {
             let (kernel, q16) = (self.kernels.dot_i8_rows, &self.query_i16[..d]);
             self.screen.screen_rows(
                 &table.bounds,
-                0..index.nlist(),
+                0..table.row_count(),
                 &mut self.idots,
                 |r, out| kernel(q16, &rows[r.start * d..r.end * d], out),
             );
@@ -636,7 +641,9 @@ impl Searcher {
         }
         self.probes.reset(nprobe);
         let exact = self.exact_fn(index);
-        self.stats.rechecked += self.screen.recheck(index, query, &exact, &mut self.probes);
+        self.stats.rechecked += self
+            .screen
+            .recheck(index, table, query, &exact, &mut self.probes);
         true
     }
 
@@ -785,6 +792,7 @@ impl Searcher {
 mod tests {
     use super::*;
     use crate::format::{IndexParts, ListParts, Metadata};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct Rng(u64);
     impl Rng {
@@ -1086,41 +1094,98 @@ mod tests {
     }
 
     #[test]
-    fn huge_queries_fall_back_to_the_exact_scan() {
+    fn huge_and_tiny_queries_fall_back_to_the_exact_scan() {
         let mut rng = Rng(3);
         let dim = 16;
-        let centroids: Vec<f32> = (0..20 * dim).map(|_| rng.next()).collect();
-        let rows: Vec<f32> = (0..300 * dim).map(|_| rng.next()).collect();
-        let index = index(dim, centroids, &rows, Metric::L2, 0);
-        let q = vec![1e30f32; dim];
+        // Everything near 1e19 · (1, …, 1): ‖q‖² and ‖c‖² overflow f32 (the screen cannot bound
+        // them), the distances (about 1e35) do not.
+        let near = |rng: &mut Rng, n: usize| -> Vec<f32> {
+            (0..n * dim)
+                .map(|_| 1e19 * (1.0 + 0.01 * rng.next()))
+                .collect()
+        };
+        let centroids = near(&mut rng, 20);
+        let rows = near(&mut rng, 300);
+        let huge = index(dim, centroids, &rows, Metric::L2, 0);
+        let q = near(&mut rng, 1);
         let mut s = Searcher::new();
         let mut e = Searcher::new();
         e.set_screening(false);
-        let want = e.search(&index, &q, 4, 1).to_vec();
-        assert_eq!(s.search(&index, &q, 4, 1), &want[..]);
+        let want = e.search(&huge, &q, 4, 1).to_vec();
+        assert_eq!(want.len(), 4);
+        assert!(want
+            .iter()
+            .all(|n| n.distance.is_finite() && n.distance > 1e30));
+        assert_eq!(s.search(&huge, &q, 4, 1), &want[..]);
         assert_eq!(s.stats().exact_scans, 1);
+
+        // A query too small to quantise (below 2⁻¹⁰⁰) against ordinary data.
+        let centroids: Vec<f32> = (0..20 * dim).map(|_| rng.next()).collect();
+        let rows: Vec<f32> = (0..300 * dim).map(|_| rng.next()).collect();
+        let ordinary = index(dim, centroids, &rows, Metric::L2, 0);
+        let q: Vec<f32> = (0..dim).map(|_| 1e-35 * rng.next()).collect();
+        let want = e.search(&ordinary, &q, 4, 1).to_vec();
+        assert_eq!(want.len(), 4);
+        assert_eq!(s.search(&ordinary, &q, 4, 1), &want[..]);
+        assert_eq!(s.stats().exact_scans, 2);
+    }
+
+    static TILE_CALLS: AtomicUsize = AtomicUsize::new(0);
+    static ROW_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    fn counted_tile(queries: &[u8], dim: usize, rows: &[i8], sums: &[i32], out: &mut [i32]) {
+        TILE_CALLS.fetch_add(1, Ordering::Relaxed);
+        (Kernels::detect().dot_u8_tile)(queries, dim, rows, sums, out)
+    }
+
+    fn counted_rows(q: &[u8], rows: &[i8], sums: &[i32], out: &mut [i32]) {
+        ROW_CALLS.fetch_add(1, Ordering::Relaxed);
+        (Kernels::detect().dot_u8_rows)(q, rows, sums, out)
     }
 
     #[test]
     fn block_search_handles_partial_blocks_and_non_finite_rows() {
         let mut rng = Rng(4);
-        let dim = 24;
+        // From MIN_BYTE_QUERY_DIM on, a block shares one pass over the centroid table (below,
+        // it searches query by query, which would compare the single search with itself).
+        let dim = MIN_BYTE_QUERY_DIM;
         let centroids: Vec<f32> = (0..40 * dim).map(|_| rng.next()).collect();
         let rows: Vec<f32> = (0..900 * dim).map(|_| rng.next()).collect();
         let index = index(dim, centroids, &rows, Metric::L2, 5);
         let mut queries: Vec<f32> = (0..5 * dim).map(|_| rng.next()).collect();
         queries[2 * dim + 3] = f32::NAN;
-        let mut s = Searcher::new();
+        // Counted screening kernels (only this test uses them): the tile kernel is the shared
+        // pass, the row kernel the single-query screen.
+        let mut s = Searcher::with_kernels(Kernels {
+            dot_u8_tile: counted_tile,
+            dot_u8_rows: counted_rows,
+            ..Kernels::detect()
+        });
         let mut e = Searcher::new();
+        let mut x = Searcher::new();
+        x.set_screening(false);
+        let (tiles, singles) = (
+            TILE_CALLS.load(Ordering::Relaxed),
+            ROW_CALLS.load(Ordering::Relaxed),
+        );
         let res = s.search_block(&index, &queries, 8, 1).clone();
+        assert!(
+            TILE_CALLS.load(Ordering::Relaxed) > tiles,
+            "the shared block screen did not run"
+        );
+        assert_eq!(
+            ROW_CALLS.load(Ordering::Relaxed),
+            singles,
+            "a query of the block was screened on its own"
+        );
         assert_eq!(res.len(), 5);
         assert!(res.get(2).is_empty());
         for qi in [0, 1, 3, 4] {
-            assert_eq!(
-                res.get(qi),
-                e.search(&index, &queries[qi * dim..(qi + 1) * dim], 8, 1)
-            );
-            assert_eq!(res.get(qi).len(), 8);
+            let q = &queries[qi * dim..(qi + 1) * dim];
+            let want = x.search(&index, q, 8, 1).to_vec();
+            assert_eq!(want.len(), 8);
+            assert_eq!(res.get(qi), &want[..], "query {qi}");
+            assert_eq!(res.get(qi), e.search(&index, q, 8, 1), "query {qi}");
         }
         assert!(s.search_block(&index, &[], 8, 1).is_empty());
     }
