@@ -22,18 +22,23 @@
 //! ```no_run
 //! use std::sync::Arc;
 //!
-//! use knnblend::index::IvfIndex;
-//! use knnblend::live::{live, LiveConfig, LoadOutcome, Validator};
+//! use knnblend::format::IndexHeader;
+//! use knnblend::live::{live, HeaderValidator, LiveConfig, LoadOutcome};
 //!
 //! // Control side (any non-realtime thread), once: the runtime and its loader thread.
-//! let only_768: Validator = Arc::new(|index: &IvfIndex| {
-//!     if index.dim() == 768 {
+//! // The header check refuses a file of other features before its vectors are read.
+//! let only_768: HeaderValidator = Arc::new(|header: &IndexHeader| {
+//!     if header.dim == 768 {
 //!         Ok(())
 //!     } else {
-//!         Err(format!("expected 768-dim ContentVec features, found {}", index.dim()))
+//!         Err(format!("expected 768-dim ContentVec features, found {}", header.dim))
 //!     }
 //! });
-//! let config = LiveConfig { max_dim: 768, validator: Some(only_768), ..LiveConfig::default() };
+//! let config = LiveConfig {
+//!     max_dim: 768,
+//!     header_validator: Some(only_768),
+//!     ..LiveConfig::default()
+//! };
 //! let (control, mut audio) = live(config);
 //!
 //! // Load into slot 0: returns at once; the loader validates, prefaults and publishes.

@@ -5,9 +5,11 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
 use std::time::Duration;
 
+use knnblend_core::format::IndexHeader;
 use knnblend_core::index::IvfIndex;
 use knnblend_core::live::{
-    live, Controller, LiveConfig, LoadOutcome, LoadTicket, SlotState, Validator, MAX_SLOTS,
+    live, Controller, HeaderValidator, LiveConfig, LoadOutcome, LoadTicket, SlotState, Validator,
+    MAX_SLOTS,
 };
 
 use crate::audio::kb_audio;
@@ -238,17 +240,26 @@ unsafe impl Send for User {}
 // SAFETY: as above.
 unsafe impl Sync for User {}
 
-fn validator(require_dim: usize, validate: kb_validate_fn, user: User) -> Option<Validator> {
-    if require_dim == 0 && validate.is_none() {
+/// `require_dim` as a header check: a file of other features is refused from its header,
+/// before anything is read or allocated for its vectors.
+fn header_validator(require_dim: usize) -> Option<HeaderValidator> {
+    if require_dim == 0 {
         return None;
     }
-    Some(Arc::new(move |index: &IvfIndex| {
-        if require_dim != 0 && index.dim() != require_dim {
+    Some(Arc::new(move |header: &IndexHeader| {
+        if header.dim != require_dim {
             return Err(format!(
                 "expected {require_dim}-dimensional features, found {}",
-                index.dim()
+                header.dim
             ));
         }
+        Ok(())
+    }))
+}
+
+fn validator(validate: kb_validate_fn, user: User) -> Option<Validator> {
+    validate?;
+    Some(Arc::new(move |index: &IvfIndex| {
         if let Some(f) = validate {
             let mut reason = [0 as c_char; KB_REASON_CAP];
             let user = user;
@@ -349,8 +360,8 @@ pub unsafe extern "C" fn kb_live_new(
                     c.crossfade_seconds
                 },
                 frame_period_seconds: c.frame_period_seconds,
-                header_validator: None,
-                validator: validator(c.require_dim, c.validate, User(c.validate_user)),
+                header_validator: header_validator(c.require_dim),
+                validator: validator(c.validate, User(c.validate_user)),
             });
             control.write(Box::into_raw(Box::new(kb_controller { control: ctl })));
             audio.write(kb_audio::boxed(eng));
