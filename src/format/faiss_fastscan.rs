@@ -16,7 +16,8 @@
 //! direct map:   type u8, n u64, n i64, [type 2: n u64, n (i64, i64)]
 //! by_residual u8, code_size u64, bbs i32, M2 u64, implem i32, qbs2 u64
 //! product quantizer: d u64, M u64, nbits u64, n u64, n f32 (M × 2^nbits × d/M centroids)
-//! block inverted lists "ilbl": nlist u64, code_size u64, n_per_block u64, block_size u64,
+//! block inverted lists "ilbl": nlist u64, code_size u64 (all ones: none), n_per_block u64,
+//!               block_size u64,
 //!               then for every list: n u64, n i64 ids, m u64, m bytes of packed codes
 //! ```
 //! (faiss `write_index` for `IndexRefine` and `IndexIVFPQFastScan`, `write_ivf_header`,
@@ -319,7 +320,9 @@ fn fastscan<R: Read>(c: &mut Input<'_, R>) -> Result<PqParts, FormatError> {
             "inverted lists count {il_nlist} differs from nlist {nlist}"
         )));
     }
-    if il_code_size != code_size {
+    // faiss's block lists declare no code size of their own (`INVALID_CODE_SIZE`, all ones),
+    // but reading accepts the index's too.
+    if il_code_size != code_size && il_code_size != u64::MAX {
         return Err(bad(format!(
             "the inverted lists' code size {il_code_size} differs from the index's {code_size}"
         )));

@@ -295,7 +295,8 @@ mod tests {
     #[test]
     fn validate_accepts_consistent_parts_and_names_what_is_not() {
         small().validate().unwrap();
-        let cases: Vec<(fn(&mut PqParts), &str)> = vec![
+        type Edit = fn(&mut PqParts);
+        let cases: Vec<(Edit, &str)> = vec![
             (|p| p.lists[0].codes.push(0), "bytes of codes"),
             (|p| p.bbs = 48, "multiple of 32"),
             (|p| p.pq.m = 3, "sub-quantizers"),
