@@ -334,7 +334,8 @@ fn fastscan<R: Read>(c: &mut Input<'_, R>) -> Result<PqParts, FormatError> {
         )));
     }
 
-    let mut lists = Vec::with_capacity(nlist as usize);
+    // Every list takes at least its two counts (16 bytes) in the file.
+    let mut lists = Vec::with_capacity(nlist.min((c.len - c.at) / 16) as usize);
     let mut total = 0u64;
     for l in 0..nlist {
         let what = |part: &str| format!("the {part} of list {l}");
