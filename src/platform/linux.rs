@@ -159,7 +159,7 @@ pub(super) fn current_thread_id() -> Option<u64> {
     // a local. glibc and musl compute it from the descriptor's tid, without a system call.
     let ok = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0;
     // A thread CPU clock: (!tid << 3) | CPUCLOCK_PERTHREAD (4) | CPUCLOCK_SCHED (2).
-    (ok && clock & 7 == 6).then(|| (!(clock >> 3)) as u32 as u64)
+    (ok && clock & 7 == 6).then_some((!(clock >> 3)) as u32 as u64)
 }
 
 pub(super) fn thread_page_faults_of(thread_id: u64) -> Option<u64> {
