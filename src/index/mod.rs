@@ -4,12 +4,14 @@
 mod blend;
 mod coarse;
 mod codes;
+mod fastscan;
 mod ivf;
 pub mod kernels;
 mod search;
 mod topk;
 
 pub(crate) use blend::blend_neighbours;
+pub use fastscan::FastScanKernels;
 pub use blend::{rvc_weights, BlendOutcome, BlendParams, SCORE_EPSILON};
 pub use ivf::{IvfIndex, OpenOptions};
 pub use kernels::Kernels;
