@@ -110,7 +110,7 @@ fn check(codes: &[u8], stride: usize, pairs: usize, lut: &[u8]) {
 /// The vector a code byte's low nibble belongs to (its high nibble: the same plus 16).
 #[inline]
 const fn vector_of_byte(k: usize) -> usize {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         k / 2
     } else {
         8 + k / 2

@@ -7,11 +7,13 @@ mod codes;
 mod fastscan;
 mod ivf;
 pub mod kernels;
+mod pq_search;
 mod search;
 mod topk;
 
 pub(crate) use blend::blend_neighbours;
 pub use fastscan::FastScanKernels;
+pub use pq_search::{LutRounding, PqIndex, PqNeighbour, PqSearcher, PQ_MAX_BASE_K};
 pub use blend::{rvc_weights, BlendOutcome, BlendParams, SCORE_EPSILON};
 pub use ivf::{IvfIndex, OpenOptions};
 pub use kernels::Kernels;
