@@ -182,6 +182,7 @@ fn rvc_v2_shape_matches_faiss_and_blend_matches_f64_reference() {
             continue; // a near-tie (checked above): the neighbour sets differ legitimately
         }
         let params = BlendParams {
+            expansion: None,
             k: K,
             nprobe: 1,
             ratio: ratio as f32,
@@ -220,6 +221,7 @@ fn exact_matches_blend_to_the_stored_vector_without_nan() {
     for id in [0usize, 17, 3_999] {
         let query = &case.data[id * d..(id + 1) * d];
         let params = BlendParams {
+            expansion: None,
             k: 8,
             nprobe: 1,
             ratio: 1.0,

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use assert_no_alloc::{assert_no_alloc, AllocDisabler};
+use knnblend::index::QueryExpansion;
 use knnblend::live::{live, LiveConfig, LoadOutcome};
 use support::*;
 
@@ -58,6 +59,7 @@ fn never_allocates(shape: Shape, swaps: usize) {
             let mut seen = Vec::with_capacity(4096); // serving ids, recorded without allocating
             let mut blocks = 0u64;
             let mut fading_blocks = 0u64;
+            let mut expanded_blocks = 0u64;
             while !stop.load(Relaxed) {
                 assert_no_alloc(|| {
                     let slot = active.load(Relaxed);
@@ -67,6 +69,11 @@ fn never_allocates(shape: Shape, swaps: usize) {
                     if audio.is_fading() {
                         fading_blocks += 1;
                     }
+                    // Query-side α expansion on every other four blocks.
+                    let expand = blocks & 4 != 0;
+                    audio
+                        .set_query_expansion(expand.then_some(QueryExpansion { k: 8, alpha: 3.0 }));
+                    expanded_blocks += expand as u64;
                     // Block search on every other pair of blocks, single searches otherwise.
                     work.blend(&mut audio, blocks & 2 == 0, 0.9);
                     let id = audio.serving_id().unwrap_or(0);
@@ -78,7 +85,7 @@ fn never_allocates(shape: Shape, swaps: usize) {
                 blocks += 1;
                 std::thread::sleep(Duration::from_micros(300));
             }
-            (audio, seen, blocks, fading_blocks, work)
+            (audio, seen, blocks, fading_blocks, expanded_blocks, work)
         })
     };
 
@@ -103,10 +110,12 @@ fn never_allocates(shape: Shape, swaps: usize) {
     }
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Relaxed);
-    let (audio, seen, blocks, fading_blocks, work) = audio_thread.join().expect("audio thread");
+    let (audio, seen, blocks, fading_blocks, expanded_blocks, work) =
+        audio_thread.join().expect("audio thread");
     println!(
         "{}: {swaps} swaps, {blocks} guarded blocks, {fading_blocks} of them crossfading, {} \
-         changes of the serving index, {} frames blended by blend_block and {} by blend; {:.1} s",
+         changes of the serving index, {} frames blended by blend_block and {} by blend, {expanded_blocks} blocks with \
+         query expansion; {:.1} s",
         shape.label(),
         seen.len(),
         work.by_block,
@@ -118,6 +127,7 @@ fn never_allocates(shape: Shape, swaps: usize) {
         "the audio thread ran too few blocks to prove anything"
     );
     assert!(fading_blocks > 0, "no crossfade was exercised");
+    assert!(expanded_blocks > 0, "no expanded query was blended");
     assert!(
         seen.len() > swaps / 20,
         "too few swaps were picked up: {}",

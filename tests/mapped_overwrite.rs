@@ -194,6 +194,7 @@ fn query_everything(index: &IvfIndex, ids_intact: bool, rng: &mut Rng) -> usize 
             check(nbs);
             found += nbs.len();
             let params = BlendParams {
+                expansion: None,
                 k,
                 nprobe,
                 ratio: 0.75,

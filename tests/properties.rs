@@ -328,7 +328,7 @@ proptest! {
         let query: Vec<f32> = bits[..case.dim].iter().map(|&b| f32::from_bits(b)).collect();
         let mut out = vec![1.0f32; case.dim];
         let ratio = if negative_zero { -0.0 } else { 0.0 };
-        let params = BlendParams { k: 8, nprobe: 4, ratio };
+        let params = BlendParams { expansion: None, k: 8, nprobe: 4, ratio };
         let outcome = Searcher::new().blend(&index, &query, &params, &mut out);
         prop_assert!(matches!(outcome, BlendOutcome::Copied | BlendOutcome::NonFiniteQuery));
         prop_assert_eq!(
@@ -355,7 +355,7 @@ proptest! {
             qs.push((0..case.dim).map(|i| if i % 2 == 0 { f32::MAX } else { -3e37 }).collect());
         }
         for q in &qs {
-            let outcome = searcher.blend(&index, q, &BlendParams { k, nprobe, ratio }, &mut out);
+            let outcome = searcher.blend(&index, q, &BlendParams { expansion: None, k, nprobe, ratio }, &mut out);
             prop_assert!(out.iter().all(|v| v.is_finite()), "{outcome:?}: {out:?}");
             let BlendOutcome::Blended { neighbours } = outcome else { continue };
             if case.values == Values::Huge || huge_query {
@@ -594,6 +594,7 @@ fn an_inner_product_blend_whose_scores_all_overflow_is_finite() {
         .all(|n| n.distance == f32::INFINITY));
     let mut out = [0f32; 2];
     let params = BlendParams {
+        expansion: None,
         k: 2,
         nprobe: 1,
         ratio: 0.5,

@@ -668,7 +668,12 @@ pub unsafe extern "C" fn kb_blend(
     } else if len != ix.get().dim() {
         KB_ERR_DIMENSION
     } else {
-        let params = BlendParams { k, nprobe, ratio };
+        let params = BlendParams {
+            expansion: None,
+            k,
+            nprobe,
+            ratio,
+        };
         let done = s.searcher.blend(ix.get(), q, &params, o);
         if !outcome.is_null() {
             // SAFETY: writable, as the caller guarantees.

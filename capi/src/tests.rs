@@ -676,6 +676,7 @@ fn searches_and_blends_equal_the_rust_api_bit_for_bit() {
                 assert_eq!(code, KB_OK);
                 let mut want = vec![0f32; D];
                 let params = BlendParams {
+                    expansion: None,
                     k: 8,
                     nprobe: 1,
                     ratio,
@@ -906,6 +907,7 @@ fn a_load_polled_to_completion_serves_what_the_rust_api_serves() {
         assert_eq!(kb_audio_end_block(audio), KB_OK);
         let mut want = vec![0f32; qs.len()];
         let params = BlendParams {
+            expansion: None,
             k: 8,
             nprobe: 1,
             ratio: 0.75,

@@ -251,6 +251,7 @@ fn verify_against_rust(f: &Fixture, out: &Path) -> (usize, HashSet<usize>) {
     let indexes: Vec<IvfIndex> = f.files.iter().map(|p| IvfIndex::open(p).unwrap()).collect();
     let mut s = Searcher::new();
     let params = BlendParams {
+        expansion: None,
         k: 8,
         nprobe: 1,
         ratio: 0.75,

@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 
 use knnblend::format::Metric;
-use knnblend::index::{BlendParams, IvfIndex, Searcher, MAX_K, MAX_NPROBE};
+use knnblend::index::{
+    BlendParams, IvfIndex, QueryExpansion, Searcher, MAX_EXPAND_DIM, MAX_K, MAX_NPROBE,
+};
 use ndarray::{Array2, ArrayView2};
 use ndarray_npy::{read_npy, write_npy};
 
@@ -31,12 +33,27 @@ pub struct Args {
     /// Output: (n, d) float32 RVC blends of each query with its neighbours.
     #[arg(long)]
     blended: Option<PathBuf>,
+    /// Query-side α expansion: search (and blend) with the sim^α-weighted mean of each
+    /// query's K nearest vectors (rescaled to the query's length) instead of the query; the
+    /// blend still mixes in the query itself. Off by default.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=MAX_K as u64))]
+    expand: Option<u64>,
+    /// The α of --expand (exponent of the cosine similarity).
+    #[arg(long, value_name = "A", default_value_t = 3.0, requires = "expand")]
+    expand_alpha: f32,
 }
 
 pub fn run(a: Args) -> crate::Result {
     if !(0.0..=1.0).contains(&a.ratio) {
         return Err(format!("--ratio {} is outside 0..=1", a.ratio).into());
     }
+    if !(a.expand_alpha.is_finite() && a.expand_alpha >= 0.0) {
+        return Err(format!("--expand-alpha {} must be a number >= 0", a.expand_alpha).into());
+    }
+    let expansion = a.expand.map(|k| QueryExpansion {
+        k: k as usize,
+        alpha: a.expand_alpha,
+    });
     let index = IvfIndex::open(&a.index)?;
     let q: Array2<f32> = read_npy(&a.queries).map_err(|e| {
         format!(
@@ -64,17 +81,29 @@ pub fn run(a: Args) -> crate::Result {
     let mut s = Searcher::new();
     let qv: ArrayView2<f32> = q.view();
     let mut non_finite = 0;
+    let mut expanded = vec![0f32; d];
+    if expansion.is_some() && d > MAX_EXPAND_DIM {
+        eprintln!("warning: --expand works up to {MAX_EXPAND_DIM} dimensions; searching with the queries themselves");
+    }
     for (i, row) in qv.outer_iter().enumerate() {
         let row = row.as_slice().expect("standard layout");
         if !row.iter().all(|v| v.is_finite()) {
             non_finite += 1;
         }
-        for (j, nb) in s.search(&index, row, k, nprobe).iter().enumerate() {
+        let searched = match &expansion {
+            Some(exp) if d <= MAX_EXPAND_DIM => {
+                s.expand_query(&index, row, nprobe, exp, &mut expanded);
+                &expanded[..]
+            }
+            _ => row,
+        };
+        for (j, nb) in s.search(&index, searched, k, nprobe).iter().enumerate() {
             ids[[i, j]] = nb.id;
             dist[[i, j]] = nb.distance;
         }
         if let Some(b) = blended.as_mut() {
             let params = BlendParams {
+                expansion,
                 k,
                 nprobe,
                 ratio: a.ratio,

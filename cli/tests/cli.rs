@@ -168,6 +168,80 @@ fn query_writes_ids_distances_and_blends_matching_the_library() {
 }
 
 #[test]
+fn query_expansion_searches_with_the_expanded_query() {
+    use knnblend::index::{BlendParams, IvfIndex, QueryExpansion, Searcher};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("v.kbi");
+    let data = small_kbi(&p, 16);
+    // Queries between stored rows, so the expanded query finds other neighbours.
+    let q: Vec<f32> = data[..320]
+        .iter()
+        .zip(&data[320..640])
+        .map(|(a, b)| 0.5 * (a + b))
+        .collect();
+    let qa = Array2::from_shape_vec((20, 16), q.clone()).unwrap();
+    let qp = dir.path().join("q.npy");
+    write_npy(&qp, &qa).unwrap();
+    let (ids, dists, blended) = (
+        dir.path().join("i.npy"),
+        dir.path().join("d.npy"),
+        dir.path().join("b.npy"),
+    );
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "query",
+            p.to_str().unwrap(),
+            "--queries",
+            qp.to_str().unwrap(),
+            "--k",
+            "4",
+            "--ids",
+            ids.to_str().unwrap(),
+            "--distances",
+            dists.to_str().unwrap(),
+            "--blended",
+            blended.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        knnblend(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    ok(&run(&["--expand", "6", "--expand-alpha", "2"]));
+    let got_ids: Array2<i64> = read_npy(&ids).unwrap();
+    let got_blend: Array2<f32> = read_npy(&blended).unwrap();
+    let index = IvfIndex::open(&p).unwrap();
+    let exp = QueryExpansion { k: 6, alpha: 2.0 };
+    let mut s = Searcher::new();
+    let mut e = vec![0f32; 16];
+    for (i, row) in q.chunks_exact(16).enumerate() {
+        s.expand_query(&index, row, 1, &exp, &mut e);
+        let want: Vec<i64> = s.search(&index, &e, 4, 1).iter().map(|n| n.id).collect();
+        assert_eq!(got_ids.row(i).to_vec(), want, "query {i}");
+        let mut b = vec![0f32; 16];
+        let params = BlendParams {
+            expansion: Some(exp),
+            ..BlendParams::new(4, 1, 0.75)
+        };
+        s.blend(&index, row, &params, &mut b);
+        assert_eq!(got_blend.row(i).to_vec(), b, "query {i}");
+    }
+    ok(&run(&[]));
+    let plain: Array2<i64> = read_npy(&ids).unwrap();
+    assert_ne!(plain, got_ids, "--expand changed no neighbour");
+    // Bad settings are refused with the flag named.
+    let out = run(&["--expand", "6", "--expand-alpha=-1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--expand-alpha"));
+    let out = run(&["--expand-alpha", "2"]);
+    assert!(!out.status.success(), "--expand-alpha without --expand");
+    let out = run(&["--expand", "0"]);
+    assert!(!out.status.success());
+}
+
+#[test]
 fn bad_arguments_and_files_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("v.kbi");

@@ -82,7 +82,12 @@ pub fn exercise(index: &IvfIndex, choices: &[u8]) {
         }
 
         let ratio = [0.0, 1.0, 0.5, f32::NAN, -3.0, 7.0][pick.next() as usize % 6];
-        let params = BlendParams { k, nprobe, ratio };
+        let params = BlendParams {
+            expansion: None,
+            k,
+            nprobe,
+            ratio,
+        };
         let outcome = searcher.blend(index, query, &params, &mut out);
         assert!(
             out.iter().all(|v| v.is_finite()),

@@ -11,6 +11,7 @@
 //! (`‖q‖² + ‖v‖² − 2·q·v`, from the stored norms), so the most similar neighbour weighs most;
 //! applying `1/score²` to similarities would invert the order.
 
+use super::expand::{QueryExpansion, MAX_EXPAND_DIM};
 use super::kernels::all_finite;
 use super::search::{Neighbour, Searcher, MAX_K};
 use super::IvfIndex;
@@ -46,15 +47,28 @@ pub struct BlendParams {
     pub nprobe: usize,
     /// Index rate `r` in `[0, 1]` (clamped).
     pub ratio: f32,
+    /// Query-side α expansion ([`QueryExpansion`]): neighbours are searched with the
+    /// expanded query and blended with the original one. `None` (the default) searches with
+    /// the query itself, as RVC does.
+    pub expansion: Option<QueryExpansion>,
+}
+
+impl BlendParams {
+    /// RVC's settings with `k` neighbours, `nprobe` lists and index rate `ratio`, no
+    /// expansion.
+    pub const fn new(k: usize, nprobe: usize, ratio: f32) -> BlendParams {
+        BlendParams {
+            k,
+            nprobe,
+            ratio,
+            expansion: None,
+        }
+    }
 }
 
 impl Default for BlendParams {
     fn default() -> Self {
-        BlendParams {
-            k: 8,
-            nprobe: 1,
-            ratio: 0.75,
-        }
+        BlendParams::new(8, 1, 0.75)
     }
 }
 
@@ -109,7 +123,17 @@ impl Searcher {
             out.copy_from_slice(query);
             return BlendOutcome::Copied;
         }
-        let found = self.search(index, query, params.k, params.nprobe);
+        let found = match params.expansion {
+            Some(exp) if query.len() <= MAX_EXPAND_DIM => {
+                // `out` holds the expanded query until the blend overwrites it.
+                if self.expand_query(index, query, params.nprobe, &exp, out) == 0 {
+                    // No expansion possible: search with the query itself.
+                    out.copy_from_slice(query);
+                }
+                self.search(index, out, params.k, params.nprobe)
+            }
+            _ => self.search(index, query, params.k, params.nprobe),
+        };
         let n = found.len();
         if n == 0 {
             out.copy_from_slice(query);
@@ -211,6 +235,7 @@ mod tests {
         let index = IvfIndex::from_parts(&parts).unwrap();
         let mut out = [0f32; 2];
         let params = BlendParams {
+            expansion: None,
             k: 3,
             nprobe: 1,
             ratio: 1.0,

@@ -4,6 +4,7 @@
 mod blend;
 mod coarse;
 mod codes;
+mod expand;
 mod fastscan;
 mod ivf;
 pub mod kernels;
@@ -12,11 +13,12 @@ mod search;
 mod topk;
 
 pub(crate) use blend::blend_neighbours;
-pub use fastscan::FastScanKernels;
-pub use pq_search::{LutRounding, PqIndex, PqNeighbour, PqSearcher, PQ_MAX_BASE_K};
 pub use blend::{rvc_weights, BlendOutcome, BlendParams, SCORE_EPSILON};
+pub use expand::{QueryExpansion, MAX_EXPAND_DIM};
+pub use fastscan::FastScanKernels;
 pub use ivf::{IvfIndex, OpenOptions};
 pub use kernels::Kernels;
+pub use pq_search::{LutRounding, PqIndex, PqNeighbour, PqSearcher, PQ_MAX_BASE_K};
 pub use search::{BlockResults, Neighbour, SearchStats, Searcher, BLOCK, MAX_K, MAX_NPROBE};
 pub use topk::TopK;
 

@@ -10,7 +10,9 @@ use super::clock::ticks;
 use super::config::MAX_SLOTS;
 use super::entry::Entry;
 use super::telemetry::{Counters, Telemetry};
-use crate::index::{blend_neighbours, BlendOutcome, BlendParams, IvfIndex, Searcher, BLOCK, MAX_K};
+use crate::index::{
+    blend_neighbours, BlendOutcome, BlendParams, IvfIndex, QueryExpansion, Searcher, BLOCK, MAX_K,
+};
 
 /// A publication: slot `slot` now holds `entry` (`None`: the slot was emptied).
 pub(crate) struct Msg {
@@ -58,6 +60,7 @@ pub struct AudioEngine {
     telemetry: Arc<Telemetry>,
     counters: Counters,
     block_start: u64,
+    expansion: Option<QueryExpansion>,
 }
 
 impl AudioEngine {
@@ -97,7 +100,21 @@ impl AudioEngine {
             telemetry,
             counters: Counters::default(),
             block_start: 0,
+            expansion: None,
         }
+    }
+
+    /// Query-side α expansion for the blends from now on ([`QueryExpansion`]; `None`, the
+    /// default, searches with each frame itself). With it, [`blend_block`](Self::blend_block)
+    /// searches frame by frame (each expanded frame needs its own first search), which costs
+    /// about twice a plain blend per frame. Realtime-safe: it only stores the setting.
+    pub fn set_query_expansion(&mut self, expansion: Option<QueryExpansion>) {
+        self.expansion = expansion.map(QueryExpansion::sanitized);
+    }
+
+    /// The query expansion in use.
+    pub fn query_expansion(&self) -> Option<QueryExpansion> {
+        self.expansion
     }
 
     /// Number of slots.
@@ -216,19 +233,43 @@ impl AudioEngine {
     /// panics, allocates, locks or makes a system call.
     pub fn blend(&mut self, query: &[f32], k: usize, ratio: f32, out: &mut [f32]) -> BlendOutcome {
         let t0 = ticks();
+        let mut mismatched = 0;
+        let outcome = self.blend_frame(query, k, ratio, out, &mut mismatched);
+        let c = &mut self.counters;
+        c.mismatched += mismatched;
+        c.queries += 1;
+        let dt = ticks().wrapping_sub(t0);
+        let s = self.active_slot;
+        c.slot_queries[s] += 1;
+        c.slot_last_ticks[s] = dt;
+        c.slot_max_ticks[s] = c.slot_max_ticks[s].max(dt);
+        c.last_query_ticks = dt;
+        c.max_query_ticks = c.max_query_ticks.max(dt);
+        outcome
+    }
+
+    /// One frame of [`blend`](Self::blend) without the telemetry.
+    fn blend_frame(
+        &mut self,
+        query: &[f32],
+        k: usize,
+        ratio: f32,
+        out: &mut [f32],
+        mismatched: &mut u64,
+    ) -> BlendOutcome {
         let params = BlendParams {
             k: k.clamp(1, MAX_K),
             nprobe: 1,
             ratio,
+            expansion: self.expansion,
         };
-        let mut mismatched = 0;
         let outcome = blend_one(
             &mut self.searcher,
             self.serving.as_deref(),
             query,
             &params,
             out,
-            &mut mismatched,
+            mismatched,
         );
         if self.fade.running {
             let g = (self.fade.pos + self.fade.step).min(1.0);
@@ -254,16 +295,6 @@ impl AudioEngine {
                 self.fade.running = false; // the old index is handed back at the next block
             }
         }
-        let c = &mut self.counters;
-        c.mismatched += mismatched;
-        c.queries += 1;
-        let dt = ticks().wrapping_sub(t0);
-        let s = self.active_slot;
-        c.slot_queries[s] += 1;
-        c.slot_last_ticks[s] = dt;
-        c.slot_max_ticks[s] = c.slot_max_ticks[s].max(dt);
-        c.last_query_ticks = dt;
-        c.max_query_ticks = c.max_query_ticks.max(dt);
         outcome
     }
 
@@ -299,9 +330,17 @@ impl AudioEngine {
         let count = if whole {
             // `dim <= frames.len()` here unless both are empty, so the product cannot overflow
             // for any real slice; saturating keeps it so for an empty one.
-            let chunk = dim.saturating_mul(BLOCK);
-            for (qs, os) in frames.chunks(chunk).zip(out.chunks_mut(chunk)) {
-                blended += self.blend_chunk(qs, dim, k, ratio, os, &mut mismatched);
+            if self.expansion.is_some() {
+                // Each expanded frame needs its own first search: frame by frame.
+                for (q, o) in frames.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+                    let outcome = self.blend_frame(q, k, ratio, o, &mut mismatched);
+                    blended += matches!(outcome, BlendOutcome::Blended { .. }) as usize;
+                }
+            } else {
+                let chunk = dim.saturating_mul(BLOCK);
+                for (qs, os) in frames.chunks(chunk).zip(out.chunks_mut(chunk)) {
+                    blended += self.blend_chunk(qs, dim, k, ratio, os, &mut mismatched);
+                }
             }
             frames.len() / dim
         } else {

@@ -43,6 +43,7 @@ impl Retriever for IndexRetriever {
         match &self.index {
             Some(index) if index.dim() == query.len() => {
                 let params = BlendParams {
+                    expansion: None,
                     k,
                     nprobe: 1,
                     ratio,
