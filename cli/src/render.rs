@@ -44,6 +44,13 @@ pub struct Args {
     /// Neighbours per frame, 1..32.
     #[arg(long, default_value_t = 8)]
     k: usize,
+    /// Query-side α expansion: search with the sim^α-weighted mean of each
+    /// frame's K nearest vectors. Off by default.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=knnblend::index::MAX_K as u64))]
+    expand: Option<u64>,
+    /// The α of --expand.
+    #[arg(long, value_name = "A", default_value_t = 3.0, requires = "expand")]
+    expand_alpha: f32,
     /// Swap to this index during the render (live, crossfaded).
     #[arg(long, requires = "swap_at")]
     swap_to: Option<PathBuf>,
@@ -69,6 +76,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> crate::Result {
+    if !(a.expand_alpha.is_finite() && a.expand_alpha >= 0.0) {
+        return Err(format!("--expand-alpha {} must be a number >= 0", a.expand_alpha).into());
+    }
     if let (Some(model), Some(contentvec)) = (a.rvc_model.clone(), a.contentvec.clone()) {
         return run_rvc(a, model, contentvec);
     }
@@ -84,6 +94,10 @@ pub fn run(a: Args) -> crate::Result {
         crossfade_seconds: a.crossfade_ms / 1000.0,
         dry_wet: a.dry_wet,
         output_gain_db: a.gain_db,
+        expansion: a.expand.map(|k| knnblend::index::QueryExpansion {
+            k: k as usize,
+            alpha: a.expand_alpha,
+        }),
     };
     let mut bar = crate::progress::StageBar::new();
     let result = render_file(&opts, &mut |stage, done, total| {
@@ -116,6 +130,10 @@ fn run_rvc(a: Args, model: PathBuf, contentvec: PathBuf) -> crate::Result {
     opts.ratio = a.ratio;
     opts.protect = a.protect;
     opts.k = a.k;
+    opts.expansion = a.expand.map(|k| knnblend::index::QueryExpansion {
+        k: k as usize,
+        alpha: a.expand_alpha,
+    });
     opts.block_seconds = a.block_ms / 1000.0;
     opts.extra_seconds = a.extra_ms / 1000.0;
     opts.crossfade_seconds = a.sola_crossfade_ms / 1000.0;

@@ -456,6 +456,12 @@ fn panel_contents(
             ui.label("Neighbours");
             ui.add(ParamSlider::for_param(&params.neighbours, setter).with_width(260.0));
             ui.end_row();
+            ui.label("Query expansion");
+            ui.add(ParamSlider::for_param(&params.expand, setter).with_width(260.0));
+            ui.end_row();
+            ui.label("Expansion α");
+            ui.add(ParamSlider::for_param(&params.expand_alpha, setter).with_width(260.0));
+            ui.end_row();
             ui.label("Voice");
             ui.add(ParamSlider::for_param(&params.voice, setter).with_width(260.0));
             ui.end_row();

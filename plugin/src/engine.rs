@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
+use knnblend::index::QueryExpansion;
 use knnblend::{live, voice};
 use knnblend_rvc::host;
 
@@ -42,6 +43,8 @@ pub struct BlockSettings {
     pub dry_wet: f32,
     /// Output gain, linear.
     pub output_gain: f32,
+    /// Query-side α expansion of the retrieval (`None`: off).
+    pub expansion: Option<QueryExpansion>,
     /// RVC: pitch shift, semitones.
     pub pitch: f32,
     /// RVC: protect, 0–0.5.
@@ -64,6 +67,7 @@ impl BlockSettings {
             index_rate: self.ratio,
             protect: self.protect,
             k: self.k,
+            expansion: self.expansion,
             crossfade_seconds: self.crossfade_seconds,
             block_seconds: self.block_seconds,
             extra_seconds: self.extra_seconds,
@@ -264,6 +268,7 @@ impl AudioHandle {
             crossfade_seconds: settings.crossfade_seconds,
             dry_wet: settings.dry_wet,
             output_gain: settings.output_gain,
+            expansion: settings.expansion,
         };
         self.voice.process(channels, &params);
     }

@@ -19,6 +19,7 @@ pub mod params;
 pub mod slots;
 
 use engine::{AudioHandle, BlockSettings};
+use knnblend::index::QueryExpansion;
 use meter::ProcessMeter;
 use params::{clamp_f32, clamp_i32, KnnBlendParams};
 
@@ -88,6 +89,13 @@ impl KnnBlend {
         BlockSettings {
             active_slot: (clamp_i32(p.voice.value(), params::VOICE) - 1) as usize,
             k: clamp_i32(p.neighbours.value(), params::NEIGHBOURS) as usize,
+            expansion: match clamp_i32(p.expand.value(), params::EXPAND) {
+                0 => None,
+                k => Some(QueryExpansion {
+                    k: k as usize,
+                    alpha: clamp_f32(p.expand_alpha.value(), params::EXPAND_ALPHA),
+                }),
+            },
             ratio: clamp_f32(smoothed(&p.blend), params::BLEND),
             crossfade_seconds: clamp_f32(p.crossfade_ms.value(), params::CROSSFADE_MS) / 1000.0,
             dry_wet: clamp_f32(smoothed(&p.dry_wet), params::DRY_WET),

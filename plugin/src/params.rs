@@ -29,6 +29,11 @@ pub const PITCH: (i32, i32, i32) = (-24, 24, 0);
 /// RVC: protect (RVC's `protect`): unvoiced frames keep this much of the input's features;
 /// 0.5 turns it off.
 pub const PROTECT: (f32, f32, f32) = (0.0, 0.5, 0.33);
+/// Query expansion: the neighbours each frame's search query is first expanded with (faiss's
+/// α query expansion: the sim^α-weighted mean of them); 0 is off (RVC's own retrieval).
+pub const EXPAND: (i32, i32, i32) = (0, 16, 0);
+/// Query expansion's α (exponent of the cosine similarity).
+pub const EXPAND_ALPHA: (f32, f32, f32) = (0.0, 10.0, 3.0);
 /// RVC: conversion block in milliseconds (RVC realtime's block time).
 pub const BLOCK_MS: (f32, f32, f32) = (50.0, 1000.0, 250.0);
 /// RVC: extra context in milliseconds (RVC realtime's extra time).
@@ -52,6 +57,12 @@ pub struct KnnBlendParams {
     /// Number of neighbours blended per frame.
     #[id = "neighbours"]
     pub neighbours: IntParam,
+    /// Query expansion's neighbours, 0 = off.
+    #[id = "expand"]
+    pub expand: IntParam,
+    /// Query expansion's α.
+    #[id = "expand_alpha"]
+    pub expand_alpha: FloatParam,
     /// Active voice slot, 1–8.
     #[id = "voice"]
     pub voice: IntParam,
@@ -119,6 +130,41 @@ impl KnnBlendParams {
                     max: NEIGHBOURS.1,
                 },
             ),
+            expand: IntParam::new(
+                "Query Expansion",
+                EXPAND.2,
+                IntRange::Linear {
+                    min: EXPAND.0,
+                    max: EXPAND.1,
+                },
+            )
+            .with_value_to_string(Arc::new(|k| {
+                if k == 0 {
+                    "Off".to_string()
+                } else {
+                    format!("{k} neighbours")
+                }
+            }))
+            .with_string_to_value(Arc::new(|text| {
+                let t = text.trim();
+                if t.eq_ignore_ascii_case("off") {
+                    Some(0)
+                } else {
+                    t.trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .parse()
+                        .ok()
+                }
+            })),
+            expand_alpha: FloatParam::new(
+                "Expansion Alpha",
+                EXPAND_ALPHA.2,
+                FloatRange::Linear {
+                    min: EXPAND_ALPHA.0,
+                    max: EXPAND_ALPHA.1,
+                },
+            )
+            .with_step_size(0.1)
+            .with_value_to_string(formatters::v2s_f32_rounded(1)),
             voice: IntParam::new(
                 "Voice",
                 VOICE.2,
@@ -227,7 +273,8 @@ pub fn clamp_i32(value: i32, (lo, hi, _default): (i32, i32, i32)) -> i32 {
 pub fn sanitize_state(state: &mut PluginState) {
     use nice_plug::plugin::ParamValue;
 
-    let floats: [(&str, (f32, f32, f32)); 8] = [
+    let floats: [(&str, (f32, f32, f32)); 9] = [
+        ("expand_alpha", EXPAND_ALPHA),
         ("blend", BLEND),
         ("crossfade", CROSSFADE_MS),
         ("mix", DRY_WET),
@@ -237,7 +284,8 @@ pub fn sanitize_state(state: &mut PluginState) {
         ("extra", EXTRA_MS),
         ("sola", SOLA_MS),
     ];
-    let ints: [(&str, (i32, i32, i32)); 3] = [
+    let ints: [(&str, (i32, i32, i32)); 4] = [
+        ("expand", EXPAND),
         ("neighbours", NEIGHBOURS),
         ("voice", VOICE),
         ("pitch", PITCH),

@@ -84,6 +84,8 @@ fn odd_blocks_automation_and_slot_changes_without_allocating() {
         let x = (block as f32 * 0.37).sin() * 0.5 + 0.5;
         p.set_plain("blend", x, sr, false);
         p.set_plain("neighbours", 1.0 + (block % 16) as f32, sr, false);
+        // Query expansion off, 4 and 8 neighbours in turn.
+        p.set_plain("expand", ((block / 3) % 3) as f32 * 4.0, sr, false);
         p.set_plain("voice", 1.0 + ((block / 5) % SLOTS) as f32, sr, false);
         p.set_plain("crossfade", (block % 7) as f32 * 70.0, sr, false);
         p.set_plain("mix", 1.0 - 0.5 * x, sr, false);
@@ -162,6 +164,48 @@ fn nulls_at_blend_zero_and_dry_wet_zero() {
             "Blend 1 left the signal unchanged ({db:.1} dBFS)"
         );
     }
+}
+
+#[test]
+fn query_expansion_is_off_by_default_and_changes_the_conversion_when_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let voice = make_voice(dir.path(), "voice.kbi", true);
+    let sample_rate = 48_000.0f32;
+    let input = test_signal(sample_rate, 1.0, 2);
+    // A fresh instance per setting (a render is deterministic from a fresh instance).
+    let render = |expand: Option<f32>| {
+        let mut host = OfflineHost::new(sample_rate, 2);
+        host.params.slots.set_path(0, &voice).unwrap();
+        wait_for_loads(&host.params.slots);
+        if let Some(k) = expand {
+            host.handles.set_plain("expand", k, sample_rate, true);
+            host.handles
+                .set_plain("expand_alpha", 3.0, sample_rate, true);
+        } else {
+            assert_eq!(
+                host.params.expand.value(),
+                0,
+                "expansion must be off by default"
+            );
+            assert_eq!(host.params.expand.to_string(), "Off");
+        }
+        render_fixed(&mut host, &input, 1.0, 1.0)
+    };
+    let plain = render(None);
+    assert_eq!(
+        render(None),
+        plain,
+        "two fresh renders differ: the comparison means nothing"
+    );
+    assert_eq!(render(Some(0.0)), plain, "Off must be the default's output");
+    let expanded = render(Some(8.0));
+    assert!(expanded.iter().flatten().all(|x| x.is_finite()));
+    let differ = plain[0]
+        .iter()
+        .zip(&expanded[0])
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(differ > 0, "query expansion changed no sample");
 }
 
 #[test]

@@ -244,6 +244,7 @@ impl Rig {
         let x = 0.5 + 0.5 * (b as f32 * 0.13).sin();
         h.set_plain("blend", x, RATE, false);
         h.set_plain("neighbours", 1.0 + (b % 16) as f32, RATE, false);
+        h.set_plain("expand", ((b / 3) % 3) as f32 * 4.0, RATE, false);
         h.set_plain("mix", 1.0 - 0.4 * x, RATE, false);
         let bypass = (b / 40) % 5 == 4;
         h.set_plain("bypass", if bypass { 1.0 } else { 0.0 }, RATE, false);

@@ -50,6 +50,8 @@ BLOCKS = [32, 441, 512, 4096]
 EXPECTED_PARAMS = {
     "blend": "Blend",
     "neighbours": "Neighbours",
+    "query_expansion": "Query Expansion",
+    "expansion_alpha": "Expansion Alpha",
     "voice": "Voice",
     "crossfade_ms": "Crossfade",
     "dry_wet": "Dry/Wet",

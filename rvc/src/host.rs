@@ -50,6 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use knnblend::index::QueryExpansion;
 use knnblend::live::Controller;
 
 use crate::models::{ContentVec, Rmvpe, Synthesizer};
@@ -108,6 +109,8 @@ pub struct BlockParams {
     pub protect: f32,
     /// Neighbours per frame.
     pub k: usize,
+    /// Query-side α expansion of the retrieval (`None`: off).
+    pub expansion: Option<QueryExpansion>,
     /// Crossfade when the voice or its index changes, seconds.
     pub crossfade_seconds: f32,
     /// Conversion block, seconds.
@@ -133,6 +136,7 @@ impl Default for BlockParams {
             index_rate: 0.75,
             protect: 0.33,
             k: 8,
+            expansion: None,
             crossfade_seconds: 0.05,
             block_seconds: 0.25,
             extra_seconds: 2.5,
@@ -588,6 +592,7 @@ impl VoiceAudio {
         s.controls.set_index_rate(p.index_rate);
         s.controls.set_protect(p.protect);
         s.controls.set_k(p.k);
+        s.controls.set_query_expansion(p.expansion);
         s.controls.set_index_crossfade_seconds(p.crossfade_seconds);
         s.active_slot.store(p.active_slot, Relaxed);
         s.block_ms

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
+use knnblend::index::QueryExpansion;
 use knnblend::live::AudioEngine;
 use knnblend::voice::pitch::PitchSpec;
 
@@ -82,6 +83,9 @@ pub struct Controls {
     speaker: AtomicU32,
     active_slot: AtomicU32,
     crossfade_bits: AtomicU32,
+    /// Query expansion's neighbours (0: off) and α bits.
+    expand_k: AtomicU32,
+    expand_alpha: AtomicU32,
 }
 
 impl Default for Controls {
@@ -94,6 +98,8 @@ impl Default for Controls {
             speaker: AtomicU32::new(0),
             active_slot: AtomicU32::new(0),
             crossfade_bits: AtomicU32::new(0),
+            expand_k: AtomicU32::new(0),
+            expand_alpha: AtomicU32::new(0),
         };
         c.set_index_rate(0.75);
         c.set_protect(0.33);
@@ -138,6 +144,26 @@ impl Controls {
     pub fn set_k(&self, k: usize) {
         self.k
             .store(k.clamp(1, knnblend::index::MAX_K) as u32, Relaxed);
+    }
+    /// Query-side α expansion of the retrieval (`None`: off, RVC's own behaviour).
+    pub fn set_query_expansion(&self, expansion: Option<QueryExpansion>) {
+        match expansion.map(QueryExpansion::sanitized) {
+            Some(e) => {
+                self.expand_alpha.store(e.alpha.to_bits(), Relaxed);
+                self.expand_k.store(e.k as u32, Relaxed);
+            }
+            None => self.expand_k.store(0, Relaxed),
+        }
+    }
+    /// The current query expansion.
+    pub fn query_expansion(&self) -> Option<QueryExpansion> {
+        match self.expand_k.load(Relaxed) {
+            0 => None,
+            k => Some(QueryExpansion {
+                k: k as usize,
+                alpha: f(&self.expand_alpha),
+            }),
+        }
     }
     /// Speaker id (`ds`) of multi-speaker models.
     pub fn set_speaker(&self, id: u32) {
@@ -402,6 +428,7 @@ impl RvcConverter {
             c.active_slot.load(Relaxed) as usize,
             f32::from_bits(c.crossfade_bits.load(Relaxed)),
         );
+        self.retrieval.set_query_expansion(c.query_expansion());
         if rate > 0.0 {
             self.retrieval.blend_block(
                 &self.feats[from..used],
@@ -561,5 +588,32 @@ impl RvcConverter {
     /// The block the model produces per conversion, at its rate.
     pub fn model_block(&self) -> usize {
         self.model_block
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_expansion_control_round_trips_and_turns_off() {
+        let c = Controls::default();
+        assert_eq!(c.query_expansion(), None, "off by default, as RVC");
+        c.set_query_expansion(Some(QueryExpansion { k: 6, alpha: 2.5 }));
+        assert_eq!(
+            c.query_expansion(),
+            Some(QueryExpansion { k: 6, alpha: 2.5 })
+        );
+        // Out-of-range settings are brought into range, not stored as given.
+        c.set_query_expansion(Some(QueryExpansion {
+            k: 0,
+            alpha: f32::NAN,
+        }));
+        assert_eq!(
+            c.query_expansion(),
+            Some(QueryExpansion { k: 1, alpha: 0.0 })
+        );
+        c.set_query_expansion(None);
+        assert_eq!(c.query_expansion(), None);
     }
 }

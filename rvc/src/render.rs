@@ -37,6 +37,8 @@ pub struct RvcRenderOptions {
     pub protect: f32,
     /// Neighbours per frame.
     pub k: usize,
+    /// Query-side α expansion of the retrieval (`None`: off).
+    pub expansion: Option<knnblend::index::QueryExpansion>,
     /// Speaker id.
     pub speaker: u32,
     /// Block, SOLA crossfade and extra context, seconds.
@@ -74,6 +76,7 @@ impl RvcRenderOptions {
             ratio: 0.75,
             protect: 0.33,
             k: 8,
+            expansion: None,
             speaker: 0,
             block_seconds: 0.25,
             crossfade_seconds: 0.05,
@@ -127,6 +130,7 @@ pub fn render_file(opts: &RvcRenderOptions) -> Result<RvcRenderSummary, RvcError
     controls.set_index_rate(opts.ratio);
     controls.set_protect(opts.protect);
     controls.set_k(opts.k);
+    controls.set_query_expansion(opts.expansion);
     controls.set_speaker(opts.speaker);
     let framing = Framing {
         host_rate: audio.sample_rate,

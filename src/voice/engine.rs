@@ -35,7 +35,7 @@ use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use super::features::{BandLayout, FeatureSpec, Framing};
 use super::ramp::Ramp;
 use super::retriever::Retriever;
-use crate::index::{BlendOutcome, MAX_K};
+use crate::index::{BlendOutcome, QueryExpansion, MAX_K};
 use crate::live::AudioEngine;
 
 /// Input samples are clamped to ±this (about +60 dBFS) before anything else.
@@ -56,6 +56,9 @@ pub struct BlockParams {
     pub dry_wet: f32,
     /// Linear output gain.
     pub output_gain: f32,
+    /// Query-side α expansion of the retrieval ([`QueryExpansion`]); `None` (the default)
+    /// searches with each frame itself, as RVC does.
+    pub expansion: Option<QueryExpansion>,
 }
 
 impl Default for BlockParams {
@@ -67,6 +70,7 @@ impl Default for BlockParams {
             crossfade_seconds: 0.05,
             dry_wet: 1.0,
             output_gain: 1.0,
+            expansion: None,
         }
     }
 }
@@ -401,6 +405,7 @@ impl<R: Retriever> VoiceEngine<R> {
             self.started = true;
         }
         let k = params.k.clamp(1, MAX_K);
+        self.retriever.set_query_expansion(params.expansion);
 
         let nch = channels.len().min(self.max_channels);
         for extra in channels.iter_mut().skip(nch) {

@@ -10,7 +10,7 @@ use super::audio_file::{read_audio, write_wav_f32, Audio, AudioError};
 use super::engine::{BlockParams, VoiceEngine};
 use super::features::FeatureSpec;
 use super::offline::{render_buffers, Schedule};
-use crate::index::MAX_K;
+use crate::index::{QueryExpansion, MAX_K};
 use crate::live::{self, LoadOutcome};
 
 /// What to render.
@@ -38,6 +38,8 @@ pub struct RenderOptions {
     pub dry_wet: f32,
     /// Output gain, dB (default 0).
     pub output_gain_db: f32,
+    /// Query-side α expansion of the retrieval (default `None`: off).
+    pub expansion: Option<QueryExpansion>,
 }
 
 impl Default for RenderOptions {
@@ -54,6 +56,7 @@ impl Default for RenderOptions {
             crossfade_seconds: 0.05,
             dry_wet: 1.0,
             output_gain_db: 0.0,
+            expansion: None,
         }
     }
 }
@@ -232,6 +235,7 @@ pub fn render_file(
         crossfade_seconds: opts.crossfade_seconds,
         dry_wet: opts.dry_wet,
         output_gain: 10f32.powf(opts.output_gain_db / 20.0),
+        expansion: opts.expansion,
     };
     let mut schedule = Schedule::constant(params);
     if let Some(at) = swap_sample {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::index::{BlendOutcome, BlendParams, IvfIndex, Searcher};
+use crate::index::{BlendOutcome, BlendParams, IvfIndex, QueryExpansion, Searcher};
 use crate::live::AudioEngine;
 
 /// Per-frame retrieval, called from the audio thread: implementations must not allocate,
@@ -17,6 +17,9 @@ pub trait Retriever: Send {
     fn blend(&mut self, query: &[f32], k: usize, ratio: f32, out: &mut [f32]) -> BlendOutcome;
     /// Called once at the end of every audio block.
     fn end_block(&mut self);
+    /// Query-side α expansion for the blends from now on (`None`: off). Called at every
+    /// block; must only store the setting.
+    fn set_query_expansion(&mut self, expansion: Option<QueryExpansion>);
 }
 
 /// A [`Retriever`] over one fixed index (or none: then every query is copied). Slots and
@@ -24,6 +27,7 @@ pub trait Retriever: Send {
 pub struct IndexRetriever {
     index: Option<Arc<IvfIndex>>,
     searcher: Searcher,
+    expansion: Option<QueryExpansion>,
 }
 
 impl IndexRetriever {
@@ -32,6 +36,7 @@ impl IndexRetriever {
         IndexRetriever {
             index,
             searcher: Searcher::new(),
+            expansion: None,
         }
     }
 }
@@ -43,7 +48,7 @@ impl Retriever for IndexRetriever {
         match &self.index {
             Some(index) if index.dim() == query.len() => {
                 let params = BlendParams {
-                    expansion: None,
+                    expansion: self.expansion,
                     k,
                     nprobe: 1,
                     ratio,
@@ -58,6 +63,10 @@ impl Retriever for IndexRetriever {
     }
 
     fn end_block(&mut self) {}
+
+    fn set_query_expansion(&mut self, expansion: Option<QueryExpansion>) {
+        self.expansion = expansion.map(QueryExpansion::sanitized);
+    }
 }
 
 /// The live runtime's audio side: slots, publications and crossfades.
@@ -75,5 +84,10 @@ impl Retriever for AudioEngine {
     #[inline]
     fn end_block(&mut self) {
         AudioEngine::end_block(self);
+    }
+
+    #[inline]
+    fn set_query_expansion(&mut self, expansion: Option<QueryExpansion>) {
+        AudioEngine::set_query_expansion(self, expansion);
     }
 }
