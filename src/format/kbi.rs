@@ -40,7 +40,7 @@ pub const PAGE: u64 = 4096;
 /// Bytes of the header that carry meaning (the rest of the first page is zero).
 pub const HEADER_LEN: usize = 296;
 const TABLE_AT: usize = 64;
-const ENTRY_LEN: usize = 32;
+pub(super) const ENTRY_LEN: usize = 32;
 const HEADER_SUM_AT: usize = TABLE_AT + SECTION_COUNT * ENTRY_LEN;
 /// Largest metadata block accepted (16 MiB).
 pub const MAX_METADATA: u64 = 16 << 20;
@@ -147,16 +147,111 @@ pub struct KbiLayout {
     pub sections: [SectionEntry; SECTION_COUNT],
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-fn round_up(x: u64) -> u64 {
+pub(super) fn round_up(x: u64) -> u64 {
     x.div_ceil(PAGE) * PAGE
+}
+
+/// Reads and checks a section table of `N` entries of [`ENTRY_LEN`] bytes at `table_at` in the
+/// header `bytes` of a file of `actual` bytes: every entry has the expected kind (`kinds`, in
+/// file order, with the names used in messages), a page-aligned offset after the header page
+/// and the previous section, a length `len_ok(i, len)` accepts (it says why not otherwise), and
+/// lies inside the file. The caller has checked that `bytes` holds the table.
+pub(super) fn read_table<const N: usize>(
+    bytes: &[u8],
+    table_at: usize,
+    kinds: [(u32, &'static str); N],
+    len_ok: impl Fn(usize, u64) -> Result<(), String>,
+    actual: u64,
+) -> Result<[SectionEntry; N], FormatError> {
+    let mut sections = [SectionEntry {
+        offset: 0,
+        len: 0,
+        checksum: 0,
+    }; N];
+    let mut end = PAGE;
+    for (i, (kind, name)) in kinds.into_iter().enumerate() {
+        let at = table_at + i * ENTRY_LEN;
+        let k = u32_at(bytes, at);
+        let entry = SectionEntry {
+            offset: u64_at(bytes, at + 8),
+            len: u64_at(bytes, at + 16),
+            checksum: u64_at(bytes, at + 24),
+        };
+        if k != kind {
+            return Err(FormatError::section(
+                name,
+                format!("table entry {i} has kind {k}, expected {kind}"),
+            ));
+        }
+        if !entry.offset.is_multiple_of(PAGE) {
+            return Err(FormatError::section(
+                name,
+                format!("offset {} is not page-aligned", entry.offset),
+            ));
+        }
+        if entry.offset < end {
+            return Err(FormatError::section(
+                name,
+                format!(
+                    "offset {} overlaps the header or the previous section (which ends at {end})",
+                    entry.offset
+                ),
+            ));
+        }
+        len_ok(i, entry.len).map_err(|reason| FormatError::section(name, reason))?;
+        let stop = entry
+            .offset
+            .checked_add(entry.len)
+            .filter(|&s| s <= actual)
+            .ok_or_else(|| FormatError::Truncated {
+                what: format!("section `{name}`"),
+                needed: entry.offset.saturating_add(entry.len),
+                actual,
+            })?;
+        end = stop;
+        sections[i] = entry;
+    }
+    Ok(sections)
+}
+
+/// Writes entry `i` of a section table at `table_at` in the header `h`.
+pub(super) fn put_entry(
+    h: &mut [u8],
+    table_at: usize,
+    i: usize,
+    kind: u32,
+    place: (u64, u64, u64),
+) {
+    let (offset, len, sum) = place;
+    let e = table_at + i * ENTRY_LEN;
+    h[e..e + 4].copy_from_slice(&kind.to_le_bytes());
+    h[e + 4..e + 8].fill(0);
+    h[e + 8..e + 16].copy_from_slice(&offset.to_le_bytes());
+    h[e + 16..e + 24].copy_from_slice(&len.to_le_bytes());
+    h[e + 24..e + 32].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// Places sections of the given sizes one after another, each at the next page boundary after
+/// the header page and the previous one: their offsets and the file length (which ends with
+/// the last section, unpadded); `None` on overflow or beyond the address space.
+pub(super) fn place<const N: usize>(sizes: &[u64; N]) -> Option<([u64; N], u64)> {
+    let mut offsets = [0u64; N];
+    let mut at = PAGE;
+    for i in 0..N {
+        offsets[i] = at;
+        at = round_up(at.checked_add(sizes[i])?);
+    }
+    let file_len = offsets[N - 1].checked_add(sizes[N - 1])?;
+    usize::try_from(file_len).ok()?;
+    Some((offsets, file_len))
 }
 
 /// Byte sizes of the sections for the given shape; `None` on overflow.
@@ -195,6 +290,9 @@ impl KbiLayout {
             });
         }
         let version = u32_at(bytes, 8);
+        if version == super::kbi_pq::PQ_VERSION {
+            return Err(super::kbi_pq::refused_as_flat(bytes, actual));
+        }
         if version != VERSION {
             return Err(FormatError::UnsupportedVersion {
                 found: version,
@@ -297,11 +395,6 @@ impl KbiLayout {
             return Err(FormatError::field("flags", flags, "unknown flags set"));
         }
 
-        let mut sections = [SectionEntry {
-            offset: 0,
-            len: 0,
-            checksum: 0,
-        }; SECTION_COUNT];
         let meta_len = u64_at(bytes, TABLE_AT + 6 * ENTRY_LEN + 16);
         if meta_len > MAX_METADATA {
             return Err(FormatError::section(
@@ -316,55 +409,22 @@ impl KbiLayout {
                 format!("sizes overflow with dim {dim} and nlist {nlist}"),
             )
         })?;
-        let mut end = PAGE;
-        for (i, kind) in SectionKind::ALL.into_iter().enumerate() {
-            let at = TABLE_AT + i * ENTRY_LEN;
-            let k = u32_at(bytes, at);
-            let entry = SectionEntry {
-                offset: u64_at(bytes, at + 8),
-                len: u64_at(bytes, at + 16),
-                checksum: u64_at(bytes, at + 24),
-            };
-            let name = kind.name();
-            if k != kind as u32 {
-                return Err(FormatError::section(
-                    name,
-                    format!("table entry {i} has kind {k}, expected {}", kind as u32),
-                ));
-            }
-            if !entry.offset.is_multiple_of(PAGE) {
-                return Err(FormatError::section(
-                    name,
-                    format!("offset {} is not page-aligned", entry.offset),
-                ));
-            }
-            if entry.offset < end {
-                return Err(FormatError::section(
-                    name,
-                    format!("offset {} overlaps the header or the previous section (which ends at {end})", entry.offset),
-                ));
-            }
-            if entry.len != expected[i] {
-                return Err(FormatError::section(
-                    name,
-                    format!(
-                        "length {} does not match the header (expected {})",
-                        entry.len, expected[i]
-                    ),
-                ));
-            }
-            let stop = entry
-                .offset
-                .checked_add(entry.len)
-                .filter(|&s| s <= actual)
-                .ok_or_else(|| FormatError::Truncated {
-                    what: format!("section `{name}`"),
-                    needed: entry.offset.saturating_add(entry.len),
-                    actual,
-                })?;
-            end = stop;
-            sections[i] = entry;
-        }
+        let sections = read_table(
+            bytes,
+            TABLE_AT,
+            SectionKind::ALL.map(|k| (k as u32, k.name())),
+            |i, len| {
+                if len == expected[i] {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "length {len} does not match the header (expected {})",
+                        expected[i]
+                    ))
+                }
+            },
+            actual,
+        )?;
         Ok(KbiLayout {
             dim: dim as usize,
             metric,
@@ -411,6 +471,17 @@ pub fn check_list_offsets(offsets: &[u64], ntotal: usize) -> Result<(), FormatEr
 /// Chunk size for verification (progress is reported per chunk).
 const CHUNK: usize = 1 << 20;
 
+/// What a section's values must be, beyond matching its checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Values {
+    /// Any bytes.
+    Any,
+    /// f32 values, all finite.
+    Finite,
+    /// Squared norms: finite or `+inf`.
+    Norms,
+}
+
 /// Verifies every section's checksum, that float sections hold only finite values and that
 /// the metadata parses. `progress(done, total)` is called after every chunk.
 pub fn verify_sections(
@@ -421,36 +492,61 @@ pub fn verify_sections(
     let total: u64 = layout.sections.iter().map(|s| s.len).sum();
     let mut done = 0u64;
     for (kind, entry) in SectionKind::ALL.into_iter().zip(layout.sections) {
-        let data = &bytes[entry.range()];
-        let mut hasher = Xxh3::new();
-        for (c, chunk) in data.chunks(CHUNK).enumerate() {
-            hasher.update(chunk);
-            if kind.holds_floats() {
-                // A squared norm overflows to +inf for vectors whose values are all finite
-                // (above about 1.8e19): that is not corruption.
-                let norms = matches!(kind, SectionKind::CentroidNorms | SectionKind::VectorNorms);
-                let bad = |v: f32| !(v.is_finite() || (norms && v == f32::INFINITY));
-                if let Some(i) = chunk
-                    .chunks_exact(4)
-                    .position(|f| bad(f32::from_le_bytes(f.try_into().expect("4 bytes"))))
-                {
-                    return Err(FormatError::NonFinite {
-                        section: kind.name(),
-                        index: (c * CHUNK / 4 + i) as u64,
-                    });
-                }
+        let values = match kind {
+            SectionKind::CentroidNorms | SectionKind::VectorNorms => Values::Norms,
+            k if k.holds_floats() => Values::Finite,
+            _ => Values::Any,
+        };
+        verify_section(
+            &bytes[entry.range()],
+            kind.name(),
+            values,
+            entry.checksum,
+            (&mut done, total),
+            progress,
+        )?;
+    }
+    Ok(())
+}
+
+/// Verifies one section, `data`, against its stored `checksum` and its `values`; `done` of
+/// `total` bytes are counted on, chunk by chunk, through `progress`.
+pub(super) fn verify_section(
+    data: &[u8],
+    name: &'static str,
+    values: Values,
+    checksum: u64,
+    (done, total): (&mut u64, u64),
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), FormatError> {
+    let mut hasher = Xxh3::new();
+    for (c, chunk) in data.chunks(CHUNK).enumerate() {
+        hasher.update(chunk);
+        if values != Values::Any {
+            // A squared norm overflows to +inf for vectors whose values are all finite
+            // (above about 1.8e19): that is not corruption.
+            let norms = values == Values::Norms;
+            let bad = |v: f32| !(v.is_finite() || (norms && v == f32::INFINITY));
+            if let Some(i) = chunk
+                .chunks_exact(4)
+                .position(|f| bad(f32::from_le_bytes(f.try_into().expect("4 bytes"))))
+            {
+                return Err(FormatError::NonFinite {
+                    section: name,
+                    index: (c * CHUNK / 4 + i) as u64,
+                });
             }
-            done += chunk.len() as u64;
-            progress(done, total);
         }
-        let computed = hasher.digest();
-        if computed != entry.checksum {
-            return Err(FormatError::Checksum {
-                section: kind.name(),
-                stored: entry.checksum,
-                computed,
-            });
-        }
+        *done += chunk.len() as u64;
+        progress(*done, total);
+    }
+    let computed = hasher.digest();
+    if computed != checksum {
+        return Err(FormatError::Checksum {
+            section: name,
+            stored: checksum,
+            computed,
+        });
     }
     Ok(())
 }
@@ -498,14 +594,7 @@ impl Plan {
     /// sizes overflow (or exceed the address space).
     pub(crate) fn new(dim: usize, nlist: usize, ntotal: usize, meta_len: usize) -> Option<Plan> {
         let sizes = section_sizes(dim as u64, nlist as u64, ntotal as u64, meta_len as u64)?;
-        let mut offsets = [0u64; SECTION_COUNT];
-        let mut at = PAGE;
-        for i in 0..SECTION_COUNT {
-            offsets[i] = at;
-            at = round_up(at.checked_add(sizes[i])?);
-        }
-        let file_len = offsets[SECTION_COUNT - 1].checked_add(sizes[SECTION_COUNT - 1])?;
-        usize::try_from(file_len).ok()?;
+        let (offsets, file_len) = place(&sizes)?;
         Some(Plan {
             offsets,
             sizes,
@@ -549,12 +638,8 @@ pub(crate) fn seal(
     h[56..60].copy_from_slice(&(SECTION_COUNT as u32).to_le_bytes());
     for (i, kind) in SectionKind::ALL.into_iter().enumerate() {
         let sum = xxh3_64(&out[plan.range(kind)]);
-        let e = TABLE_AT + i * ENTRY_LEN;
-        let h = &mut out[..HEADER_LEN];
-        h[e..e + 4].copy_from_slice(&(kind as u32).to_le_bytes());
-        h[e + 8..e + 16].copy_from_slice(&plan.offsets[i].to_le_bytes());
-        h[e + 16..e + 24].copy_from_slice(&plan.sizes[i].to_le_bytes());
-        h[e + 24..e + 32].copy_from_slice(&sum.to_le_bytes());
+        let place = (plan.offsets[i], plan.sizes[i], sum);
+        put_entry(&mut out[..HEADER_LEN], TABLE_AT, i, kind as u32, place);
     }
     let sum = xxh3_64(&out[..HEADER_SUM_AT]);
     out[HEADER_SUM_AT..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());

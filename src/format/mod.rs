@@ -9,6 +9,7 @@ pub mod faiss;
 mod faiss_fastscan;
 mod header;
 pub mod kbi;
+pub mod kbi_pq;
 mod parts;
 mod pq;
 
@@ -24,6 +25,9 @@ pub use faiss_fastscan::{
 pub(crate) use header::imported_source;
 pub use header::{read_header, IndexHeader};
 pub use kbi::{write_kbi, KbiLayout};
+pub use kbi_pq::{
+    decode_pq_kbi, encode_pq_kbi, looks_like_pq_kbi, read_pq_kbi, write_pq_kbi, PqKbiLayout,
+};
 pub use parts::{IndexParts, ListParts, Metadata, Metric, MAX_DIM, MAX_NLIST, MAX_NTOTAL};
 pub use pq::{PqList, PqParts, ProductQuantizer, RefineFlat, PQ_KSUB, PQ_NBITS};
 
