@@ -29,7 +29,8 @@
 //!
 //! The common prefix (bytes 0..64) is an IVF-Flat header's, with version 2 and the `kind` where
 //! version 1 keeps its (zero) flags: a reader of version 1 files refuses these with "unsupported
-//! .kbi format version 2", and this build's IVF-Flat reader ([`KbiLayout::parse`], hence
+//! .kbi format version 2", and this build's IVF-Flat reader
+//! ([`KbiLayout::parse`](super::KbiLayout::parse), hence
 //! [`IvfIndex::open`](crate::index::IvfIndex::open) and [`read_header`](super::read_header))
 //! refuses them by name. Flat files are still written as version 1, byte for byte as before.
 //!
