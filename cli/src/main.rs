@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Show what an index holds (.kbi or faiss .index).
     Inspect(inspect::Args),
-    /// Convert a faiss IVF-Flat .index (e.g. RVC's added_*.index) to .kbi.
+    /// Convert a faiss .index (IVF-Flat as RVC ships added_*.index, or IVF-PQ FastScan) to .kbi.
     Import(import::Args),
     /// Search an index for the rows of a .npy file; write ids, distances and blends as .npy.
     Query(query::Args),
