@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+mod fastscan;
 mod rvc;
 mod suite;
 
@@ -55,6 +56,11 @@ pub struct Args {
     /// Vectors in the --rvc index (768-d, RVC's list count).
     #[arg(long, value_name = "N", default_value_t = 200_000, requires = "rvc")]
     rvc_vectors: usize,
+    /// Instead of the comparison, IVF-PQ FastScan (`IVF…,PQ…x4fs` and `…,RFlat`, built by faiss)
+    /// against faiss's own search of the same file and knnblend's IVF-Flat on the same data:
+    /// latency, recall@8, bytes per vector, the cost of query-side α expansion.
+    #[arg(long)]
+    fastscan: bool,
 }
 
 pub fn run(a: Args) -> crate::Result {
@@ -77,6 +83,21 @@ pub fn run(a: Args) -> crate::Result {
             println!("{}", serde_json::to_string_pretty(&[r])?);
         } else {
             print!("{}", rvc::format_text(&r));
+        }
+        return Ok(());
+    }
+    if a.fastscan {
+        let opts = fastscan::FastScanOptions {
+            quick: a.quick,
+            queries: a.queries,
+            cache_dir: a.cache_dir,
+            seed: a.seed,
+        };
+        let r = fastscan::run(&opts, &mut |line: &str| eprintln!("{line}"))?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&[r])?);
+        } else {
+            print!("{}", fastscan::format_text(&r));
         }
         return Ok(());
     }
