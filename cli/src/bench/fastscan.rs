@@ -8,8 +8,9 @@
 //!   `IndexRefineFlat` and filled), with RVC's list rule, cached beside the suite's indexes;
 //!   knnblend reads the files with `read_faiss_fastscan_file` into a `PqIndex`;
 //! - n_probe 1, k 8, one query per call; per query every engine is called once, the order
-//!   rotated from query to query (the suite's alternation, with five engines), on the suite's
-//!   timing thread (`SCHED_FIFO` pinned where allowed), faiss on one thread;
+//!   rotated from query to query (the suite's alternation, with eight engines: IVF-Flat,
+//!   knnblend and faiss on three FastScan variants, IVF-Flat with an f32 coarse step), on the
+//!   suite's timing thread (`SCHED_FIFO` pinned where allowed), faiss on one thread;
 //! - recall@8 against an exact f32 scan of every vector, the share of queries where knnblend's
 //!   ids equal faiss's, bytes per vector, and the cost of query-side α expansion in `blend`.
 //!
