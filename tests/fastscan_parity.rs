@@ -278,12 +278,22 @@ fn a_wrong_quantisation_breaks_parity() {
     }
 }
 
-/// Every FastScan kernel set finds the same neighbours.
+/// Every FastScan kernel set, and the table code compiled for FMA and SSE4.1 or portably,
+/// finds the same neighbours, bit for bit.
 #[test]
 fn every_kernel_set_finds_the_same() {
-    let case = build(Recipe::new(256, 128, Metric::InnerProduct, true, false));
-    let mut reference =
-        PqSearcher::for_index(&case.ours, K, 4).with_fastscan_kernels(FastScanKernels::scalar());
+    for recipe in [
+        Recipe::new(256, 128, Metric::InnerProduct, true, false),
+        Recipe::new(256, 64, Metric::L2, true, false),
+    ] {
+        every_kernel_set_finds_the_same_on(build(recipe));
+    }
+}
+
+fn every_kernel_set_finds_the_same_on(case: Case) {
+    let mut reference = PqSearcher::for_index(&case.ours, K, 4)
+        .with_fastscan_kernels(FastScanKernels::scalar())
+        .with_portable_tables();
     for kernels in FastScanKernels::all_available() {
         let mut s = PqSearcher::for_index(&case.ours, K, 4).with_fastscan_kernels(kernels);
         for q in case.queries.chunks_exact(256) {

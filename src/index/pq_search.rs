@@ -374,14 +374,14 @@ impl<T: Copy + PartialOrd> Heap<'_, T> {
 
 /// Sequential `Σ a·b` with fused multiply-adds (faiss's small-dimension loops as the compiler
 /// contracts them).
-#[inline]
+#[inline(always)]
 fn dot_seq(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0.0f32, |s, (x, y)| x.mul_add(*y, s))
 }
 
 /// The float table of sub-quantizer `j` (16 entries) for a query sub-vector: squared distances
 /// (L2) or inner products.
-#[inline]
+#[inline(always)]
 fn sub_table(x: &[f32], book: &[f32], dsub: usize, l2: bool, out: &mut [f32]) {
     for (c, o) in out.iter_mut().enumerate().take(PQ_KSUB) {
         let e = &book[c * dsub..(c + 1) * dsub];
@@ -400,6 +400,18 @@ fn sub_table(x: &[f32], book: &[f32], dsub: usize, l2: bool, out: &mut [f32]) {
         } else {
             dot_seq(x, e)
         };
+    }
+}
+
+/// Whether the table code can run compiled for FMA and SSE4.1.
+fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("sse4.1")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -431,6 +443,8 @@ pub struct PqSearcher {
     out_p: Vec<u64>,
     results: Vec<PqNeighbour>,
     rounding: LutRounding,
+    /// The CPU has FMA and SSE4.1: the table code runs compiled for them.
+    fma: bool,
     /// The last search's `(a, b)`: 16-bit distance `d` stands for `b + d / a`.
     scale: (f32, f32),
 }
@@ -474,6 +488,7 @@ impl PqSearcher {
             out_p: vec![0; max_k],
             results: Vec::with_capacity(max_k),
             rounding: LutRounding::Faiss,
+            fma: has_fma(),
             scale: (1.0, 0.0),
         }
     }
@@ -491,6 +506,14 @@ impl PqSearcher {
     /// Uses these FastScan kernels (e.g. the scalar ones, to compare).
     pub fn with_fastscan_kernels(mut self, k: FastScanKernels) -> PqSearcher {
         self.fastscan = k;
+        self
+    }
+
+    /// Runs the table code compiled portably even where FMA and SSE4.1 are present (for
+    /// comparisons: both give the same bits).
+    #[doc(hidden)]
+    pub fn with_portable_tables(mut self) -> PqSearcher {
+        self.fma = false;
         self
     }
 
@@ -606,7 +629,27 @@ impl PqSearcher {
     }
 
     /// Float tables, their quantisation and the per-list biases; returns faiss's `(a, b)`.
+    /// Compiled twice: with FMA and SSE4.1 where the CPU has them (a fused multiply-add and
+    /// `floor` become single instructions; without them each is a library call), and
+    /// portably. Both compute the same bits: `mul_add` is a correctly rounded fused
+    /// multiply-add and `floor` is exact either way.
     fn tables(&mut self, index: &PqIndex, x: &[f32], nprobe: usize) -> (f32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if self.fma {
+            // SAFETY: `fma` is set only when the CPU has FMA and SSE4.1.
+            return unsafe { self.tables_fma(index, x, nprobe) };
+        }
+        self.tables_impl(index, x, nprobe)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "fma,sse4.1")]
+    unsafe fn tables_fma(&mut self, index: &PqIndex, x: &[f32], nprobe: usize) -> (f32, f32) {
+        self.tables_impl(index, x, nprobe)
+    }
+
+    #[inline(always)]
+    fn tables_impl(&mut self, index: &PqIndex, x: &[f32], nprobe: usize) -> (f32, f32) {
         let (m, dsub, m2) = (index.m, index.dsub, index.m2);
         let l2 = index.metric == Metric::L2;
         let t = m * PQ_KSUB;
