@@ -316,80 +316,13 @@ impl KbiLayout {
                 format!("must be {HEADER_LEN}"),
             ));
         }
-        let dim = u32_at(bytes, 16) as u64;
-        if dim == 0 || dim > MAX_DIM as u64 {
-            return Err(FormatError::field(
-                "dim",
-                dim,
-                format!("must be in 1..={MAX_DIM}"),
-            ));
-        }
-        let metric = match u32_at(bytes, 20) {
-            0 => Metric::L2,
-            1 => Metric::InnerProduct,
-            m => {
-                return Err(FormatError::field(
-                    "metric",
-                    m,
-                    "must be 0 (L2) or 1 (inner product)",
-                ))
-            }
-        };
-        match u32_at(bytes, 24) {
-            ELEMENT_F32 => {}
-            ELEMENT_F16 => {
-                return Err(FormatError::field(
-                    "element",
-                    "f16",
-                    "f16 vectors are reserved for a later version; this build reads f32",
-                ))
-            }
-            e => return Err(FormatError::field("element", e, "unknown element type")),
-        }
-        let nprobe = u32_at(bytes, 28);
-        if nprobe == 0 {
-            return Err(FormatError::field("nprobe", nprobe, "must be at least 1"));
-        }
-        let nlist = u64_at(bytes, 32);
-        let ntotal = u64_at(bytes, 40);
-        if nlist == 0 || nlist > MAX_NLIST {
-            return Err(FormatError::field(
-                "nlist",
-                nlist,
-                format!("must be in 1..={MAX_NLIST}"),
-            ));
-        }
-        if ntotal > MAX_NTOTAL {
-            return Err(FormatError::field(
-                "ntotal",
-                ntotal,
-                format!("must be at most {MAX_NTOTAL}"),
-            ));
-        }
-        let file_len = u64_at(bytes, 48);
-        if file_len != actual {
-            return Err(if file_len > actual {
-                FormatError::Truncated {
-                    what: "the file length recorded in the header".into(),
-                    needed: file_len,
-                    actual,
-                }
-            } else {
-                FormatError::field(
-                    "file_len",
-                    file_len,
-                    format!("the file has {actual} bytes (trailing data or a damaged header)"),
-                )
-            });
-        }
-        let count = u32_at(bytes, 56);
-        if count as usize != SECTION_COUNT {
-            return Err(FormatError::field(
-                "section_count",
-                count,
-                format!("must be {SECTION_COUNT}"),
-            ));
-        }
+        let SharedFields {
+            dim,
+            metric,
+            nprobe,
+            nlist,
+            ntotal,
+        } = shared_fields(bytes, actual, SECTION_COUNT)?;
         let flags = u32_at(bytes, 60);
         if flags != 0 {
             return Err(FormatError::field("flags", flags, "unknown flags set"));
@@ -776,4 +709,105 @@ pub fn write_kbi(path: &Path, parts: &IndexParts) -> Result<u64, FormatError> {
     let image = encode(parts)?;
     write_atomic(path, image.as_slice())?;
     Ok(image.len() as u64)
+}
+
+/// The header fields a Flat and an IVF-PQ FastScan `.kbi` share (bytes 16..60: dimension,
+/// metric, element type, n_probe, list and vector counts, file length, section count), checked
+/// the same way for both; `sections` is the section count the kind has.
+pub(super) struct SharedFields {
+    pub dim: u64,
+    pub metric: Metric,
+    pub nprobe: u32,
+    pub nlist: u64,
+    pub ntotal: u64,
+}
+
+/// Reads and checks [`SharedFields`] from a header whose magic, version and checksum are
+/// already checked, for a file of `actual` bytes.
+pub(super) fn shared_fields(
+    bytes: &[u8],
+    actual: u64,
+    sections: usize,
+) -> Result<SharedFields, FormatError> {
+    let dim = u32_at(bytes, 16) as u64;
+    if dim == 0 || dim > MAX_DIM as u64 {
+        return Err(FormatError::field(
+            "dim",
+            dim,
+            format!("must be in 1..={MAX_DIM}"),
+        ));
+    }
+    let metric = match u32_at(bytes, 20) {
+        0 => Metric::L2,
+        1 => Metric::InnerProduct,
+        m => {
+            return Err(FormatError::field(
+                "metric",
+                m,
+                "must be 0 (L2) or 1 (inner product)",
+            ))
+        }
+    };
+    match u32_at(bytes, 24) {
+        ELEMENT_F32 => {}
+        ELEMENT_F16 => {
+            return Err(FormatError::field(
+                "element",
+                "f16",
+                "f16 vectors are reserved for a later version; this build reads f32",
+            ))
+        }
+        e => return Err(FormatError::field("element", e, "unknown element type")),
+    }
+    let nprobe = u32_at(bytes, 28);
+    if nprobe == 0 {
+        return Err(FormatError::field("nprobe", nprobe, "must be at least 1"));
+    }
+    let nlist = u64_at(bytes, 32);
+    let ntotal = u64_at(bytes, 40);
+    if nlist == 0 || nlist > MAX_NLIST {
+        return Err(FormatError::field(
+            "nlist",
+            nlist,
+            format!("must be in 1..={MAX_NLIST}"),
+        ));
+    }
+    if ntotal > MAX_NTOTAL {
+        return Err(FormatError::field(
+            "ntotal",
+            ntotal,
+            format!("must be at most {MAX_NTOTAL}"),
+        ));
+    }
+    let file_len = u64_at(bytes, 48);
+    if file_len != actual {
+        return Err(if file_len > actual {
+            FormatError::Truncated {
+                what: "the file length recorded in the header".into(),
+                needed: file_len,
+                actual,
+            }
+        } else {
+            FormatError::field(
+                "file_len",
+                file_len,
+                format!("the file has {actual} bytes (trailing data or a damaged header)"),
+            )
+        });
+    }
+    let count = u32_at(bytes, 56);
+    if count as usize != sections {
+        return Err(FormatError::field(
+            "section_count",
+            count,
+            format!("must be {sections}"),
+        ));
+    }
+    Ok(SharedFields {
+        dim,
+        metric,
+        nprobe,
+        nlist,
+        ntotal,
+    })
 }

@@ -51,10 +51,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::aligned::AlignedBytes;
 use super::kbi::{
     self, check_list_offsets, le_floats, metadata_from, place, put_entry, read_table, u32_at,
-    u64_at, verify_section, SectionEntry, Values, ELEMENT_F16, ELEMENT_F32, ENTRY_LEN,
-    MAX_METADATA, PAGE,
+    u64_at, verify_section, SectionEntry, Values, ELEMENT_F32, ENTRY_LEN, MAX_METADATA, PAGE,
 };
-use super::parts::{Metric, MAX_DIM, MAX_NLIST, MAX_NTOTAL};
+use super::parts::Metric;
 use super::pq::{ids_cover, PqList, PqParts, ProductQuantizer, RefineFlat, PQ_KSUB, PQ_NBITS};
 use super::FormatError;
 
@@ -264,80 +263,13 @@ impl PqKbiLayout {
                 ),
             ));
         }
-        let dim = u32_at(bytes, 16) as u64;
-        if dim == 0 || dim > MAX_DIM as u64 {
-            return Err(FormatError::field(
-                "dim",
-                dim,
-                format!("must be in 1..={MAX_DIM}"),
-            ));
-        }
-        let metric = match u32_at(bytes, 20) {
-            0 => Metric::L2,
-            1 => Metric::InnerProduct,
-            m => {
-                return Err(FormatError::field(
-                    "metric",
-                    m,
-                    "must be 0 (L2) or 1 (inner product)",
-                ))
-            }
-        };
-        match u32_at(bytes, 24) {
-            ELEMENT_F32 => {}
-            ELEMENT_F16 => {
-                return Err(FormatError::field(
-                    "element",
-                    "f16",
-                    "f16 values are reserved for a later version; this build reads f32",
-                ))
-            }
-            e => return Err(FormatError::field("element", e, "unknown element type")),
-        }
-        let nprobe = u32_at(bytes, 28);
-        if nprobe == 0 {
-            return Err(FormatError::field("nprobe", nprobe, "must be at least 1"));
-        }
-        let nlist = u64_at(bytes, 32);
-        let ntotal = u64_at(bytes, 40);
-        if nlist == 0 || nlist > MAX_NLIST {
-            return Err(FormatError::field(
-                "nlist",
-                nlist,
-                format!("must be in 1..={MAX_NLIST}"),
-            ));
-        }
-        if ntotal > MAX_NTOTAL {
-            return Err(FormatError::field(
-                "ntotal",
-                ntotal,
-                format!("must be at most {MAX_NTOTAL}"),
-            ));
-        }
-        let file_len = u64_at(bytes, 48);
-        if file_len != actual {
-            return Err(if file_len > actual {
-                FormatError::Truncated {
-                    what: "the file length recorded in the header".into(),
-                    needed: file_len,
-                    actual,
-                }
-            } else {
-                FormatError::field(
-                    "file_len",
-                    file_len,
-                    format!("the file has {actual} bytes (trailing data or a damaged header)"),
-                )
-            });
-        }
-        let count = u32_at(bytes, 56);
-        if count as usize != PQ_SECTION_COUNT {
-            return Err(FormatError::field(
-                "section_count",
-                count,
-                format!("must be {PQ_SECTION_COUNT}"),
-            ));
-        }
+        let kbi::SharedFields {
+            dim,
+            metric,
+            nprobe,
+            nlist,
+            ntotal,
+        } = kbi::shared_fields(bytes, actual, PQ_SECTION_COUNT)?;
         let m = u32_at(bytes, 64) as u64;
         if m == 0 || !dim.is_multiple_of(m) {
             return Err(FormatError::field(
