@@ -306,11 +306,23 @@ impl<T: Copy + PartialOrd> Heap<'_, T> {
             if c.cmp2(v, self.val[child - 1], id, self.ids[child - 1]) {
                 break;
             }
-            self.val[i - 1] = self.val[child - 1];
-            self.ids[i - 1] = self.ids[child - 1];
-            self.pay[i - 1] = self.pay[child - 1];
+            self.shift(i, child);
             i = child;
         }
+        self.set(i, v, id, p);
+    }
+
+    /// Moves entry `from` to entry `to` (1-based, as faiss's heaps).
+    #[inline]
+    fn shift(&mut self, to: usize, from: usize) {
+        self.val[to - 1] = self.val[from - 1];
+        self.ids[to - 1] = self.ids[from - 1];
+        self.pay[to - 1] = self.pay[from - 1];
+    }
+
+    /// Writes entry `i` (1-based).
+    #[inline]
+    fn set(&mut self, i: usize, v: T, id: i64, p: u64) {
         self.val[i - 1] = v;
         self.ids[i - 1] = id;
         self.pay[i - 1] = p;
@@ -336,14 +348,10 @@ impl<T: Copy + PartialOrd> Heap<'_, T> {
             if !c.cmp2(v, self.val[f - 1], id, self.ids[f - 1]) {
                 break;
             }
-            self.val[i - 1] = self.val[f - 1];
-            self.ids[i - 1] = self.ids[f - 1];
-            self.pay[i - 1] = self.pay[f - 1];
+            self.shift(i, f);
             i = f;
         }
-        self.val[i - 1] = v;
-        self.ids[i - 1] = id;
-        self.pay[i - 1] = p;
+        self.set(i, v, id, p);
     }
 
     /// `heap_reorder`: sorts best first, entries with id −1 moved to the end as `neutral`.
@@ -353,9 +361,7 @@ impl<T: Copy + PartialOrd> Heap<'_, T> {
         for i in 0..k {
             let (v, id, p) = (self.val[0], self.ids[0], self.pay[0]);
             self.pop(k - i);
-            self.val[k - ii - 1] = v;
-            self.ids[k - ii - 1] = id;
-            self.pay[k - ii - 1] = p;
+            self.set(k - ii, v, id, p);
             if id != -1 {
                 ii += 1;
             }
@@ -364,9 +370,7 @@ impl<T: Copy + PartialOrd> Heap<'_, T> {
         self.ids.copy_within(k - ii.., 0);
         self.pay.copy_within(k - ii.., 0);
         for j in ii..k {
-            self.val[j] = neutral;
-            self.ids[j] = -1;
-            self.pay[j] = 0;
+            self.set(j + 1, neutral, -1, 0);
         }
         ii
     }
