@@ -32,7 +32,7 @@ use knnblend::index::{
     Searcher,
 };
 
-use super::suite::{faiss_peer, speech_like_rows};
+use super::suite::{faiss_peer, speech_like_rows, Latency};
 
 extern "C" {
     /// libgomp (linked statically with faiss): faiss runs on this many threads.
@@ -86,38 +86,13 @@ const SHAPES: &[Shape] = &[
     },
 ];
 
-/// Latency of one engine, µs.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Lat {
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub p999_us: f64,
-    pub max_us: f64,
-}
-
-impl Lat {
-    fn from_ns(mut ns: Vec<f64>) -> Lat {
-        if ns.is_empty() {
-            return Lat::default();
-        }
-        ns.sort_by(f64::total_cmp);
-        let at = |p: f64| ns[((p * ns.len() as f64).ceil() as usize).clamp(1, ns.len()) - 1] / 1e3;
-        Lat {
-            p50_us: at(0.5),
-            p99_us: at(0.99),
-            p999_us: at(0.999),
-            max_us: ns[ns.len() - 1] / 1e3,
-        }
-    }
-}
-
 /// One engine in one case.
 #[derive(Clone, Debug, Serialize)]
 pub struct EngineResult {
     /// `knnblend IVF-Flat`, `knnblend PQ384x4fs,RFlat`, `faiss PQ384x4fs` …
     pub engine: String,
     #[serde(flatten)]
-    pub latency: Lat,
+    pub latency: Latency,
     /// Mean over queries of |found ∩ exact 8 nearest| / 8.
     pub recall_at_8: f64,
     /// For knnblend's FastScan searches: % of queries whose 8 ids equal faiss's, in order.
@@ -587,7 +562,7 @@ fn time_case(p: &mut Prepared) -> Result<FastScanCase, FormatError> {
             bp.push(one(&plain));
         }
     }
-    let (lb, lbe) = (Lat::from_ns(bp), Lat::from_ns(be));
+    let (lb, lbe) = (Latency::from_ns(bp), Latency::from_ns(be));
 
     let same = |a: usize| {
         100.0
@@ -598,7 +573,7 @@ fn time_case(p: &mut Prepared) -> Result<FastScanCase, FormatError> {
                 .count() as f64
             / nq.max(1) as f64
     };
-    let lat: Vec<Lat> = ns.into_iter().map(Lat::from_ns).collect();
+    let lat: Vec<Latency> = ns.into_iter().map(Latency::from_ns).collect();
     let rec: Vec<f64> = found.iter().map(|f| recall(f, &p.truth)).collect();
     let pqn = format!("PQ{}x4fs", p.m);
     let variants = [

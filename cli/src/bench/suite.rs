@@ -71,7 +71,8 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn from_ns(mut ns: Vec<f64>) -> Latency {
+    /// The distribution of `ns` (call times, nanoseconds).
+    pub(super) fn from_ns(mut ns: Vec<f64>) -> Latency {
         if ns.is_empty() {
             return Latency::default();
         }
