@@ -135,7 +135,7 @@ fn dim_check(dim: usize, calls: Arc<AtomicUsize>) -> HeaderValidator {
 
 /// A full validator that counts its calls and accepts everything.
 fn counting(calls: Arc<AtomicUsize>) -> Validator {
-    Arc::new(move |_: &IvfIndex| {
+    Arc::new(move |_: &knnblend::index::AnyIndex| {
         calls.fetch_add(1, Ordering::Relaxed);
         Ok(())
     })
@@ -315,9 +315,9 @@ fn header_validators_run_first_on_files_and_in_memory_indexes() {
         slots: 1,
         max_dim: 64,
         header_validator: Some(dim_check(16, header_calls.clone())),
-        validator: Some(Arc::new(move |ix: &IvfIndex| {
+        validator: Some(Arc::new(move |ix: &knnblend::index::AnyIndex| {
             full.fetch_add(1, Ordering::Relaxed);
-            if ix.vector(0)[0] == 666.0 {
+            if ix.as_flat().unwrap().vector(0)[0] == 666.0 {
                 Err("the vectors say no".into())
             } else {
                 Ok(())

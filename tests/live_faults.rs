@@ -156,7 +156,7 @@ fn the_fault_counter_sees_faults(shape: Shape) {
         ..LiveConfig::default()
     });
     let prepared = control.prepare(&path, |_, _| {}).unwrap();
-    let vectors = prepared.index().vectors();
+    let vectors = prepared.index().as_flat().unwrap().vectors();
     let (ptr, len) = (
         vectors.as_ptr() as *mut libc::c_void,
         std::mem::size_of_val(vectors),

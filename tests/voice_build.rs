@@ -220,7 +220,7 @@ fn voice_indexes_from_recordings() {
     assert!((s.duration_seconds - 4.5).abs() < 0.01);
     assert!(stages.contains(&knnblend::voice::BuildStage::Training));
 
-    let index = IvfIndex::open(&out).unwrap();
+    let index = knnblend::index::AnyIndex::open(&out).unwrap();
     spec.check(&index).unwrap();
     let meta = index.metadata();
     assert_eq!(meta.sources, ["a.wav", "b.wav", "silence.wav"]);

@@ -5,7 +5,7 @@ mod voice_common;
 
 use std::sync::Arc;
 
-use knnblend::index::IvfIndex;
+use knnblend::index::AnyIndex;
 use knnblend::voice::synth::{synth_voice, VoiceParams};
 use knnblend::voice::{
     render_buffers, BlockParams, FeatureSpec, IndexRetriever, Schedule, VoiceEngine,
@@ -14,7 +14,7 @@ use voice_common::*;
 
 const SR: f32 = 32_000.0;
 
-fn engine(index: Option<Arc<IvfIndex>>, sr: f32, channels: usize) -> VoiceEngine<IndexRetriever> {
+fn engine(index: Option<Arc<AnyIndex>>, sr: f32, channels: usize) -> VoiceEngine<IndexRetriever> {
     VoiceEngine::with_retriever(
         IndexRetriever::new(index),
         &FeatureSpec::default(),
@@ -39,7 +39,7 @@ fn render(
     render_buffers(e, input, &Schedule::constant(p), &mut || block, &mut |_| {})
 }
 
-fn target_index(sr: f32) -> Arc<IvfIndex> {
+fn target_index(sr: f32) -> Arc<AnyIndex> {
     voice_index(
         &synth_voice(&VoiceParams::high().with_seed(12), sr, 3.0),
         sr,

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use knnblend::format::Metric;
 use knnblend::index::{
-    BlendParams, IvfIndex, QueryExpansion, Searcher, MAX_EXPAND_DIM, MAX_K, MAX_NPROBE,
+    AnyIndex, AnySearcher, BlendParams, QueryExpansion, MAX_EXPAND_DIM, MAX_K, MAX_NPROBE,
 };
 use ndarray::{Array2, ArrayView2};
 use ndarray_npy::{read_npy, write_npy};
@@ -10,7 +10,8 @@ use ndarray_npy::{read_npy, write_npy};
 /// Arguments of `knnblend query`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The index (.kbi or faiss .index).
+    /// The index: .kbi, or a faiss .index (IVF-Flat such as RVC's added_*.index, or IVF-PQ
+    /// FastScan `IVF…,PQ…x4fs[,RFlat]`).
     index: PathBuf,
     /// Queries: an (n, d) float32 .npy.
     #[arg(long)]
@@ -54,7 +55,7 @@ pub fn run(a: Args) -> crate::Result {
         k: k as usize,
         alpha: a.expand_alpha,
     });
-    let index = IvfIndex::open(&a.index)?;
+    let index = AnyIndex::open(&a.index)?;
     let q: Array2<f32> = read_npy(&a.queries).map_err(|e| {
         format!(
             "{}: {e} (expected an (n, d) float32 .npy)",
@@ -78,7 +79,15 @@ pub fn run(a: Args) -> crate::Result {
     let mut ids = Array2::<i64>::from_elem((n, k), -1);
     let mut dist = Array2::<f32>::from_elem((n, k), missing);
     let mut blended = a.blended.as_ref().map(|_| Array2::<f32>::zeros((n, d)));
-    let mut s = Searcher::new();
+    let mut s = AnySearcher::for_index(&index, k, nprobe);
+    if !s.fits(&index, k, nprobe) {
+        return Err(format!(
+            "k = {k} with this index's k_factor asks for more than {} candidates per query",
+            knnblend::index::PQ_MAX_BASE_K
+        )
+        .into());
+    }
+    let (mut row_ids, mut row_dist) = (vec![-1i64; k], vec![0f32; k]);
     let qv: ArrayView2<f32> = q.view();
     let mut non_finite = 0;
     let mut expanded = vec![0f32; d];
@@ -97,9 +106,10 @@ pub fn run(a: Args) -> crate::Result {
             }
             _ => row,
         };
-        for (j, nb) in s.search(&index, searched, k, nprobe).iter().enumerate() {
-            ids[[i, j]] = nb.id;
-            dist[[i, j]] = nb.distance;
+        let found = s.search(&index, searched, k, nprobe, &mut row_ids, &mut row_dist);
+        for j in 0..found {
+            ids[[i, j]] = row_ids[j];
+            dist[[i, j]] = row_dist[j];
         }
         if let Some(b) = blended.as_mut() {
             let params = BlendParams {
@@ -125,6 +135,9 @@ pub fn run(a: Args) -> crate::Result {
     if non_finite > 0 {
         eprintln!("warning: {non_finite} queries held NaN or infinity: no neighbours, blends copy the query");
     }
-    println!("{n} queries, k = {k}, n_probe = {nprobe}");
+    println!(
+        "{n} queries, k = {k}, n_probe = {nprobe}, {}",
+        index.describe()
+    );
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use knnblend::format::Metric;
-use knnblend::index::{rvc_nlist, FaissIvf, IvfIndex};
+use knnblend::index::{rvc_nlist, FaissIvf};
 use knnblend::live::{live, Controller, LiveConfig, LoadOutcome, Validator};
 use knnblend_rvc::models::{ContentVec, Synthesizer};
 use knnblend_rvc::pipeline::{Controls, Framing, RvcConverter, VoiceModels};
@@ -69,7 +69,7 @@ fn write_index(dir: &Path, name: &str, mean: f32, seed: u64) -> PathBuf {
 }
 
 fn dim_validator(dim: usize) -> Validator {
-    Arc::new(move |index: &IvfIndex| {
+    Arc::new(move |index: &knnblend::index::AnyIndex| {
         if index.dim() == dim {
             Ok(())
         } else {

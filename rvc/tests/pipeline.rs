@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use knnblend::format::Metric;
-use knnblend::index::{rvc_nlist, FaissIvf, IvfIndex};
+use knnblend::index::{rvc_nlist, AnyIndex, FaissIvf};
 use knnblend::live::{live, AudioEngine, Controller, LiveConfig, LoadOutcome, Validator};
 use knnblend_rvc::models::{ContentVec, Synthesizer};
 use knnblend_rvc::pipeline::{Controls, Framing, RvcConverter, VoiceModels};
@@ -47,7 +47,7 @@ fn faiss_index(dir: &Path, rows: &[f32], dim: usize) -> (std::path::PathBuf, Fai
 }
 
 fn dim_validator(dim: usize) -> Validator {
-    Arc::new(move |index: &IvfIndex| {
+    Arc::new(move |index: &AnyIndex| {
         if index.dim() == dim {
             Ok(())
         } else {

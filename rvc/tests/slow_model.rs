@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use assert_no_alloc::{assert_no_alloc, AllocDisabler};
 use knnblend::format::Metric;
-use knnblend::index::{rvc_nlist, FaissIvf, IvfIndex};
+use knnblend::index::{rvc_nlist, FaissIvf};
 use knnblend::live::{live, Controller, LiveConfig, LoadOutcome, Validator};
 use knnblend_rvc::models::{ContentVec, Synthesizer};
 use knnblend_rvc::pipeline::{Controls, Framing, RvcConverter, VoiceModels};
@@ -74,7 +74,7 @@ fn write_index(dir: &Path) -> PathBuf {
 }
 
 fn dim_validator(dim: usize) -> Validator {
-    Arc::new(move |index: &IvfIndex| {
+    Arc::new(move |index: &knnblend::index::AnyIndex| {
         if index.dim() == dim {
             Ok(())
         } else {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use knnblend::format::Metric;
-use knnblend::index::{rvc_nlist, FaissIvf, IvfIndex};
+use knnblend::index::{rvc_nlist, FaissIvf};
 use knnblend::live::{live, AudioEngine, Controller, LiveConfig, LoadOutcome, Validator};
 use knnblend_rvc::models::{ContentVec, Synthesizer};
 use knnblend_rvc::pipeline::{Controls, Framing, RvcConverter, VoiceModels};
@@ -62,7 +62,7 @@ const SETTLE_SECONDS: f64 = 1.2;
 const IMPULSES: usize = 3;
 
 fn dim_validator(dim: usize) -> Validator {
-    Arc::new(move |index: &IvfIndex| {
+    Arc::new(move |index: &knnblend::index::AnyIndex| {
         if index.dim() == dim {
             Ok(())
         } else {

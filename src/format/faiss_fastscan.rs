@@ -74,6 +74,38 @@ pub fn looks_like_faiss_fastscan(bytes: &[u8]) -> bool {
     bytes.starts_with(b"IwPf") || bytes.starts_with(b"IxRF")
 }
 
+/// Reads what a faiss FastScan file declares from its first bytes (`head`): the IVF fields of
+/// its `IwPf` index (inside the `IxRF` wrapper, if any, checked against it), and whether it is
+/// refined. Nothing past the coarse quantizer's header is read.
+pub(crate) fn read_header(head: &[u8]) -> Result<(IvfHeader, bool), FormatError> {
+    let mut c = Input {
+        r: head,
+        at: 0,
+        len: head.len() as u64,
+        path: None,
+    };
+    let code = c.fourcc("the index type")?;
+    match &code {
+        b"IwPf" => Ok((ivf_fields(&mut c, "IVF-PQ FastScan")?, false)),
+        b"IxRF" => {
+            let w = index_header(&mut c, "the refine wrapper header")?;
+            let base = c.fourcc("the refined index's type")?;
+            if &base != b"IwPf" {
+                return Err(refusal(&base, "the refined (base) index"));
+            }
+            let h = ivf_fields(&mut c, "IVF-PQ FastScan")?;
+            if w.d as i64 != h.dim as i64 || w.ntotal != h.ntotal as i64 {
+                return Err(bad(format!(
+                    "the refine wrapper has d = {} and ntotal = {}, but its base index has d = {} and ntotal = {}",
+                    w.d, w.ntotal, h.dim, h.ntotal
+                )));
+            }
+            Ok((h, true))
+        }
+        other => Err(refusal(other, "the index")),
+    }
+}
+
 fn read_parts<R: Read>(r: R, len: u64, path: Option<&Path>) -> Result<PqParts, FormatError> {
     let mut c = Input {
         r,

@@ -22,6 +22,8 @@ use super::{faiss, FileKind, FormatError, Metadata, Metric};
 pub struct IndexHeader {
     /// Native `.kbi` or faiss (an index built in memory reports `.kbi`).
     pub kind: FileKind,
+    /// The index type: IVF-Flat or IVF-PQ FastScan.
+    pub structure: IndexStructure,
     /// Vector dimension.
     pub dim: usize,
     /// Distance metric.
@@ -38,6 +40,30 @@ pub struct IndexHeader {
     /// the metadata its import carries (the feature kind inferred from the dimension, such as
     /// `rvc-v2-768`, and the file name in `sources`).
     pub metadata: Metadata,
+}
+
+/// The index types knnblend serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexStructure {
+    /// IVF-Flat (faiss `IVF{n},Flat`, RVC's index): exact vectors in inverted lists.
+    IvfFlat,
+    /// IVF-PQ FastScan with 4-bit codes (faiss `IVF{n},PQ{M}x4fs`), `refined` when wrapped in
+    /// flat refinement (`,RFlat`).
+    IvfPqFastScan {
+        /// The exact vectors are kept for re-ranking (faiss `IndexRefineFlat`).
+        refined: bool,
+    },
+}
+
+impl IndexStructure {
+    /// A short name for messages: `IVF-Flat`, `IVF-PQ FastScan`, `IVF-PQ FastScan + RFlat`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexStructure::IvfFlat => "IVF-Flat",
+            IndexStructure::IvfPqFastScan { refined: false } => "IVF-PQ FastScan",
+            IndexStructure::IvfPqFastScan { refined: true } => "IVF-PQ FastScan + RFlat",
+        }
+    }
 }
 
 /// Reads what the index file at `path` declares, checked as opening it checks it, without
@@ -62,8 +88,32 @@ pub fn read_header(path: &Path) -> Result<IndexHeader, FormatError> {
     (&mut file).take(PAGE).read_to_end(&mut head).map_err(io)?;
     match super::sniff_bytes(&head)? {
         FileKind::Kbi => {
-            let layout = KbiLayout::parse_header(&head, file_bytes)?;
-            let entry = layout.section(SectionKind::Metadata);
+            let (entry, header) = if super::kbi_pq::looks_like_pq_kbi(&head) {
+                let l = super::kbi_pq::PqKbiLayout::parse_header(&head, file_bytes)?;
+                let entry = l.section(super::kbi_pq::PqSectionKind::Metadata);
+                let structure = IndexStructure::IvfPqFastScan {
+                    refined: l.k_factor.is_some(),
+                };
+                (
+                    entry,
+                    (structure, l.dim, l.metric, l.nlist, l.ntotal, l.nprobe),
+                )
+            } else {
+                let l = KbiLayout::parse_header(&head, file_bytes)?;
+                let entry = l.section(SectionKind::Metadata);
+                (
+                    entry,
+                    (
+                        IndexStructure::IvfFlat,
+                        l.dim,
+                        l.metric,
+                        l.nlist,
+                        l.ntotal,
+                        l.nprobe,
+                    ),
+                )
+            };
+            let (structure, dim, metric, nlist, ntotal, nprobe) = header;
             let mut data = vec![0u8; entry.len as usize];
             file.seek(SeekFrom::Start(entry.offset)).map_err(io)?;
             file.read_exact(&mut data).map_err(|e| {
@@ -88,17 +138,23 @@ pub fn read_header(path: &Path) -> Result<IndexHeader, FormatError> {
             }
             Ok(IndexHeader {
                 kind: FileKind::Kbi,
-                dim: layout.dim,
-                metric: layout.metric,
-                nlist: layout.nlist,
-                ntotal: layout.ntotal,
-                nprobe: layout.nprobe,
+                structure,
+                dim,
+                metric,
+                nlist,
+                ntotal,
+                nprobe,
                 file_bytes,
                 metadata: kbi::metadata_from(&data)?,
             })
         }
         FileKind::Faiss => {
-            let h = faiss::read_header(&head)?;
+            let (h, structure) = if super::looks_like_faiss_fastscan(&head) {
+                let (h, refined) = super::faiss_fastscan::read_header(&head)?;
+                (h, IndexStructure::IvfPqFastScan { refined })
+            } else {
+                (faiss::read_header(&head)?, IndexStructure::IvfFlat)
+            };
             if h.ntotal == 0 {
                 return Err(FormatError::TrainedOnly);
             }
@@ -106,6 +162,7 @@ pub fn read_header(path: &Path) -> Result<IndexHeader, FormatError> {
             metadata.sources.extend(imported_source(path));
             Ok(IndexHeader {
                 kind: FileKind::Faiss,
+                structure,
                 dim: h.dim,
                 metric: h.metric,
                 nlist: h.nlist as usize,

@@ -40,9 +40,9 @@
 //! checksums, finite floats and, with a refinement, ids that number its rows (`0..ntotal`, each
 //! once) are checked as the faiss reader checks them.
 //!
-//! [`read_pq_kbi`] reads a file into owned [`PqParts`]; serving straight from a memory map, as
-//! IVF-Flat `.kbi` files are, comes with serving these indexes live (the sections are already
-//! page-aligned for it). [`write_pq_kbi`] writes atomically, like [`write_kbi`](super::write_kbi).
+//! [`read_pq_kbi`] reads a file into owned [`PqParts`];
+//! [`PqIndex::open`](crate::index::PqIndex::open) serves it straight from a memory map, as
+//! IVF-Flat `.kbi` files are served. [`write_pq_kbi`] writes atomically, like [`write_kbi`](super::write_kbi).
 
 use std::path::Path;
 
@@ -425,7 +425,7 @@ pub(super) fn refused_as_flat(head: &[u8], file_len: u64) -> FormatError {
             "kind",
             KIND_IVF_PQ_FASTSCAN,
             format!(
-                "this .kbi is an IVF-PQ FastScan index (PQ{}x4fs{}{}, {} lists, {} vectors of dim {}); only IVF-Flat .kbi files open as an IvfIndex: read it with format::read_pq_kbi and search it with index::PqIndex",
+                "this .kbi is an IVF-PQ FastScan index (PQ{}x4fs{}{}, {} lists, {} vectors of dim {}); only IVF-Flat .kbi files open as an IvfIndex: open it with index::AnyIndex or index::PqIndex",
                 l.m,
                 if l.by_residual { "r" } else { "" },
                 if l.k_factor.is_some() { ",RFlat" } else { "" },
@@ -551,7 +551,8 @@ pub fn decode_pq_kbi(bytes: &[u8], verify: bool) -> Result<PqParts, FormatError>
 }
 
 /// Reads the IVF-PQ FastScan `.kbi` at `path` into owned parts, every section verified
-/// ([`decode_pq_kbi`]). (Serving it from a memory map comes with serving these indexes live.)
+/// ([`decode_pq_kbi`]). ([`PqIndex::open`](crate::index::PqIndex::open) serves it from a
+/// memory map instead.)
 pub fn read_pq_kbi(path: &Path) -> Result<PqParts, FormatError> {
     let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
     decode_pq_kbi(&bytes, true)

@@ -23,12 +23,13 @@ pub use faiss_fastscan::{
     looks_like_faiss_fastscan, read_faiss_fastscan, read_faiss_fastscan_file,
 };
 pub(crate) use header::imported_source;
-pub use header::{read_header, IndexHeader};
+pub use header::{read_header, IndexHeader, IndexStructure};
 pub use kbi::{write_kbi, KbiLayout};
 pub use kbi_pq::{
     decode_pq_kbi, encode_pq_kbi, looks_like_pq_kbi, read_pq_kbi, write_pq_kbi, PqKbiLayout,
 };
 pub use parts::{IndexParts, ListParts, Metadata, Metric, MAX_DIM, MAX_NLIST, MAX_NTOTAL};
+pub(crate) use pq::ids_cover;
 pub use pq::{PqList, PqParts, ProductQuantizer, RefineFlat, PQ_KSUB, PQ_NBITS};
 
 /// The kind of an index file, told from its first bytes.

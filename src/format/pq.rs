@@ -216,7 +216,7 @@ impl PqParts {
 
 /// Checks that `lists` hold every id of `0..ntotal` once (the ids of a refined index number
 /// the rows of its exact vectors). The caller has checked that the lists hold `ntotal` ids.
-pub(super) fn ids_cover<'a>(
+pub(crate) fn ids_cover<'a>(
     lists: impl Iterator<Item = &'a [i64]>,
     ntotal: u64,
 ) -> Result<(), String> {

@@ -198,15 +198,35 @@ pub(crate) fn blend_neighbours(
         };
         positions[i] = nb.pos;
     }
+    mix_neighbours(
+        query,
+        &scores[..n],
+        |i| index.vector(positions[i] as usize),
+        ratio,
+        out,
+    );
+}
+
+/// `out = (1 − r)·q + r·Σ wᵢ·vᵢ` with [`rvc_weights`] of `scores` (at most `MAX_K`, not empty)
+/// and `vector(i)` the i-th neighbour's vector: the arithmetic every blend shares.
+#[inline]
+pub(super) fn mix_neighbours<'a>(
+    query: &[f32],
+    scores: &[f32],
+    vector: impl Fn(usize) -> &'a [f32],
+    ratio: f32,
+    out: &mut [f32],
+) {
+    let n = scores.len().min(MAX_K);
     let mut weights = [0f64; MAX_K];
     rvc_weights(&scores[..n], &mut weights);
     let keep = 1.0 - ratio;
     for (o, &q) in out.iter_mut().zip(query) {
         *o = keep * q;
     }
-    for i in 0..n {
-        let w = (weights[i] * ratio as f64) as f32;
-        for (o, &v) in out.iter_mut().zip(index.vector(positions[i] as usize)) {
+    for (i, &w) in weights.iter().enumerate().take(n) {
+        let w = (w * ratio as f64) as f32;
+        for (o, &v) in out.iter_mut().zip(vector(i)) {
             *o += w * v;
         }
     }

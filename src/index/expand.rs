@@ -81,65 +81,88 @@ impl Searcher {
             return 0;
         }
         let found = self.search(index, query, exp.k, nprobe);
-        // Weights first (at most MAX_K), then one pass per neighbour into `out`.
-        let mut weights = [0f64; MAX_K];
-        let mut used = 0;
-        let mut wsum = 0f64;
-        for (w, n) in weights.iter_mut().zip(found) {
-            let v = index.vector(n.pos as usize);
-            let vn = norm(v);
-            if !(vn.is_finite() && vn > 0.0) {
-                continue;
-            }
-            let cos = (dot(query, v) / (qn * vn)).clamp(-1.0, 1.0);
-            let s = if cos.is_nan() { 0.0 } else { cos.max(0.0) };
-            let weight = if exp.alpha == 0.0 {
-                (s > 0.0) as u8 as f64
-            } else {
-                s.powf(exp.alpha as f64)
-            };
-            if weight > 0.0 && weight.is_finite() {
-                *w = weight;
-                wsum += weight;
-                used += 1;
-            }
-        }
-        if used == 0 {
-            return 0;
-        }
-        // Σ wᵢ vᵢ / Σ wᵢ, in f64 per element, then rescaled to the query's length.
-        let mut en2 = 0f64;
-        for (j, o) in out.iter_mut().enumerate() {
-            let mut acc = 0f64;
-            for (w, n) in weights.iter().zip(found) {
-                if *w > 0.0 {
-                    acc += *w * index.vector(n.pos as usize)[j] as f64;
-                }
-            }
-            let e = acc / wsum;
-            en2 += e * e;
-            *o = e as f32;
-        }
-        let en = en2.sqrt();
-        if !(en.is_finite() && en > 0.0) {
-            out.copy_from_slice(query);
-            return 0;
-        }
-        let scale = qn / en;
-        let mut finite = true;
-        for o in out.iter_mut() {
-            *o = (*o as f64 * scale) as f32;
-            finite &= o.is_finite();
-        }
-        if !finite {
-            out.copy_from_slice(query);
-            return 0;
-        }
-        used
+        combine(
+            query,
+            qn,
+            found.len(),
+            |i| index.vector(found[i].pos as usize),
+            &exp,
+            out,
+        )
     }
 }
 
-fn norm(v: &[f32]) -> f64 {
+/// The expansion itself: `out` (holding `query`) becomes the `max(cos, 0)^α`-weighted mean of
+/// the `count` (at most `MAX_K`) neighbour vectors `vector(i)`, rescaled to `qn = ‖query‖`
+/// (finite, positive). Returns how many neighbours it used; 0 leaves `out` holding the query.
+/// `exp` is sanitized.
+pub(super) fn combine<'a>(
+    query: &[f32],
+    qn: f64,
+    count: usize,
+    vector: impl Fn(usize) -> &'a [f32],
+    exp: &QueryExpansion,
+    out: &mut [f32],
+) -> usize {
+    let count = count.min(MAX_K);
+    // Weights first (at most MAX_K), then one pass per neighbour into `out`.
+    let mut weights = [0f64; MAX_K];
+    let mut used = 0;
+    let mut wsum = 0f64;
+    for (i, w) in weights.iter_mut().enumerate().take(count) {
+        let v = vector(i);
+        let vn = norm(v);
+        if !(vn.is_finite() && vn > 0.0) {
+            continue;
+        }
+        let cos = (dot(query, v) / (qn * vn)).clamp(-1.0, 1.0);
+        let s = if cos.is_nan() { 0.0 } else { cos.max(0.0) };
+        let weight = if exp.alpha == 0.0 {
+            (s > 0.0) as u8 as f64
+        } else {
+            s.powf(exp.alpha as f64)
+        };
+        if weight > 0.0 && weight.is_finite() {
+            *w = weight;
+            wsum += weight;
+            used += 1;
+        }
+    }
+    if used == 0 {
+        return 0;
+    }
+    // Σ wᵢ vᵢ / Σ wᵢ, in f64 per element, then rescaled to the query's length.
+    let mut en2 = 0f64;
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = 0f64;
+        for (i, w) in weights.iter().enumerate().take(count) {
+            if *w > 0.0 {
+                acc += *w * vector(i)[j] as f64;
+            }
+        }
+        let e = acc / wsum;
+        en2 += e * e;
+        *o = e as f32;
+    }
+    let en = en2.sqrt();
+    if !(en.is_finite() && en > 0.0) {
+        out.copy_from_slice(query);
+        return 0;
+    }
+    let scale = qn / en;
+    let mut finite = true;
+    for o in out.iter_mut() {
+        *o = (*o as f64 * scale) as f32;
+        finite &= o.is_finite();
+    }
+    if !finite {
+        out.copy_from_slice(query);
+        return 0;
+    }
+    used
+}
+
+pub(super) fn norm(v: &[f32]) -> f64 {
     v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt()
 }
 

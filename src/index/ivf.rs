@@ -11,32 +11,17 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-
 use crate::format::kbi::{self, KbiLayout, SectionKind};
 use crate::format::{
     self, AlignedBytes, FileKind, FormatError, IndexHeader, IndexParts, Metadata, Metric,
 };
 use crate::platform;
 
+use super::backing::Backing;
 use super::coarse::CodedRows;
 
 #[cfg(target_endian = "big")]
 compile_error!("knnblend's index files are little-endian and are used in place; big-endian targets are not supported");
-
-enum Backing {
-    Mapped(Mmap),
-    Owned(AlignedBytes),
-}
-
-impl Backing {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Backing::Mapped(m) => m,
-            Backing::Owned(b) => b.as_slice(),
-        }
-    }
-}
 
 /// How [`IvfIndex::open_with`] loads a file.
 pub struct OpenOptions<'a> {
@@ -89,15 +74,11 @@ pub struct IvfIndex {
     codes: Option<CodedRows>,
 }
 
+/// Section `kind` as values of `T`: `layout` was validated against `bytes` (range inside,
+/// page-aligned offset on a page-aligned base, length a multiple of `size_of::<T>()`).
+#[inline]
 fn view<'a, T>(bytes: &'a [u8], layout: &KbiLayout, kind: SectionKind) -> &'a [T] {
-    let range = layout.section(kind).range();
-    let s = &bytes[range];
-    debug_assert_eq!(s.as_ptr() as usize % std::mem::align_of::<T>(), 0);
-    // SAFETY: `layout` was validated against `bytes` (range inside, page-aligned offset on a
-    // page-aligned base, length a multiple of size_of::<T>()), and f32/u64/i64 accept any bits.
-    unsafe {
-        std::slice::from_raw_parts(s.as_ptr().cast::<T>(), s.len() / std::mem::size_of::<T>())
-    }
+    super::backing::view(bytes, layout.section(kind).range())
 }
 
 /// Page-aligned bytes as u64 values.
@@ -237,16 +218,7 @@ impl IvfIndex {
     /// Advises the kernel that every page will be needed and reads one byte of every page,
     /// so no later access page-faults (unless memory pressure evicts it; see [`lock`](Self::lock)).
     pub fn prefault(&self) {
-        if let Backing::Mapped(m) = &self.backing {
-            platform::advise_will_need(&m[..]);
-        }
-        let bytes = self.backing.bytes();
-        let mut sum = 0u8;
-        for page in bytes.chunks(4096) {
-            // SAFETY: a valid reference to the first byte of the chunk.
-            sum = sum.wrapping_add(unsafe { std::ptr::read_volatile(page.as_ptr()) });
-        }
-        std::hint::black_box(sum);
+        self.backing.prefault();
     }
 
     /// Tries to lock the index's pages in RAM ([`platform::lock_memory`]). Returns whether it
@@ -320,7 +292,7 @@ impl IvfIndex {
     }
     /// Whether the index is served from a memory map.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.backing, Backing::Mapped(_))
+        self.backing.is_mapped()
     }
     /// The validated layout.
     pub fn layout(&self) -> &KbiLayout {
@@ -331,6 +303,7 @@ impl IvfIndex {
     pub fn header(&self) -> IndexHeader {
         IndexHeader {
             kind: self.source,
+            structure: format::IndexStructure::IvfFlat,
             dim: self.dim(),
             metric: self.metric(),
             nlist: self.nlist(),
@@ -447,9 +420,7 @@ impl Drop for IvfIndex {
         }
         // Unmapping releases a mapping's locks; heap pages must be unlocked by hand, or they
         // would stay pinned (and count against RLIMIT_MEMLOCK) after the memory is reused.
-        if let Backing::Owned(b) = &self.backing {
-            platform::unlock_memory(b.as_slice());
-        }
+        self.backing.unlock();
         platform::unlock_memory(self.offsets.as_slice());
         if let Some(c) = &self.coarse {
             c.unlock();

@@ -1,6 +1,9 @@
-//! Search and blend: the IVF index in memory, the distance kernels, top-k selection and RVC's
+//! Search and blend: the IVF indexes in memory (IVF-Flat and IVF-PQ FastScan), the distance kernels, top-k selection and RVC's
 //! neighbour blend. Everything called per frame here is allocation-free and lock-free.
 
+mod any;
+mod any_search;
+mod backing;
 mod blend;
 mod coarse;
 mod codes;
@@ -8,17 +11,22 @@ mod expand;
 mod fastscan;
 mod ivf;
 pub mod kernels;
+mod pq_blend;
+mod pq_index;
 mod pq_search;
 mod search;
 mod topk;
 
+pub use any::AnyIndex;
+pub use any_search::AnySearcher;
 pub(crate) use blend::blend_neighbours;
 pub use blend::{rvc_weights, BlendOutcome, BlendParams, SCORE_EPSILON};
 pub use expand::{QueryExpansion, MAX_EXPAND_DIM};
 pub use fastscan::FastScanKernels;
 pub use ivf::{IvfIndex, OpenOptions};
 pub use kernels::Kernels;
-pub use pq_search::{LutRounding, PqIndex, PqNeighbour, PqSearcher, PQ_MAX_BASE_K};
+pub use pq_index::PqIndex;
+pub use pq_search::{LutRounding, PqNeighbour, PqSearcher, PQ_MAX_BASE_K};
 pub use search::{BlockResults, Neighbour, SearchStats, Searcher, BLOCK, MAX_K, MAX_NPROBE};
 pub use topk::TopK;
 

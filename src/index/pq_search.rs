@@ -32,184 +32,8 @@
 
 use super::fastscan::{FastScanKernels, GROUP};
 use super::kernels::Kernels;
-use crate::format::{FormatError, Metric, PqParts, PQ_KSUB};
-
-/// An IVF-PQ FastScan index in memory (owned; built from [`PqParts`]).
-#[derive(Clone, Debug)]
-pub struct PqIndex {
-    dim: usize,
-    metric: Metric,
-    m: usize,
-    dsub: usize,
-    m2: usize,
-    bbs: usize,
-    by_residual: bool,
-    /// Lists are visited by ascending list number (faiss's implem 12, blocks of 32) rather than
-    /// by coarse rank (implem 10).
-    by_list_number: bool,
-    nprobe: usize,
-    centroids: Vec<f32>,
-    codebooks: Vec<f32>,
-    /// `‖codebook entry‖²`, `m × 16` (the precomputed table's first term).
-    entry_norms: Vec<f32>,
-    /// List `l` holds vectors `list_start[l]..list_start[l + 1]` of `ids`.
-    list_start: Vec<usize>,
-    /// List `l`'s packed codes start here in `codes`.
-    code_start: Vec<usize>,
-    ids: Vec<i64>,
-    codes: Vec<u8>,
-    refine: Option<Vec<f32>>,
-    k_factor: f32,
-}
-
-impl PqIndex {
-    /// Builds the index from validated parts.
-    pub fn new(parts: PqParts) -> Result<PqIndex, FormatError> {
-        parts.validate()?;
-        let PqParts {
-            dim,
-            metric,
-            nprobe,
-            centroids,
-            pq,
-            by_residual,
-            bbs,
-            implem,
-            lists,
-            refine,
-            ..
-        } = parts;
-        let (m, dsub, m2) = (pq.m, pq.dsub, pq.m2());
-        let mut list_start = Vec::with_capacity(lists.len() + 1);
-        let mut code_start = Vec::with_capacity(lists.len());
-        let n: usize = lists.iter().map(|l| l.ids.len()).sum();
-        let nc: usize = lists.iter().map(|l| l.codes.len()).sum();
-        let (mut ids, mut codes) = (Vec::with_capacity(n), Vec::with_capacity(nc));
-        for l in &lists {
-            list_start.push(ids.len());
-            code_start.push(codes.len());
-            ids.extend_from_slice(&l.ids);
-            codes.extend_from_slice(&l.codes);
-        }
-        list_start.push(ids.len());
-        let entry_norms = pq
-            .codebooks
-            .chunks_exact(dsub)
-            .map(|c| dot_seq(c, c))
-            .collect();
-        let (refine, k_factor) = match refine {
-            Some(r) => (Some(r.vectors), r.k_factor),
-            None => (None, 1.0),
-        };
-        Ok(PqIndex {
-            dim,
-            metric,
-            m,
-            dsub,
-            m2,
-            bbs,
-            by_residual,
-            // implem 0 picks 12 (or 13) for blocks of 32, 10 (or 11) otherwise.
-            by_list_number: matches!(implem, 12 | 13) || (implem == 0 && bbs == 32),
-            nprobe: nprobe.max(1) as usize,
-            centroids,
-            codebooks: pq.codebooks,
-            entry_norms,
-            list_start,
-            code_start,
-            ids,
-            codes,
-            refine,
-            k_factor,
-        })
-    }
-
-    /// Vector dimension.
-    pub fn dim(&self) -> usize {
-        self.dim
-    }
-    /// Distance metric.
-    pub fn metric(&self) -> Metric {
-        self.metric
-    }
-    /// Number of lists.
-    pub fn nlist(&self) -> usize {
-        self.code_start.len()
-    }
-    /// Number of stored vectors.
-    pub fn ntotal(&self) -> usize {
-        self.ids.len()
-    }
-    /// Number of sub-quantizers.
-    pub fn m(&self) -> usize {
-        self.m
-    }
-    /// Whether the codes encode residuals from the list centroid.
-    pub fn by_residual(&self) -> bool {
-        self.by_residual
-    }
-    /// The n_probe the index was saved with.
-    pub fn default_nprobe(&self) -> usize {
-        self.nprobe
-    }
-    /// The refinement's `k_factor`, if the index is refined.
-    pub fn k_factor(&self) -> Option<f32> {
-        self.refine.as_ref().map(|_| self.k_factor)
-    }
-    /// Candidates the codes propose for `k` neighbours (`k·k_factor` when refined, as faiss
-    /// truncates it).
-    pub fn base_k(&self, k: usize) -> usize {
-        match self.refine {
-            Some(_) => (k as f32 * self.k_factor) as usize,
-            None => k,
-        }
-    }
-
-    /// The 4-bit code of sub-quantizer `sq` of vector `i` (within its list) of list `l`.
-    fn code(&self, l: usize, i: usize, sq: usize) -> usize {
-        let codes = &self.codes[self.code_start[l]..];
-        let bbs = self.bbs;
-        let (block, within) = (i / bbs, i % bbs);
-        let group = block * bbs * self.m2 / 2 + (sq / 2) * bbs + (within / 32) * 32;
-        let v = within % 16;
-        let k = if v < 8 { 2 * v } else { 2 * (v - 8) + 1 };
-        let byte = codes[group + k + 16 * (sq % 2)];
-        (if within % 32 >= 16 {
-            byte >> 4
-        } else {
-            byte & 15
-        }) as usize
-    }
-
-    /// Writes neighbour `n`'s vector into `out` (`dim` values): its exact vector when the index
-    /// is refined, otherwise its product-quantizer reconstruction (plus its list's centroid when
-    /// the codes are residuals). Allocation-free.
-    pub fn neighbour_vector(&self, n: &PqNeighbour, out: &mut [f32]) {
-        let d = self.dim;
-        let out = &mut out[..d];
-        if let Some(r) = &self.refine {
-            out.copy_from_slice(&r[n.id as usize * d..(n.id as usize + 1) * d]);
-            return;
-        }
-        self.reconstruct(n.list as usize, n.offset as usize, out);
-    }
-
-    /// The product-quantizer reconstruction of vector `i` of list `l` (plus the centroid when by
-    /// residual).
-    pub fn reconstruct(&self, l: usize, i: usize, out: &mut [f32]) {
-        let (d, dsub) = (self.dim, self.dsub);
-        for sq in 0..self.m {
-            let c = self.code(l, i, sq);
-            let at = (sq * PQ_KSUB + c) * dsub;
-            out[sq * dsub..(sq + 1) * dsub].copy_from_slice(&self.codebooks[at..at + dsub]);
-        }
-        if self.by_residual {
-            for (v, c) in out[..d].iter_mut().zip(&self.centroids[l * d..(l + 1) * d]) {
-                *v += c;
-            }
-        }
-    }
-}
+use super::PqIndex;
+use crate::format::{Metric, PQ_KSUB};
 
 /// One neighbour found by a [`PqSearcher`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -379,7 +203,7 @@ impl<T: Copy + PartialOrd> Heap<'_, T> {
 /// Sequential `Σ a·b` with fused multiply-adds (faiss's small-dimension loops as the compiler
 /// contracts them).
 #[inline(always)]
-fn dot_seq(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot_seq(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0.0f32, |s, (x, y)| x.mul_add(*y, s))
 }
 
@@ -445,7 +269,9 @@ pub struct PqSearcher {
     out_d: Vec<f32>,
     out_i: Vec<i64>,
     out_p: Vec<u64>,
-    results: Vec<PqNeighbour>,
+    pub(super) results: Vec<PqNeighbour>,
+    /// The neighbours' vectors for a blend or an expansion, `max_k × max_dim`.
+    pub(super) vecs: Vec<f32>,
     rounding: LutRounding,
     /// The CPU has FMA and SSE4.1: the table code runs compiled for them.
     fma: bool,
@@ -456,6 +282,31 @@ pub struct PqSearcher {
 /// The largest `k·k_factor` a searcher accepts for one search (faiss switches from its heap to
 /// a reservoir above 20, whose tie order this searcher does not replicate).
 pub const PQ_MAX_BASE_K: usize = 1 << 12;
+
+/// `n` copies of `v` with every page written, so the first search takes no first-touch page
+/// fault (a zeroed allocation may be untouched pages; volatile so it is not optimised away).
+fn resident<T: Copy>(v: T, n: usize) -> Vec<T> {
+    let mut out = vec![v; n];
+    let step = (4096 / std::mem::size_of::<T>().max(1)).max(1);
+    for i in (0..n).step_by(step) {
+        // SAFETY: i < n.
+        unsafe { std::ptr::write_volatile(out.as_mut_ptr().add(i), v) };
+    }
+    out
+}
+
+/// An empty vector with room for `n` neighbours, its pages written.
+fn resident_capacity(n: usize) -> Vec<PqNeighbour> {
+    let blank = PqNeighbour {
+        id: -1,
+        distance: 0.0,
+        list: 0,
+        offset: 0,
+    };
+    let mut out = resident(blank, n);
+    out.clear();
+    out
+}
 
 impl PqSearcher {
     /// A searcher for indexes of dimension up to `max_dim`, `k` up to `max_k`, `nprobe` up to
@@ -473,24 +324,25 @@ impl PqSearcher {
             max_k,
             max_nprobe,
             max_base,
-            lut_f: vec![0.0; max_nprobe * max_dim * PQ_KSUB],
-            lut_ip: vec![0.0; max_dim * PQ_KSUB],
-            lut_q: vec![0; max_nprobe * max_m2 * PQ_KSUB],
-            mins: vec![0.0; max_nprobe * max_dim],
-            bias_f: vec![0.0; max_nprobe],
-            bias_q: vec![0; max_nprobe],
-            coarse_d: vec![0.0; max_nprobe],
-            coarse_i: vec![0; max_nprobe],
-            coarse_p: vec![0; max_nprobe],
-            visit: vec![(0, 0); max_nprobe],
-            heap_d: vec![0; max_base],
-            heap_i: vec![0; max_base],
-            heap_p: vec![0; max_base],
-            base_d: vec![0.0; max_base],
-            out_d: vec![0.0; max_k],
-            out_i: vec![0; max_k],
-            out_p: vec![0; max_k],
-            results: Vec::with_capacity(max_k),
+            lut_f: resident(0.0, max_nprobe * max_dim * PQ_KSUB),
+            lut_ip: resident(0.0, max_dim * PQ_KSUB),
+            lut_q: resident(0, max_nprobe * max_m2 * PQ_KSUB),
+            mins: resident(0.0, max_nprobe * max_dim),
+            bias_f: resident(0.0, max_nprobe),
+            bias_q: resident(0, max_nprobe),
+            coarse_d: resident(0.0, max_nprobe),
+            coarse_i: resident(0, max_nprobe),
+            coarse_p: resident(0, max_nprobe),
+            visit: resident((0, 0), max_nprobe),
+            heap_d: resident(0, max_base),
+            heap_i: resident(0, max_base),
+            heap_p: resident(0, max_base),
+            base_d: resident(0.0, max_base),
+            out_d: resident(0.0, max_k),
+            out_i: resident(0, max_k),
+            out_p: resident(0, max_k),
+            results: resident_capacity(max_k),
+            vecs: resident(0.0, max_k * max_dim),
             rounding: LutRounding::Faiss,
             fma: has_fma(),
             scale: (1.0, 0.0),
@@ -574,7 +426,7 @@ impl PqSearcher {
             self.base_d[j] = (self.heap_d[j] as f32).mul_add(one_a, b);
         }
         self.results.clear();
-        match &index.refine {
+        match index.refine_vectors() {
             None => {
                 for j in 0..k {
                     let p = self.heap_p[j];
@@ -613,7 +465,7 @@ impl PqSearcher {
             pay: &mut self.coarse_p[..nprobe],
         };
         h.fill(neutral);
-        for (l, c) in index.centroids.chunks_exact(d).enumerate() {
+        for (l, c) in index.centroids().chunks_exact(d).enumerate() {
             let dis = if cmp.max {
                 (self.kernels.l2sq)(x, c)
             } else {
@@ -664,7 +516,7 @@ impl PqSearcher {
             for j in 0..m {
                 let (xs, book) = (
                     &x[j * dsub..(j + 1) * dsub],
-                    &index.codebooks[j * PQ_KSUB * dsub..],
+                    &index.codebooks()[j * PQ_KSUB * dsub..],
                 );
                 sub_table(
                     xs,
@@ -681,10 +533,10 @@ impl PqSearcher {
                     self.lut_f[tab..tab + t].fill(f32::NAN);
                     continue;
                 }
-                let c = &index.centroids[l as usize * index.dim..(l as usize + 1) * index.dim];
+                let c = &index.centroids()[l as usize * index.dim..(l as usize + 1) * index.dim];
                 for j in 0..m {
                     let cs = &c[j * dsub..(j + 1) * dsub];
-                    let book = &index.codebooks[j * PQ_KSUB * dsub..(j + 1) * PQ_KSUB * dsub];
+                    let book = &index.codebooks()[j * PQ_KSUB * dsub..(j + 1) * PQ_KSUB * dsub];
                     for e in 0..PQ_KSUB {
                         let cip = if dsub == 2 {
                             cs[0] * book[e * dsub] + cs[1] * book[e * dsub + 1]
@@ -702,7 +554,7 @@ impl PqSearcher {
             for j in 0..m {
                 let (xs, book) = (
                     &x[j * dsub..(j + 1) * dsub],
-                    &index.codebooks[j * PQ_KSUB * dsub..],
+                    &index.codebooks()[j * PQ_KSUB * dsub..],
                 );
                 sub_table(
                     xs,
@@ -840,8 +692,8 @@ impl PqSearcher {
                 &self.lut_q[..m2 * PQ_KSUB]
             };
             let bias = if index.by_residual { self.bias_q[r] } else { 0 };
-            let codes = &index.codes[index.code_start[l]..];
-            let ids = &index.ids[start..end];
+            let codes = &index.codes()[index.code_start[l]..];
+            let ids = &index.ids()[start..end];
             let mut g0 = 0;
             while g0 < n {
                 let block = g0 / bbs;
@@ -876,11 +728,13 @@ impl PqSearcher {
                     f32::NEG_INFINITY
                 }
             } else {
-                let v = &vectors[id as usize * d..(id as usize + 1) * d];
-                if cmp.max {
-                    (self.kernels.l2sq)(x, v)
-                } else {
-                    (self.kernels.dot)(x, v)
+                // Ids are values read from the file: one out of range (a mapped file
+                // overwritten in place) ranks last instead of reading out of bounds.
+                match vectors.get(id as usize * d..(id as usize + 1) * d) {
+                    Some(v) if cmp.max => (self.kernels.l2sq)(x, v),
+                    Some(v) => (self.kernels.dot)(x, v),
+                    None if cmp.max => f32::INFINITY,
+                    None => f32::NEG_INFINITY,
                 }
             };
         }

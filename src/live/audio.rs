@@ -11,7 +11,8 @@ use super::config::MAX_SLOTS;
 use super::entry::Entry;
 use super::telemetry::{Counters, Telemetry};
 use crate::index::{
-    blend_neighbours, BlendOutcome, BlendParams, IvfIndex, QueryExpansion, Searcher, BLOCK, MAX_K,
+    blend_neighbours, AnyIndex, BlendOutcome, BlendParams, PqSearcher, QueryExpansion, Searcher,
+    BLOCK, MAX_K, PQ_MAX_BASE_K,
 };
 
 /// A publication: slot `slot` now holds `entry` (`None`: the slot was emptied).
@@ -29,6 +30,12 @@ pub(crate) const FORWARD_CAPACITY: usize = 2 * MAX_SLOTS;
 /// Capacity of the return queue. Every step that lets go of a reference first checks there is
 /// room for it, so a full return queue only postpones work to a later block.
 pub(crate) const RETURN_CAPACITY: usize = 2 * MAX_SLOTS + 4;
+
+/// The audio side's searchers, one per index type, their scratch sized when the engine is made.
+struct Searchers {
+    flat: Searcher,
+    pq: PqSearcher,
+}
 
 struct Fade {
     running: bool,
@@ -53,7 +60,7 @@ pub struct AudioEngine {
     active_slot: usize,
     frame_period: f32,
     default_crossfade: f32,
-    searcher: Searcher,
+    searchers: Searchers,
     scratch: Box<[f32]>,
     forward: Consumer<Msg>,
     returns: Producer<Retired>,
@@ -93,7 +100,12 @@ impl AudioEngine {
             active_slot: 0,
             frame_period: frame_period_seconds,
             default_crossfade: crossfade_seconds,
-            searcher: Searcher::new(),
+            searchers: Searchers {
+                flat: Searcher::new(),
+                // n_probe 1 (what the engine searches), every k and every k_factor the
+                // loader accepts (see prepare::publishable).
+                pq: PqSearcher::new(max_dim, MAX_K, 1, (PQ_MAX_BASE_K / MAX_K) as f32),
+            },
             scratch,
             forward,
             returns,
@@ -135,7 +147,7 @@ impl AudioEngine {
 
     /// The index whose blend is output (the crossfade target while a crossfade runs), for
     /// reading its dimension or metadata. `None` when the active slot is empty.
-    pub fn serving(&self) -> Option<&IvfIndex> {
+    pub fn serving(&self) -> Option<&AnyIndex> {
         self.serving.as_deref().map(|e| &e.index)
     }
 
@@ -264,7 +276,7 @@ impl AudioEngine {
             expansion: self.expansion,
         };
         let outcome = blend_one(
-            &mut self.searcher,
+            &mut self.searchers,
             self.serving.as_deref(),
             query,
             &params,
@@ -279,7 +291,7 @@ impl AudioEngine {
                 let old = &mut self.scratch[..n];
                 let mut ignored = 0;
                 blend_one(
-                    &mut self.searcher,
+                    &mut self.searchers,
                     self.fade.from.as_deref(),
                     &query[..n],
                     &params,
@@ -376,7 +388,7 @@ impl AudioEngine {
     ) -> usize {
         let r = clamp_ratio(ratio);
         let blended = blend_rows(
-            &mut self.searcher,
+            &mut self.searchers,
             self.serving.as_deref(),
             qs,
             dim,
@@ -396,8 +408,10 @@ impl AudioEngine {
             .as_deref()
             .map(|e| &e.index)
             .filter(|ix| ix.dim() == dim && dim <= self.scratch.len());
-        let found = match from {
-            Some(ix) if r > 0.0 => Some(self.searcher.search_block(ix, qs, k, 1)),
+        let flat = from.and_then(AnyIndex::as_flat);
+        let pq = from.and_then(AnyIndex::as_pq);
+        let found = match flat {
+            Some(ix) if r > 0.0 => Some(self.searchers.flat.search_block(ix, qs, k, 1)),
             _ => None,
         };
         for (i, (q, o)) in qs
@@ -412,9 +426,13 @@ impl AudioEngine {
             self.fade.pos = g;
             if dim <= self.scratch.len() {
                 let old = &mut self.scratch[..dim];
-                match (from, found) {
-                    (Some(ix), Some(found)) if !found.get(i).is_empty() => {
+                match (flat, found, pq) {
+                    (Some(ix), Some(found), _) if !found.get(i).is_empty() => {
                         blend_neighbours(ix, q, found.get(i), r, old);
+                    }
+                    (_, _, Some(ix)) => {
+                        let params = BlendParams::new(k, 1, r);
+                        self.searchers.pq.blend(ix, q, &params, old);
                     }
                     _ => old.copy_from_slice(q),
                 }
@@ -498,7 +516,7 @@ fn clamp_ratio(ratio: f32) -> f32 {
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn blend_rows(
-    searcher: &mut Searcher,
+    searchers: &mut Searchers,
     entry: Option<&Entry>,
     qs: &[f32],
     dim: usize,
@@ -507,8 +525,19 @@ fn blend_rows(
     os: &mut [f32],
     mismatched: &mut u64,
 ) -> usize {
-    let index = match entry {
-        Some(e) if e.index.dim() == dim => &e.index,
+    let index = match entry.map(|e| &e.index) {
+        Some(AnyIndex::Flat(ix)) if ix.dim() == dim => ix,
+        Some(AnyIndex::Pq(ix)) if ix.dim() == dim => {
+            // No block search for IVF-PQ: frame by frame (a frame without neighbours, or with
+            // NaN or infinity, is copied by the blend itself).
+            let params = BlendParams::new(k, 1, ratio);
+            let mut blended = 0;
+            for (q, o) in qs.chunks_exact(dim).zip(os.chunks_exact_mut(dim)) {
+                let outcome = searchers.pq.blend(ix, q, &params, o);
+                blended += matches!(outcome, BlendOutcome::Blended { .. }) as usize;
+            }
+            return blended;
+        }
         other => {
             if other.is_some() {
                 *mismatched += (qs.len() / dim) as u64;
@@ -523,7 +552,7 @@ fn blend_rows(
     }
     // Frames holding NaN or infinity get no neighbours from the search and are copied, as
     // `Searcher::blend` copies them.
-    let found = searcher.search_block(index, qs, k, 1);
+    let found = searchers.flat.search_block(index, qs, k, 1);
     let mut blended = 0;
     for (i, (q, o)) in qs
         .chunks_exact(dim)
@@ -544,7 +573,7 @@ fn blend_rows(
 /// One blend against `entry`, or a copy of the query when there is no usable index.
 #[inline]
 fn blend_one(
-    searcher: &mut Searcher,
+    searchers: &mut Searchers,
     entry: Option<&Entry>,
     query: &[f32],
     params: &BlendParams,
@@ -558,8 +587,13 @@ fn blend_one(
         *mismatched += 1;
         return BlendOutcome::Empty;
     }
-    match entry {
-        Some(e) if e.index.dim() == query.len() => searcher.blend(&e.index, query, params, out),
+    match entry.map(|e| &e.index) {
+        Some(AnyIndex::Flat(ix)) if ix.dim() == query.len() => {
+            searchers.flat.blend(ix, query, params, out)
+        }
+        Some(AnyIndex::Pq(ix)) if ix.dim() == query.len() => {
+            searchers.pq.blend(ix, query, params, out)
+        }
         Some(_) => {
             *mismatched += 1;
             out.copy_from_slice(query);
@@ -626,7 +660,7 @@ mod blend_block_tests {
     }
 
     fn publish(c: &Controller, slot: usize, p: &IndexParts) {
-        let ix = IvfIndex::from_parts(p).unwrap();
+        let ix = crate::index::IvfIndex::from_parts(p).unwrap();
         c.publish(slot, c.prepare_index(ix, "x").unwrap()).unwrap();
     }
 

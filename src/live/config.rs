@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::format::IndexHeader;
-use crate::index::IvfIndex;
+use crate::index::AnyIndex;
 
 /// Number of voice slots an instance can hold at most.
 pub const MAX_SLOTS: usize = 8;
@@ -16,7 +16,7 @@ pub const MAX_SLOTS: usize = 8;
 /// the loaded index, after the file was verified, prefaulted and its screening tables built:
 /// for checks that need the vectors. A check of the dimension, metric or feature kind belongs
 /// in a [`HeaderValidator`], which refuses a file before that work.
-pub type Validator = Arc<dyn Fn(&IvfIndex) -> Result<(), String> + Send + Sync>;
+pub type Validator = Arc<dyn Fn(&AnyIndex) -> Result<(), String> + Send + Sync>;
 
 /// Checks what an index declares ([`IndexHeader`]: kind, dimension, metric, list and vector
 /// counts, file size, metadata such as the feature kind) before it is loaded; `Err` carries a
@@ -24,7 +24,7 @@ pub type Validator = Arc<dyn Fn(&IvfIndex) -> Result<(), String> + Send + Sync>;
 /// ([`read_header`](crate::format::read_header): the first page and a `.kbi`'s metadata), before
 /// anything large is read, verified or allocated, so refusing a large index of the wrong
 /// features costs microseconds; an index built in memory is checked by its
-/// [`header`](IvfIndex::header) the same way.
+/// [`header`](AnyIndex::header) the same way.
 pub type HeaderValidator = Arc<dyn Fn(&IndexHeader) -> Result<(), String> + Send + Sync>;
 
 /// Settings of a live runtime, fixed when it is created with [`live`](super::live).

@@ -19,7 +19,7 @@ use super::prepare::{self, Checks};
 use super::telemetry::{IndexRef, SlotTelemetry, Telemetry, TelemetrySnapshot};
 use super::ticket::{LoadOutcome, LoadTicket, TicketState};
 use super::LoadError;
-use crate::index::IvfIndex;
+use crate::index::AnyIndex;
 
 /// How often the loader thread releases retired indexes and retries queued publications
 /// when it has nothing to load.
@@ -205,9 +205,14 @@ impl Controller {
     }
 
     /// Checks an index built in memory (dimension and header validator on its
-    /// [`header`](IvfIndex::header), then the validator), prefaults and tries to lock it,
+    /// [`header`](AnyIndex::header), then the validator), prefaults and tries to lock it,
     /// ready for [`publish`](Self::publish). `name` is what the user interface shows.
-    pub fn prepare_index(&self, index: IvfIndex, name: &str) -> Result<PreparedIndex, LoadError> {
+    pub fn prepare_index(
+        &self,
+        index: impl Into<AnyIndex>,
+        name: &str,
+    ) -> Result<PreparedIndex, LoadError> {
+        let index = index.into();
         let path = index.path().map(Path::to_path_buf).unwrap_or_default();
         prepare::finish(index, name.to_string(), &path, &self.shared.checks)
     }

@@ -1,4 +1,4 @@
-//! What a slot holds: a loaded [`IvfIndex`] with its description ([`IndexInfo`]), shared by
+//! What a slot holds: a loaded [`AnyIndex`] (IVF-Flat or IVF-PQ FastScan) with its description ([`IndexInfo`]), shared by
 //! `Arc` between the control and the audio side, and counted so tests and telemetry can tell
 //! exactly how many are alive.
 
@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::format::{FileKind, Metadata, Metric};
-use crate::index::IvfIndex;
+use crate::format::{FileKind, IndexStructure, Metadata, Metric};
+use crate::index::AnyIndex;
 
 /// Process-wide source of index ids (0 means "none").
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -23,6 +23,11 @@ pub struct IndexInfo {
     pub path: PathBuf,
     /// Native `.kbi` or faiss.
     pub kind: FileKind,
+    /// IVF-Flat or IVF-PQ FastScan.
+    pub structure: IndexStructure,
+    /// Its type in one line, e.g. `IVF-Flat` or `IVF1024,PQ128x4fs,RFlat (IVF-PQ FastScan,
+    /// k_factor 1)` ([`AnyIndex::describe`]).
+    pub description: String,
     /// Served from a memory map (`.kbi`) rather than owned memory.
     pub mapped: bool,
     /// Vector dimension.
@@ -49,14 +54,14 @@ pub struct IndexInfo {
 
 /// One loaded index as the runtime holds it.
 pub(crate) struct Entry {
-    pub(crate) index: IvfIndex,
+    pub(crate) index: AnyIndex,
     pub(crate) info: Arc<IndexInfo>,
     alive: Arc<AtomicUsize>,
 }
 
 impl Entry {
     pub(crate) fn new(
-        index: IvfIndex,
+        index: AnyIndex,
         name: String,
         path: PathBuf,
         alive: Arc<AtomicUsize>,
@@ -66,6 +71,8 @@ impl Entry {
             name,
             path,
             kind: index.source_kind(),
+            structure: index.structure(),
+            description: index.describe(),
             mapped: index.is_mapped(),
             dim: index.dim(),
             ntotal: index.ntotal(),
@@ -111,7 +118,7 @@ impl PreparedIndex {
     }
 
     /// The index itself.
-    pub fn index(&self) -> &IvfIndex {
+    pub fn index(&self) -> &AnyIndex {
         &self.entry.index
     }
 }

@@ -40,7 +40,7 @@ use super::config::{HeaderValidator, LiveConfig, Validator};
 use super::entry::{display_name, Entry, PreparedIndex};
 use super::LoadError;
 use crate::format::{self, IndexHeader};
-use crate::index::{IvfIndex, OpenOptions};
+use crate::index::{AnyIndex, OpenOptions, MAX_K, PQ_MAX_BASE_K};
 use crate::platform::{self, LeaseError, ReadLease};
 
 /// The checks every index passes before it may be published.
@@ -117,7 +117,7 @@ pub(crate) fn prepare_file(
     // The cheap checks, on what the file declares: nothing large read or allocated yet.
     let header = format::read_header(path).map_err(|e| LoadError::from_format(path, e))?;
     check_header(&header, path, checks)?;
-    let index = IvfIndex::open_with(
+    let index = AnyIndex::open_with(
         path,
         OpenOptions {
             verify: true,
@@ -154,7 +154,7 @@ pub(crate) fn prepare_file(
 /// Checks an index already in memory (its header, then the validator), prefaults and locks
 /// it, and wraps it for publishing.
 pub(crate) fn finish(
-    index: IvfIndex,
+    index: AnyIndex,
     name: String,
     path: &Path,
     checks: &Checks,
@@ -189,12 +189,26 @@ fn check_header(header: &IndexHeader, label: &Path, checks: &Checks) -> Result<(
 
 /// Runs the validator on an index whose header passed, prefaults and locks it, and wraps it.
 fn publishable(
-    mut index: IvfIndex,
+    mut index: AnyIndex,
     name: String,
     path: &Path,
     label: std::path::PathBuf,
     checks: &Checks,
 ) -> Result<PreparedIndex, LoadError> {
+    if let AnyIndex::Pq(pq) = &index {
+        // The audio side's searcher re-ranks at most PQ_MAX_BASE_K candidates per frame.
+        if pq.base_k(MAX_K) > PQ_MAX_BASE_K {
+            return Err(LoadError::Rejected {
+                path: label,
+                reason: format!(
+                    "its k_factor {} asks for {} candidates per frame for k = {MAX_K}; knnblend re-ranks at most {PQ_MAX_BASE_K} (k_factor up to {})",
+                    pq.k_factor().unwrap_or(1.0),
+                    pq.base_k(MAX_K),
+                    PQ_MAX_BASE_K / MAX_K
+                ),
+            });
+        }
+    }
     if let Some(validate) = &checks.validator {
         validate(&index).map_err(|reason| LoadError::Rejected {
             path: label,

@@ -8,7 +8,7 @@ use super::audio::RETURN_CAPACITY;
 use super::*;
 use crate::format::kbi::SectionKind;
 use crate::format::{write_kbi, IndexParts, ListParts, Metadata, Metric};
-use crate::index::{BlendOutcome, IvfIndex};
+use crate::index::{AnyIndex, BlendOutcome, IvfIndex};
 
 const DIM: usize = 16;
 
@@ -389,8 +389,8 @@ fn a_panicking_validator_fails_the_load_and_the_loader_carries_on() {
     let bad = write_file(dir.path(), "bad.kbi", 666.0);
     let good = write_file(dir.path(), "good.kbi", 100.0);
     let cfg = LiveConfig {
-        validator: Some(Arc::new(|ix: &IvfIndex| {
-            assert!(ix.vector(0)[0] != 666.0, "validator bug");
+        validator: Some(Arc::new(|ix: &AnyIndex| {
+            assert!(ix.as_flat().unwrap().vector(0)[0] != 666.0, "validator bug");
             Ok(())
         })),
         ..config()
@@ -408,8 +408,8 @@ fn a_panicking_validator_fails_the_load_and_the_loader_carries_on() {
 fn the_validator_and_the_width_limit_refuse_indexes() {
     let cfg = LiveConfig {
         max_dim: 32,
-        validator: Some(Arc::new(|ix: &IvfIndex| {
-            if ix.vector(0)[0] == 666.0 {
+        validator: Some(Arc::new(|ix: &AnyIndex| {
+            if ix.as_flat().unwrap().vector(0)[0] == 666.0 {
                 Err("this index holds the wrong features".to_string())
             } else {
                 Ok(())

@@ -395,7 +395,7 @@ fn live_loads_a_kbi_and_reports_mlocked_truthfully() {
     });
     let prepared = control.prepare(&path, |_, _| {}).unwrap();
     assert_eq!(prepared.info().ntotal, 300);
-    check_loaded(prepared.index(), prepared.info().mlocked);
+    check_loaded(prepared.index().as_flat().unwrap(), prepared.info().mlocked);
 
     // Without leases, a file open for writing elsewhere is loaded (the protection is absent,
     // as documented); with them, it is refused.

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use crate::format::{IndexHeader, Metadata};
-use crate::index::IvfIndex;
+use crate::index::AnyIndex;
 use crate::live::LiveConfig;
 
 /// The feature kind stored in index metadata for [`FeatureSpec`] features.
@@ -241,7 +241,7 @@ impl FeatureSpec {
 
     /// Can `index` serve an engine extracting these features? The message says what the index
     /// holds and what is expected.
-    pub fn check(&self, index: &IvfIndex) -> Result<(), String> {
+    pub fn check(&self, index: &AnyIndex) -> Result<(), String> {
         self.check_metadata(index.metadata(), index.dim())
     }
 

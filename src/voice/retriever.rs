@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::index::{BlendOutcome, BlendParams, IvfIndex, QueryExpansion, Searcher};
+use crate::index::{AnyIndex, AnySearcher, BlendOutcome, BlendParams, QueryExpansion, MAX_K};
 use crate::live::AudioEngine;
 
 /// Per-frame retrieval, called from the audio thread: implementations must not allocate,
@@ -25,17 +25,18 @@ pub trait Retriever: Send {
 /// A [`Retriever`] over one fixed index (or none: then every query is copied). Slots and
 /// crossfades are ignored. n_probe is 1, as in RVC.
 pub struct IndexRetriever {
-    index: Option<Arc<IvfIndex>>,
-    searcher: Searcher,
+    index: Option<Arc<AnyIndex>>,
+    searcher: AnySearcher,
     expansion: Option<QueryExpansion>,
 }
 
 impl IndexRetriever {
-    /// Serves `index` (or copies queries when `None`).
-    pub fn new(index: Option<Arc<IvfIndex>>) -> IndexRetriever {
+    /// Serves `index`, IVF-Flat or IVF-PQ (or copies queries when `None`).
+    pub fn new(index: Option<Arc<AnyIndex>>) -> IndexRetriever {
+        let dim = index.as_ref().map_or(1, |i| i.dim());
         IndexRetriever {
             index,
-            searcher: Searcher::new(),
+            searcher: AnySearcher::new(dim, MAX_K, 1),
             expansion: None,
         }
     }

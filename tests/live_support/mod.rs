@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use knnblend::format::{kbi, IndexParts, ListParts, Metadata, Metric};
-use knnblend::index::{rvc_nlist, BlendOutcome, IvfIndex, SearchStats, Searcher, BLOCK};
+use knnblend::index::{rvc_nlist, AnyIndex, BlendOutcome, IvfIndex, SearchStats, Searcher, BLOCK};
 use knnblend::live::{live, AudioEngine, Controller, LiveConfig, LoadTicket};
 
 /// Largest dimension of the test indexes (RVC v2's features).
@@ -260,8 +260,19 @@ pub fn swap(
 }
 
 /// The identity an index was made with.
-pub fn identity_of(index: &IvfIndex) -> f32 {
-    index.vector(0)[0]
+pub fn identity_of(index: &AnyIndex) -> f32 {
+    match index {
+        AnyIndex::Flat(ix) => ix.vector(0)[0],
+        AnyIndex::Pq(ix) => match ix.refine_vectors() {
+            Some(v) => v[0],
+            None => {
+                let l = (0..ix.nlist()).find(|&l| ix.list_start(l) < ix.list_start(l + 1));
+                let mut v = vec![0f32; ix.dim()];
+                ix.reconstruct(l.expect("a stored vector"), 0, &mut v);
+                v[0]
+            }
+        },
+    }
 }
 
 /// `count` query frames of `dim` values: a source speaker's frames around the feature space's
@@ -295,7 +306,7 @@ pub fn queries(dim: usize, count: usize, seed: u64) -> Vec<f32> {
 /// Component 0 of a full-ratio blend of a zero frame: the serving index's identity (0 when
 /// nothing serves and the frame passes through).
 pub fn served(audio: &mut AudioEngine) -> f32 {
-    let dim = audio.serving().map_or(1, IvfIndex::dim).min(MAX_DIM);
+    let dim = audio.serving().map_or(1, AnyIndex::dim).min(MAX_DIM);
     let q = [0f32; MAX_DIM];
     let mut out = [0f32; MAX_DIM];
     audio.blend(&q[..dim], K, 1.0, &mut out[..dim]);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use knnblend::format::{IndexParts, Metric};
-use knnblend::index::IvfIndex;
+use knnblend::index::{AnyIndex, IvfIndex};
 use knnblend::voice::{flat_parts, Extractor, FeatureSpec, SilenceRule};
 use realfft::RealFftPlanner;
 
@@ -69,8 +69,12 @@ pub fn voice_parts(signal: &[f32], sr: f32, spec: &FeatureSpec) -> IndexParts {
 }
 
 /// An exact (single-list) index of `signal`'s voiced frames.
-pub fn voice_index(signal: &[f32], sr: f32, spec: &FeatureSpec) -> Arc<IvfIndex> {
-    Arc::new(IvfIndex::from_parts(&voice_parts(signal, sr, spec)).unwrap())
+pub fn voice_index(signal: &[f32], sr: f32, spec: &FeatureSpec) -> Arc<AnyIndex> {
+    Arc::new(
+        IvfIndex::from_parts(&voice_parts(signal, sr, spec))
+            .unwrap()
+            .into(),
+    )
 }
 
 /// Deterministic white noise in [-1, 1).
