@@ -19,6 +19,20 @@ pub struct Args {
     /// Number of inverted lists (default: RVC's rule min(16·√N, N/39), at least 1).
     #[arg(long)]
     nlist: Option<usize>,
+    /// Index type, as a faiss factory string (default: RVC's IVF<n>,Flat, n by RVC's rule
+    /// min(16·√N, N/39) or --nlist).
+    ///
+    /// Served: IVF<n>,Flat (a Flat .kbi) and IVF-PQ FastScan with 4-bit codes,
+    /// IVF<n>,PQ<M>x4fs (codes of the vectors) or IVF<n>,PQ<M>x4fsr (of their residuals),
+    /// optionally _<bbs> (vectors per block, a multiple of 32; default 32) and ,RFlat (the
+    /// exact vectors kept to re-rank; also written ,Refine(Flat)), such as
+    /// "IVF1024,PQ128x4fs,RFlat". n is explicit (lists ≤ rows); M must divide the dimension.
+    /// faiss trains and fills it on the rows RVC's recipe prepares (shuffled, compressed,
+    /// normalised with --metric ip, expanded), and it is written as a PQ .kbi. Refused by
+    /// name: 8-bit PQ (PQ64, PQ64x8), OPQ and other pre-transforms, HNSW, Flat or PQ without
+    /// IVF, SQ and additive quantizers, refinements that are not flat.
+    #[arg(long, value_name = "STRING", verbatim_doc_comment)]
+    factory: Option<String>,
     /// Compress to N k-means centroids first (RVC does 10 000 above 200 000 rows of --npy).
     #[arg(long, value_name = "N")]
     compress: Option<usize>,
@@ -35,9 +49,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> crate::Result {
     use knnblend::format::Metric;
+    use knnblend::voice::build::Factory;
     use knnblend::voice::{
         build_from_audio, build_from_npy, AlphaExpand, BuildOptions, FeatureSpec,
     };
+    let factory = a.factory.as_deref().map(Factory::parse).transpose()?;
     let opts = BuildOptions {
         metric: if a.metric == "ip" {
             Metric::InnerProduct
@@ -45,6 +61,7 @@ pub fn run(a: Args) -> crate::Result {
             Metric::L2
         },
         nlist: a.nlist,
+        factory,
         compress: a.compress,
         alpha_expand: a
             .alpha_expand
@@ -69,9 +86,11 @@ pub fn run(a: Args) -> crate::Result {
     bar.finish();
     let s = summary?;
     println!(
-        "wrote {} ({} bytes): {} vectors × {} ({}), {} lists, from {} file(s){}",
+        "wrote {} ({} bytes): {} ({}), {} vectors × {} ({}), {} lists, from {} file(s){}",
         s.output.display(),
         s.bytes,
+        s.index_type,
+        s.factory,
         s.vectors,
         s.dim,
         s.features,

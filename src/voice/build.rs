@@ -13,6 +13,12 @@
 //! `max(sim, 0)^α`-weighted sum of its `K` nearest rows by cosine, itself included, then
 //! renormalised), k-means compression to `N` rows, and an explicit `n_list`.
 //!
+//! Other index types by faiss factory string ([`Factory`], `--factory`): `IVF<n>,Flat` (the
+//! recipe above with that many lists) and IVF-PQ FastScan, `IVF<n>,PQ<M>x4fs[r][_<bbs>]`,
+//! optionally refined with the exact vectors (`,RFlat` or `,Refine(Flat)`), which faiss trains
+//! and fills on the same prepared rows; the faiss index is read back into [`PqParts`] and
+//! written as a PQ `.kbi`. Every other factory string is refused by name before faiss runs.
+//!
 //! Voice indexes ([`FeatureSpec`] features) carry the absolute envelope in the second half of
 //! each vector: normalisation and expansion act on the first (searched) half only; the second
 //! half is averaged with the same weights, so it stays an envelope.
@@ -28,7 +34,10 @@ use super::extract::{Extractor, SilenceRule};
 use super::features::FeatureSpec;
 use super::npy::{read_npy_rows, resolve_npy_inputs, rvc_feature_kind, NpyError};
 use super::shuffle::shuffle_rows;
-use crate::format::{write_kbi, FormatError, IndexParts, Metric};
+use crate::format::{
+    read_faiss_fastscan_file, write_kbi, write_pq_kbi, FormatError, IndexParts, Metadata, Metric,
+    PqParts, MAX_NLIST,
+};
 use crate::index::{rvc_nlist, FaissIvf};
 
 /// RVC compresses feature sets larger than this …
@@ -47,6 +56,351 @@ pub struct AlphaExpand {
     pub alpha: f32,
 }
 
+/// Largest FastScan block (`_<bbs>`, vectors per block) accepted; the `.kbi` reader's limit.
+pub const MAX_BBS: usize = 1 << 16;
+
+/// An index type `knnblend build` trains and knnblend serves, named by its faiss factory
+/// string ([`Factory::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Factory {
+    /// `IVF<nlist>,Flat`: RVC's index type, written as a Flat `.kbi`.
+    IvfFlat {
+        /// Lists.
+        nlist: usize,
+    },
+    /// `IVF<nlist>,PQ<m>x4fs[r][_<bbs>][,RFlat]`: IVF-PQ FastScan, 4-bit codes, written as a
+    /// PQ `.kbi`.
+    IvfPqFastScan {
+        /// Lists.
+        nlist: usize,
+        /// Sub-quantizers (must divide the dimension).
+        m: usize,
+        /// Codes of residuals from the list centroid (`x4fsr`).
+        by_residual: bool,
+        /// Vectors per block of packed codes (a multiple of 32; faiss's default 32).
+        bbs: usize,
+        /// The exact vectors kept for re-ranking (`,RFlat`, also written `,Refine(Flat)`).
+        refine: bool,
+    },
+}
+
+/// Splits at top-level commas (not inside parentheses).
+fn split_top(s: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// `digits` with faiss's optional `k` (×1024) or `M` (×1024²) suffix.
+fn count(digits: &str) -> Option<usize> {
+    let (num, mul) = match digits.as_bytes().last()? {
+        b'k' => (&digits[..digits.len() - 1], 1usize << 10),
+        b'M' => (&digits[..digits.len() - 1], 1 << 20),
+        _ => (digits, 1),
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<usize>().ok()?.checked_mul(mul)
+}
+
+const SERVED: &str =
+    "knnblend builds and serves `IVF<n>,Flat` and `IVF<n>,PQ<M>x4fs[r][_<bbs>][,RFlat]`";
+
+fn refuse(factory: &str, why: impl std::fmt::Display) -> String {
+    format!("--factory \"{factory}\": {why}; {SERVED}")
+}
+
+/// Why the first component of a factory string is not `IVF<n>`, when it names something else.
+fn first_refusal(first: &str) -> Option<&'static str> {
+    const PRE: [(&str, &str); 7] = [
+        ("OPQ", "OPQ is a pre-transform (a rotation before the quantizer), which knnblend does not apply at search time"),
+        ("PCA", "PCA is a pre-transform (a projection before the index), which knnblend does not apply at search time"),
+        ("ITQ", "ITQ is a pre-transform, which knnblend does not apply at search time"),
+        ("RR", "a random rotation is a pre-transform, which knnblend does not apply at search time"),
+        ("Pad", "padding is a pre-transform, which knnblend does not apply at search time"),
+        ("L2norm", "L2norm is a pre-transform; use --metric ip, which normalises the rows (and knnblend the queries)"),
+        ("IDMap", "IDMap indexes have caller-chosen ids; a build numbers its rows itself"),
+    ];
+    if let Some((_, why)) = PRE.iter().find(|(p, _)| first.starts_with(p)) {
+        return Some(why);
+    }
+    Some(if first == "Flat" {
+        "`Flat` alone is brute-force search without inverted lists"
+    } else if first.starts_with("HNSW") {
+        "HNSW is a graph index, not an inverted file"
+    } else if first.starts_with("NSG") {
+        "NSG is a graph index, not an inverted file"
+    } else if first.starts_with("PQ") {
+        "product quantization without inverted lists (no `IVF<n>,` in front)"
+    } else if first.starts_with("SQ") {
+        "a scalar quantizer without inverted lists"
+    } else if first.starts_with("LSH") {
+        "LSH is a binary hashing index"
+    } else if first.starts_with("IMI") {
+        "a multi-index (IMI) coarse quantizer"
+    } else if first.starts_with("Residual") {
+        "a residual coarse quantizer"
+    } else if first.starts_with("IVF") {
+        return None;
+    } else {
+        "it does not start with `IVF<n>,` (an inverted file)"
+    })
+}
+
+/// Why an encoding (the part after `IVF<n>,`) is not one knnblend serves.
+fn encoding_refusal(enc: &str) -> String {
+    let pq = enc.strip_prefix("PQ");
+    if let Some(rest) = pq {
+        let m: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let after = &rest[m.len()..];
+        if !m.is_empty() {
+            if after.is_empty() || after == "np" {
+                return format!("`{enc}` is IVF-PQ with 8-bit codes (faiss's default), which knnblend does not serve; 4-bit FastScan codes are written `PQ{m}x4fs`");
+            }
+            if let Some(bits) = after.strip_prefix('x') {
+                let b: String = bits.chars().take_while(|c| c.is_ascii_digit()).collect();
+                if !b.is_empty() && b != "4" {
+                    return format!("`{enc}` is IVF-PQ with {b}-bit codes, which knnblend does not serve; only 4-bit FastScan codes (`PQ{m}x4fs`) are");
+                }
+                if b == "4" && !bits[1..].starts_with("fs") {
+                    return format!("`{enc}` is 4-bit IVF-PQ without FastScan, which knnblend does not serve; write `PQ{m}x4fs`");
+                }
+            }
+            if after.starts_with('+') {
+                return format!("`{enc}` is IVF-PQ with PQ refinement (IVFPQR), which knnblend does not serve; flat refinement is `,RFlat`");
+            }
+        }
+        return format!("`{enc}` is not a product quantizer knnblend reads (expected `PQ<M>x4fs`, `PQ<M>x4fsr`, optionally `_<bbs>`)");
+    }
+    if enc.starts_with("SQ") {
+        return format!("`{enc}` is a scalar quantizer, which knnblend does not serve");
+    }
+    for aq in ["RQ", "LSQ", "PRQ", "PLSQ"] {
+        if enc.starts_with(aq) {
+            return format!(
+                "`{enc}` is an additive quantizer ({aq}), which knnblend does not serve"
+            );
+        }
+    }
+    if enc.starts_with("RaBitQ") {
+        return format!("`{enc}` is RaBitQ, which knnblend does not serve");
+    }
+    if enc.starts_with("FlatDedup") {
+        return format!("`{enc}` is IVF-Flat with deduplication, which knnblend does not serve");
+    }
+    format!("`{enc}` is not an encoding knnblend serves")
+}
+
+impl Factory {
+    /// Parses a faiss factory string, refusing by name what knnblend cannot serve: other codes
+    /// than `Flat` and 4-bit FastScan PQ (8-bit PQ, scalar and additive quantizers), indexes
+    /// without inverted lists (`Flat`, `PQ…`, `HNSW…`), pre-transforms (`OPQ…`, `PCA…`),
+    /// non-flat refinement, coarse quantizers other than flat (`IVF…_HNSW…`). The dimension is
+    /// checked later ([`check_dim`](Self::check_dim)).
+    pub fn parse(factory: &str) -> Result<Factory, String> {
+        let s = factory.trim();
+        if s.is_empty() {
+            return Err(refuse(factory, "it is empty"));
+        }
+        if s.contains(char::is_whitespace) {
+            return Err(refuse(
+                factory,
+                "it contains spaces (faiss does not accept them)",
+            ));
+        }
+        let parts = split_top(s);
+        let first = parts[0];
+        if let Some(why) = first_refusal(first) {
+            return Err(refuse(factory, why));
+        }
+        let digits = &first[3..];
+        if digits.contains('_') {
+            return Err(refuse(
+                factory,
+                format!("`{first}` has a coarse quantizer other than flat (such as `_HNSW`), which knnblend does not read"),
+            ));
+        }
+        if digits.contains('(') {
+            return Err(refuse(
+                factory,
+                format!("`{first}` has a coarse quantizer other than flat, which knnblend does not read"),
+            ));
+        }
+        let nlist = count(digits).ok_or_else(|| {
+            refuse(
+                factory,
+                format!("`{first}` does not give the number of lists as `IVF<n>` (such as `IVF1024`; RVC's rule is min(16·√N, N/39))"),
+            )
+        })?;
+        if nlist == 0 || nlist as u64 > MAX_NLIST {
+            return Err(refuse(
+                factory,
+                format!("{nlist} lists is outside 1..={MAX_NLIST}"),
+            ));
+        }
+        let Some(&enc) = parts.get(1) else {
+            return Err(refuse(
+                factory,
+                format!("`{first}` names no encoding of the vectors (write `{first},Flat` or `{first},PQ<M>x4fs`)"),
+            ));
+        };
+        let refine = match parts.get(2) {
+            None => false,
+            Some(&"RFlat") | Some(&"Refine(Flat)") => true,
+            Some(r) if r.starts_with("Refine(") => {
+                return Err(refuse(
+                    factory,
+                    format!("`{r}` is a refinement that is not flat (exact vectors); only `RFlat` / `Refine(Flat)` is served"),
+                ))
+            }
+            Some(r) => {
+                return Err(refuse(
+                    factory,
+                    format!("`{r}` after the encoding is not a refinement knnblend serves (`RFlat`)"),
+                ))
+            }
+        };
+        if parts.len() > 3 {
+            return Err(refuse(
+                factory,
+                format!(
+                    "it has {} components; at most three (`IVF<n>,<codes>,RFlat`)",
+                    parts.len()
+                ),
+            ));
+        }
+        if enc == "Flat" {
+            if refine {
+                return Err(refuse(
+                    factory,
+                    "IVF-Flat already stores the exact vectors, so `,RFlat` would only double them",
+                ));
+            }
+            return Ok(Factory::IvfFlat { nlist });
+        }
+        let parsed = enc.strip_prefix("PQ").and_then(|rest| {
+            let m_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let m: usize = rest[..m_len].parse().ok()?;
+            let rest = rest[m_len..].strip_prefix("x4fs")?;
+            let (by_residual, rest) = match rest.strip_prefix('r') {
+                Some(r) => (true, r),
+                None => (false, rest),
+            };
+            let bbs = match rest {
+                "" => Some(32),
+                r => r
+                    .strip_prefix('_')
+                    .filter(|b| !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()))
+                    .and_then(|b| b.parse::<usize>().ok()),
+            };
+            Some((m, by_residual, bbs))
+        });
+        let Some((m, by_residual, bbs)) = parsed else {
+            return Err(refuse(factory, encoding_refusal(enc)));
+        };
+        let Some(bbs) = bbs else {
+            return Err(refuse(
+                factory,
+                format!("`{enc}` does not end in a block size `_<bbs>` (such as `_64`)"),
+            ));
+        };
+        if m == 0 {
+            return Err(refuse(factory, "PQ0 has no sub-quantizers"));
+        }
+        if bbs == 0 || !bbs.is_multiple_of(32) || bbs > MAX_BBS {
+            return Err(refuse(
+                factory,
+                format!("the block size {bbs} is not a multiple of 32 from 32 to {MAX_BBS}"),
+            ));
+        }
+        Ok(Factory::IvfPqFastScan {
+            nlist,
+            m,
+            by_residual,
+            bbs,
+            refine,
+        })
+    }
+
+    /// Lists.
+    pub fn nlist(&self) -> usize {
+        match *self {
+            Factory::IvfFlat { nlist } | Factory::IvfPqFastScan { nlist, .. } => nlist,
+        }
+    }
+
+    /// The canonical faiss factory string (`,Refine(Flat)` written `,RFlat`, `_32` left out).
+    pub fn faiss_string(&self) -> String {
+        match *self {
+            Factory::IvfFlat { nlist } => format!("IVF{nlist},Flat"),
+            Factory::IvfPqFastScan {
+                nlist,
+                m,
+                by_residual,
+                bbs,
+                refine,
+            } => format!(
+                "IVF{nlist},PQ{m}x4fs{}{}{}",
+                if by_residual { "r" } else { "" },
+                if bbs == 32 {
+                    String::new()
+                } else {
+                    format!("_{bbs}")
+                },
+                if refine { ",RFlat" } else { "" }
+            ),
+        }
+    }
+
+    /// What the index is, in words: `IVF-Flat` or `IVF-PQ FastScan 128×4 bits, RFlat k_factor 1`.
+    pub fn describe(&self) -> String {
+        match *self {
+            Factory::IvfFlat { .. } => "IVF-Flat".into(),
+            Factory::IvfPqFastScan {
+                m,
+                by_residual,
+                bbs,
+                refine,
+                ..
+            } => format!(
+                "IVF-PQ FastScan {m}×4 bits{}{}{}",
+                if by_residual { " of residuals" } else { "" },
+                if bbs == 32 {
+                    String::new()
+                } else {
+                    format!(", blocks of {bbs}")
+                },
+                if refine { ", RFlat k_factor 1" } else { "" }
+            ),
+        }
+    }
+
+    /// Checks the factory against the data: `M` must divide the dimension.
+    pub fn check_dim(&self, dim: usize) -> Result<(), BuildError> {
+        if let Factory::IvfPqFastScan { m, .. } = *self {
+            if !dim.is_multiple_of(m) {
+                return Err(BuildError::Options(format!(
+                    "--factory \"{}\": PQ{m} does not divide the dimension {dim} into equal sub-vectors (M must divide {dim})",
+                    self.faiss_string()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How to build.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BuildOptions {
@@ -54,6 +408,9 @@ pub struct BuildOptions {
     pub metric: Metric,
     /// Number of lists; default RVC's rule.
     pub nlist: Option<usize>,
+    /// The index type (`None`: `IVF{nlist},Flat` with [`nlist`](Self::nlist) or RVC's rule).
+    /// With an explicit `nlist`, they must agree.
+    pub factory: Option<Factory>,
     /// Compress to this many k-means centroids first (when there are more rows).
     pub compress: Option<usize>,
     /// α-query expansion.
@@ -69,6 +426,7 @@ impl Default for BuildOptions {
         BuildOptions {
             metric: Metric::L2,
             nlist: None,
+            factory: None,
             compress: None,
             alpha_expand: None,
             seed: 0,
@@ -145,6 +503,10 @@ pub struct BuildSummary {
     pub vectors: usize,
     /// Lists.
     pub nlist: usize,
+    /// The faiss factory string of what was built (`IVF256,Flat`, `IVF16,PQ32x4fs,RFlat`).
+    pub factory: String,
+    /// What was built, in words (`IVF-Flat`, `IVF-PQ FastScan 32×4 bits, RFlat k_factor 1`).
+    pub index_type: String,
     /// Frames (rows) read before compression.
     pub input_frames: usize,
     /// Silent frames dropped (audio builds).
@@ -186,6 +548,15 @@ fn faiss_err(what: &str, e: faiss::error::Error) -> BuildError {
 fn check_options(opts: &BuildOptions) -> Result<(), BuildError> {
     if opts.nlist == Some(0) {
         return Err(BuildError::Options("--nlist must be at least 1".into()));
+    }
+    if let (Some(n), Some(f)) = (opts.nlist, &opts.factory) {
+        if n != f.nlist() {
+            return Err(BuildError::Options(format!(
+                "--nlist {n} contradicts --factory \"{}\", which has {} lists; give the number of lists once",
+                f.faiss_string(),
+                f.nlist()
+            )));
+        }
     }
     if opts.compress == Some(0) {
         return Err(BuildError::Options("--compress must be at least 1".into()));
@@ -314,24 +685,70 @@ pub struct RecipeFacts {
     pub compressed_to: Option<usize>,
     /// Lists.
     pub nlist: usize,
+    /// The faiss factory string trained.
+    pub factory: String,
 }
 
-/// RVC's recipe on `rows` (`n × dim`): shuffle, optional compression, normalisation and
-/// expansion, `IVF{n_list},Flat` trained and filled with faiss, n_probe 1. `rvc_compress` applies
-/// RVC's automatic compression (above 200 000 rows to 10 000). The parts' metadata is empty.
-pub fn build_parts(
+/// An index a build made: IVF-Flat or IVF-PQ FastScan.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BuiltIndex {
+    /// `IVF<n>,Flat`.
+    Flat(IndexParts),
+    /// `IVF<n>,PQ<M>x4fs…`.
+    Pq(PqParts),
+}
+
+impl BuiltIndex {
+    /// Lists.
+    pub fn nlist(&self) -> usize {
+        match self {
+            BuiltIndex::Flat(p) => p.nlist(),
+            BuiltIndex::Pq(p) => p.nlist(),
+        }
+    }
+
+    /// Stored vectors.
+    pub fn ntotal(&self) -> usize {
+        match self {
+            BuiltIndex::Flat(p) => p.ntotal(),
+            BuiltIndex::Pq(p) => p.ntotal(),
+        }
+    }
+
+    /// What the vectors are.
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        match self {
+            BuiltIndex::Flat(p) => &mut p.metadata,
+            BuiltIndex::Pq(p) => &mut p.metadata,
+        }
+    }
+
+    /// Writes the `.kbi` atomically (Flat or PQ); returns its size.
+    pub fn write(&self, path: &Path) -> Result<u64, FormatError> {
+        match self {
+            BuiltIndex::Flat(p) => write_kbi(path, p),
+            BuiltIndex::Pq(p) => write_pq_kbi(path, p),
+        }
+    }
+}
+
+/// Shuffle, optional compression, normalisation and expansion: the rows faiss trains on.
+fn prepare_rows(
     rows: Vec<f32>,
     dim: usize,
     layout: VectorLayout,
     opts: &BuildOptions,
     rvc_compress: bool,
     progress: &mut dyn FnMut(BuildStage, u64, u64),
-) -> Result<(IndexParts, RecipeFacts), BuildError> {
+) -> Result<(Vec<f32>, RecipeFacts), BuildError> {
     check_options(opts)?;
     if dim == 0 || !rows.len().is_multiple_of(dim) {
         return Err(BuildError::NoData(format!(
             "rows are not whole vectors of dimension {dim}"
         )));
+    }
+    if let Some(f) = &opts.factory {
+        f.check_dim(dim)?;
     }
     let n = rows.len() / dim;
     if n == 0 {
@@ -362,9 +779,152 @@ pub fn build_parts(
         rows = alpha_expand(&rows, dim, layout, expand, unit)?;
         progress(BuildStage::Expanding, 1, 1);
     }
+    Ok((rows, facts))
+}
+
+/// A factory's list count checked against the rows it trains on (k-means needs at least as
+/// many rows as lists).
+fn check_rows(factory: &Factory, n: usize, facts: &RecipeFacts) -> Result<(), BuildError> {
+    let nlist = factory.nlist();
+    let rows = match facts.compressed_to {
+        Some(_) => format!("{n} rows (compressed from {})", facts.rows_in),
+        None => format!("{n} rows"),
+    };
+    if nlist > n {
+        return Err(BuildError::Options(format!(
+            "--factory \"{}\" asks for {nlist} lists but there are only {rows} to train them on (k-means needs at least one row per list; RVC's rule would give {})",
+            factory.faiss_string(),
+            rvc_nlist(n)
+        )));
+    }
+    if matches!(factory, Factory::IvfPqFastScan { .. }) && n < crate::format::PQ_KSUB {
+        return Err(BuildError::Options(format!(
+            "--factory \"{}\" needs at least {} rows to train 16 centroids per sub-quantizer, and there are {rows}",
+            factory.faiss_string(),
+            crate::format::PQ_KSUB
+        )));
+    }
+    Ok(())
+}
+
+/// The directory faiss's temporary file goes to: the output's, when its path is UTF-8 (faiss
+/// takes a C string), else the system's.
+fn scratch_dir(output: &Path) -> PathBuf {
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if dir.to_str().is_some() && dir.is_dir() {
+        dir
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// IVF-PQ FastScan by faiss's factory on the prepared rows: trained on all, all added (ids
+/// `0..n`), written by faiss to a temporary file in `scratch` and read back.
+fn train_pq(
+    factory: &Factory,
+    rows: &[f32],
+    dim: usize,
+    metric: Metric,
+    scratch: &Path,
+) -> Result<PqParts, BuildError> {
+    let desc = factory.faiss_string();
+    let mt = match metric {
+        Metric::L2 => MetricType::L2,
+        Metric::InnerProduct => MetricType::InnerProduct,
+    };
+    let what = |w: &str| format!("{w} `{desc}`");
+    let mut index: IndexImpl = faiss::index_factory(dim as u32, desc.as_str(), mt)
+        .map_err(|e| faiss_err(&what("create"), e))?;
+    index
+        .train(rows)
+        .map_err(|e| faiss_err(&what("train"), e))?;
+    index
+        .add(rows)
+        .map_err(|e| faiss_err(&what("add the rows to"), e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".knnblend-faiss-")
+        .suffix(".index")
+        .tempfile_in(scratch)
+        .map_err(|e| BuildError::Format(FormatError::io(scratch, e)))?;
+    let tmp_path = tmp.path().to_path_buf();
+    let p = tmp_path.to_str().ok_or_else(|| {
+        BuildError::Options(format!(
+            "the temporary file {} has a path faiss cannot take (not UTF-8)",
+            tmp_path.display()
+        ))
+    })?;
+    faiss::write_index(&index, p).map_err(|e| faiss_err(&what("write"), e))?;
+    drop(index);
+    let mut parts = read_faiss_fastscan_file(&tmp_path)?;
+    drop(tmp);
+    parts.metadata = Metadata::default();
+    parts.nprobe = 1;
+    Ok(parts)
+}
+
+/// The recipe of [`build_parts`] with the index type of `opts.factory` (IVF-Flat when
+/// `None`): IVF-Flat parts, or IVF-PQ FastScan parts trained by faiss's `index_factory` on
+/// the same prepared rows. `output` is where the index will go: faiss's temporary file is
+/// written next to it. The parts' metadata is empty.
+pub fn build_index(
+    rows: Vec<f32>,
+    dim: usize,
+    layout: VectorLayout,
+    opts: &BuildOptions,
+    rvc_compress: bool,
+    output: &Path,
+    progress: &mut dyn FnMut(BuildStage, u64, u64),
+) -> Result<(BuiltIndex, RecipeFacts), BuildError> {
+    match &opts.factory {
+        None | Some(Factory::IvfFlat { .. }) => {
+            let (parts, facts) = build_parts(rows, dim, layout, opts, rvc_compress, progress)?;
+            Ok((BuiltIndex::Flat(parts), facts))
+        }
+        Some(factory @ Factory::IvfPqFastScan { .. }) => {
+            let (rows, mut facts) = prepare_rows(rows, dim, layout, opts, rvc_compress, progress)?;
+            let n = rows.len() / dim;
+            check_rows(factory, n, &facts)?;
+            facts.nlist = factory.nlist();
+            facts.factory = factory.faiss_string();
+            progress(BuildStage::Training, 0, 1);
+            let parts = train_pq(factory, &rows, dim, opts.metric, &scratch_dir(output))?;
+            progress(BuildStage::Training, 1, 1);
+            Ok((BuiltIndex::Pq(parts), facts))
+        }
+    }
+}
+
+/// RVC's recipe on `rows` (`n × dim`): shuffle, optional compression, normalisation and
+/// expansion, `IVF{n_list},Flat` trained and filled with faiss, n_probe 1. `rvc_compress` applies
+/// RVC's automatic compression (above 200 000 rows to 10 000). The parts' metadata is empty.
+pub fn build_parts(
+    rows: Vec<f32>,
+    dim: usize,
+    layout: VectorLayout,
+    opts: &BuildOptions,
+    rvc_compress: bool,
+    progress: &mut dyn FnMut(BuildStage, u64, u64),
+) -> Result<(IndexParts, RecipeFacts), BuildError> {
+    if let Some(f @ Factory::IvfPqFastScan { .. }) = &opts.factory {
+        return Err(BuildError::Options(format!(
+            "build_parts makes IVF-Flat; `{}` is built by build_index",
+            f.faiss_string()
+        )));
+    }
+    let (rows, mut facts) = prepare_rows(rows, dim, layout, opts, rvc_compress, progress)?;
     let n = rows.len() / dim;
-    let nlist = opts.nlist.unwrap_or_else(|| rvc_nlist(n)).clamp(1, n);
+    let nlist = match &opts.factory {
+        Some(f) => {
+            check_rows(f, n, &facts)?;
+            f.nlist()
+        }
+        None => opts.nlist.unwrap_or_else(|| rvc_nlist(n)).clamp(1, n),
+    };
     facts.nlist = nlist;
+    facts.factory = format!("IVF{nlist},Flat");
     progress(BuildStage::Training, 0, 1);
     let ivf = FaissIvf::build(dim, nlist, opts.metric, &rows, &rows)?;
     let mut parts = ivf.to_parts()?;
@@ -389,11 +949,18 @@ fn recipe_json(
             "rows_in": facts.rows_in,
             "compressed_to": facts.compressed_to,
             "nlist": facts.nlist,
+            "factory": facts.factory,
             "metric": opts.metric.name(),
             "alpha_expand": opts.alpha_expand.map(|a| serde_json::json!({"k": a.k, "alpha": a.alpha})),
         }),
     );
     extra
+}
+
+fn index_type(opts: &BuildOptions) -> String {
+    opts.factory
+        .as_ref()
+        .map_or_else(|| "IVF-Flat".into(), Factory::describe)
 }
 
 fn file_name(p: &Path) -> String {
@@ -405,11 +972,11 @@ fn file_name(p: &Path) -> String {
 
 fn write(
     output: &Path,
-    parts: &IndexParts,
+    index: &BuiltIndex,
     progress: &mut dyn FnMut(BuildStage, u64, u64),
 ) -> Result<u64, BuildError> {
     progress(BuildStage::Writing, 0, 1);
-    let bytes = write_kbi(output, parts)?;
+    let bytes = index.write(output)?;
     progress(BuildStage::Writing, 1, 1);
     Ok(bytes)
 }
@@ -427,23 +994,32 @@ pub fn build_from_npy(
     let files = resolve_npy_inputs(inputs)?;
     let data = read_npy_rows(&files, &mut |d, t| progress(BuildStage::Reading, d, t))?;
     let (dim, frames) = (data.dim, data.frames);
-    let (mut parts, facts) =
-        build_parts(data.rows, dim, VectorLayout::Plain, opts, true, progress)?;
+    let (mut index, facts) = build_index(
+        data.rows,
+        dim,
+        VectorLayout::Plain,
+        opts,
+        true,
+        output,
+        progress,
+    )?;
     let features = rvc_feature_kind(dim);
-    parts.metadata.features = features.clone();
-    parts.metadata.feature_params =
-        serde_json::json!({ "dim": dim, "source": "RVC feature files (.npy)" });
-    parts.metadata.sources = data.files.iter().map(|p| file_name(p)).collect();
-    parts.metadata.frames = frames as u64;
-    parts.metadata.extra = recipe_json(opts, &facts, "knnblend build --npy");
-    let bytes = write(output, &parts, progress)?;
+    let meta = index.metadata_mut();
+    meta.features = features.clone();
+    meta.feature_params = serde_json::json!({ "dim": dim, "source": "RVC feature files (.npy)" });
+    meta.sources = data.files.iter().map(|p| file_name(p)).collect();
+    meta.frames = frames as u64;
+    meta.extra = recipe_json(opts, &facts, "knnblend build --npy");
+    let bytes = write(output, &index, progress)?;
     Ok(BuildSummary {
         output: output.to_path_buf(),
         bytes,
         features,
         dim,
-        vectors: parts.ntotal(),
-        nlist: parts.nlist(),
+        vectors: index.ntotal(),
+        nlist: index.nlist(),
+        factory: facts.factory.clone(),
+        index_type: index_type(opts),
         input_frames: frames,
         dropped_frames: 0,
         sources: data.files.len(),
@@ -519,7 +1095,7 @@ pub fn build_from_audio(
     let (rows, mean) = spec.speaker_rows(&envelopes);
     drop(envelopes);
     let layout = VectorLayout::Voice { bands: spec.bands };
-    let (mut parts, facts) = build_parts(rows, spec.dim(), layout, opts, false, progress)?;
+    let (mut index, facts) = build_index(rows, spec.dim(), layout, opts, false, output, progress)?;
     let sources = files.iter().map(|p| file_name(p)).collect();
     let mut meta = spec.metadata(sources, kept as u64, seconds);
     meta.extra = recipe_json(opts, &facts, "knnblend build --audio");
@@ -527,15 +1103,17 @@ pub fn build_from_audio(
         .insert("speaker_mean".into(), serde_json::json!(mean));
     meta.extra
         .insert("dropped_silent_frames".into(), dropped.into());
-    parts.metadata = meta;
-    let bytes = write(output, &parts, progress)?;
+    *index.metadata_mut() = meta;
+    let bytes = write(output, &index, progress)?;
     Ok(BuildSummary {
         output: output.to_path_buf(),
         bytes,
         features: spec.metadata_kind().to_string(),
         dim: spec.dim(),
-        vectors: parts.ntotal(),
-        nlist: parts.nlist(),
+        vectors: index.ntotal(),
+        nlist: index.nlist(),
+        factory: facts.factory.clone(),
+        index_type: index_type(opts),
         input_frames: kept,
         dropped_frames: dropped,
         sources: files.len(),
