@@ -78,6 +78,11 @@
 // Largest vector dimension of an index.
 #define KB_MAX_DIM 65536
 
+// Largest dimension of an IVF-PQ FastScan index a searcher from `kb_searcher_new` serves
+// (IVF-Flat indexes of any dimension need no sizing; `kb_searcher_new_sized` and
+// `kb_searcher_new_for` size a searcher for wider or smaller PQ indexes).
+#define KB_SEARCHER_DEFAULT_DIM 1024
+
 // `kb_index_open` flag: skip verifying checksums and finiteness (faster opening of a trusted
 // `.kbi`).
 #define KB_OPEN_NO_VERIFY 1
@@ -139,6 +144,11 @@ typedef enum kb_status {
     // An internal error was caught at the boundary (a bug in knnblend: please report it).
     // The handle stays usable.
     KB_ERR_PANIC = 12,
+    // A search or blend of an IVF-PQ FastScan index the `kb_searcher` was not sized for (a
+    // wider index, a larger k or nprobe, or `k * k_factor` above 4096): make the searcher
+    // with `kb_searcher_new_for` or `kb_searcher_new_sized` (`kb_searcher_fits` tells
+    // beforehand).
+    KB_ERR_CAPACITY = 13,
 } kb_status;
 
 // What one blend did.
@@ -164,11 +174,24 @@ typedef enum kb_metric {
 
 // Kind of file an index came from.
 typedef enum kb_file_kind {
-    // knnblend's native, memory-mapped `.kbi`.
+    // knnblend's native, memory-mapped `.kbi` (IVF-Flat: format version 1; IVF-PQ FastScan:
+    // version 2).
     KB_FILE_KBI = 0,
-    // A faiss IVF-Flat file (read into memory).
+    // A faiss file (read into memory): IVF-Flat (`IwFl`) or IVF-PQ FastScan (`IwPf`,
+    // refined `IxRF`).
     KB_FILE_FAISS = 1,
 } kb_file_kind;
+
+// The type of an index: how its vectors are stored and searched.
+typedef enum kb_index_type {
+    // IVF-Flat (faiss `IVF{n},Flat`, what RVC ships): exact vectors in inverted lists;
+    // searches are exact within the probed lists.
+    KB_INDEX_IVF_FLAT = 0,
+    // IVF-PQ FastScan (faiss `IVF{n},PQ{M}x4fs[r]`): 4-bit product-quantizer codes, searched
+    // with 16-bit lookup tables, results as faiss's; optionally refined (`,RFlat`:
+    // `kb_index_info.refined`), re-ranking `k * k_factor` candidates with the exact vectors.
+    KB_INDEX_IVF_PQ_FASTSCAN = 1,
+} kb_index_type;
 
 // The load state of a slot.
 typedef enum kb_slot_state {
@@ -215,15 +238,24 @@ typedef struct kb_controller kb_controller;
 // `kb_error_free`. Any thread may read or free it (one thread at a time).
 typedef struct kb_error kb_error;
 
-// An immutable IVF-Flat index: a memory-mapped `.kbi` or a faiss IVF-Flat file (RVC's
-// `added_*.index`) read into memory. Opened by `kb_index_open`, freed by `kb_index_free`.
-// Immutable, so any number of threads may search it at once (each with its own
-// `kb_searcher`).
+// An immutable index of either type knnblend serves (`kb_index_info.index_type`):
+// IVF-Flat (a memory-mapped `.kbi`, or a faiss IVF-Flat file such as RVC's `added_*.index`
+// read into memory) or IVF-PQ FastScan (a memory-mapped PQ `.kbi`, or a faiss
+// `IVF…,PQ…x4fs[r][,RFlat]` file read into memory). Opened by `kb_index_open`, freed by
+// `kb_index_free`. Immutable, so any number of threads may search it at once (each with its
+// own `kb_searcher`).
 typedef struct kb_index kb_index;
 
-// A reusable search workspace (the query scratch, top-k state and kernel choice). Create one
-// per thread that searches, off the realtime thread; searching with it allocates nothing. Use
-// from one thread at a time.
+// A reusable search workspace (the query scratch, top-k state, lookup tables and kernel
+// choice) for indexes of both types. Create one per thread that searches, off the realtime
+// thread; searching with it allocates nothing. Use from one thread at a time.
+//
+// IVF-Flat searches need no sizing: every searcher serves every `k <= KB_MAX_K` and
+// `nprobe <= KB_MAX_NPROBE` on indexes of any dimension. IVF-PQ FastScan searches use scratch
+// sized when the searcher is made (its lookup tables take `max_nprobe * max_dim * 16` floats):
+// a search of a PQ index wider than the searcher's `max_dim`, or with a larger k or nprobe,
+// or whose `k * k_factor` exceeds 4096, does not fit and is refused with `KB_ERR_CAPACITY`
+// (check with `kb_searcher_fits` after opening or loading an index).
 typedef struct kb_searcher kb_searcher;
 
 // One `kb_controller_load` request: poll it for progress and outcome, or wait on it.
@@ -253,6 +285,20 @@ typedef struct kb_index_info {
     bool mlocked;
     // Bytes of memory it occupies (mapped or owned).
     uint64_t bytes;
+    // The index type. (This field and those after it came with IVF-PQ FastScan serving.)
+    enum kb_index_type index_type;
+    // IVF-PQ: number of sub-quantizers (faiss `M`); 0 for IVF-Flat.
+    size_t pq_m;
+    // IVF-PQ: bits per sub-quantizer code (4 for FastScan); 0 for IVF-Flat.
+    uint32_t pq_nbits;
+    // IVF-PQ: the codes encode residuals from the list centroid (factory `x4fsr`).
+    bool pq_by_residual;
+    // IVF-PQ: refined (factory `,RFlat`): the exact vectors are kept and re-rank the
+    // candidates the codes find; `kb_index_vector` then returns exact vectors.
+    bool refined;
+    // Refined IVF-PQ: candidates per wanted neighbour (faiss `k_factor`, at least 1); 0
+    // otherwise.
+    float k_factor;
 } kb_index_info;
 
 // One search result.
@@ -559,8 +605,10 @@ const char *kb_error_message(const struct kb_error *error);
 // Requires: `error` is NULL or points to NULL or to a live error from this library.
 void kb_error_free(struct kb_error **error);
 
-// Opens an index file: a `.kbi` (memory-mapped) or a faiss IVF-Flat `.index` (read into
-// memory), told apart by their first bytes, fully validated unless `KB_OPEN_NO_VERIFY`.
+// Opens an index file of either type: a `.kbi` (memory-mapped; IVF-Flat or IVF-PQ FastScan)
+// or a faiss `.index` (read into memory; IVF-Flat, or IVF-PQ FastScan `IVF…,PQ…x4fs[r]`,
+// optionally `,RFlat`), told apart by their first bytes, fully validated unless
+// `KB_OPEN_NO_VERIFY`. `kb_index_get_info` tells which type it is.
 //
 // `flags`: 0 or an OR of `KB_OPEN_NO_VERIFY`, `KB_OPEN_PREFAULT`, `KB_OPEN_MLOCK`.
 //
@@ -626,8 +674,26 @@ enum kb_status kb_index_metadata_json(const struct kb_index *index,
                                       size_t cap,
                                       size_t *needed);
 
+// Copies a one-line description of the index's type into `buf`, with the contract of
+// `kb_index_features`: `IVF-Flat`, or for IVF-PQ FastScan the faiss factory string and the
+// refinement, e.g. `IVF1024,PQ128x4fs,RFlat (IVF-PQ FastScan, k_factor 1)`.
+//
+// Thread: control (it formats the text). Ownership: all pointers borrowed.
+//
+// Errors: `KB_ERR_NULL`, `KB_ERR_BUFFER`, `KB_ERR_ARGUMENT` (misaligned `needed`),
+// `KB_ERR_PANIC`.
+//
+// Requires: As `kb_index_features`.
+enum kb_status kb_index_describe(const struct kb_index *index,
+                                 char *buf,
+                                 size_t cap,
+                                 size_t *needed);
+
 // Copies stored vector `pos` (a `kb_neighbour.pos`) into `out`, which holds `out_len` floats
-// (the index's dimension).
+// (the index's dimension). For IVF-Flat it is the exact stored vector; for IVF-PQ FastScan it
+// is what the blend mixes: the exact vector of the id at that position when the index is
+// refined, otherwise the product-quantizer reconstruction (plus the list centroid when by
+// residual), which is what faiss's `reconstruct` gives.
 //
 // Thread: any (realtime-safe). Ownership: all pointers borrowed.
 //
@@ -640,7 +706,11 @@ enum kb_status kb_index_vector(const struct kb_index *index,
                                float *out,
                                size_t out_len);
 
-// Creates a search workspace into `*out`.
+// Creates a search workspace into `*out` that serves every search `kb_search` accepts on
+// IVF-Flat indexes, and on IVF-PQ FastScan indexes of dimension up to
+// `KB_SEARCHER_DEFAULT_DIM` (every `k <= KB_MAX_K`, `nprobe <= KB_MAX_NPROBE`, and
+// `k * k_factor <= 4096`). That takes about 6 MB, allocated and touched here; for a smaller
+// one, or PQ indexes of more dimensions, use `kb_searcher_new_sized` or `kb_searcher_new_for`.
 //
 // Thread: control (it allocates). Ownership: on success `*out` receives a new searcher the
 // caller owns and frees with `kb_searcher_free`.
@@ -649,6 +719,53 @@ enum kb_status kb_index_vector(const struct kb_index *index,
 //
 // Requires: `out` is NULL or writable; `err` as for `kb_index_open`.
 enum kb_status kb_searcher_new(struct kb_searcher **out, struct kb_error **err);
+
+// Creates a search workspace into `*out` sized for IVF-PQ FastScan indexes of dimension up to
+// `max_dim`, searched with `k <= max_k` and `nprobe <= max_nprobe` (and any refinement with
+// `k * k_factor <= 4096`). It still serves every IVF-Flat search (any dimension, k, nprobe
+// within `KB_MAX_K`, `KB_MAX_NPROBE`). Memory: about
+// `max_dim * (84 * max_nprobe + 4 * max_k + 64)` bytes plus 90 kB, allocated and touched here
+// (RVC v2 features, 768 dimensions, with k 8 and nprobe 1: about 230 kB). Searches beyond
+// these sizes return `KB_ERR_CAPACITY`.
+//
+// Thread: control (it allocates). Ownership: as `kb_searcher_new`.
+//
+// Errors: `KB_ERR_NULL`, `KB_ERR_ARGUMENT` (`max_dim` outside 1..KB_MAX_DIM, `max_k`
+// outside 1..KB_MAX_K, `max_nprobe` outside 1..KB_MAX_NPROBE), `KB_ERR_PANIC`.
+//
+// Requires: As `kb_searcher_new`.
+enum kb_status kb_searcher_new_sized(size_t max_dim,
+                                     size_t max_k,
+                                     size_t max_nprobe,
+                                     struct kb_searcher **out,
+                                     struct kb_error **err);
+
+// `kb_searcher_new_sized(dimension of index, max_k, max_nprobe, out, err)`: a workspace for
+// `index` and every index of its dimension or fewer.
+//
+// Thread: control. Ownership: `index` borrowed; `*out` as `kb_searcher_new`.
+//
+// Errors: `KB_ERR_NULL` (`index` or `out`), `KB_ERR_ARGUMENT` (as `kb_searcher_new_sized`),
+// `KB_ERR_PANIC`.
+//
+// Requires: `index` is NULL or live (or a validator's); the rest as `kb_searcher_new`.
+enum kb_status kb_searcher_new_for(const struct kb_index *index,
+                                   size_t max_k,
+                                   size_t max_nprobe,
+                                   struct kb_searcher **out,
+                                   struct kb_error **err);
+
+// Whether a search (or blend) of `index` with `k` neighbours and `nprobe` lists fits
+// `searcher`: true when `kb_search` would neither refuse k or nprobe (`KB_ERR_ARGUMENT`) nor
+// the searcher's size (`KB_ERR_CAPACITY`). False when a pointer is NULL.
+//
+// Thread: any (realtime-safe: reads only). Ownership: both pointers borrowed.
+//
+// Requires: `searcher` and `index` are NULL or live.
+bool kb_searcher_fits(const struct kb_searcher *searcher,
+                      const struct kb_index *index,
+                      size_t k,
+                      size_t nprobe);
 
 // Frees a searcher and sets `*searcher` to NULL; NULL: does nothing.
 //
@@ -660,8 +777,11 @@ void kb_searcher_free(struct kb_searcher **searcher);
 // Finds the `k` nearest stored vectors to `query` (`len` floats, the index's dimension),
 // scanning the `nprobe` nearest lists, into `out` (room for `out_cap` neighbours, at least
 // `k`), best first; `*found` receives how many (fewer than k when the probed lists hold
-// fewer; 0 for an empty index or a query holding NaN or infinity). The results are those
-// of faiss's exact IVF-Flat search.
+// fewer; 0 for an empty index or a query holding NaN or infinity). The results are faiss's:
+// for IVF-Flat those of its exact IVF-Flat search; for IVF-PQ FastScan those of its FastScan
+// search (distances from the 16-bit tables, or exact ones after refinement; L2 squared
+// distances ascending, inner products descending), without the empty slots (id -1) faiss
+// pads with.
 //
 // Thread: any, realtime-safe: no allocation, lock or system call (touching a page of a
 // `.kbi` not yet in memory faults it in: open with `KB_OPEN_PREFAULT` for realtime use).
@@ -669,7 +789,8 @@ void kb_searcher_free(struct kb_searcher **searcher);
 // Ownership: all pointers borrowed for the call.
 //
 // Errors: `KB_ERR_NULL`, `KB_ERR_ARGUMENT` (`k` outside 1..KB_MAX_K, `nprobe` outside
-// 1..KB_MAX_NPROBE, `out_cap < k`, a misaligned buffer), `KB_ERR_DIMENSION`.
+// 1..KB_MAX_NPROBE, `out_cap < k`, a misaligned buffer), `KB_ERR_DIMENSION`,
+// `KB_ERR_CAPACITY` (an IVF-PQ search the searcher was not sized for: `kb_searcher_fits`).
 //
 // Requires: Every pointer is NULL or valid for the stated length; `searcher` is not used by another
 // thread during the call.
@@ -683,8 +804,9 @@ enum kb_status kb_search(struct kb_searcher *searcher,
                          size_t out_cap,
                          size_t *found);
 
-// Searches `nqueries` queries of `dim` floats each (row-major in `queries`) at once: one
-// pass over the centroids serves up to `KB_BLOCK` of them. Query i's neighbours go to
+// Searches `nqueries` queries of `dim` floats each (row-major in `queries`) at once. For
+// IVF-Flat one pass over the centroids serves up to `KB_BLOCK` of them; IVF-PQ FastScan
+// indexes are searched query by query. Query i's neighbours go to
 // `out[i*k .. i*k + found[i]]`, best first; `out` holds `out_cap >= nqueries * k`
 // neighbours and `found` holds `nqueries` counts. The results equal `kb_search` query by
 // query.
@@ -692,7 +814,8 @@ enum kb_status kb_search(struct kb_searcher *searcher,
 // Thread: any, realtime-safe (as `kb_search`). Ownership: all pointers borrowed.
 //
 // Errors: `KB_ERR_NULL`, `KB_ERR_ARGUMENT` (k, nprobe, `out_cap`, sizes that overflow,
-// misaligned buffers), `KB_ERR_DIMENSION` (`dim` is not the index's).
+// misaligned buffers), `KB_ERR_DIMENSION` (`dim` is not the index's), `KB_ERR_CAPACITY` (as
+// `kb_search`; nothing is searched).
 //
 // Requires: As `kb_search`; `found` has `nqueries` writable entries.
 enum kb_status kb_search_block(struct kb_searcher *searcher,
@@ -708,17 +831,21 @@ enum kb_status kb_search_block(struct kb_searcher *searcher,
 
 // RVC's blend of one query: `out = ratio * sum(w_i * v_i) + (1 - ratio) * query` over the
 // `k` nearest stored vectors `v_i` (nprobe lists scanned), weights `1/score^2` normalised.
+// For IVF-PQ FastScan the scores are faiss's search distances (inner-product indexes: the
+// squared distance they imply) and the `v_i` what `kb_index_vector` returns (exact vectors
+// when refined, the PQ reconstruction otherwise), as RVC does with such an index.
 // `ratio` is RVC's index rate, clamped to [0, 1] (NaN is 0). `query` and `out` hold `len`
 // and `out_len` floats (both the index's dimension) and must not overlap. `*outcome` (if
 // not NULL) receives what was done.
 //
-// On `KB_ERR_ARGUMENT` (other than overlap) and `KB_ERR_DIMENSION`, `out` receives a copy
-// of as much of `query` as fits (zeros after it), so audio keeps flowing.
+// On `KB_ERR_ARGUMENT` (other than overlap), `KB_ERR_DIMENSION` and `KB_ERR_CAPACITY`, `out`
+// receives a copy of as much of `query` as fits (zeros after it) and `*outcome`
+// `KB_BLEND_EMPTY`, so audio keeps flowing.
 //
 // Thread: any, realtime-safe (as `kb_search`). Ownership: all pointers borrowed.
 //
 // Errors: `KB_ERR_NULL`, `KB_ERR_ARGUMENT` (k, nprobe, `len != out_len`, overlap,
-// misaligned), `KB_ERR_DIMENSION`.
+// misaligned), `KB_ERR_DIMENSION`, `KB_ERR_CAPACITY` (as `kb_search`, whatever the ratio).
 //
 // Requires: As `kb_search`.
 enum kb_status kb_blend(struct kb_searcher *searcher,

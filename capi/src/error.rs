@@ -43,6 +43,11 @@ pub enum kb_status {
     /// An internal error was caught at the boundary (a bug in knnblend: please report it).
     /// The handle stays usable.
     KB_ERR_PANIC = 12,
+    /// A search or blend of an IVF-PQ FastScan index the `kb_searcher` was not sized for (a
+    /// wider index, a larger k or nprobe, or `k * k_factor` above 4096): make the searcher
+    /// with `kb_searcher_new_for` or `kb_searcher_new_sized` (`kb_searcher_fits` tells
+    /// beforehand).
+    KB_ERR_CAPACITY = 13,
 }
 
 pub use kb_status::*;
@@ -63,11 +68,12 @@ impl kb_status {
             KB_ERR_REJECTED => c"the index was refused by the validator",
             KB_ERR_BUFFER => c"buffer too small",
             KB_ERR_PANIC => c"internal error in knnblend",
+            KB_ERR_CAPACITY => c"the search does not fit the searcher (make it for this index)",
         }
     }
 
     fn from_code(code: i32) -> Option<kb_status> {
-        const ALL: [kb_status; 13] = [
+        const ALL: [kb_status; 14] = [
             KB_OK,
             KB_ERR_NULL,
             KB_ERR_ARGUMENT,
@@ -81,6 +87,7 @@ impl kb_status {
             KB_ERR_REJECTED,
             KB_ERR_BUFFER,
             KB_ERR_PANIC,
+            KB_ERR_CAPACITY,
         ];
         ALL.into_iter().find(|s| *s as i32 == code)
     }

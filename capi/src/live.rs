@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use knnblend_core::format::IndexHeader;
-use knnblend_core::index::IvfIndex;
+use knnblend_core::index::AnyIndex;
 use knnblend_core::live::{
     live, Controller, HeaderValidator, LiveConfig, LoadOutcome, LoadTicket, SlotState, Validator,
     MAX_SLOTS,
@@ -259,7 +259,7 @@ fn header_validator(require_dim: usize) -> Option<HeaderValidator> {
 
 fn validator(validate: kb_validate_fn, user: User) -> Option<Validator> {
     validate?;
-    Some(Arc::new(move |index: &IvfIndex| {
+    Some(Arc::new(move |index: &AnyIndex| {
         if let Some(f) = validate {
             let mut reason = [0 as c_char; KB_REASON_CAP];
             let user = user;

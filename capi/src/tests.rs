@@ -18,6 +18,9 @@ use crate::error::{control, Error};
 mod support;
 use support::*;
 
+/// The IVF-PQ FastScan index type through the ABI.
+mod pq;
+
 // ---- a per-thread count of live heap bytes, to show error paths leak nothing ----
 
 struct Counting;
@@ -258,7 +261,7 @@ fn versions_and_limits_match_the_crates() {
 #[test]
 fn every_status_has_a_description() {
     let mut seen = std::collections::HashSet::new();
-    for code in 0..=12 {
+    for code in 0..=13 {
         // SAFETY: static strings.
         let s = unsafe { CStr::from_ptr(kb_status_str(code)) }
             .to_str()
@@ -266,7 +269,7 @@ fn every_status_has_a_description() {
         assert!(!s.is_empty() && s != "unknown status code", "{code}");
         assert!(seen.insert(s), "{code} shares its text");
     }
-    for code in [-1, 13, 1000, i32::MIN] {
+    for code in [-1, 14, 1000, i32::MIN] {
         // SAFETY: static strings.
         let s = unsafe { CStr::from_ptr(kb_status_str(code)) }
             .to_str()
@@ -274,6 +277,7 @@ fn every_status_has_a_description() {
         assert_eq!(s, "unknown status code");
     }
     assert_eq!(KB_ERR_PANIC as i32, 12);
+    assert_eq!(KB_ERR_CAPACITY as i32, 13);
 }
 
 #[test]

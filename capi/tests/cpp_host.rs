@@ -1,8 +1,9 @@
 //! The C ABI from a real C++ host: `examples/cpp/host.cpp`, compiled with the system `g++`
 //! against the `libknnblend.a` and `libknnblend.so` cargo built for this test, runs a
 //! processBlock-like realtime thread while its message thread loads, publishes, unloads and
-//! switches three RVC-shaped indexes (768-dimensional ContentVec-like frames: two `.kbi`, one
-//! faiss IVF-Flat `added_*.index`) between slots.
+//! switches three RVC-shaped indexes (768-dimensional ContentVec-like frames: an IVF-Flat
+//! `.kbi`, a faiss IVF-Flat `added_*.index` and an IVF-PQ FastScan `.kbi`, `PQ96x4fsr,RFlat`)
+//! between slots.
 //!
 //! It runs under the LD_PRELOAD allocation interposer `examples/cpp/alloc_counter.c`, which the
 //! realtime thread opts in to, and the realtime thread installs a seccomp filter that kills
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use knnblend_core::index::{BlendParams, IvfIndex, Searcher};
+use knnblend_core::index::{AnyIndex, AnySearcher, BlendParams};
 use support::*;
 
 const DIM: usize = 768;
@@ -104,18 +105,18 @@ fn fixture() -> Option<&'static Fixture> {
     F.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
-        // Three voices: a .kbi, a faiss file as RVC writes them, another .kbi.
+        // Three voices: a .kbi, a faiss file as RVC writes them, an IVF-PQ FastScan .kbi.
         let a = rvc_parts(11, DIM, 3000, 48, "rvc-v2-768");
         let b = rvc_parts(12, DIM, 2400, 40, "");
         let c = rvc_parts(13, DIM, 1800, 32, "rvc-v2-768");
         let files = vec![
             dir.join("alice.kbi"),
             dir.join("added_IVF40_Flat_nprobe_1_bob_v2.index"),
-            dir.join("carol.kbi"),
+            dir.join("carol_pq.kbi"),
         ];
         write_kbi_file(&files[0], &a);
         write_faiss_file(&files[1], &b);
-        write_kbi_file(&files[2], &c);
+        write_pq_kbi_file(&files[2], &pq_parts(&c, 96, true, Some(2.0)));
         let mut queries = queries(&a, NQUERIES / 3, 1);
         queries.extend(support::queries(&b, NQUERIES / 3, 2));
         queries.extend(support::queries(&c, NQUERIES / 3, 3));
@@ -248,8 +249,13 @@ fn neighbours(words: &[&str]) -> Vec<(i64, u32)> {
 /// Checks every line of the host's output file against the Rust API; returns the number of
 /// realtime records and the files that served them.
 fn verify_against_rust(f: &Fixture, out: &Path) -> (usize, HashSet<usize>) {
-    let indexes: Vec<IvfIndex> = f.files.iter().map(|p| IvfIndex::open(p).unwrap()).collect();
-    let mut s = Searcher::new();
+    let indexes: Vec<AnyIndex> = f.files.iter().map(|p| AnyIndex::open(p).unwrap()).collect();
+    assert!(
+        indexes[0].as_flat().is_some()
+            && indexes[1].as_flat().is_some()
+            && indexes[2].as_pq().is_some()
+    );
+    let mut s = AnySearcher::new(DIM, 8, 2);
     let params = BlendParams {
         expansion: None,
         k: 8,
@@ -257,7 +263,7 @@ fn verify_against_rust(f: &Fixture, out: &Path) -> (usize, HashSet<usize>) {
         ratio: 0.75,
     };
     let query = |q: usize| &f.queries[q * DIM..(q + 1) * DIM];
-    let blend = |s: &mut Searcher, i: usize, q: &[f32]| {
+    let blend = |s: &mut AnySearcher, i: usize, q: &[f32]| {
         let mut o = vec![0f32; DIM];
         s.blend(&indexes[i], q, &params, &mut o);
         bits(&o)
@@ -273,10 +279,12 @@ fn verify_against_rust(f: &Fixture, out: &Path) -> (usize, HashSet<usize>) {
             "search" | "sblock" => {
                 let (i, q, n) = (num(1), num(2), num(3));
                 let nprobe = if w[0] == "search" { 1 } else { 2 };
-                let want: Vec<(i64, u32)> = s
-                    .search(&indexes[i], query(q), 8, nprobe)
+                let (mut ids, mut dists) = ([0i64; 8], [0f32; 8]);
+                let found = s.search(&indexes[i], query(q), 8, nprobe, &mut ids, &mut dists);
+                let want: Vec<(i64, u32)> = ids[..found]
                     .iter()
-                    .map(|nb| (nb.id, nb.distance.to_bits()))
+                    .zip(&dists[..found])
+                    .map(|(&id, d)| (id, d.to_bits()))
                     .collect();
                 assert_eq!(neighbours(&w[4..]), want, "{} of query {q} on {}", w[0], i);
                 assert_eq!(n, want.len());
@@ -437,7 +445,7 @@ fn a_deliberate_system_call_on_the_realtime_thread_kills_the_host() {
 #[test]
 fn the_readme_c_example_compiles_as_c99_and_blends_a_block() {
     let Some(f) = fixture() else { return };
-    for file in &f.files[..2] {
+    for file in &f.files {
         let out = Command::new(&f.minimal_c).arg(file).output().unwrap();
         let all = text(&out);
         assert!(out.status.success(), "{all}");
