@@ -295,9 +295,21 @@ int main(int argc, char** argv) {
         char features[64];
         size_t needed = 0;
         kb_index_features(index, features, sizeof features, &needed);
-        std::printf("index %zu: %s: %zu x %zu, %zu lists, %s, features \"%s\"\n", i,
+        char type[128];
+        kb_index_describe(index, type, sizeof type, &needed);
+        std::printf("index %zu: %s: %zu x %zu, %zu lists, %s %s, features \"%s\"\n", i,
                     files[i].c_str(), info.ntotal, info.dim, info.nlist,
-                    info.kind == KB_FILE_FAISS ? "faiss" : "kbi", features);
+                    info.kind == KB_FILE_FAISS ? "faiss" : "kbi", type, features);
+        if (info.index_type == KB_INDEX_IVF_PQ_FASTSCAN) {
+            std::printf("  IVF-PQ FastScan: M %zu, %u bits, %s, %s (k_factor %g)\n", info.pq_m,
+                        info.pq_nbits, info.pq_by_residual ? "by residual" : "direct",
+                        info.refined ? "refined" : "not refined", info.k_factor);
+        }
+        // A PQ index needs a searcher sized for it (kb_searcher_new: up to 1024 dimensions).
+        if (!kb_searcher_fits(searcher, index, kK, 2)) {
+            std::fprintf(stderr, "host: %s does not fit the searcher\n", files[i].c_str());
+            return 1;
+        }
         std::fprintf(out, "index %zu %s\n", i, files[i].c_str());
         kb_neighbour nb[KB_MAX_K];
         for (size_t q = 0; q < nq; q++) {
