@@ -36,6 +36,13 @@
  * KB_ERR_PANIC (a bug: please report it); audio-side functions are written so they cannot
  * panic. Callbacks given to the library (kb_validate_fn) must not throw C++ exceptions.
  *
+ * INDEX TYPES. kb_index_open and the live runtime serve IVF-Flat indexes (RVC's faiss
+ * added_*.index, .kbi) and IVF-PQ FastScan ones (faiss IVF...,PQ...x4fs[r][,RFlat], PQ .kbi);
+ * kb_index_info.index_type says which. Searches of IVF-PQ use scratch sized when the
+ * kb_searcher is made: kb_searcher_new serves up to KB_SEARCHER_DEFAULT_DIM dimensions,
+ * kb_searcher_new_for sizes one for an index; a search that does not fit returns
+ * KB_ERR_CAPACITY (check kb_searcher_fits once, off the realtime thread).
+ *
  * A typical plugin: kb_live_new() in the constructor; kb_controller_load() from the message
  * thread (poll the ticket or kb_controller_status() from a timer); in processBlock:
  * kb_audio_begin_block(), kb_audio_blend_block() (or kb_audio_blend() per frame),
