@@ -110,19 +110,10 @@ impl Searcher {
             query.len(),
             "output length must equal the query length"
         );
-        let ratio = if params.ratio.is_nan() {
-            0.0
-        } else {
-            params.ratio.clamp(0.0, 1.0)
+        let ratio = match blend_ratio(query, params, out) {
+            Ok(r) => r,
+            Err(copied) => return copied,
         };
-        if !all_finite(query) {
-            out.copy_from_slice(query);
-            return BlendOutcome::NonFiniteQuery;
-        }
-        if ratio == 0.0 {
-            out.copy_from_slice(query);
-            return BlendOutcome::Copied;
-        }
         let found = match params.expansion {
             Some(exp) if query.len() <= MAX_EXPAND_DIM => {
                 // `out` holds the expanded query until the blend overwrites it.
@@ -163,6 +154,31 @@ impl Searcher {
         }
         blended
     }
+}
+
+/// The checks every blend starts with: the index rate clamped to `[0, 1]` (NaN is 0), or the
+/// query copied to `out` and the outcome when there is nothing to blend (a non-finite query,
+/// ratio 0).
+#[inline]
+pub(super) fn blend_ratio(
+    query: &[f32],
+    params: &BlendParams,
+    out: &mut [f32],
+) -> Result<f32, BlendOutcome> {
+    let ratio = if params.ratio.is_nan() {
+        0.0
+    } else {
+        params.ratio.clamp(0.0, 1.0)
+    };
+    if !all_finite(query) {
+        out.copy_from_slice(query);
+        return Err(BlendOutcome::NonFiniteQuery);
+    }
+    if ratio == 0.0 {
+        out.copy_from_slice(query);
+        return Err(BlendOutcome::Copied);
+    }
+    Ok(ratio)
 }
 
 /// RVC's blend of `query` with its neighbours `found` (not empty, at most `MAX_K`) of `index`

@@ -5,9 +5,8 @@
 //! the product-quantizer reconstruction otherwise, which is what faiss's `reconstruct` gives
 //! RVC) and their scores as faiss's `search` returns them.
 
-use super::blend::mix_neighbours;
+use super::blend::{blend_ratio, mix_neighbours};
 use super::expand::{combine, norm};
-use super::kernels::all_finite;
 use super::{
     BlendOutcome, BlendParams, PqIndex, PqSearcher, QueryExpansion, MAX_EXPAND_DIM, MAX_K,
 };
@@ -41,19 +40,10 @@ impl PqSearcher {
             index.dim(),
             "query length must equal the dimension"
         );
-        let ratio = if params.ratio.is_nan() {
-            0.0
-        } else {
-            params.ratio.clamp(0.0, 1.0)
+        let ratio = match blend_ratio(query, params, out) {
+            Ok(r) => r,
+            Err(copied) => return copied,
         };
-        if !all_finite(query) {
-            out.copy_from_slice(query);
-            return BlendOutcome::NonFiniteQuery;
-        }
-        if ratio == 0.0 {
-            out.copy_from_slice(query);
-            return BlendOutcome::Copied;
-        }
         let (k, nprobe) = (params.k.clamp(1, MAX_K), params.nprobe.max(1));
         if !self.fits(index, k, nprobe) {
             out.copy_from_slice(query);
