@@ -12,6 +12,8 @@
 //! - the VST3 host test runs Python with `pedalboard` and `numpy` in `target/venv`;
 //! - the RVC tests run Python with `onnx` there and load ONNX Runtime from the `onnxruntime`
 //!   wheel installed there (`target/venv/lib/python3*/site-packages/onnxruntime/capi/`).
+//! - the PyPI faiss parity test (`tests/pypi_faiss_parity.rs`) writes and searches indexes with
+//!   the `faiss-cpu` wheel there (module `faiss`), the faiss RVC users run.
 //!
 //! Every check is quick, so a second run finishes in well under a second or two.
 
@@ -28,14 +30,45 @@ const MIN_CMAKE: (u32, u32) = (3, 24);
 /// Python packages installed into `target/venv`, as pip requirements: the VST3 host test
 /// imports pedalboard and numpy; the RVC tests (`rvc/tests`) build their stand-in models with
 /// onnx and load ONNX Runtime from the onnxruntime wheel's `libonnxruntime.so` (pinned: ort
-/// 2.0.0-rc.15 is known to work with 1.32).
-const PYTHON_PACKAGES: &[&str] = &["pedalboard", "numpy", "onnx", "onnxruntime==1.32.0"];
+/// 2.0.0-rc.15 is known to work with 1.32); the PyPI faiss parity test
+/// (`tests/pypi_faiss_parity.rs`) trains, writes and searches with faiss-cpu (pinned: the
+/// version whose search the test holds knnblend to).
+const PYTHON_PACKAGES: &[&str] = &[
+    "pedalboard",
+    "numpy",
+    "onnx",
+    "onnxruntime==1.32.0",
+    "faiss-cpu==1.15.1",
+];
 
-/// The module a requirement installs, and the version it pins (`name==version`).
-fn requirement(spec: &str) -> (&str, Option<&str>) {
-    match spec.split_once("==") {
+/// Distributions whose import name is not their pip name (`faiss-cpu` installs `faiss`).
+const MODULE_NAMES: &[(&str, &str)] = &[("faiss-cpu", "faiss")];
+
+/// A pip requirement of [`PYTHON_PACKAGES`], taken apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PipRequirement<'a> {
+    /// The distribution pip installs (and `importlib.metadata` knows it by).
+    distribution: &'a str,
+    /// The module it installs, which the check looks for.
+    module: &'a str,
+    /// The version it pins (`name==version`).
+    version: Option<&'a str>,
+}
+
+/// The distribution, module and pinned version of a requirement (`name` or `name==version`).
+fn requirement(spec: &str) -> PipRequirement<'_> {
+    let (distribution, version) = match spec.split_once("==") {
         Some((name, version)) => (name, Some(version)),
         None => (spec, None),
+    };
+    let module = MODULE_NAMES
+        .iter()
+        .find(|(d, _)| *d == distribution)
+        .map_or(distribution, |(_, m)| m);
+    PipRequirement {
+        distribution,
+        module,
+        version,
     }
 }
 
@@ -273,7 +306,8 @@ fn ensure_python_env(
     }
     println!(
         "setup: {} needs {} (the VST3 host test loads the plugin in pedalboard; the RVC tests \
-         build ONNX models and load ONNX Runtime)",
+         build ONNX models and load ONNX Runtime; the PyPI faiss parity test writes indexes \
+         with faiss-cpu)",
         ws.show(&ws.venv()),
         PYTHON_PACKAGES.join(", ")
     );
@@ -300,22 +334,26 @@ fn ensure_python_env(
             python.display()
         );
     }
-    installed.push("pedalboard, numpy, onnx, onnxruntime (PyPI, target/venv)");
+    installed.push("pedalboard, numpy, onnx, onnxruntime, faiss-cpu (PyPI, target/venv)");
     Ok(())
 }
 
 /// True when `python` runs, can find every requirement's module (without importing them, to
-/// stay quick) and has the pinned versions.
+/// stay quick) and has the pinned versions (looked up by distribution name).
 fn python_has_modules(python: &Path, requirements: &[&str]) -> bool {
     let modules = requirements
         .iter()
-        .map(|r| format!("'{}'", requirement(r).0))
+        .map(|r| format!("'{}'", requirement(r).module))
         .collect::<Vec<_>>()
         .join(",");
     let pins = requirements
         .iter()
         .filter_map(|r| match requirement(r) {
-            (name, Some(version)) => Some(format!("('{name}','{version}')")),
+            PipRequirement {
+                distribution,
+                version: Some(version),
+                ..
+            } => Some(format!("('{distribution}','{version}')")),
             _ => None,
         })
         .collect::<Vec<_>>()
@@ -468,15 +506,47 @@ mod tests {
 
     #[test]
     fn python_requirements_name_their_modules() {
-        assert_eq!(requirement("numpy"), ("numpy", None));
+        let plain = |name| PipRequirement {
+            distribution: name,
+            module: name,
+            version: None,
+        };
+        assert_eq!(requirement("numpy"), plain("numpy"));
         assert_eq!(
             requirement("onnxruntime==1.32.0"),
-            ("onnxruntime", Some("1.32.0"))
+            PipRequirement {
+                version: Some("1.32.0"),
+                ..plain("onnxruntime")
+            }
+        );
+        // faiss-cpu installs the module `faiss`; its pin is looked up as `faiss-cpu`.
+        assert_eq!(
+            requirement("faiss-cpu==1.15.1"),
+            PipRequirement {
+                distribution: "faiss-cpu",
+                module: "faiss",
+                version: Some("1.15.1"),
+            }
         );
         assert!(PYTHON_PACKAGES.contains(&"onnx"));
-        assert!(PYTHON_PACKAGES
-            .iter()
-            .any(|r| requirement(r).0 == "onnxruntime"));
+        for (module, pinned) in [
+            ("onnxruntime", true),
+            ("faiss", true),
+            ("pedalboard", false),
+        ] {
+            let r = PYTHON_PACKAGES
+                .iter()
+                .map(|r| requirement(r))
+                .find(|r| r.module == module)
+                .unwrap_or_else(|| panic!("no requirement installs `{module}`"));
+            assert_eq!(r.version.is_some(), pinned, "{r:?}");
+        }
+        // Every renamed distribution is one that is installed.
+        for (distribution, _) in MODULE_NAMES {
+            assert!(PYTHON_PACKAGES
+                .iter()
+                .any(|r| requirement(r).distribution == *distribution));
+        }
     }
 
     #[test]
