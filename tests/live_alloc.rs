@@ -3,7 +3,11 @@
 //! counts; `live_support`): pick-up, single and block blends (every search path of the shape:
 //! the 16-bit or 8-bit centroid screen and the 16-bit rescreen, list codes, the shared block
 //! screen), crossfades and slot switches run under `assert_no_alloc`'s global allocator, which
-//! aborts the process on any (de)allocation inside a guarded region. A second test shows the
+//! aborts the process on any (de)allocation inside a guarded region. The same runs on the
+//! IVF-PQ FastScan audio path (`live_support::pq_shapes`: 80-d `PQ40x4fs`, 256-d `PQ128x4fs`,
+//! 768-d `PQ192x4fs`; `pq_serving.rs` checks those blends bit for bit, without swaps) among
+//! four voices, two refined (`RFlat`), one unrefined and one IVF-Flat, so swaps crossfade
+//! between the two index types, with query expansion as above. A second test shows the
 //! guard fires on a deliberate allocation (in a child process, since it aborts); it also fails
 //! if the guard is inactive (the dev-dependency is built without `disable_release`, so the
 //! guard is armed in release builds too).
@@ -24,6 +28,21 @@ use support::*;
 static ALLOCATOR: AllocDisabler = AllocDisabler;
 
 const CHILD_ENV: &str = "KNNBLEND_LIVE_ALLOC_CHILD";
+
+#[test]
+fn the_ivf_pq_audio_side_never_allocates_or_frees_across_swaps_pq_80() {
+    pq_never_allocates(pq_80(), 300);
+}
+
+#[test]
+fn the_ivf_pq_audio_side_never_allocates_or_frees_across_swaps_pq_256() {
+    pq_never_allocates(pq_256(), 120);
+}
+
+#[test]
+fn the_ivf_pq_audio_side_never_allocates_or_frees_across_swaps_pq_768() {
+    pq_never_allocates(pq_768(), 80);
+}
 
 #[test]
 fn the_audio_side_never_allocates_or_frees_across_swaps_plugin_80() {
@@ -47,28 +66,116 @@ fn never_allocates(shape: Shape, swaps: usize) {
     let dir = tempfile::tempdir().unwrap();
     let files = four_voices(dir.path(), "v", &shape);
     assert_paths_engage(&shape, &files[0], &queries(shape.dim, 512, 3));
-    let (control, mut audio) = runtime(shape.dim, 4, 0.02, 0.005);
+    let counts = swap_among(shape.dim, &files, swaps);
+    println!(
+        "{}: {counts}; {:.1} s",
+        shape.label(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(counts.mixed_fades, 0, "IVF-Flat voices only");
+}
+
+/// [`never_allocates`] among the IVF-PQ voices of [`pq_voices`]: the guarded blocks also
+/// blend through the refined and the unrefined PQ index and crossfade between a PQ and an
+/// IVF-Flat index (checked to have happened).
+fn pq_never_allocates(pq: PqShape, swaps: usize) {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let files = pq_voices(dir.path(), "p", &pq);
+    let built = started.elapsed().as_secs_f64();
+    let qs = queries(pq.shape.dim, 256, 3);
+    assert_pq_index(&pq, &files[0], true, identity(1), &qs);
+    assert_pq_index(&pq, &files[1], false, identity(2), &qs);
+    let counts = swap_among(pq.shape.dim, &files, swaps);
+    println!(
+        "{}: {counts}; {:.1} s ({built:.1} s building the voices)",
+        pq.label(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(counts.pq_blocks > 0, "no block was served by a PQ index");
+    assert!(
+        counts.mixed_fades > 0,
+        "no crossfade between an IVF-Flat and a PQ index was exercised"
+    );
+}
+
+/// What the guarded audio thread of [`swap_among`] saw.
+struct Counts {
+    swaps: usize,
+    blocks: u64,
+    fading_blocks: u64,
+    expanded_blocks: u64,
+    /// Changes of the serving index.
+    changes: usize,
+    /// Blocks served by an IVF-PQ index.
+    pq_blocks: u64,
+    /// Crossfades that began between an IVF-Flat and an IVF-PQ index (either way).
+    mixed_fades: u64,
+    by_block: u64,
+    by_frame: u64,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} swaps, {} guarded blocks, {} of them crossfading, {} changes of the serving \
+             index, {} blocks served by IVF-PQ, {} crossfades between IVF-Flat and IVF-PQ, {} \
+             frames blended by blend_block and {} by blend, {} blocks with query expansion",
+            self.swaps,
+            self.blocks,
+            self.fading_blocks,
+            self.changes,
+            self.pq_blocks,
+            self.mixed_fades,
+            self.by_block,
+            self.by_frame,
+            self.expanded_blocks
+        )
+    }
+}
+
+/// `swaps` control-side operations among the four voices `files` (of dimension `dim`) while
+/// the audio thread runs guarded blocks of 20 frames, blended alternately as one block and
+/// frame by frame; checks what every proof needs (enough blocks, crossfades, expansions,
+/// pick-ups, both searches, nothing left alive) and returns the counts.
+fn swap_among(dim: usize, files: &[std::path::PathBuf], swaps: usize) -> Counts {
+    let (control, mut audio) = runtime(dim, 4, 0.02, 0.005);
     let control = Arc::new(control);
     let active = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // Every switch crossfades (set for the closing switches).
+    let fade_all = Arc::new(AtomicBool::new(false));
 
     let audio_thread = {
-        let (active, stop) = (active.clone(), stop.clone());
+        let (active, stop, fade_all) = (active.clone(), stop.clone(), fade_all.clone());
         std::thread::spawn(move || {
-            let mut work = Work::new(shape.dim, 20, 3);
+            let mut work = Work::new(dim, 20, 3);
             let mut seen = Vec::with_capacity(4096); // serving ids, recorded without allocating
             let mut blocks = 0u64;
             let mut fading_blocks = 0u64;
             let mut expanded_blocks = 0u64;
+            let (mut pq_blocks, mut mixed_fades) = (0u64, 0u64);
+            // The serving index's id and whether it is IVF-PQ, as of the previous block.
+            let mut last: Option<(u64, bool)> = None;
             while !stop.load(Relaxed) {
                 assert_no_alloc(|| {
                     let slot = active.load(Relaxed);
                     // Alternate instant and crossfaded switches.
-                    let fade = if blocks & 1 == 0 { 0.0 } else { -1.0 };
+                    let instant = blocks & 1 == 0 && !fade_all.load(Relaxed);
+                    let fade = if instant { 0.0 } else { -1.0 };
                     audio.begin_block(slot, fade);
                     if audio.is_fading() {
                         fading_blocks += 1;
                     }
+                    let now = audio
+                        .serving_id()
+                        .zip(audio.serving().map(|ix| ix.as_pq().is_some()));
+                    if let (Some((id, pq)), Some((last_id, last_pq))) = (now, last) {
+                        mixed_fades += (audio.is_fading() && id != last_id && pq != last_pq) as u64;
+                    }
+                    pq_blocks += now.is_some_and(|(_, pq)| pq) as u64;
+                    last = now;
                     // Query-side α expansion on every other four blocks.
                     let expand = blocks & 4 != 0;
                     audio
@@ -85,7 +192,18 @@ fn never_allocates(shape: Shape, swaps: usize) {
                 blocks += 1;
                 std::thread::sleep(Duration::from_micros(300));
             }
-            (audio, seen, blocks, fading_blocks, expanded_blocks, work)
+            let counts = Counts {
+                swaps: 0,
+                blocks,
+                fading_blocks,
+                expanded_blocks,
+                changes: seen.len(),
+                pq_blocks,
+                mixed_fades,
+                by_block: work.by_block,
+                by_frame: work.by_frame,
+            };
+            (audio, counts)
         })
     };
 
@@ -108,35 +226,43 @@ fn never_allocates(shape: Shape, swaps: usize) {
     for t in &tickets {
         assert!(!matches!(t.wait(), LoadOutcome::Failed(_)));
     }
+    // Closing switches, each crossfaded, between files[0] and files[2] (an IVF-PQ and an
+    // IVF-Flat voice among the IVF-PQ voices), so such a fade runs whatever the draws above.
+    swap(&control, Swap::Publish, 2, &files[2], &mut tickets);
+    swap(&control, Swap::Publish, 3, &files[0], &mut tickets);
+    fade_all.store(true, Relaxed);
+    for i in 0..4 {
+        active.store(2 + i % 2, Relaxed);
+        std::thread::sleep(Duration::from_millis(30));
+    }
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Relaxed);
-    let (audio, seen, blocks, fading_blocks, expanded_blocks, work) =
-        audio_thread.join().expect("audio thread");
-    println!(
-        "{}: {swaps} swaps, {blocks} guarded blocks, {fading_blocks} of them crossfading, {} \
-         changes of the serving index, {} frames blended by blend_block and {} by blend, {expanded_blocks} blocks with \
-         query expansion; {:.1} s",
-        shape.label(),
-        seen.len(),
-        work.by_block,
-        work.by_frame,
-        started.elapsed().as_secs_f64()
+    let (audio, mut counts) = audio_thread.join().expect("audio thread");
+    counts.swaps = swaps;
+    assert!(
+        counts.blocks > 200,
+        "the audio thread ran too few blocks to prove anything: {counts}"
     );
     assert!(
-        blocks > 200,
-        "the audio thread ran too few blocks to prove anything"
+        counts.fading_blocks > 0,
+        "no crossfade was exercised: {counts}"
     );
-    assert!(fading_blocks > 0, "no crossfade was exercised");
-    assert!(expanded_blocks > 0, "no expanded query was blended");
     assert!(
-        seen.len() > swaps / 20,
-        "too few swaps were picked up: {}",
-        seen.len()
+        counts.expanded_blocks > 0,
+        "no expanded query was blended: {counts}"
     );
-    assert!(work.by_block > 0 && work.by_frame > 0, "both searches ran");
+    assert!(
+        counts.changes > swaps / 20,
+        "too few swaps were picked up: {counts}"
+    );
+    assert!(
+        counts.by_block > 0 && counts.by_frame > 0,
+        "both searches ran: {counts}"
+    );
     drop(audio);
     control.collect();
     assert_eq!(control.indexes_alive(), 0);
+    counts
 }
 
 /// Runs in a child process: the audio path under the guard, then a deliberate allocation,

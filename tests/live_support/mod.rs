@@ -2,13 +2,22 @@
 //! plugin's 80-d voices, RVC's 256-d and 768-d indexes with RVC's list counts) whose vectors
 //! encode which index they came from, feature-like query frames, the audio-side work of one
 //! block (single and block search), a check that a shape engages the search paths it is meant
-//! to prove, per-thread page-fault counts, and mapping counts.
+//! to prove, per-thread page-fault counts, and mapping counts; and IVF-PQ FastScan indexes of
+//! the same voices (trained by faiss, refined with `RFlat` or not) at small shapes, with a
+//! check that a file is the PQ index it is meant to be.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
-use knnblend::format::{kbi, IndexParts, ListParts, Metadata, Metric};
-use knnblend::index::{rvc_nlist, AnyIndex, BlendOutcome, IvfIndex, SearchStats, Searcher, BLOCK};
+use faiss::index::refine_flat::RefineFlatIndex;
+use faiss::{index_factory, Index, MetricType};
+use knnblend::format::{
+    self, kbi, IndexParts, IndexStructure, ListParts, Metadata, Metric, PqParts,
+};
+use knnblend::index::{
+    rvc_nlist, AnyIndex, BlendOutcome, BlendParams, IvfIndex, PqIndex, PqSearcher, SearchStats,
+    Searcher, BLOCK,
+};
 use knnblend::live::{live, AudioEngine, Controller, LiveConfig, LoadTicket};
 
 /// Largest dimension of the test indexes (RVC v2's features).
@@ -463,4 +472,170 @@ pub fn mappings_under(dir: &Path) -> usize {
             f.len() >= 6 && f[5].starts_with(&*dir) && u64::from_str_radix(f[2], 16) == Ok(0)
         })
         .count()
+}
+
+/// The shape of an IVF-PQ FastScan test index: the IVF shape and the product quantizer's
+/// sub-quantizer count `m` (`PQ{m}x4fs`; it divides the dimension). A few thousand vectors in
+/// RVC's list count, so faiss trains each in seconds on two cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PqShape {
+    pub shape: Shape,
+    pub m: usize,
+}
+
+impl PqShape {
+    /// faiss's factory string, `IVF102,PQ40x4fs` (`,RFlat` appended when `refine`).
+    pub fn factory(&self, refine: bool) -> String {
+        let rflat = if refine { ",RFlat" } else { "" };
+        format!("IVF{},PQ{}x4fs{rflat}", self.shape.nlist, self.m)
+    }
+
+    /// For messages: `d=80 N=4000 nlist=102 PQ40x4fs`.
+    pub fn label(&self) -> String {
+        format!("{} PQ{}x4fs", self.shape.label(), self.m)
+    }
+}
+
+/// The plugin's 80-d voices as IVF-PQ: `PQ40x4fs` (2 dimensions per sub-quantizer).
+pub fn pq_80() -> PqShape {
+    PqShape {
+        shape: Shape::rvc(80, 4000),
+        m: 40,
+    }
+}
+
+/// RVC v1's 256-d features as IVF-PQ: `PQ128x4fs`, as in `pq_serving.rs`.
+pub fn pq_256() -> PqShape {
+    PqShape {
+        shape: Shape::rvc(256, 4000),
+        m: 128,
+    }
+}
+
+/// RVC v2's 768-d features as IVF-PQ: `PQ192x4fs`, as in `pq_serving.rs`.
+pub fn pq_768() -> PqShape {
+    PqShape {
+        shape: Shape::rvc(768, 3000),
+        m: 192,
+    }
+}
+
+/// Every IVF-PQ shape a realtime proof runs at.
+pub fn pq_shapes() -> [PqShape; 3] {
+    [pq_80(), pq_256(), pq_768()]
+}
+
+extern "C" {
+    /// OpenMP's thread count for the calling thread's parallel regions (libgomp, which the
+    /// static faiss links).
+    fn omp_set_num_threads(n: std::os::raw::c_int);
+}
+
+/// The identity voice of [`parts`] at `pq.shape` as an IVF-PQ FastScan index: its vectors (by
+/// id) trained and added by faiss's `index_factory` (`IVF…,PQ…x4fs`, wrapped in faiss's
+/// `IndexRefineFlat` when `refine`), written by faiss into `scratch` and read back, with the
+/// voice's metadata. Every vector has the identity as component 0, so the refine vectors and
+/// the first sub-quantizer's centroids (the means of such vectors) carry it too. faiss trains
+/// on one thread: on a loaded two-core machine its spinning OpenMP threads made a training
+/// twenty times slower.
+pub fn pq_parts(pq: &PqShape, identity: f32, refine: bool, scratch: &Path) -> PqParts {
+    // SAFETY: sets an OpenMP setting of the calling thread; no memory is involved.
+    unsafe { omp_set_num_threads(1) };
+    let flat = parts(&pq.shape, identity);
+    let dim = flat.dim;
+    let mut rows = vec![0f32; pq.shape.n * dim];
+    for list in &flat.lists {
+        for (id, v) in list.ids.iter().zip(list.vectors.chunks_exact(dim)) {
+            rows[*id as usize * dim..][..dim].copy_from_slice(v);
+        }
+    }
+    let factory = format!("IVF{},PQ{}x4fs", pq.shape.nlist, pq.m);
+    let mut base = index_factory(dim as u32, &factory, MetricType::L2).unwrap();
+    base.train(&rows).unwrap();
+    let path = scratch.join(format!(".pq-{}-{identity}-{}.index", dim, refine as u8));
+    if refine {
+        let mut w = RefineFlatIndex::new(base).unwrap();
+        w.add(&rows).unwrap();
+        faiss::write_index(&w, path.to_str().unwrap()).unwrap();
+    } else {
+        base.add(&rows).unwrap();
+        faiss::write_index(&base, path.to_str().unwrap()).unwrap();
+    }
+    let mut out = format::read_faiss_fastscan_file(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    out.metadata = flat.metadata;
+    out.nprobe = 1;
+    out
+}
+
+/// Writes the IVF-PQ identity index of `pq` ([`pq_parts`]) to `dir/name` as a PQ `.kbi`
+/// (atomically, by rename).
+pub fn write_pq(dir: &Path, name: &str, pq: &PqShape, identity: f32, refine: bool) -> PathBuf {
+    let path = dir.join(name);
+    format::write_pq_kbi(&path, &pq_parts(pq, identity, refine, dir)).unwrap();
+    path
+}
+
+/// The four voices the IVF-PQ swap tests swap among, identities 1 to 4: `{prefix}1.kbi` PQ
+/// refined (`RFlat`), `{prefix}2.kbi` PQ unrefined, `{prefix}3.kbi` IVF-Flat of the same shape
+/// (so swaps crossfade between the two index types), `{prefix}4.kbi` PQ refined.
+pub fn pq_voices(dir: &Path, prefix: &str, pq: &PqShape) -> Vec<PathBuf> {
+    vec![
+        write_pq(dir, &format!("{prefix}1.kbi"), pq, identity(1), true),
+        write_pq(dir, &format!("{prefix}2.kbi"), pq, identity(2), false),
+        write(dir, &format!("{prefix}3.kbi"), &pq.shape, identity(3)),
+        write_pq(dir, &format!("{prefix}4.kbi"), pq, identity(4), true),
+    ]
+}
+
+/// Checks that `file` is the IVF-PQ FastScan index of `pq` it is meant to be (refined or not,
+/// of the shape and factory), and that the frames `queries` find neighbours in it: a fresh
+/// `PqSearcher` blends nearly every frame with [`K`] neighbours, at RVC's k and n_probe 1, and
+/// the blend at ratio 1 outputs the voice's identity (through the refine vectors or the codes'
+/// reconstruction). A proof whose PQ file were not served as PQ, or found nothing, would prove
+/// less than it says. Prints what it found.
+pub fn assert_pq_index(pq: &PqShape, file: &Path, refined: bool, identity: f32, queries: &[f32]) {
+    let what = format!("{} refined {refined}", pq.label());
+    let any = AnyIndex::open(file).unwrap();
+    assert_eq!(
+        any.structure(),
+        IndexStructure::IvfPqFastScan { refined },
+        "{what}"
+    );
+    assert!(
+        any.describe().contains(&pq.factory(refined)),
+        "{what}: {}",
+        any.describe()
+    );
+    let index = PqIndex::open(file).unwrap();
+    let s = &pq.shape;
+    assert_eq!(
+        (index.dim(), index.ntotal(), index.nlist(), index.m()),
+        (s.dim, s.n, s.nlist, pq.m),
+        "{what}"
+    );
+    let mut searcher = PqSearcher::for_index(&index, K, 1);
+    let mut out = vec![0f32; s.dim];
+    let (mut blended, mut worst) = (0usize, 0f32);
+    let n = queries.len() / s.dim;
+    for q in queries.chunks_exact(s.dim) {
+        let outcome = searcher.blend(&index, q, &BlendParams::new(K, 1, 1.0), &mut out);
+        if outcome == (BlendOutcome::Blended { neighbours: K }) {
+            blended += 1;
+            worst = worst.max((out[0] - identity).abs());
+        }
+    }
+    println!(
+        "{what}: {blended} of {n} frames blended with {K} neighbours by {:?}; identity off by at \
+         most {worst:e}",
+        searcher.fastscan_kernels()
+    );
+    assert!(
+        blended * 8 >= n * 7,
+        "{what}: {blended} of {n} frames blended"
+    );
+    assert!(
+        close(identity + worst, identity),
+        "{what}: the blend does not output the identity {identity} (off by {worst})"
+    );
 }
