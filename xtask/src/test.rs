@@ -3,7 +3,9 @@
 //! 1. setup (system packages, `target/venv`);
 //! 2. `cargo test --workspace --exclude knnblend-plugin --exclude knnblend-capi` — library,
 //!    CLI, RVC path, integration tests, faiss parity (the tests enable the library's `build`
-//!    feature); then `cargo test -p knnblend-capi` on its own, so the C ABI links the lean core;
+//!    feature), including parity with PyPI faiss-cpu (`tests/pypi_faiss_parity.rs`, which runs
+//!    `target/venv`'s Python; setup installs faiss-cpu there); then `cargo test -p
+//!    knnblend-capi` on its own, so the C ABI links the lean core;
 //! 3. `cargo test -p knnblend --lib --features force-posix-platform`, then the same with
 //!    `force-portable-platform` — the library's unit tests (loading, live, `platform`) on the
 //!    macOS/POSIX and the no-op implementations of `platform`, compiled on Linux;
