@@ -182,17 +182,39 @@ impl CodedRows {
         list_offsets: &[u64],
     ) -> Option<CodedRows> {
         if dim == 0
-            || dim > I8_MAX_DIM
             || !centroids.len().is_multiple_of(dim)
-            || !centroids.iter().all(|v| v.is_finite())
             || list_offsets.len() != centroids.len() / dim + 1
         {
             return None;
         }
-        let lists: Vec<u32> = (0..centroids.len() / dim)
+        let lists = (0..centroids.len() / dim)
             .filter(|&l| list_offsets[l + 1] != list_offsets[l])
             .map(|l| l as u32)
             .collect();
+        Self::centroid_rows(centroids, dim, metric, lists)
+    }
+
+    /// The 8-bit table of every centroid, empty lists included (for searches that, like
+    /// faiss's, probe the nearest lists whether or not they hold vectors), or `None` as for
+    /// [`centroids`](Self::centroids).
+    pub fn all_centroids(centroids: &[f32], dim: usize, metric: Metric) -> Option<CodedRows> {
+        if dim == 0 || !centroids.len().is_multiple_of(dim) {
+            return None;
+        }
+        let lists = (0..(centroids.len() / dim) as u32).collect();
+        Self::centroid_rows(centroids, dim, metric, lists)
+    }
+
+    /// The table of the centroids of `lists` (ascending).
+    fn centroid_rows(
+        centroids: &[f32],
+        dim: usize,
+        metric: Metric,
+        lists: Vec<u32>,
+    ) -> Option<CodedRows> {
+        if dim == 0 || dim > I8_MAX_DIM || !centroids.iter().all(|v| v.is_finite()) {
+            return None;
+        }
         let rows = lists.len();
         if rows == 0 {
             return None;

@@ -14,6 +14,7 @@ pub mod kernels;
 mod pq_blend;
 mod pq_index;
 mod pq_search;
+mod screen;
 mod search;
 mod topk;
 

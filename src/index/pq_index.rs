@@ -14,6 +14,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::backing::{view, Backing};
+use super::coarse::CodedRows;
 use super::OpenOptions;
 use crate::format::kbi::check_list_offsets;
 use crate::format::kbi_pq::{verify_pq_sections, PqKbiLayout, PqSectionKind};
@@ -44,6 +45,9 @@ pub struct PqIndex {
     pub(super) list_start: Vec<usize>,
     /// List `l`'s packed codes start here in the codes (owned, derived from `list_start`).
     pub(super) code_start: Vec<usize>,
+    /// 8-bit table of every centroid (empty lists included: faiss probes them too) for list
+    /// selection (derived when the index is made; `None` when it cannot be built).
+    pub(super) coarse: Option<CodedRows>,
     metadata: Metadata,
     source: FileKind,
     path: Option<PathBuf>,
@@ -168,6 +172,8 @@ impl PqIndex {
             .map(|c| super::pq_search::dot_seq(c, c))
             .collect();
         let implem = layout.implem;
+        let centroids: &[f32] = view(bytes, layout.section(PqSectionKind::Centroids).range());
+        let coarse = CodedRows::all_centroids(centroids, dim, layout.metric);
         Ok(PqIndex {
             dim,
             metric: layout.metric,
@@ -181,6 +187,7 @@ impl PqIndex {
             entry_norms,
             list_start,
             code_start,
+            coarse,
             metadata,
             source,
             path: None,
@@ -207,6 +214,13 @@ impl PqIndex {
     pub fn lock(&mut self) -> bool {
         self.pinned = true;
         self.locked = platform::lock_memory(self.backing.bytes());
+        for owned in [&self.list_start, &self.code_start] {
+            self.locked &= platform::lock_memory(owned.as_slice());
+        }
+        self.locked &= platform::lock_memory(self.entry_norms.as_slice());
+        if let Some(c) = &self.coarse {
+            self.locked &= c.lock();
+        }
         self.locked
     }
 
@@ -282,6 +296,10 @@ impl PqIndex {
     /// Bytes of the in-memory image (mapped or owned).
     pub fn byte_len(&self) -> usize {
         self.backing.bytes().len()
+    }
+    /// Bytes of the 8-bit centroid screening table built when the index was made (0 if none).
+    pub fn screening_bytes(&self) -> usize {
+        self.coarse.as_ref().map_or(0, |c| c.byte_len())
     }
     /// Whether the index is served from a memory map.
     pub fn is_mapped(&self) -> bool {
@@ -444,7 +462,15 @@ impl PqIndex {
 impl Drop for PqIndex {
     fn drop(&mut self) {
         if self.pinned {
+            // Heap pages must be unlocked by hand (see `IvfIndex`'s drop).
             self.backing.unlock();
+            for owned in [&self.list_start, &self.code_start] {
+                platform::unlock_memory(owned.as_slice());
+            }
+            platform::unlock_memory(self.entry_norms.as_slice());
+            if let Some(c) = &self.coarse {
+                c.unlock();
+            }
         }
     }
 }

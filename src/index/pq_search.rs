@@ -31,7 +31,9 @@
 //! the OS.
 
 use super::fastscan::{FastScanKernels, GROUP};
-use super::kernels::Kernels;
+use super::kernels::{all_finite, prefetch, Kernels};
+use super::screen::{CentroidScreen, Screened};
+use super::search::MAX_NPROBE;
 use super::PqIndex;
 use crate::format::{Metric, PQ_KSUB};
 
@@ -277,6 +279,9 @@ pub struct PqSearcher {
     fma: bool,
     /// The last search's `(a, b)`: 16-bit distance `d` stands for `b + d / a`.
     scale: (f32, f32),
+    /// List selection screens the index's 8-bit centroid table (the default).
+    screening: bool,
+    screen: CentroidScreen,
 }
 
 /// The largest `k·k_factor` a searcher accepts for one search (faiss switches from its heap to
@@ -346,6 +351,8 @@ impl PqSearcher {
             rounding: LutRounding::Faiss,
             fma: has_fma(),
             scale: (1.0, 0.0),
+            screening: true,
+            screen: CentroidScreen::new(),
         }
     }
 
@@ -382,6 +389,13 @@ impl PqSearcher {
     /// `b + d / a`, so `1 / a` is one quantisation step.
     pub fn last_quantisation(&self) -> (f32, f32) {
         self.scale
+    }
+
+    /// Switches the 8-bit centroid screen of list selection on (the default) or off. Off,
+    /// every search computes the exact distance to every centroid: the same lists, more bytes
+    /// read. For comparisons and tests.
+    pub fn set_screening(&mut self, on: bool) {
+        self.screening = on;
     }
 
     #[doc(hidden)]
@@ -455,6 +469,12 @@ impl PqSearcher {
     }
 
     /// The `nprobe` nearest lists, best first, then the visiting order.
+    ///
+    /// The exact f32 distance of every centroid, as faiss's flat quantizer computes them, kept
+    /// in faiss's heap; or, when the index has an 8-bit centroid table, the same distances of
+    /// only the centroids its screen cannot rule out (`screen.rs`). Those are visited in list
+    /// order like the full scan, and every centroid left out is farther than `nprobe` others,
+    /// so the heap ends with the same lists in the same order, ties included.
     fn coarse(&mut self, index: &PqIndex, x: &[f32], nprobe: usize, cmp: Cmp) {
         let d = index.dim;
         let neutral = if cmp.max { f32::MAX } else { f32::MIN };
@@ -465,14 +485,35 @@ impl PqSearcher {
             pay: &mut self.coarse_p[..nprobe],
         };
         h.fill(neutral);
-        for (l, c) in index.centroids().chunks_exact(d).enumerate() {
+        let kernels = &self.kernels;
+        let mut offer = |l: usize, c: &[f32]| {
             let dis = if cmp.max {
-                (self.kernels.l2sq)(x, c)
+                (kernels.l2sq)(x, c)
             } else {
-                (self.kernels.dot)(x, c)
+                (kernels.dot)(x, c)
             };
             if cmp.cmp(h.val[0], dis) {
                 h.replace_top(dis, l as i64, 0);
+            }
+        };
+        let centroids = index.centroids();
+        let screened = match &index.coarse {
+            Some(table) if self.screening && nprobe <= MAX_NPROBE && all_finite(x) => {
+                self.screen.run(kernels, table, x, nprobe) != Screened::Failed
+            }
+            _ => false,
+        };
+        if screened {
+            // The table holds every list in order: row r is list r.
+            for l in self.screen.survivors() {
+                prefetch(centroids[l * d..].as_ptr().cast(), d * 4);
+            }
+            for l in self.screen.survivors() {
+                offer(l, &centroids[l * d..(l + 1) * d]);
+            }
+        } else {
+            for (l, c) in centroids.chunks_exact(d).enumerate() {
+                offer(l, c);
             }
         }
         h.reorder(neutral);
@@ -754,5 +795,148 @@ impl PqSearcher {
         }
         let neutral = if cmp.max { f32::MAX } else { f32::MIN };
         h.reorder(neutral);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Metadata, PqList, PqParts, ProductQuantizer, RefineFlat, PQ_KSUB};
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn f(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        }
+    }
+
+    /// Random codes and codebooks over centroids in a few tight clusters, with duplicated
+    /// centroids (exact ties) and every fourth list empty.
+    fn index(dim: usize, m: usize, metric: Metric, by_residual: bool, seed: u64) -> PqIndex {
+        let mut rng = Rng(seed);
+        let nlist = 96;
+        let hubs: Vec<f32> = (0..4 * dim).map(|_| rng.f() * 4.0).collect();
+        let mut centroids = Vec::with_capacity(nlist * dim);
+        for l in 0..nlist {
+            if l % 7 == 6 {
+                let twin = centroids[(l - 1) * dim..l * dim].to_vec();
+                centroids.extend(twin);
+                continue;
+            }
+            let hub = &hubs[(l % 4) * dim..(l % 4 + 1) * dim];
+            centroids.extend(hub.iter().map(|&h| h + 0.3 * rng.f()));
+        }
+        let (bbs, dsub) = (32, dim / m);
+        let mut next_id = 0i64;
+        let lists: Vec<PqList> = (0..nlist)
+            .map(|l| {
+                let n = if l % 4 == 3 { 0 } else { 1 + l % 40 };
+                let ids: Vec<i64> = (next_id..next_id + n as i64).collect();
+                next_id += n as i64;
+                let bytes = n.div_ceil(bbs) * bbs * m.next_multiple_of(2) / 2;
+                let codes = (0..bytes).map(|_| rng.next() as u8).collect();
+                PqList { ids, codes }
+            })
+            .collect();
+        let ntotal = next_id as usize;
+        let parts = PqParts {
+            dim,
+            metric,
+            nprobe: 1,
+            centroids,
+            pq: ProductQuantizer {
+                m,
+                dsub,
+                codebooks: (0..m * PQ_KSUB * dsub).map(|_| rng.f()).collect(),
+            },
+            by_residual,
+            bbs,
+            implem: 0,
+            qbs2: 0,
+            lists,
+            refine: Some(RefineFlat {
+                vectors: (0..ntotal * dim).map(|_| rng.f()).collect(),
+                k_factor: 2.0,
+            }),
+            metadata: Metadata {
+                frames: ntotal as u64,
+                ..Metadata::default()
+            },
+        };
+        PqIndex::new(parts).expect("valid parts")
+    }
+
+    fn same(a: &[PqNeighbour], b: &[PqNeighbour]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                (x.id, x.list, x.offset, x.distance.to_bits())
+                    == (y.id, y.list, y.offset, y.distance.to_bits())
+            })
+    }
+
+    /// The screened list selection finds exactly what the full scan of every centroid finds,
+    /// ties and empty lists included, at the 16-bit (d = 80) and 8-bit (d = 256, 768) query
+    /// widths, for both metrics, with and without residual codes, for several n_probe.
+    #[test]
+    fn the_centroid_screen_selects_what_the_full_scan_selects() {
+        for (dim, m) in [(80, 40), (256, 128), (768, 192)] {
+            for metric in [Metric::L2, Metric::InnerProduct] {
+                for by_residual in [false, true] {
+                    let idx = index(dim, m, metric, by_residual, dim as u64 * 31 + 7);
+                    assert!(idx.coarse.is_some(), "no centroid table at d = {dim}");
+                    let mut screened = PqSearcher::for_index(&idx, 8, 16);
+                    let mut full = PqSearcher::for_index(&idx, 8, 16);
+                    full.set_screening(false);
+                    let mut rng = Rng(dim as u64 + 99);
+                    let (mut narrowed, mut queries) = (0, 0);
+                    for q in 0..60 {
+                        // Queries near centroids (many near-ties), and exactly on duplicated ones.
+                        let c = (q * 5) % idx.nlist();
+                        let query: Vec<f32> = idx.centroids()[c * dim..(c + 1) * dim]
+                            .iter()
+                            .map(|&v| if q % 3 == 0 { v } else { v + 0.05 * rng.f() })
+                            .collect();
+                        for nprobe in [1, 3, 16] {
+                            let a = screened.search(&idx, &query, 8, nprobe).to_vec();
+                            queries += 1;
+                            narrowed +=
+                                (screened.screen.survivors().count() < idx.nlist()) as usize;
+                            let b = full.search(&idx, &query, 8, nprobe);
+                            assert!(
+                                same(&a, b),
+                                "d {dim} {metric:?} residual {by_residual} query {q} \
+                                 nprobe {nprobe}: {a:?} vs {b:?}"
+                            );
+                        }
+                    }
+                    // The screen must actually narrow the selection down, or this test
+                    // compares the full scan with itself.
+                    assert!(
+                        narrowed * 2 > queries,
+                        "d {dim} {metric:?}: the screen narrowed {narrowed} of {queries}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A query that is not finite selects nothing through the screen and finds what the full
+    /// scan finds (faiss's heap keeps no NaN).
+    #[test]
+    fn a_query_that_is_not_finite_is_not_screened() {
+        let idx = index(256, 128, Metric::L2, false, 5);
+        let mut s = PqSearcher::for_index(&idx, 8, 1);
+        let mut full = PqSearcher::for_index(&idx, 8, 1);
+        full.set_screening(false);
+        let mut q = idx.centroids()[..256].to_vec();
+        q[3] = f32::NAN;
+        let a = s.search(&idx, &q, 8, 1).to_vec();
+        assert!(same(&a, full.search(&idx, &q, 8, 1)));
     }
 }

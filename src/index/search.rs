@@ -10,9 +10,10 @@
 //! [`search_block`](Searcher::search_block) serves up to [`BLOCK`] queries with one pass over
 //! the centroid table.
 
-use super::coarse::{CodedRows, RowBounds, MIN_BYTE_QUERY_DIM};
+use super::coarse::{CodedRows, MIN_BYTE_QUERY_DIM};
 use super::codes::MIN_SCREENED_LIST;
-use super::kernels::{all_finite, narrow, prefetch, Kernels, I8_MAX_DIM, U8_QUERY_OFFSET};
+use super::kernels::{all_finite, prefetch, Kernels, I8_MAX_DIM, U8_QUERY_OFFSET};
+use super::screen::{CentroidScreen, Screen, Screened, SCREEN_CHUNK};
 use super::topk::TopK;
 use super::IvfIndex;
 use crate::format::Metric;
@@ -24,14 +25,8 @@ pub const MAX_NPROBE: usize = 64;
 /// Most queries one [`Searcher::search_block`] call serves (RVC searches about 16 frames per block).
 pub const BLOCK: usize = 16;
 
-/// Centroid rows per screening kernel call (one query).
-const SCREEN_CHUNK: usize = 64;
 /// Stored vectors per list-scan kernel call.
 const LIST_CHUNK: usize = 64;
-/// Lists a single-query screen may keep for re-checking before it gives up and scans exactly.
-/// At 128 the plugin's 80-dimensional voices scanned every centroid in f32 for 9 % of queries
-/// (15 123 lists: 4.8 MB); at 512 none did, and re-checking even 512 lists reads less.
-const CAND_CAP: usize = 512;
 /// Vectors a list screen may keep for re-checking before it gives up and scans the list in f32.
 const LIST_CAND_CAP: usize = 128;
 /// Centroid rows per tile kernel call (block of queries).
@@ -78,246 +73,49 @@ pub struct SearchStats {
     pub rescreened: u64,
 }
 
-/// Screening state of one query against 8-bit rows (centroids, or a list's vectors): the n-th
-/// smallest upper bound seen, and the rows whose lower bound is not above it (in row order).
-#[derive(Clone, Copy, Debug)]
-struct Screen<const NP: usize, const CAP: usize> {
-    upper: TopK<NP>,
-    lower: [f32; CAP],
-    list: [u32; CAP],
-    n: usize,
-    /// ‖q‖, ‖q − t q̂‖, t, ε‖q‖² of the query.
-    qn: f32,
-    eq: f32,
-    t: f32,
-    qterm: f32,
-    /// Added to every key (‖q‖² for list codes, whose keys are whole distances; 0 for centroids).
-    offset: f32,
-    /// An upper bound known before screening (the k-th exact distance from earlier lists).
-    ceiling: f32,
-    failed: bool,
-}
-
-impl<const NP: usize, const CAP: usize> Screen<NP, CAP> {
-    const fn new() -> Self {
-        Screen {
-            upper: TopK::new(1),
-            lower: [0.0; CAP],
-            list: [0; CAP],
-            n: 0,
-            qn: 0.0,
-            eq: 0.0,
-            t: 0.0,
-            qterm: 0.0,
-            offset: 0.0,
-            ceiling: f32::INFINITY,
-            failed: false,
+/// Exact f32 keys of the surviving candidates `survivors` (rows of the centroid table `table`) into
+/// `probes` (which keeps the n nearest), prefetching the lists of the `likely` rows. Returns how many lists were re-checked.
+fn recheck(
+    survivors: impl Iterator<Item = usize> + Clone,
+    likely: &[u32],
+    index: &IvfIndex,
+    table: &CodedRows,
+    query: &[f32],
+    exact: &dyn Fn(&[f32], &[f32]) -> f32,
+    probes: &mut TopK<MAX_NPROBE>,
+) -> u64 {
+    let d = index.dim();
+    let (centroids, offsets) = (index.centroids(), index.list_offsets());
+    // Start every memory load at once: the surviving f32 centroids, and the head of the
+    // lists most likely to be probed (the hardware prefetcher continues those streams).
+    for r in survivors.clone() {
+        prefetch(centroids[table.list(r) * d..].as_ptr().cast(), d * 4);
+    }
+    for &r in likely {
+        let l = table.list(r as usize);
+        let (start, end) = (offsets[l] as usize, offsets[l + 1] as usize);
+        // The list's codes when it will be screened, else its f32 vectors.
+        match index.codes() {
+            Some(codes) if end - start >= MIN_SCREENED_LIST => prefetch(
+                codes.rows()[start * d..].as_ptr().cast(),
+                ((end - start) * d).min(LIST_PREFETCH),
+            ),
+            _ => prefetch(
+                index.vectors()[start * d..].as_ptr().cast(),
+                ((end - start) * d * 4).min(LIST_PREFETCH),
+            ),
         }
     }
-
-    /// Starts a query with squared norm `qn2` (f32 kernel value), quantised with scale `t`
-    /// and quantisation error `eq` (see `Kernels::quantise`), keeping the `nprobe` best rows.
-    /// With `whole`, keys include ‖q‖² (list codes).
-    fn begin(&mut self, nprobe: usize, qn2: f32, t: f32, eq: f32, bounds: &RowBounds, whole: bool) {
-        self.upper.reset(nprobe);
-        self.n = 0;
-        // The key takes the kernel's ‖q‖² as computed; the bound takes it widened by the
-        // table's slack (the kernel's value may be low by its rounding, and by the underflow of
-        // squares of tiny elements, which the absolute slack covers).
-        self.offset = if whole { qn2 } else { 0.0 };
-        let qn2 = qn2 * (1.0 + bounds.eps);
-        self.qn = (qn2 + bounds.floor).sqrt();
-        self.eq = eq;
-        self.t = t;
-        self.qterm = bounds.eps * qn2 + bounds.floor;
-        self.ceiling = f32::INFINITY;
-        self.failed = !(self.qterm.is_finite() && eq.is_finite() && t.is_finite());
+    // Rows are the non-empty lists in list order, so ties resolve to the lower list, as
+    // in the exact scan.
+    let mut n = 0;
+    for r in survivors {
+        let l = table.list(r);
+        debug_assert!(offsets[l + 1] != offsets[l]);
+        probes.push(exact(query, &centroids[l * d..(l + 1) * d]), l as u32);
+        n += 1;
     }
-
-    /// The bound a row's lower bound must not exceed to stay a candidate.
-    #[inline]
-    fn bound(&self) -> f32 {
-        self.upper.threshold().min(self.ceiling)
-    }
-
-    /// Offers rows `base..base + dots.len()` (at most [`SCREEN_CHUNK`]) with their integer
-    /// screening dot products.
-    #[inline]
-    fn offer(&mut self, bounds: &RowBounds, base: usize, dots: &[i32]) {
-        let n = dots.len();
-        let end = base + n;
-        let (bias, scale) = (&bounds.bias[base..end], &bounds.scale[base..end]);
-        let (radius, qradius) = (&bounds.radius[base..end], &bounds.qradius[base..end]);
-        let slack = &bounds.bias_slack[base..end];
-        let (qn, eq, t, qterm, offset) = (self.qn, self.eq, self.t, self.qterm, self.offset);
-        // Bounds for the whole chunk in one vectorisable pass (rows past `n` stay infinite, so
-        // the fixed-length passes below never pick them).
-        let mut lo = [f32::INFINITY; SCREEN_CHUNK];
-        let mut hi = [f32::INFINITY; SCREEN_CHUNK];
-        let mut finite = true;
-        for j in 0..n {
-            // `t · dot` first: `scale · t` can underflow for tiny rows and queries (1e-18 both
-            // ways gives 1e-42), and a subnormal product loses the relative precision the bound
-            // relies on before the integer multiplies its error; `t · dot` is normal or 0.
-            let key = (bias[j] + offset) - scale[j] * (t * dots[j] as f32);
-            let err = qn * radius[j] + eq * qradius[j] + slack[j] + qterm;
-            lo[j] = key - err;
-            hi[j] = key + err;
-            finite &= (key.abs() < f32::INFINITY) & (err < f32::INFINITY);
-        }
-        if !finite {
-            self.failed = true;
-            return;
-        }
-        if self.upper.k() == 1 {
-            // The smallest upper bound in eight lanes, then (rarely: only when it improves on
-            // the best so far) the first row that has it.
-            let m = min_lanes(&hi);
-            if m < self.upper.threshold() {
-                let at = hi.iter().position(|&h| h == m).unwrap_or(0);
-                self.upper.push(m, (base + at) as u32);
-            }
-        } else {
-            for (j, &h) in hi[..n].iter().enumerate() {
-                if h < self.upper.threshold() {
-                    self.upper.push(h, (base + j) as u32);
-                }
-            }
-        }
-        let u = self.bound();
-        // Most chunks hold no candidate once the bound has tightened: test all at once first.
-        if min_lanes(&lo) > u {
-            return;
-        }
-        // Only rows below `n` (the bound may still be infinite, like the rows past `n`).
-        let rows = u64::MAX.checked_shr((SCREEN_CHUNK - n) as u32).unwrap_or(0);
-        let mut candidates = at_most(&lo, u) & rows;
-        while candidates != 0 {
-            let j = candidates.trailing_zeros() as usize;
-            candidates &= candidates - 1;
-            if self.n == CAP {
-                self.compact();
-                if self.n > CAP - CAP / 4 {
-                    self.failed = true;
-                    return;
-                }
-            }
-            self.lower[self.n] = lo[j];
-            self.list[self.n] = (base + j) as u32;
-            self.n += 1;
-        }
-    }
-
-    /// Screens rows `range` a chunk at a time, stopping early if the screen fails;
-    /// `dot(rows, out)` computes the integer screening dot products of a chunk of rows.
-    fn screen_rows(
-        &mut self,
-        bounds: &RowBounds,
-        range: std::ops::Range<usize>,
-        dots: &mut [i32; SCREEN_CHUNK],
-        dot: impl Fn(std::ops::Range<usize>, &mut [i32]),
-    ) {
-        let mut base = range.start;
-        while base < range.end && !self.failed {
-            let r = SCREEN_CHUNK.min(range.end - base);
-            dot(base..base + r, &mut dots[..r]);
-            self.offer(bounds, base, &dots[..r]);
-            base += r;
-        }
-    }
-
-    /// The candidates the final bound keeps, in row order.
-    fn survivors(&self) -> impl Iterator<Item = usize> + '_ {
-        let u = self.bound();
-        (0..self.n)
-            .filter(move |&i| self.lower[i] <= u)
-            .map(|i| self.list[i] as usize)
-    }
-
-    /// Drops the candidates the current bound already rules out (keeps centroid order).
-    fn compact(&mut self) {
-        let u = self.bound();
-        let mut w = 0;
-        for i in 0..self.n {
-            if self.lower[i] <= u {
-                self.lower[w] = self.lower[i];
-                self.list[w] = self.list[i];
-                w += 1;
-            }
-        }
-        self.n = w;
-    }
-
-    /// Exact f32 keys of the surviving candidates (rows of the centroid table `table`) into
-    /// `probes` (which keeps the n nearest). Returns how many lists were re-checked.
-    fn recheck(
-        &self,
-        index: &IvfIndex,
-        table: &CodedRows,
-        query: &[f32],
-        exact: &dyn Fn(&[f32], &[f32]) -> f32,
-        probes: &mut TopK<MAX_NPROBE>,
-    ) -> u64 {
-        let d = index.dim();
-        let (centroids, offsets) = (index.centroids(), index.list_offsets());
-        // Start every memory load at once: the surviving f32 centroids, and the head of the
-        // lists most likely to be probed (the hardware prefetcher continues those streams).
-        for r in self.survivors() {
-            prefetch(centroids[table.list(r) * d..].as_ptr().cast(), d * 4);
-        }
-        for &r in self.upper.vals() {
-            let l = table.list(r as usize);
-            let (start, end) = (offsets[l] as usize, offsets[l + 1] as usize);
-            // The list's codes when it will be screened, else its f32 vectors.
-            match index.codes() {
-                Some(codes) if end - start >= MIN_SCREENED_LIST => prefetch(
-                    codes.rows()[start * d..].as_ptr().cast(),
-                    ((end - start) * d).min(LIST_PREFETCH),
-                ),
-                _ => prefetch(
-                    index.vectors()[start * d..].as_ptr().cast(),
-                    ((end - start) * d * 4).min(LIST_PREFETCH),
-                ),
-            }
-        }
-        // Rows are the non-empty lists in list order, so ties resolve to the lower list, as
-        // in the exact scan.
-        let mut n = 0;
-        for r in self.survivors() {
-            let l = table.list(r);
-            debug_assert!(offsets[l + 1] != offsets[l]);
-            probes.push(exact(query, &centroids[l * d..(l + 1) * d]), l as u32);
-            n += 1;
-        }
-        n
-    }
-}
-
-/// The smallest of `v` (no NaN), as eight independent lane minima the compiler vectorises.
-#[inline(always)]
-fn min_lanes(v: &[f32; SCREEN_CHUNK]) -> f32 {
-    let mut m = [f32::INFINITY; 8];
-    for c in v.chunks_exact(8) {
-        for (m, &x) in m.iter_mut().zip(c) {
-            *m = if x < *m { x } else { *m };
-        }
-    }
-    m.iter()
-        .fold(f32::INFINITY, |a, &x| if x < a { x } else { a })
-}
-
-/// Bit `j` set where `v[j] <= bound`: one compare per lane and a mask per eight lanes.
-#[inline]
-fn at_most(v: &[f32; SCREEN_CHUNK], bound: f32) -> u64 {
-    let mut mask = 0u64;
-    for (g, c) in v.chunks_exact(8).enumerate() {
-        let mut bits = 0u64;
-        for (j, &x) in c.iter().enumerate() {
-            bits |= u64::from(x <= bound) << j;
-        }
-        mask |= bits << (8 * g);
-    }
-    mask
+    n
 }
 
 /// Results of [`Searcher::search_block`]: the neighbours of each query of the block.
@@ -371,14 +169,12 @@ pub struct Searcher {
     best: TopK<MAX_K>,
     out: [Neighbour; MAX_K],
     n: usize,
-    screen: Screen<MAX_NPROBE, CAND_CAP>,
+    /// The centroid screen; its quantised-query buffers also serve the list screens.
+    centroid: CentroidScreen,
     list_screen: Screen<MAX_K, LIST_CAND_CAP>,
     /// `q − c` of the list being screened.
     resid: [f32; I8_MAX_DIM],
     dots: [f32; LIST_CHUNK],
-    query_i16: [i16; I8_MAX_DIM],
-    query_u8: [u8; I8_MAX_DIM],
-    idots: [i32; SCREEN_CHUNK],
     block_screens: [Screen<BLOCK_MAX_NPROBE, BLOCK_CAND_CAP>; BLOCK],
     block_queries: [u8; BLOCK * I8_MAX_DIM],
     block_dots: [i32; BLOCK * BLOCK_CHUNK],
@@ -418,13 +214,10 @@ impl Searcher {
             best: TopK::new(1),
             out: [Neighbour::default(); MAX_K],
             n: 0,
-            screen: Screen::new(),
+            centroid: CentroidScreen::new(),
             list_screen: Screen::new(),
             resid: [0.0; I8_MAX_DIM],
             dots: [0.0; LIST_CHUNK],
-            query_i16: [0; I8_MAX_DIM],
-            query_u8: [0; I8_MAX_DIM],
-            idots: [0; SCREEN_CHUNK],
             block_screens: [Screen::new(); BLOCK],
             block_queries: [0; BLOCK * I8_MAX_DIM],
             block_dots: [0; BLOCK * BLOCK_CHUNK],
@@ -536,7 +329,9 @@ impl Searcher {
             let qb = &mut self.block_queries[qi * d..(qi + 1) * d];
             if live[qi] {
                 let qn2 = (self.kernels.dot)(q, q);
-                let (t, eq) = self.kernels.quantise_u8(q, &mut self.query_i16[..d], qb);
+                let (t, eq) = self
+                    .kernels
+                    .quantise_u8(q, &mut self.centroid.query_i16[..d], qb);
                 self.block_screens[qi].begin(nprobe, qn2, t, eq, &table.bounds, false);
             } else {
                 qb.fill(U8_QUERY_OFFSET as u8);
@@ -575,7 +370,15 @@ impl Searcher {
             self.probes.reset(nprobe);
             let exact = self.exact_fn(index);
             let s = &self.block_screens[qi];
-            self.stats.rechecked += s.recheck(index, table, q, &exact, &mut self.probes);
+            self.stats.rechecked += recheck(
+                s.survivors(),
+                s.upper.vals(),
+                index,
+                table,
+                q,
+                &exact,
+                &mut self.probes,
+            );
             self.scan_lists(index, q, k);
             let n = self.emit(index);
             self.block.neighbours[qi][..n].copy_from_slice(&self.out[..n]);
@@ -601,49 +404,22 @@ impl Searcher {
         query: &[f32],
         nprobe: usize,
     ) -> bool {
-        let d = index.dim();
-        let qn2 = (self.kernels.dot)(query, query);
-        // From 128 dimensions on, the table is screened with an 8-bit query (the high bytes of
-        // the 16-bit one): half the multiply work, for a slightly looser bound (about two more
-        // lists to re-check at RVC's shapes). Below, rows are short and the looser bound
-        // failed about half the screens of the plugin's 80-dimensional voices.
-        let (t16, e16) = (self.kernels.quantise)(query, &mut self.query_i16[..d]);
-        let (rows, sums) = (table.rows(), table.sums());
-        let byte_query = d >= MIN_BYTE_QUERY_DIM;
-        if byte_query {
-            let (t, eq) = narrow(&self.query_i16[..d], t16, e16, &mut self.query_u8[..d]);
-            self.screen.begin(nprobe, qn2, t, eq, &table.bounds, false);
-            let (kernel, q8) = (self.kernels.dot_u8_rows, &self.query_u8[..d]);
-            self.screen.screen_rows(
-                &table.bounds,
-                0..table.row_count(),
-                &mut self.idots,
-                |r, out| kernel(q8, &rows[r.start * d..r.end * d], &sums[r], out),
-            );
-        }
-        if !byte_query || (self.screen.failed && t16.is_finite()) {
-            // The 16-bit query; after a failed 8-bit screen (many centroids within its looser
-            // bound: tight clusters, features with a large common offset), before falling back
-            // to an f32 scan of every centroid.
-            self.stats.rescreened += byte_query as u64;
-            self.screen
-                .begin(nprobe, qn2, t16, e16, &table.bounds, false);
-            let (kernel, q16) = (self.kernels.dot_i8_rows, &self.query_i16[..d]);
-            self.screen.screen_rows(
-                &table.bounds,
-                0..table.row_count(),
-                &mut self.idots,
-                |r, out| kernel(q16, &rows[r.start * d..r.end * d], out),
-            );
-        }
-        if self.screen.failed {
-            return false;
+        match self.centroid.run(&self.kernels, table, query, nprobe) {
+            Screened::Failed => return false,
+            Screened::Narrowed { rescreened } => self.stats.rescreened += rescreened as u64,
         }
         self.probes.reset(nprobe);
         let exact = self.exact_fn(index);
-        self.stats.rechecked += self
-            .screen
-            .recheck(index, table, query, &exact, &mut self.probes);
+        let c = &self.centroid;
+        self.stats.rechecked += recheck(
+            c.survivors(),
+            c.likely(),
+            index,
+            table,
+            query,
+            &exact,
+            &mut self.probes,
+        );
         true
     }
 
@@ -730,14 +506,18 @@ impl Searcher {
             *p = q - c;
         }
         let pn2 = (self.kernels.dot)(p, p);
-        let (t, eq) = (self.kernels.quantise)(p, &mut self.query_i16[..d]);
+        let (t, eq) = (self.kernels.quantise)(p, &mut self.centroid.query_i16[..d]);
         let s = &mut self.list_screen;
         s.begin(k, pn2, t, eq, &codes.bounds, true);
         s.ceiling = self.best.threshold();
-        let (kernel, q16, rows) = (self.kernels.dot_i8_rows, &self.query_i16[..d], codes.rows());
-        s.screen_rows(&codes.bounds, range.clone(), &mut self.idots, |r, out| {
-            kernel(q16, &rows[r.start * d..r.end * d], out)
-        });
+        let q16 = &self.centroid.query_i16[..d];
+        let (kernel, rows) = (self.kernels.dot_i8_rows, codes.rows());
+        s.screen_rows(
+            &codes.bounds,
+            range.clone(),
+            &mut self.centroid.idots,
+            |r, out| kernel(q16, &rows[r.start * d..r.end * d], out),
+        );
         if s.failed {
             self.stats.list_fallbacks += 1;
             return false;
