@@ -5,8 +5,12 @@ mod common;
 mod handmade;
 
 use knnblend::format::kbi::{self, KbiLayout, SectionKind, HEADER_LEN};
-use knnblend::format::{self, FormatError, IndexParts, ListParts, Metadata, Metric};
-use knnblend::index::IvfIndex;
+use knnblend::format::kbi_pq::{PqSectionKind, PQ_HEADER_LEN};
+use knnblend::format::{
+    self, FormatError, IndexParts, ListParts, Metadata, Metric, PqKbiLayout, PqList, PqParts,
+    ProductQuantizer, RefineFlat,
+};
+use knnblend::index::{AnyIndex, IvfIndex, OpenOptions, PqIndex, PqSearcher};
 use xxhash_rust::xxh3::xxh3_64;
 
 const HEADER_SUM_AT: usize = HEADER_LEN - 8;
@@ -814,6 +818,11 @@ fn fuzz_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         b.extend_from_slice(kbi::encode(parts).unwrap().as_slice());
         b
     };
+    let pq_seed = |mode: u8, parts: &PqParts| {
+        let mut b = vec![mode];
+        b.extend_from_slice(format::encode_pq_kbi(parts).unwrap().as_slice());
+        b
+    };
     let ip = IndexParts {
         dim: 3,
         metric: Metric::InnerProduct,
@@ -855,6 +864,8 @@ fn fuzz_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("kbi_reader", "small_l2", kbi_seed(0, &sample_parts())),
         ("kbi_reader", "ip_empty_list_all_repairs", kbi_seed(7, &ip)),
         ("kbi_reader", "no_vectors_header_repair", kbi_seed(1, &empty)),
+        ("pq_kbi_reader", "l2_residual_refined", pq_seed(0, &sample_pq_parts(true, Metric::L2, true))),
+        ("pq_kbi_reader", "ip_empty_list_all_repairs", pq_seed(7, &sample_pq_parts(false, Metric::InnerProduct, false))),
         ("faiss_reader", "full.index", variants[0].bytes.clone()),
         ("faiss_reader", "sparse_more_lists_than_vectors.index", variants[1].bytes.clone()),
         ("faiss_reader", "ip_direct_map.index", variants[2].bytes.clone()),
@@ -895,6 +906,10 @@ fn fuzz_seeds_are_current() {
                 image.as_mut_slice().copy_from_slice(&bytes[1..]);
                 IvfIndex::from_image(image).unwrap();
             }
+            "pq_kbi_reader" => {
+                let parts = format::decode_pq_kbi(&bytes[1..], true).unwrap();
+                PqIndex::new(parts).unwrap();
+            }
             "faiss_reader" if name.starts_with("trained_only") => {
                 assert!(matches!(
                     format::read_faiss_index(&bytes),
@@ -920,4 +935,375 @@ fn fuzz_seeds_are_current() {
             );
         }
     }
+}
+
+// ---- IVF-PQ FastScan `.kbi` (format version 2), opened as the loader opens it ----
+//
+// `tests/pq_kbi.rs` covers the decoder (`decode_pq_kbi`) against faiss-made files: truncation
+// at section boundaries, flipped bits in the header and sections, absurd header fields and
+// duplicate refined ids. These cases go through the memory-mapped opener (`PqIndex::open_with`,
+// verified and not, and `AnyIndex::open`) on a small file made by hand (no faiss), with the
+// allocation cap: truncation anywhere, flipped bytes anywhere (padding included), wrong
+// checksums (named), list offsets out of order or huge, counts that would need huge
+// allocations, non-finite values behind valid checksums, and refined ids out of range. Whatever
+// opens must search without panicking and return ids it holds.
+
+/// A small IVF-PQ FastScan index made by hand: 8-d, M 4, blocks of 32, four lists of 5, 0, 40
+/// and 3 vectors (one empty, one of two blocks), random codes.
+fn sample_pq_parts(refine: bool, metric: Metric, by_residual: bool) -> PqParts {
+    let (dim, m) = (8, 4);
+    let mut rng = common::Rng(11);
+    let mut next = 0i64;
+    let mut parts = PqParts {
+        dim,
+        metric,
+        nprobe: 2,
+        centroids: common::Clustered::new(dim, 4, 12).rows(4, 13),
+        pq: ProductQuantizer {
+            m,
+            dsub: dim / m,
+            codebooks: (0..16 * dim).map(|_| rng.normal() * 0.5).collect(),
+        },
+        by_residual,
+        bbs: 32,
+        implem: 0,
+        qbs2: 0,
+        lists: Vec::new(),
+        refine: None,
+        metadata: Metadata {
+            features: "test-pq-8".into(),
+            ..Metadata::default()
+        },
+    };
+    for n in [5usize, 0, 40, 3] {
+        let ids = (next..next + n as i64).collect();
+        next += n as i64;
+        let codes = (0..parts.list_code_bytes(n))
+            .map(|_| rng.next_u64() as u8)
+            .collect();
+        parts.lists.push(PqList { ids, codes });
+    }
+    if refine {
+        parts.refine = Some(RefineFlat {
+            vectors: common::Clustered::new(dim, 4, 14).rows(next as usize, 15),
+            k_factor: 2.0,
+        });
+    }
+    parts.validate().unwrap();
+    parts
+}
+
+fn valid_pq_kbi() -> Vec<u8> {
+    format::encode_pq_kbi(&sample_pq_parts(true, Metric::L2, true))
+        .unwrap()
+        .as_slice()
+        .to_vec()
+}
+
+const PQ_TABLE_AT: usize = 104;
+
+fn rehash_pq_header(b: &mut [u8]) {
+    let at = PQ_HEADER_LEN - 8;
+    let sum = xxh3_64(&b[..at]);
+    b[at..PQ_HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+}
+
+fn rehash_pq_section(b: &mut [u8], kind: PqSectionKind) {
+    let layout = PqKbiLayout::parse(b).unwrap();
+    let sum = xxh3_64(&b[layout.section(kind).range()]);
+    let i = PqSectionKind::ALL.iter().position(|&k| k == kind).unwrap();
+    let at = PQ_TABLE_AT + i * 32 + 24;
+    b[at..at + 8].copy_from_slice(&sum.to_le_bytes());
+    rehash_pq_header(b);
+}
+
+/// Searches an opened index a few ways; every id found must be one it holds.
+fn search_pq(index: &PqIndex) {
+    let dim = index.dim();
+    let mut s = PqSearcher::for_index(index, 8, 4);
+    let queries = [
+        vec![0.0; dim],
+        index.centroids()[..dim].to_vec(),
+        (0..dim)
+            .map(|i| if i % 2 == 0 { 1e30 } else { -1e29 })
+            .collect(),
+    ];
+    for q in &queries {
+        for nprobe in [1, 4] {
+            if !s.fits(index, 8, nprobe) {
+                continue;
+            }
+            for n in s.search(index, q, 8, nprobe) {
+                assert!(n.id < 0 || index.ids().contains(&n.id), "{n:?}");
+            }
+        }
+    }
+}
+
+/// Opens PQ `.kbi` bytes as the loader does (a memory map; verified or not), checking the
+/// allocation cap, that `AnyIndex::open` agrees, and that whatever opens searches.
+fn open_pq_capped(bytes: &[u8], verify: bool) -> Result<PqIndex, FormatError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.kbi");
+    std::fs::write(&path, bytes).unwrap();
+    let opts = || OpenOptions {
+        verify,
+        ..OpenOptions::default()
+    };
+    let (r, largest) = handmade::largest_allocation(|| PqIndex::open_with(&path, opts()));
+    assert!(
+        largest <= allocation_cap(bytes.len()),
+        "{largest} bytes allocated for a {}-byte file",
+        bytes.len()
+    );
+    let any = AnyIndex::open_with(&path, opts());
+    match &r {
+        Ok(index) => {
+            assert!(index.is_mapped());
+            assert!(any.is_ok_and(|a| a.as_pq().is_some()));
+            search_pq(index);
+        }
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            assert!(any.is_err(), "AnyIndex opened what PqIndex refused: {e}");
+        }
+    }
+    r
+}
+
+#[test]
+fn the_valid_pq_kbi_opens_mapped_verified_or_not() {
+    let good = valid_pq_kbi();
+    let parts = sample_pq_parts(true, Metric::L2, true);
+    for verify in [true, false] {
+        let index = open_pq_capped(&good, verify).unwrap();
+        assert_eq!(index.to_parts(), parts);
+        assert_eq!(index.nlist(), 4);
+    }
+}
+
+#[test]
+fn a_pq_kbi_truncated_anywhere_is_refused_when_mapped() {
+    let good = valid_pq_kbi();
+    let layout = PqKbiLayout::parse(&good).unwrap();
+    let mut cuts: Vec<usize> = (0..=PQ_HEADER_LEN).step_by(8).collect();
+    cuts.extend((0..good.len()).step_by(4096));
+    for s in layout.sections {
+        let r = s.range();
+        cuts.extend([r.start.saturating_sub(1), r.start, r.start + 1, r.end - 1]);
+        cuts.push(r.start + r.len() / 2);
+    }
+    cuts.push(good.len() - 1);
+    cuts.retain(|&c| c < good.len());
+    cuts.sort_unstable();
+    cuts.dedup();
+    for cut in cuts {
+        for verify in [true, false] {
+            let err = open_pq_capped(&good[..cut], verify)
+                .err()
+                .unwrap_or_else(|| panic!("cut at {cut} opened (verify {verify})"));
+            assert!(
+                matches!(
+                    err,
+                    FormatError::Truncated { .. }
+                        | FormatError::UnknownFormat { .. }
+                        | FormatError::InvalidField { .. }
+                        | FormatError::Io { .. }
+                ),
+                "cut at {cut}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_flipped_byte_anywhere_in_a_pq_kbi_is_caught_or_harmless() {
+    let good = valid_pq_kbi();
+    let parts = sample_pq_parts(true, Metric::L2, true);
+    let (mut caught, mut harmless) = (0, 0);
+    for at in (0..good.len()).step_by(37).chain(8..PQ_HEADER_LEN) {
+        let mut b = good.clone();
+        b[at] ^= 0x5a;
+        match open_pq_capped(&b, true) {
+            Err(_) => caught += 1,
+            // Only bytes no section or header field covers (zero padding) can change and
+            // still verify; the index is then the same.
+            Ok(index) => {
+                assert_eq!(index.to_parts(), parts, "flip at {at} opened changed");
+                harmless += 1;
+            }
+        }
+        // Unverified, a flip in the data goes unnoticed, but must not break a search.
+        let _ = open_pq_capped(&b, false);
+    }
+    assert!(
+        caught > 0 && caught > harmless / 8,
+        "{caught} caught, {harmless} harmless"
+    );
+}
+
+#[test]
+fn wrong_pq_kbi_checksums_name_the_section() {
+    let good = valid_pq_kbi();
+    for (i, kind) in PqSectionKind::ALL.into_iter().enumerate() {
+        let mut b = good.clone();
+        let at = PQ_TABLE_AT + i * 32 + 24;
+        b[at] ^= 1;
+        rehash_pq_header(&mut b);
+        let err = open_pq_capped(&b, true).unwrap_err();
+        assert!(
+            matches!(err, FormatError::Checksum { section, .. } if section == kind.name()),
+            "{kind:?}: {err}"
+        );
+        // Unverified opening checks the structure only: the data is intact.
+        open_pq_capped(&b, false).unwrap();
+    }
+    let mut b = good.clone();
+    b[PQ_HEADER_LEN - 1] ^= 0x80;
+    for verify in [true, false] {
+        let err = open_pq_capped(&b, verify).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FormatError::Checksum {
+                    section: "header",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn pq_kbi_list_offsets_out_of_order_or_huge_are_refused() {
+    let good = valid_pq_kbi();
+    let layout = PqKbiLayout::parse(&good).unwrap();
+    let at = layout.section(PqSectionKind::ListOffsets).offset as usize;
+    let cases: [&[u64]; 6] = [
+        &[0, 5, 3, 45, 48],        // list 2 starts before list 1 ends
+        &[0, 5, 5, 45, 47],        // not summing to ntotal
+        &[0, u64::MAX, 5, 45, 48], // far outside, then back
+        &[0, 5, 5, 45, u64::MAX],  // the end beyond every vector
+        &[u64::MAX, 5, 5, 45, 48], // a start before nothing
+        &[0, 1 << 63, 1 << 63, 1 << 63, 48],
+    ];
+    for offsets in cases {
+        let mut b = good.clone();
+        for (i, o) in offsets.iter().enumerate() {
+            b[at + 8 * i..at + 8 * i + 8].copy_from_slice(&o.to_le_bytes());
+        }
+        rehash_pq_section(&mut b, PqSectionKind::ListOffsets);
+        for verify in [true, false] {
+            let err = open_pq_capped(&b, verify).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    FormatError::BadLists(_) | FormatError::BadSection { .. }
+                ),
+                "{offsets:?}: {err}"
+            );
+        }
+        assert!(format::decode_pq_kbi(&b, false).is_err(), "{offsets:?}");
+    }
+}
+
+#[test]
+fn pq_kbi_counts_that_would_need_huge_allocations_are_refused_without_them() {
+    let good = valid_pq_kbi();
+    let len_of = |i: usize| PQ_TABLE_AT + i * 32 + 16;
+    // dim, nlist, ntotal, M, bbs at their maxima or beyond; section lengths (centroids, codes,
+    // ids, refine vectors, metadata) far beyond the file.
+    let fields: [(usize, usize, u64); 12] = [
+        (16, 4, 65_536),
+        (16, 4, u32::MAX as u64),
+        (32, 8, 1 << 24),
+        (32, 8, u64::MAX),
+        (40, 8, u32::MAX as u64),
+        (40, 8, u64::MAX),
+        (64, 4, u32::MAX as u64),
+        (72, 4, 1 << 20),
+        (len_of(0), 8, 1 << 40),
+        (len_of(3), 8, u64::MAX - 4095),
+        (len_of(4), 8, 1 << 36),
+        (len_of(6), 8, u64::MAX),
+    ];
+    for (at, width, value) in fields {
+        let mut b = good.clone();
+        b[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+        rehash_pq_header(&mut b);
+        for verify in [true, false] {
+            let err = open_pq_capped(&b, verify)
+                .err()
+                .unwrap_or_else(|| panic!("field at {at} = {value:#x} opened"));
+            assert!(
+                !matches!(
+                    err,
+                    FormatError::Checksum {
+                        section: "header",
+                        ..
+                    }
+                ),
+                "field at {at} = {value:#x}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn non_finite_pq_values_behind_valid_checksums_are_refused_when_verified() {
+    let good = valid_pq_kbi();
+    let layout = PqKbiLayout::parse(&good).unwrap();
+    for kind in [
+        PqSectionKind::Centroids,
+        PqSectionKind::Codebooks,
+        PqSectionKind::RefineVectors,
+    ] {
+        for value in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut b = good.clone();
+            let at = layout.section(kind).offset as usize + 4 * 3;
+            b[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            rehash_pq_section(&mut b, kind);
+            let err = open_pq_capped(&b, true).unwrap_err();
+            assert!(
+                err.to_string().contains(kind.name()),
+                "{kind:?} {value}: {err}"
+            );
+            assert!(format::decode_pq_kbi(&b, true).is_err());
+            // Unverified it opens (that is what skipping verification means) and searches
+            // without panicking (`open_pq_capped`).
+            open_pq_capped(&b, false).unwrap();
+        }
+    }
+}
+
+#[test]
+fn refined_pq_ids_out_of_range_are_refused_even_unverified() {
+    let good = valid_pq_kbi();
+    let layout = PqKbiLayout::parse(&good).unwrap();
+    let ids = layout.section(PqSectionKind::Ids).offset as usize;
+    for (slot, id) in [
+        (0usize, 48i64),
+        (7, -1),
+        (47, i64::MAX),
+        (20, i64::MIN),
+        (3, 4),
+    ] {
+        let mut b = good.clone();
+        b[ids + 8 * slot..ids + 8 * slot + 8].copy_from_slice(&id.to_le_bytes());
+        rehash_pq_section(&mut b, PqSectionKind::Ids);
+        for verify in [true, false] {
+            let err = open_pq_capped(&b, verify).unwrap_err();
+            assert!(
+                matches!(err, FormatError::BadLists(_)),
+                "id {id} at {slot}: {err}"
+            );
+        }
+    }
+    // Unrefined, ids are only values: any of them opens and is returned as stored.
+    let mut plain = sample_pq_parts(false, Metric::InnerProduct, false);
+    plain.lists[2].ids[0] = i64::MAX;
+    plain.lists[0].ids[1] = -7;
+    let b = format::encode_pq_kbi(&plain).unwrap().as_slice().to_vec();
+    assert_eq!(open_pq_capped(&b, true).unwrap().to_parts(), plain);
 }
