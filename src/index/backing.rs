@@ -3,9 +3,12 @@
 //! [`PqIndex`](super::PqIndex)) read their sections through it, so search code sees the same
 //! slices either way.
 
+use std::fs::File;
+use std::path::Path;
+
 use memmap2::Mmap;
 
-use crate::format::AlignedBytes;
+use crate::format::{self, AlignedBytes, FileKind, FormatError};
 use crate::platform;
 
 pub(crate) enum Backing {
@@ -43,6 +46,39 @@ impl Backing {
         if let Backing::Owned(b) = self {
             platform::unlock_memory(b.as_slice());
         }
+    }
+}
+
+/// Opens the index file at `path` for either index type: its length, and for a `.kbi` its
+/// read-only memory map (`None` for a faiss file, which each index type reads into owned
+/// memory its own way). A directory or an unrecognised file is a typed error.
+pub(crate) fn open_file(
+    path: &Path,
+    prefault: bool,
+) -> Result<(u64, Option<Backing>), FormatError> {
+    let meta = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?;
+    if meta.is_dir() {
+        return Err(FormatError::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "is a directory, not an index file",
+            ),
+        ));
+    }
+    match format::sniff(path)? {
+        FileKind::Kbi => {
+            let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
+            // SAFETY: the mapping is read-only. knnblend's writers replace files by rename and
+            // never modify them in place; another program overwriting the file in place can
+            // change only the values searches read (every bound the indexes use is owned and
+            // checked), and truncating it in place while it is mapped is the one hazard
+            // (SIGBUS on access), documented in the README.
+            let map = unsafe { platform::map_read_only(&file, prefault) }
+                .map_err(|e| FormatError::io(path, e))?;
+            Ok((meta.len(), Some(Backing::Mapped(map))))
+        }
+        FileKind::Faiss => Ok((meta.len(), None)),
     }
 }
 

@@ -156,6 +156,16 @@ impl Searcher {
     }
 }
 
+/// The index rate as the blends use it: NaN is 0, the rest clamped to `[0, 1]`.
+#[inline]
+pub(crate) fn clamp_ratio(ratio: f32) -> f32 {
+    if ratio.is_nan() {
+        0.0
+    } else {
+        ratio.clamp(0.0, 1.0)
+    }
+}
+
 /// The checks every blend starts with: the index rate clamped to `[0, 1]` (NaN is 0), or the
 /// query copied to `out` and the outcome when there is nothing to blend (a non-finite query,
 /// ratio 0).
@@ -165,11 +175,7 @@ pub(super) fn blend_ratio(
     params: &BlendParams,
     out: &mut [f32],
 ) -> Result<f32, BlendOutcome> {
-    let ratio = if params.ratio.is_nan() {
-        0.0
-    } else {
-        params.ratio.clamp(0.0, 1.0)
-    };
+    let ratio = clamp_ratio(params.ratio);
     if !all_finite(query) {
         out.copy_from_slice(query);
         return Err(BlendOutcome::NonFiniteQuery);

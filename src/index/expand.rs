@@ -64,22 +64,9 @@ impl Searcher {
         exp: &QueryExpansion,
         out: &mut [f32],
     ) -> usize {
-        assert_eq!(
-            query.len(),
-            index.dim(),
-            "query length must equal the dimension"
-        );
-        assert_eq!(
-            out.len(),
-            query.len(),
-            "output length must equal the query length"
-        );
-        out.copy_from_slice(query);
-        let exp = exp.sanitized();
-        let qn = norm(query);
-        if !(qn.is_finite() && qn > 0.0) {
+        let Some((exp, qn)) = begin(query, index.dim(), exp, out) else {
             return 0;
-        }
+        };
         let found = self.search(index, query, exp.k, nprobe);
         combine(
             query,
@@ -90,6 +77,27 @@ impl Searcher {
             out,
         )
     }
+}
+
+/// The opening of every query expansion: checks the lengths (panics as documented on the
+/// searchers' `expand_query`), copies `query` into `out`, and returns the sanitized
+/// expansion and `‖query‖`, or `None` (with `out` holding the query) when the norm is zero or
+/// not finite.
+pub(super) fn begin(
+    query: &[f32],
+    dim: usize,
+    exp: &QueryExpansion,
+    out: &mut [f32],
+) -> Option<(QueryExpansion, f64)> {
+    assert_eq!(query.len(), dim, "query length must equal the dimension");
+    assert_eq!(
+        out.len(),
+        query.len(),
+        "output length must equal the query length"
+    );
+    out.copy_from_slice(query);
+    let qn = norm(query);
+    (qn.is_finite() && qn > 0.0).then(|| (exp.sanitized(), qn))
 }
 
 /// The expansion itself: `out` (holding `query`) becomes the `max(cos, 0)^α`-weighted mean of

@@ -8,7 +8,6 @@
 //! another program overwrites in place (without truncating it) can therefore only change the
 //! values a search reads (centroids, vectors, norms, ids), never make it index out of bounds.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::format::kbi::{self, KbiLayout, SectionKind};
@@ -17,7 +16,7 @@ use crate::format::{
 };
 use crate::platform;
 
-use super::backing::Backing;
+use super::backing::{open_file, Backing};
 use super::coarse::CodedRows;
 
 #[cfg(target_endian = "big")]
@@ -103,41 +102,21 @@ impl IvfIndex {
             Some(p) => p,
             None => &mut noop,
         };
-        let meta = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?;
-        if meta.is_dir() {
-            return Err(FormatError::io(
-                path,
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "is a directory, not an index file",
-                ),
-            ));
-        }
-        let mut index = match format::sniff(path)? {
-            FileKind::Kbi => {
-                let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-                // SAFETY: the mapping is read-only. knnblend's writers replace files by rename and
-                // never modify them in place; another program overwriting the file in place can
-                // change only the values searches read (every bound is owned, see above), and
-                // truncating it in place while it is mapped is the one hazard (SIGBUS on
-                // access), documented in the README.
-                let map = unsafe { platform::map_read_only(&file, opts.prefault) }
-                    .map_err(|e| FormatError::io(path, e))?;
-                Self::from_backing(Backing::Mapped(map), FileKind::Kbi, opts.verify, progress)?
-            }
-            FileKind::Faiss => {
+        let (file_bytes, mapped) = open_file(path, opts.prefault)?;
+        let mut index = match mapped {
+            Some(map) => Self::from_backing(map, FileKind::Kbi, opts.verify, progress)?,
+            None => {
                 // Streamed: each list is read straight into the index's image, so the load
                 // never holds the file and a converted copy at once.
                 let image = format::faiss::read_file(path, progress)?;
-                let total = meta.len();
                 let mut index =
                     Self::from_backing(Backing::Owned(image), FileKind::Faiss, false, progress)?;
                 index.source = FileKind::Faiss;
-                progress(total, total);
+                progress(file_bytes, file_bytes);
                 index
             }
         };
-        index.file_bytes = meta.len();
+        index.file_bytes = file_bytes;
         index.path = Some(path.to_path_buf());
         if index.metadata.sources.is_empty() && index.source == FileKind::Faiss {
             index.metadata.sources.extend(format::imported_source(path));

@@ -20,7 +20,7 @@ mod topk;
 
 pub use any::AnyIndex;
 pub use any_search::AnySearcher;
-pub(crate) use blend::blend_neighbours;
+pub(crate) use blend::{blend_neighbours, clamp_ratio};
 pub use blend::{rvc_weights, BlendOutcome, BlendParams, SCORE_EPSILON};
 pub use expand::{QueryExpansion, MAX_EXPAND_DIM};
 pub use fastscan::FastScanKernels;

@@ -6,7 +6,7 @@
 //! RVC) and their scores as faiss's `search` returns them.
 
 use super::blend::{blend_ratio, mix_neighbours};
-use super::expand::{combine, norm};
+use super::expand::{begin, combine};
 use super::{
     BlendOutcome, BlendParams, PqIndex, PqSearcher, QueryExpansion, MAX_EXPAND_DIM, MAX_K,
 };
@@ -101,21 +101,11 @@ impl PqSearcher {
         exp: &QueryExpansion,
         out: &mut [f32],
     ) -> usize {
-        assert_eq!(
-            query.len(),
-            index.dim(),
-            "query length must equal the dimension"
-        );
-        assert_eq!(
-            out.len(),
-            query.len(),
-            "output length must equal the query length"
-        );
-        out.copy_from_slice(query);
-        let exp = exp.sanitized();
-        let qn = norm(query);
         let nprobe = nprobe.max(1);
-        if !(qn.is_finite() && qn > 0.0 && self.fits(index, exp.k, nprobe)) {
+        let Some((exp, qn)) = begin(query, index.dim(), exp, out) else {
+            return 0;
+        };
+        if !self.fits(index, exp.k, nprobe) {
             return 0;
         }
         self.search(index, query, exp.k, nprobe);

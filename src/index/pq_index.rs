@@ -10,10 +10,9 @@
 //! vectors up by id with a bounds check, so a mapped file overwritten in place can change what a
 //! search returns but cannot make it read out of bounds.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::backing::{view, Backing};
+use super::backing::{open_file, view, Backing};
 use super::coarse::CodedRows;
 use super::OpenOptions;
 use crate::format::kbi::check_list_offsets;
@@ -80,38 +79,21 @@ impl PqIndex {
             Some(p) => p,
             None => &mut noop,
         };
-        let meta = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?;
-        if meta.is_dir() {
-            return Err(FormatError::io(
-                path,
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "is a directory, not an index file",
-                ),
-            ));
-        }
-        let mut index = match format::sniff(path)? {
-            FileKind::Kbi => {
-                let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-                // SAFETY: read-only mapping; see IvfIndex::open_with for the in-place-write
-                // hazard and why it cannot make a search read out of bounds.
-                let map = unsafe { platform::map_read_only(&file, opts.prefault) }
-                    .map_err(|e| FormatError::io(path, e))?;
-                Self::from_backing(Backing::Mapped(map), FileKind::Kbi, opts.verify, progress)?
-            }
-            FileKind::Faiss => {
-                let total = meta.len();
+        let (file_bytes, mapped) = open_file(path, opts.prefault)?;
+        let mut index = match mapped {
+            Some(map) => Self::from_backing(map, FileKind::Kbi, opts.verify, progress)?,
+            None => {
                 let parts = format::read_faiss_fastscan_file(path)?;
-                progress(total / 2, total);
+                progress(file_bytes / 2, file_bytes);
                 let image = encode_pq_kbi(&parts)?;
                 drop(parts);
                 let index =
                     Self::from_backing(Backing::Owned(image), FileKind::Faiss, false, progress)?;
-                progress(total, total);
+                progress(file_bytes, file_bytes);
                 index
             }
         };
-        index.file_bytes = meta.len();
+        index.file_bytes = file_bytes;
         index.path = Some(path.to_path_buf());
         if opts.prefault {
             index.prefault();

@@ -11,8 +11,8 @@ use super::config::MAX_SLOTS;
 use super::entry::Entry;
 use super::telemetry::{Counters, Telemetry};
 use crate::index::{
-    blend_neighbours, AnyIndex, BlendOutcome, BlendParams, PqSearcher, QueryExpansion, Searcher,
-    BLOCK, MAX_K, PQ_MAX_BASE_K,
+    blend_neighbours, clamp_ratio, AnyIndex, BlendOutcome, BlendParams, PqSearcher, QueryExpansion,
+    Searcher, BLOCK, MAX_K, PQ_MAX_BASE_K,
 };
 
 /// A publication: slot `slot` now holds `entry` (`None`: the slot was emptied).
@@ -497,16 +497,6 @@ fn same(a: &Option<Arc<Entry>>, b: &Option<Arc<Entry>>) -> bool {
 fn mix(out: &mut [f32], old: &[f32], g: f32) {
     for (o, &a) in out.iter_mut().zip(old) {
         *o = a + g * (*o - a);
-    }
-}
-
-/// The index rate as [`Searcher::blend`] uses it: NaN is 0, the rest clamped to `[0, 1]`.
-#[inline]
-fn clamp_ratio(ratio: f32) -> f32 {
-    if ratio.is_nan() {
-        0.0
-    } else {
-        ratio.clamp(0.0, 1.0)
     }
 }
 
