@@ -304,7 +304,8 @@ fn row(path: Option<String>, message: Option<String>, view: Option<SlotView>) ->
 pub fn describe(info: &VoiceInfo) -> String {
     let seconds = info.duration_seconds.max(0.0).round() as u64;
     format!(
-        "{}-d · {} vectors · {} frames · {}:{:02} · {}{}",
+        "{} · {}-d · {} vectors · {} frames · {}:{:02} · {}{}",
+        info.index_type,
         info.dim,
         info.vectors,
         info.frames,
@@ -882,6 +883,7 @@ mod tests {
         let info = VoiceInfo {
             name: "alto.kbi".into(),
             path: "/v/alto.kbi".into(),
+            index_type: "IVF-Flat".into(),
             dim: 768,
             vectors: 40_000,
             lists: 256,
@@ -901,7 +903,10 @@ mod tests {
         assert_eq!(r.title, "new.kbi");
         assert_eq!(
             r.contents.as_deref(),
-            Some("768-d · 40000 vectors · 40000 frames · 3:20 · rvc-v2-768 · locked in RAM")
+            Some(
+                "IVF-Flat · 768-d · 40000 vectors · 40000 frames · 3:20 · rvc-v2-768 · locked \
+                 in RAM"
+            )
         );
         assert_eq!(
             r.error.as_deref(),

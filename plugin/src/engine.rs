@@ -106,6 +106,9 @@ pub struct VoiceInfo {
     pub name: String,
     /// Path the index was loaded from.
     pub path: PathBuf,
+    /// The index's type in one line, e.g. `IVF-Flat` or `IVF4,PQ40x4fs,RFlat (IVF-PQ
+    /// FastScan, k_factor 1)` (the library's `AnyIndex::describe`).
+    pub index_type: String,
     /// Feature dimension.
     pub dim: usize,
     /// Number of stored vectors.
@@ -382,6 +385,7 @@ fn convert_status(status: live::SlotStatus) -> SlotView {
     let info = status.info.map(|info| VoiceInfo {
         name: info.name.clone(),
         path: info.path.clone(),
+        index_type: info.description.clone(),
         dim: info.dim,
         vectors: info.ntotal as u64,
         lists: info.nlist,
