@@ -312,4 +312,4 @@ pub fn residual_dbfs(
 pub mod rvc;
 mod voice;
 #[allow(unused_imports)]
-pub use voice::{make_mismatched, make_voice};
+pub use voice::{make_mismatched, make_pq_voice, make_voice, PqRecipe};
