@@ -1,6 +1,7 @@
 //! What the RVC slot tests share: the stand-in models (`rvc/tests/fixtures/make_models.py`, run
-//! with the project's `target/venv/bin/python`, once per test binary), a 768-d RVC `.kbi`, and
-//! the RVC host's fixed latency for given times.
+//! with the project's `target/venv/bin/python`, once per test binary), a 768-d RVC `.kbi`, the
+//! same rows as a faiss IVF-PQ FastScan file written by PyPI faiss there, and the RVC host's
+//! fixed latency for given times.
 
 #![allow(dead_code)]
 
@@ -70,14 +71,7 @@ pub fn model(name: &str) -> PathBuf {
 pub fn rvc_index(dir: &Path, name: &str, level: f32) -> PathBuf {
     let dim = 768;
     let n = 256;
-    let rows: Vec<f32> = (0..n * dim)
-        .map(|i| {
-            let (row, c) = (i / dim, i % dim);
-            let r = c as f32 / dim as f32;
-            let e = 0.02 + 0.0002 * row as f32;
-            (1.0 + r) * e + (r - 0.5) + level
-        })
-        .collect();
+    let rows = rvc_rows(level);
     let metadata = knnblend::format::Metadata {
         features: "rvc-v2-768".to_string(),
         feature_params: serde_json::json!({}),
@@ -89,6 +83,61 @@ pub fn rvc_index(dir: &Path, name: &str, level: f32) -> PathBuf {
     let parts = knnblend::voice::flat_parts(&rows, dim, knnblend::format::Metric::L2, metadata);
     let path = dir.join(name);
     knnblend::format::write_kbi(&path, &parts).expect("write the RVC index");
+    path
+}
+
+/// The rows of [`rvc_index`] at `level`: 256 rows of 768.
+fn rvc_rows(level: f32) -> Vec<f32> {
+    let dim = 768;
+    (0..256 * dim)
+        .map(|i| {
+            let (row, c) = (i / dim, i % dim);
+            let r = c as f32 / dim as f32;
+            let e = 0.02 + 0.0002 * row as f32;
+            (1.0 + r) * e + (r - 0.5) + level
+        })
+        .collect()
+}
+
+/// The rows of [`rvc_index`] at `level` in an RVC-style faiss file of the given factory (e.g.
+/// `IVF4,PQ192x4fs,RFlat`), trained, filled and written by the PyPI faiss (`faiss-cpu`) in
+/// `target/venv`, the faiss RVC users run. Panics with the fix when there is no such Python.
+pub fn faiss_rvc_index(dir: &Path, name: &str, level: f32, factory: &str) -> PathBuf {
+    let python = workspace().join("target/venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run `cargo xtask setup` (it creates target/venv with faiss-cpu)",
+        python.display()
+    );
+    let rows_path = dir.join(format!("{name}.f32"));
+    let bytes: Vec<u8> = rvc_rows(level)
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    std::fs::write(&rows_path, bytes).unwrap();
+    let path = dir.join(name);
+    let script = "import sys, numpy as np, faiss\n\
+                  rows = np.fromfile(sys.argv[1], dtype='<f4').reshape(-1, 768)\n\
+                  ix = faiss.index_factory(768, sys.argv[3])\n\
+                  ix.train(rows)\n\
+                  ix.add(rows)\n\
+                  faiss.write_index(ix, sys.argv[2])\n";
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(&rows_path)
+        .arg(&path)
+        .arg(factory)
+        // One thread: faiss's spinning OpenMP threads crawl on a loaded two-core machine.
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && path.is_file(),
+        "PyPI faiss could not write {factory} (run `cargo xtask setup`: it installs faiss-cpu \
+         into target/venv):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&rows_path).unwrap();
     path
 }
 
