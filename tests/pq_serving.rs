@@ -18,7 +18,7 @@ use knnblend::index::{
     AnyIndex, AnySearcher, BlendOutcome, BlendParams, IvfIndex, PqIndex, PqSearcher,
     QueryExpansion, SCORE_EPSILON,
 };
-use knnblend::live::{live, LiveConfig, LoadOutcome};
+use knnblend::live::{live, LiveConfig, LoadOutcome, PqInfo};
 
 #[global_allocator]
 static ALLOCATOR: AllocDisabler = AllocDisabler;
@@ -271,6 +271,18 @@ fn the_live_runtime_serves_pq_indexes_as_pq_searcher_blends_them_without_allocat
             IndexStructure::IvfPqFastScan { refined: true }
         );
         assert!(info.mapped && info.description.contains("PQ"), "{info:?}");
+        let pq = PqIndex::open(&b.kbi_path).unwrap();
+        assert_eq!(
+            info.pq,
+            Some(PqInfo {
+                m,
+                nbits: 4,
+                by_residual: pq.by_residual(),
+                bbs: pq.bbs(),
+                k_factor: pq.k_factor(),
+            })
+        );
+        assert!(pq.k_factor().is_some());
         control
             .publish(
                 1,

@@ -4,7 +4,7 @@
 
 use std::ffi::c_char;
 
-use knnblend_core::format::{FileKind, IndexStructure, Metric, PQ_NBITS};
+use knnblend_core::format::{FileKind, Metric, PQ_NBITS};
 use knnblend_core::index::{
     AnyIndex, AnySearcher, BlendOutcome, BlendParams, OpenOptions, PqIndex, PqNeighbour,
 };
@@ -227,19 +227,8 @@ impl kb_index_info {
             bytes: i.bytes,
             ..Self::EMPTY
         };
-        if let IndexStructure::IvfPqFastScan { refined } = i.structure {
-            // The runtime's description carries the PQ parameters only in its factory string
-            // (`AnyIndex::describe`); the tests check this reading against `of_index`.
-            let (m, by_residual, k_factor) = pq_of_description(&i.description);
-            info.set_pq(
-                m,
-                by_residual,
-                if refined {
-                    k_factor.or(Some(1.0))
-                } else {
-                    None
-                },
-            );
+        if let Some(pq) = &i.pq {
+            info.set_pq(pq.m, pq.by_residual, pq.k_factor);
         }
         info
     }
@@ -252,22 +241,6 @@ impl kb_index_info {
         self.refined = k_factor.is_some();
         self.k_factor = k_factor.unwrap_or(0.0);
     }
-}
-
-/// M, by-residual and k_factor from an IVF-PQ description as `AnyIndex::describe` writes it:
-/// `IVF1024,PQ128x4fsr,RFlat (IVF-PQ FastScan, k_factor 1)`. Unreadable parts are 0, false,
-/// None.
-pub(crate) fn pq_of_description(d: &str) -> (usize, bool, Option<f32>) {
-    let factory = d.split(' ').next().unwrap_or("");
-    let pq = factory
-        .split(',')
-        .find_map(|part| part.strip_prefix("PQ"))
-        .unwrap_or("");
-    let (m, rest) = pq.split_once("x4fs").unwrap_or(("", ""));
-    let k_factor = d
-        .split_once("k_factor ")
-        .and_then(|(_, k)| k.trim_end_matches(')').parse::<f32>().ok());
-    (m.parse().unwrap_or(0), rest.starts_with('r'), k_factor)
 }
 
 fn metric(m: Metric) -> kb_metric {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::format::{FileKind, IndexStructure, Metadata, Metric};
+use crate::format::{FileKind, IndexStructure, Metadata, Metric, PQ_NBITS};
 use crate::index::AnyIndex;
 
 /// Process-wide source of index ids (0 means "none").
@@ -28,6 +28,8 @@ pub struct IndexInfo {
     /// Its type in one line, e.g. `IVF-Flat` or `IVF1024,PQ128x4fs,RFlat (IVF-PQ FastScan,
     /// k_factor 1)` ([`AnyIndex::describe`]).
     pub description: String,
+    /// The product quantizer of an IVF-PQ FastScan index (`None` for IVF-Flat).
+    pub pq: Option<PqInfo>,
     /// Served from a memory map (`.kbi`) rather than owned memory.
     pub mapped: bool,
     /// Vector dimension.
@@ -52,6 +54,21 @@ pub struct IndexInfo {
     pub bytes: u64,
 }
 
+/// The product quantizer of an IVF-PQ FastScan index, as [`IndexInfo::pq`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PqInfo {
+    /// Sub-quantizers (faiss `M`); the codes take `M` × 4 bits per vector.
+    pub m: usize,
+    /// Bits per code (always 4: FastScan).
+    pub nbits: usize,
+    /// The codes encode residuals from the list centroids (`x4fsr`) rather than vectors.
+    pub by_residual: bool,
+    /// Vectors per block of packed codes (faiss `bbs`).
+    pub bbs: usize,
+    /// The refinement's k_factor when the index holds its exact vectors (`,RFlat`).
+    pub k_factor: Option<f32>,
+}
+
 /// One loaded index as the runtime holds it.
 pub(crate) struct Entry {
     pub(crate) index: AnyIndex,
@@ -73,6 +90,16 @@ impl Entry {
             kind: index.source_kind(),
             structure: index.structure(),
             description: index.describe(),
+            pq: match &index {
+                AnyIndex::Flat(_) => None,
+                AnyIndex::Pq(p) => Some(PqInfo {
+                    m: p.m(),
+                    nbits: PQ_NBITS,
+                    by_residual: p.by_residual(),
+                    bbs: p.bbs(),
+                    k_factor: p.k_factor(),
+                }),
+            },
             mapped: index.is_mapped(),
             dim: index.dim(),
             ntotal: index.ntotal(),

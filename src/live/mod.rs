@@ -117,7 +117,7 @@ use rtrb::RingBuffer;
 pub use audio::AudioEngine;
 pub use config::{HeaderValidator, LiveConfig, Validator, MAX_SLOTS};
 pub use control::{Controller, SlotState, SlotStatus};
-pub use entry::{IndexInfo, PreparedIndex};
+pub use entry::{IndexInfo, PqInfo, PreparedIndex};
 pub use error::LoadError;
 pub use telemetry::{IndexRef, SlotTelemetry, TelemetrySnapshot};
 pub use ticket::{LoadOutcome, LoadTicket};

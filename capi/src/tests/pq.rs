@@ -11,7 +11,6 @@ use knnblend_core::format::{IndexParts, Metric, PqParts};
 use knnblend_core::index::{PqIndex, PqNeighbour, PqSearcher, PQ_MAX_BASE_K};
 
 use super::*;
-use crate::index::pq_of_description;
 
 /// One PQ test file: its path, the frames it was made from, and what it should report.
 struct PqFile {
@@ -246,10 +245,6 @@ fn pq_indexes_open_and_report_their_type_and_parameters() {
             if let Some(k) = file.k_factor {
                 assert!(d.contains(&format!("k_factor {k}")), "{d}");
             }
-            assert_eq!(
-                pq_of_description(&d),
-                (file.m, file.by_residual, file.k_factor)
-            );
             let mut buf = [0 as c_char; 64];
             // SAFETY: valid pointers and sizes.
             unsafe { kb_index_features(ix, buf.as_mut_ptr(), buf.len(), null_mut()) };
@@ -274,25 +269,6 @@ fn pq_indexes_open_and_report_their_type_and_parameters() {
     );
     assert_eq!(describe(ix), "IVF-Flat");
     free(ix, null_mut());
-}
-
-#[test]
-fn pq_descriptions_are_read_back_whatever_their_options() {
-    for (d, want) in [
-        (
-            "IVF1024,PQ128x4fsr_64,RFlat (IVF-PQ FastScan, k_factor 2.5)",
-            (128, true, Some(2.5)),
-        ),
-        ("IVF16,PQ16x4fs (IVF-PQ FastScan)", (16, false, None)),
-        (
-            "IVF8,PQ3x4fs,RFlat (IVF-PQ FastScan, k_factor 1)",
-            (3, false, Some(1.0)),
-        ),
-        ("IVF-Flat", (0, false, None)),
-        ("", (0, false, None)),
-    ] {
-        assert_eq!(pq_of_description(d), want, "{d}");
-    }
 }
 
 #[test]
