@@ -1,4 +1,6 @@
-//! `cargo xtask fuzz`: runs every cargo-fuzz target in `fuzz/` for a bounded time.
+//! `cargo xtask fuzz`: runs every cargo-fuzz target in `fuzz/` (the `[[bin]]`s of
+//! `fuzz/Cargo.toml`, each from its committed seeds in `fuzz/seeds/<target>/`) for a bounded
+//! time.
 //! Not part of `cargo xtask test`. Needs the nightly toolchain and cargo-fuzz (installed
 //! when missing). Crash inputs land in `fuzz/artifacts/<target>/`.
 
@@ -132,6 +134,30 @@ fn fuzz_targets(manifest: &str) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every reader of outside input has a target, and every target starts from committed
+    /// seeds (`fuzz/seeds/<target>/`, made by `tests/corrupt_files.rs` and
+    /// `tests/faiss_fastscan_read.rs`).
+    #[test]
+    fn the_real_targets_are_listed_and_seeded() {
+        let targets = fuzz_targets(include_str!("../../fuzz/Cargo.toml")).unwrap();
+        for t in [
+            "kbi_reader",
+            "pq_kbi_reader",
+            "faiss_reader",
+            "plugin_state",
+        ] {
+            assert!(targets.iter().any(|x| x == t), "fuzz/Cargo.toml lacks {t}");
+        }
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+        for t in &targets {
+            let dir = seeds.join(t);
+            let count = std::fs::read_dir(&dir)
+                .map(|d| d.count())
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            assert!(count > 0, "{} is empty", dir.display());
+        }
+    }
 
     #[test]
     fn lists_bin_targets() {
