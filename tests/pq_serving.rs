@@ -383,3 +383,35 @@ fn a_pq_index_whose_k_factor_the_audio_side_cannot_rerank_is_refused_by_name() {
         other => panic!("loaded: {other:?}"),
     }
 }
+
+/// The live loader takes faiss's own IVF-PQ FastScan files (refined and not) as they are: the
+/// header it reads first and the index it then reads must describe the same file, or every
+/// faiss PQ file was refused as "changed while it was being loaded".
+#[test]
+fn the_live_loader_takes_faiss_pq_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (control, _audio) = live(LiveConfig {
+        max_dim: 768,
+        frame_period_seconds: 0.01,
+        ..LiveConfig::default()
+    });
+    for (slot, refine) in [(0, true), (1, false)] {
+        let b = build(dir.path(), 256, 128, Metric::L2, refine, 11 + slot as u64);
+        let header = format::read_header(&b.faiss_path).unwrap();
+        let opened = AnyIndex::open(&b.faiss_path).unwrap();
+        assert_eq!(opened.header(), header, "header and index disagree");
+        let info = match control.load(slot, &b.faiss_path).wait() {
+            LoadOutcome::Published(info) => info,
+            other => panic!("refined {refine}: {other:?}"),
+        };
+        assert_eq!(
+            (info.kind, info.structure, info.mapped),
+            (
+                format::FileKind::Faiss,
+                IndexStructure::IvfPqFastScan { refined: refine },
+                false
+            )
+        );
+        assert_eq!(info.pq.map(|p| p.k_factor.is_some()), Some(refine));
+    }
+}

@@ -339,15 +339,10 @@ fn rvc_slot_serves_an_imported_ivf_pq_kbi_like_the_flat_index_of_its_rows() {
 }
 
 /// The faiss file itself in an RVC slot (RVC users pick their `added_*.index`): it must serve
-/// like its imported `.kbi`. It does not yet: the loader refuses every faiss IVF-PQ FastScan
-/// file with `LoadError::Changed` ("changed while it was being loaded"), because
-/// `format::read_header` describes a faiss file's metadata as `imported_from: "faiss
-/// IndexIVFFlat"` whatever its structure (src/format/header.rs, `faiss::imported_metadata`),
-/// while the opened `PqIndex` says `"faiss IndexRefineFlat(IndexIVFPQFastScan)"` (or `"faiss
-/// IndexIVFPQFastScan"`), and `live::prepare` compares the two headers. A core fix (src/).
+/// like its imported `.kbi`. (Until `format::read_header` named a faiss PQ file's type as the
+/// opened `PqIndex` does, the loader refused every such file as "changed while it was being
+/// loaded".)
 #[test]
-#[ignore = "fails until the core's read_header describes faiss IVF-PQ files as PqIndex does \
-            (the live loader refuses them as `changed while it was being loaded`)"]
 fn rvc_slot_serves_a_faiss_ivf_pq_fastscan_file() {
     let dir = tempfile::tempdir().unwrap();
     let level = 0.3;

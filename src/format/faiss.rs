@@ -239,10 +239,13 @@ fn inferred_features(dim: usize) -> String {
 /// from the dimension, the vector count, where it came from. (The loader adds the file name to
 /// `sources`.)
 pub(crate) fn imported_metadata(dim: usize, ntotal: u64) -> Metadata {
-    imported_metadata_from(dim, ntotal, "faiss IndexIVFFlat")
+    imported_metadata_from(dim, ntotal, IVF_FLAT_FROM)
 }
 
-/// [`imported_metadata`] of an index of faiss type `from` (such as `faiss IndexIVFFlat`).
+/// The faiss type an imported IVF-Flat index names in its metadata (`imported_from`).
+pub(super) const IVF_FLAT_FROM: &str = "faiss IndexIVFFlat";
+
+/// [`imported_metadata`] of an index of faiss type `from` (such as [`IVF_FLAT_FROM`]).
 pub(super) fn imported_metadata_from(dim: usize, ntotal: u64, from: &str) -> Metadata {
     Metadata {
         features: inferred_features(dim),

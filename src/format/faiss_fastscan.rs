@@ -230,11 +230,7 @@ fn refined<R: Read>(c: &mut Input<'_, R>) -> Result<PqParts, FormatError> {
         ))
     })?;
     parts.refine = Some(RefineFlat { vectors, k_factor });
-    parts.metadata = super::faiss::imported_metadata_from(
-        dim,
-        ntotal,
-        "faiss IndexRefineFlat(IndexIVFPQFastScan)",
-    );
+    parts.metadata = super::faiss::imported_metadata_from(dim, ntotal, imported_from(true));
     Ok(parts)
 }
 
@@ -410,8 +406,19 @@ fn fastscan<R: Read>(c: &mut Input<'_, R>) -> Result<PqParts, FormatError> {
         qbs2,
         lists,
         refine: None,
-        metadata: super::faiss::imported_metadata_from(dim, ntotal, "faiss IndexIVFPQFastScan"),
+        metadata: super::faiss::imported_metadata_from(dim, ntotal, imported_from(false)),
     })
+}
+
+/// The faiss type an imported IVF-PQ FastScan index names in its metadata (`imported_from`),
+/// refined or not: the reader and [`read_header`](super::read_header) say the same, so a
+/// loader comparing the header with the index it read sees the file unchanged.
+pub(super) fn imported_from(refined: bool) -> &'static str {
+    if refined {
+        "faiss IndexRefineFlat(IndexIVFPQFastScan)"
+    } else {
+        "faiss IndexIVFPQFastScan"
+    }
 }
 
 /// Bytes converted per step when reading numbers.

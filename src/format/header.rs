@@ -149,16 +149,18 @@ pub fn read_header(path: &Path) -> Result<IndexHeader, FormatError> {
             })
         }
         FileKind::Faiss => {
-            let (h, structure) = if super::looks_like_faiss_fastscan(&head) {
+            let (h, structure, from) = if super::looks_like_faiss_fastscan(&head) {
                 let (h, refined) = super::faiss_fastscan::read_header(&head)?;
-                (h, IndexStructure::IvfPqFastScan { refined })
+                let from = super::faiss_fastscan::imported_from(refined);
+                (h, IndexStructure::IvfPqFastScan { refined }, from)
             } else {
-                (faiss::read_header(&head)?, IndexStructure::IvfFlat)
+                let from = faiss::IVF_FLAT_FROM;
+                (faiss::read_header(&head)?, IndexStructure::IvfFlat, from)
             };
             if h.ntotal == 0 {
                 return Err(FormatError::TrainedOnly);
             }
-            let mut metadata = faiss::imported_metadata(h.dim, h.ntotal);
+            let mut metadata = faiss::imported_metadata_from(h.dim, h.ntotal, from);
             metadata.sources.extend(imported_source(path));
             Ok(IndexHeader {
                 kind: FileKind::Faiss,
