@@ -18,9 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Clustered;
-use knnblend::format::kbi;
-use knnblend::format::{FormatError, IndexParts, ListParts, Metadata, Metric};
-use knnblend::index::{IvfIndex, OpenOptions};
+use knnblend::format::{self, kbi};
+use knnblend::format::{
+    FormatError, IndexParts, ListParts, Metadata, Metric, PqList, PqParts, ProductQuantizer,
+    RefineFlat,
+};
+use knnblend::index::{AnyIndex, IvfIndex, OpenOptions};
 
 fn parts(dim: usize, n: usize, nlist: usize, seed: u64) -> IndexParts {
     let gen = Clustered::new(dim, 6, seed);
@@ -246,4 +249,137 @@ fn child_reads_a_kbi_truncated_after_mapping() {
     );
     let sum: f32 = index.vectors().iter().sum();
     println!("read {sum} after truncation: no SIGBUS");
+}
+
+/// A small IVF-PQ FastScan index made by hand (16-d, M 8, refined, one empty list).
+fn pq_parts(seed: u64) -> PqParts {
+    let (dim, m) = (16, 8);
+    let gen = Clustered::new(dim, 6, seed);
+    let mut rng = common::Rng(seed);
+    let mut parts = PqParts {
+        dim,
+        metric: Metric::L2,
+        nprobe: 1,
+        centroids: gen.rows(4, seed + 1),
+        pq: ProductQuantizer {
+            m,
+            dsub: dim / m,
+            codebooks: (0..16 * dim).map(|_| rng.normal()).collect(),
+        },
+        by_residual: true,
+        bbs: 32,
+        implem: 0,
+        qbs2: 0,
+        lists: Vec::new(),
+        refine: None,
+        metadata: Metadata {
+            features: "test-16".into(),
+            ..Metadata::default()
+        },
+    };
+    let mut next = 0i64;
+    for n in [90usize, 0, 150, 60] {
+        let codes = (0..parts.list_code_bytes(n))
+            .map(|_| rng.next_u64() as u8)
+            .collect();
+        parts.lists.push(PqList {
+            ids: (next..next + n as i64).collect(),
+            codes,
+        });
+        next += n as i64;
+    }
+    parts.refine = Some(RefineFlat {
+        vectors: gen.rows(next as usize, seed + 2),
+        k_factor: 1.0,
+    });
+    parts
+}
+
+/// A PQ `.kbi` written in place while it is loaded (memory-mapped, as `.kbi` files of either
+/// type are): each load is a clean error or the whole file, as for IVF-Flat above.
+#[test]
+fn a_pq_kbi_being_written_in_place_loads_cleanly_or_completely() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("voice.kbi");
+    let want = pq_parts(5);
+    let image = format::encode_pq_kbi(&want).unwrap().as_slice().to_vec();
+    let (mut complete, mut errors) = (0, 0);
+    for round in 0..6 {
+        let file = std::fs::File::create(&path).unwrap();
+        let bytes = image.clone();
+        let chunk = 512 + round * 811;
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                write_slowly(file, &bytes, chunk);
+                done.store(true, Ordering::Release);
+            })
+        };
+        let mut last_ok;
+        loop {
+            let finished = done.load(Ordering::Acquire);
+            match AnyIndex::open(&path) {
+                Ok(index) => {
+                    let pq = index.as_pq().expect("a PQ index");
+                    assert!(
+                        pq.to_parts() == want,
+                        "a load returned something other than the file"
+                    );
+                    complete += 1;
+                    last_ok = true;
+                }
+                Err(e) => {
+                    assert!(!e.to_string().is_empty());
+                    errors += 1;
+                    last_ok = false;
+                }
+            }
+            if finished {
+                break;
+            }
+        }
+        writer.join().unwrap();
+        assert!(
+            last_ok,
+            "the last load after the writer finished must succeed"
+        );
+    }
+    println!("PQ kbi written in place: {complete} complete loads, {errors} clean errors");
+    assert!(errors > 0, "no load saw a partial file");
+}
+
+/// Before a PQ `.kbi` is mapped, truncation in place is just a short file: a clean error,
+/// verified or not.
+#[test]
+fn a_pq_kbi_truncated_in_place_before_loading_is_a_clean_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("voice.kbi");
+    format::write_pq_kbi(&path, &pq_parts(6)).unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    for keep in [0, 7, 100, 4096, len / 2, len - 1] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(keep)
+            .unwrap();
+        for verify in [true, false] {
+            let opts = OpenOptions {
+                verify,
+                ..OpenOptions::default()
+            };
+            let err = AnyIndex::open_with(&path, opts).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    FormatError::Truncated { .. }
+                        | FormatError::UnknownFormat { .. }
+                        | FormatError::InvalidField { .. }
+                        | FormatError::Io { .. }
+                ),
+                "{keep}: {err}"
+            );
+        }
+    }
 }
