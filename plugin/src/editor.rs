@@ -222,10 +222,10 @@ pub fn rvc_row(
 
 /// One line describing an RVC voice.
 pub fn describe_rvc(info: &RvcVoiceInfo) -> String {
-    let index = if info.vectors > 0 {
-        format!("{} ({} vectors)", info.index_name, info.vectors)
-    } else {
-        info.index_name.clone()
+    let index = match (info.vectors, info.index_type.as_str()) {
+        (0, _) => info.index_name.clone(),
+        (n, "") => format!("{} ({n} vectors)", info.index_name),
+        (n, kind) => format!("{} ({kind}, {n} vectors)", info.index_name),
     };
     format!(
         "{} · {} kHz · {}{}-d · f0 by {} · {index}",
@@ -932,6 +932,37 @@ mod tests {
         let r = row(None, Some("restored badly".into()), None);
         assert_eq!(r.title, "empty");
         assert_eq!(r.error.as_deref(), Some("restored badly"));
+    }
+
+    #[test]
+    fn rvc_line_names_the_index_type_once_loaded() {
+        let mut info = RvcVoiceInfo {
+            model: PathBuf::from("alice.onnx"),
+            version: "v2",
+            model_rate: 40_000,
+            f0: true,
+            dim: 768,
+            f0_method: knnblend_rvc::f0::F0Method::Rmvpe,
+            index_name: "added_alice.index".into(),
+            index_path: PathBuf::from("added_alice.index"),
+            index_type: String::new(),
+            vectors: 0,
+            lists: 0,
+        };
+        assert_eq!(
+            describe_rvc(&info),
+            "v2 · 40 kHz · pitch · 768-d · f0 by RMVPE · added_alice.index"
+        );
+        info.vectors = 30_000;
+        info.index_type = "IVF1024,PQ128x4fs,RFlat (IVF-PQ FastScan, k_factor 1)".into();
+        assert!(
+            describe_rvc(&info).ends_with(
+                "added_alice.index (IVF1024,PQ128x4fs,RFlat (IVF-PQ FastScan, k_factor 1), \
+                 30000 vectors)"
+            ),
+            "{}",
+            describe_rvc(&info)
+        );
     }
 
     #[test]

@@ -771,6 +771,7 @@ impl Loader {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             index_path: files.index.clone(),
+            index_type: String::new(),
             vectors: 0,
             lists: 0,
         })

@@ -53,6 +53,9 @@ pub struct VoiceInfo {
     pub index_name: String,
     /// Its file.
     pub index_path: PathBuf,
+    /// Its type in one line, e.g. `IVF-Flat` or `IVF1024,PQ128x4fs,RFlat (IVF-PQ FastScan,
+    /// k_factor 1)` (empty before the index is loaded).
+    pub index_type: String,
     /// Stored vectors.
     pub vectors: u64,
     /// Inverted lists.
@@ -215,6 +218,7 @@ pub fn open_voice(
         f0_method: converter.f0_method(),
         index_name: published.name.clone(),
         index_path: published.path.clone(),
+        index_type: published.description.clone(),
         vectors: published.ntotal as u64,
         lists: published.nlist,
     };
