@@ -439,23 +439,12 @@ pub unsafe extern "C" fn kb_index_metadata_json(
     cap: usize,
     needed: *mut usize,
 ) -> kb_status {
-    let mut code = KB_OK;
-    // SAFETY: as the caller guarantees; no error object is requested.
-    let status = unsafe {
-        control(std::ptr::null_mut(), || {
-            let Some(ix) = index.as_ref() else {
-                return Err(Error::null("index"));
-            };
-            let json = serde_json::to_string(ix.get().metadata())
-                .map_err(|e| Error::new(KB_ERR_PANIC, e.to_string()))?;
-            code = copy_out(&json, buf, cap, needed);
-            Ok(())
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        copy_text(index, buf, cap, needed, |ix| {
+            serde_json::to_string(ix.metadata())
+                .map_err(|e| Error::new(KB_ERR_PANIC, e.to_string()))
         })
-    };
-    if status == KB_OK {
-        code
-    } else {
-        status
     }
 }
 
@@ -476,6 +465,23 @@ pub unsafe extern "C" fn kb_index_describe(
     cap: usize,
     needed: *mut usize,
 ) -> kb_status {
+    // SAFETY: as the caller guarantees.
+    unsafe { copy_text(index, buf, cap, needed, |ix| Ok(ix.describe())) }
+}
+
+/// Formats a text of `index` (off the audio thread: it allocates) and copies it into `buf` with
+/// the contract of `kb_index_features`: `KB_ERR_NULL` for a null index, the formatter's
+/// error, or `copy_out`'s status.
+///
+/// # Safety
+/// As `kb_index_features`.
+unsafe fn copy_text(
+    index: *const kb_index,
+    buf: *mut c_char,
+    cap: usize,
+    needed: *mut usize,
+    text: impl FnOnce(&AnyIndex) -> Result<String, Error>,
+) -> kb_status {
     let mut code = KB_OK;
     // SAFETY: as the caller guarantees; no error object is requested.
     let status = unsafe {
@@ -483,7 +489,7 @@ pub unsafe extern "C" fn kb_index_describe(
             let Some(ix) = index.as_ref() else {
                 return Err(Error::null("index"));
             };
-            code = copy_out(&ix.get().describe(), buf, cap, needed);
+            code = copy_out(&text(ix.get())?, buf, cap, needed);
             Ok(())
         })
     };
