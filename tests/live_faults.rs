@@ -19,7 +19,7 @@ use std::time::Instant;
 use knnblend::format::kbi_pq::PqSectionKind;
 use knnblend::format::IndexStructure;
 use knnblend::index::QueryExpansion;
-use knnblend::live::{live, AudioEngine, LiveConfig, LoadOutcome};
+use knnblend::live::{live, AudioEngine, Controller, LiveConfig, LoadOutcome, PreparedIndex};
 use support::*;
 
 const QUERIES: usize = 10_240;
@@ -290,11 +290,44 @@ fn the_fault_counter_sees_faults_when_an_index_is_not_resident_rvc_768() {
     the_fault_counter_sees_faults(rvc_768());
 }
 
+/// Drops the page-table entries of `len` bytes at `ptr` (page-aligned, inside `prepared`'s
+/// read-only file mapping), publishes `prepared` into slot 0 and returns the page faults of
+/// an audio thread serving it.
+fn faults_with_pages_dropped(
+    control: &Controller,
+    mut audio: AudioEngine,
+    prepared: PreparedIndex,
+    ptr: *mut libc::c_void,
+    len: usize,
+    dim: usize,
+) -> u64 {
+    // SAFETY: the range is a page-aligned part of the index's read-only file mapping; dropping
+    // its page-table entries only makes the next reads fault the pages back in.
+    unsafe {
+        libc::munlock(ptr, len);
+        assert_eq!(libc::madvise(ptr, len, libc::MADV_DONTNEED), 0);
+    }
+    control.publish(0, prepared).unwrap();
+    std::thread::spawn(move || {
+        let qs = queries(dim, QUERIES, 11);
+        let mut out = vec![0f32; qs.len()];
+        out.fill(1.0); // touched before counting
+        thread_faults();
+        let before = thread_faults();
+        run(&mut audio, &qs, &mut out, dim, 0, QUERIES);
+        let faults = thread_faults() - before;
+        drop(audio);
+        faults
+    })
+    .join()
+    .unwrap()
+}
+
 fn the_fault_counter_sees_faults(shape: Shape) {
     let dim = shape.dim;
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "cold.kbi", &shape, 3.0);
-    let (control, mut audio) = live(LiveConfig {
+    let (control, audio) = live(LiveConfig {
         slots: 1,
         max_dim: dim,
         ..LiveConfig::default()
@@ -310,26 +343,7 @@ fn the_fault_counter_sees_faults(shape: Shape) {
         0,
         "the vectors section is page-aligned"
     );
-    // SAFETY: the range is a page-aligned part of the index's read-only file mapping; dropping
-    // its page-table entries only makes the next reads fault the pages back in.
-    unsafe {
-        libc::munlock(ptr, len);
-        assert_eq!(libc::madvise(ptr, len, libc::MADV_DONTNEED), 0);
-    }
-    control.publish(0, prepared).unwrap();
-    let faults = std::thread::spawn(move || {
-        let qs = queries(dim, QUERIES, 11);
-        let mut out = vec![0f32; qs.len()];
-        out.fill(1.0); // touched before counting
-        thread_faults();
-        let before = thread_faults();
-        run(&mut audio, &qs, &mut out, dim, 0, QUERIES);
-        let faults = thread_faults() - before;
-        drop(audio);
-        faults
-    })
-    .join()
-    .unwrap();
+    let faults = faults_with_pages_dropped(&control, audio, prepared, ptr, len, dim);
     println!(
         "{}: faults querying a non-resident index: {faults}",
         shape.label()
@@ -357,7 +371,7 @@ fn the_fault_counter_sees_pq_faults(pq: PqShape) {
     let dim = pq.shape.dim;
     let dir = tempfile::tempdir().unwrap();
     let path = write_pq(dir.path(), "cold.kbi", &pq, 3.0, true);
-    let (control, mut audio) = live(LiveConfig {
+    let (control, audio) = live(LiveConfig {
         slots: 1,
         max_dim: dim,
         ..LiveConfig::default()
@@ -373,26 +387,7 @@ fn the_fault_counter_sees_pq_faults(pq: PqShape) {
     let (ptr, len) = ((image + codes.start) as *mut libc::c_void, codes.len());
     assert_eq!(ptr as usize % 4096, 0, "the codes section is page-aligned");
     assert!(len >= 4 * 4096, "{len} bytes of codes");
-    // SAFETY: the range is a page-aligned part of the index's read-only file mapping; dropping
-    // its page-table entries only makes the next reads fault the pages back in.
-    unsafe {
-        libc::munlock(ptr, len);
-        assert_eq!(libc::madvise(ptr, len, libc::MADV_DONTNEED), 0);
-    }
-    control.publish(0, prepared).unwrap();
-    let faults = std::thread::spawn(move || {
-        let qs = queries(dim, QUERIES, 11);
-        let mut out = vec![0f32; qs.len()];
-        out.fill(1.0); // touched before counting
-        thread_faults();
-        let before = thread_faults();
-        run(&mut audio, &qs, &mut out, dim, 0, QUERIES);
-        let faults = thread_faults() - before;
-        drop(audio);
-        faults
-    })
-    .join()
-    .unwrap();
+    let faults = faults_with_pages_dropped(&control, audio, prepared, ptr, len, dim);
     println!(
         "{}: faults querying a non-resident IVF-PQ index: {faults}",
         pq.label()

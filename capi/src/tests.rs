@@ -888,27 +888,7 @@ fn a_load_polled_to_completion_serves_what_the_rust_api_serves() {
         assert_eq!(kb_audio_begin_block(audio, 0, 0.0), KB_OK);
         assert_eq!(kb_audio_serving_id(audio), sa.index.id);
         assert_eq!(kb_audio_serving_dim(audio), D);
-        let mut per_frame = vec![0f32; qs.len()];
-        for (q, o) in qs.chunks_exact(D).zip(per_frame.chunks_exact_mut(D)) {
-            let mut oc = kb_blend_outcome::KB_BLEND_EMPTY;
-            let code = kb_audio_blend(audio, q.as_ptr(), D, 8, 0.75, o.as_mut_ptr(), D, &mut oc);
-            assert_eq!((code, oc), (KB_OK, kb_blend_outcome::KB_BLEND_BLENDED));
-        }
-        let mut block = vec![0f32; qs.len()];
-        let mut blended = 0;
-        let code = kb_audio_blend_block(
-            audio,
-            qs.as_ptr(),
-            nq,
-            D,
-            8,
-            0.75,
-            block.as_mut_ptr(),
-            block.len(),
-            &mut blended,
-        );
-        assert_eq!((code, blended), (KB_OK, nq));
-        assert_eq!(kb_audio_end_block(audio), KB_OK);
+        let (per_frame, block) = audio_frames_and_block(audio, &qs);
         let mut want = vec![0f32; qs.len()];
         let params = BlendParams {
             expansion: None,
@@ -1304,4 +1284,42 @@ fn the_test_faiss_writer_writes_what_the_core_reads() {
     let back = knnblend_core::format::read_faiss_index(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(back.centroids, p.centroids);
     assert_eq!(back.lists, p.lists);
+}
+
+/// `qs` (whole rows of `D`) blended by the audio side in the block begun by the caller, frame
+/// by frame (`kb_audio_blend`) and as one block (`kb_audio_blend_block`), k 8, ratio 0.75;
+/// every frame must blend. Ends the block.
+///
+/// # Safety
+/// `audio` is a live audio handle.
+unsafe fn audio_frames_and_block(audio: *mut kb_audio, qs: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let nq = qs.len() / D;
+    let mut per_frame = vec![0f32; qs.len()];
+    for (q, o) in qs.chunks_exact(D).zip(per_frame.chunks_exact_mut(D)) {
+        let mut oc = kb_blend_outcome::KB_BLEND_EMPTY;
+        // SAFETY: valid pointers and lengths; `audio` as the caller guarantees.
+        let code =
+            unsafe { kb_audio_blend(audio, q.as_ptr(), D, 8, 0.75, o.as_mut_ptr(), D, &mut oc) };
+        assert_eq!((code, oc), (KB_OK, kb_blend_outcome::KB_BLEND_BLENDED));
+    }
+    let mut block = vec![0f32; qs.len()];
+    let mut blended = 0;
+    // SAFETY: as above.
+    let code = unsafe {
+        kb_audio_blend_block(
+            audio,
+            qs.as_ptr(),
+            nq,
+            D,
+            8,
+            0.75,
+            block.as_mut_ptr(),
+            block.len(),
+            &mut blended,
+        )
+    };
+    assert_eq!((code, blended), (KB_OK, nq));
+    // SAFETY: as above.
+    assert_eq!(unsafe { kb_audio_end_block(audio) }, KB_OK);
+    (per_frame, block)
 }

@@ -662,30 +662,9 @@ fn the_live_runtime_serves_a_pq_kbi_as_the_core_blends_it() {
         let rust = PqIndex::open(&file.path).unwrap();
         let mut rs = rust_searcher();
         let qs = queries(&file.frames, 20, 4);
-        let nq = qs.len() / D;
         assert_eq!(kb_audio_begin_block(audio, 0, 0.0), KB_OK);
         assert_eq!(kb_audio_serving_id(audio), st.index.id);
-        let mut per_frame = vec![0f32; qs.len()];
-        for (q, o) in qs.chunks_exact(D).zip(per_frame.chunks_exact_mut(D)) {
-            let mut oc = kb_blend_outcome::KB_BLEND_EMPTY;
-            let code = kb_audio_blend(audio, q.as_ptr(), D, 8, 0.75, o.as_mut_ptr(), D, &mut oc);
-            assert_eq!((code, oc), (KB_OK, kb_blend_outcome::KB_BLEND_BLENDED));
-        }
-        let mut block = vec![0f32; qs.len()];
-        let mut blended = 0;
-        let code = kb_audio_blend_block(
-            audio,
-            qs.as_ptr(),
-            nq,
-            D,
-            8,
-            0.75,
-            block.as_mut_ptr(),
-            block.len(),
-            &mut blended,
-        );
-        assert_eq!((code, blended), (KB_OK, nq));
-        assert_eq!(kb_audio_end_block(audio), KB_OK);
+        let (per_frame, block) = audio_frames_and_block(audio, &qs);
         let params = BlendParams {
             expansion: None,
             k: 8,
