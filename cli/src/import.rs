@@ -35,21 +35,6 @@ pub fn read_pq(path: &Path) -> crate::Result<Option<(FileKind, PqParts)>> {
     })
 }
 
-/// `PQ{M}x4fs[r][_{bbs}][,RFlat]`, the faiss factory suffix of the index.
-pub fn pq_recipe(p: &PqParts) -> String {
-    format!(
-        "PQ{}x4fs{}{}{}",
-        p.pq.m,
-        if p.by_residual { "r" } else { "" },
-        if p.bbs == 32 {
-            String::new()
-        } else {
-            format!("_{}", p.bbs)
-        },
-        if p.refine.is_some() { ",RFlat" } else { "" }
-    )
-}
-
 pub fn run(a: Args) -> crate::Result {
     if let Some((kind, parts)) = read_pq(&a.input)? {
         if kind == FileKind::Kbi {
@@ -63,7 +48,7 @@ pub fn run(a: Args) -> crate::Result {
             "wrote {} (IVF-PQ FastScan IVF{},{}: {} vectors × {}, {bytes} bytes)",
             a.output.display(),
             parts.nlist(),
-            pq_recipe(&parts),
+            parts.recipe(),
             parts.ntotal(),
             parts.dim,
         );

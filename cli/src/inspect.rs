@@ -187,7 +187,7 @@ fn pq(
             "path": a.index.display().to_string(),
             "format": format,
             "type": ty,
-            "factory": format!("IVF{},{}", p.nlist(), crate::import::pq_recipe(p)),
+            "factory": format!("IVF{},{}", p.nlist(), p.recipe()),
             "dim": p.dim,
             "metric": p.metric.name(),
             "ntotal": ntotal,
@@ -225,7 +225,7 @@ fn pq(
     println!(
         "  type        {type_name} (IVF{},{})",
         p.nlist(),
-        crate::import::pq_recipe(p)
+        p.recipe()
     );
     println!("  vectors     {ntotal} × {} ({})", p.dim, p.metric.name());
     println!(

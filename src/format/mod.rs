@@ -30,7 +30,7 @@ pub use kbi_pq::{
 };
 pub use parts::{IndexParts, ListParts, Metadata, Metric, MAX_DIM, MAX_NLIST, MAX_NTOTAL};
 pub(crate) use pq::ids_cover;
-pub use pq::{PqList, PqParts, ProductQuantizer, RefineFlat, PQ_KSUB, PQ_NBITS};
+pub use pq::{pq_recipe, PqList, PqParts, ProductQuantizer, RefineFlat, PQ_KSUB, PQ_NBITS};
 
 /// The kind of an index file, told from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

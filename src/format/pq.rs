@@ -81,6 +81,20 @@ pub struct RefineFlat {
     pub k_factor: f32,
 }
 
+/// The product-quantizer part of an IVF-PQ FastScan index's faiss factory string,
+/// `PQ{m}x4fs[r][_{bbs}][,RFlat]` (faiss's default block size, 32, left out), as in
+/// `IVF1024,PQ128x4fs,RFlat`.
+pub fn pq_recipe(m: usize, by_residual: bool, bbs: usize, refined: bool) -> String {
+    let mut s = format!("PQ{m}x4fs{}", if by_residual { "r" } else { "" });
+    if bbs != 32 {
+        s.push_str(&format!("_{bbs}"));
+    }
+    if refined {
+        s.push_str(",RFlat");
+    }
+    s
+}
+
 /// A complete IVF-PQ FastScan index (4-bit codes), optionally refined, as owned data.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PqParts {
@@ -114,6 +128,11 @@ pub struct PqParts {
 }
 
 impl PqParts {
+    /// The product-quantizer part of the faiss factory string ([`pq_recipe`]).
+    pub fn recipe(&self) -> String {
+        pq_recipe(self.pq.m, self.by_residual, self.bbs, self.refine.is_some())
+    }
+
     /// Number of lists.
     pub fn nlist(&self) -> usize {
         self.lists.len()
@@ -274,6 +293,17 @@ mod tests {
             }),
             metadata: Metadata::default(),
         }
+    }
+
+    #[test]
+    fn recipes_read_as_faiss_factory_strings() {
+        assert_eq!(pq_recipe(128, false, 32, true), "PQ128x4fs,RFlat");
+        assert_eq!(pq_recipe(64, true, 64, false), "PQ64x4fsr_64");
+        let mut p = small();
+        assert_eq!(p.recipe(), "PQ2x4fs,RFlat");
+        p.refine = None;
+        p.by_residual = true;
+        assert_eq!(p.recipe(), "PQ2x4fsr");
     }
 
     #[test]

@@ -293,22 +293,9 @@ impl PqIndex {
     }
     /// The factory string faiss builds this index type from, e.g. `IVF1024,PQ128x4fs,RFlat`.
     pub fn factory(&self) -> String {
-        format!(
-            "IVF{},PQ{}x4fs{}{}{}",
-            self.nlist(),
-            self.m,
-            if self.by_residual { "r" } else { "" },
-            if self.bbs == 32 {
-                String::new()
-            } else {
-                format!("_{}", self.bbs)
-            },
-            if self.layout.k_factor.is_some() {
-                ",RFlat"
-            } else {
-                ""
-            }
-        )
+        let refined = self.layout.k_factor.is_some();
+        let recipe = format::pq_recipe(self.m, self.by_residual, self.bbs, refined);
+        format!("IVF{},{recipe}", self.nlist())
     }
     /// What this index declares, as [`format::read_header`] reads it from a file.
     pub fn header(&self) -> IndexHeader {

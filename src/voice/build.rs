@@ -352,14 +352,8 @@ impl Factory {
                 bbs,
                 refine,
             } => format!(
-                "IVF{nlist},PQ{m}x4fs{}{}{}",
-                if by_residual { "r" } else { "" },
-                if bbs == 32 {
-                    String::new()
-                } else {
-                    format!("_{bbs}")
-                },
-                if refine { ",RFlat" } else { "" }
+                "IVF{nlist},{}",
+                crate::format::pq_recipe(m, by_residual, bbs, refine)
             ),
         }
     }
