@@ -1,0 +1,117 @@
+"""``python -m knnblend.bench``: knnblend against PyPI faiss-cpu in one process.
+
+Both engines search the same faiss-written RVC index files (``IVF{n},Flat`` with RVC's list
+rule, ``nprobe`` 1, k 8) with the same queries, calls alternating, one thread each
+(``faiss.omp_set_num_threads(1)``): single-frame search and RVC's realtime batches (16 and 32
+frames per call), p50/p99/p99.9/max per call. Then the CPU cost per second of audio (RVC's
+100 frames per second in blocks of 16) with faiss at its default OpenMP threads against
+knnblend. Figures are ratios measured in this run; they depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+
+import numpy as np
+
+import knnblend
+
+SHAPES = {
+    "v2-10k": (768, 10_000),
+    "v2-30k": (768, 30_000),
+    "v2-100k": (768, 100_000),
+    "v2-200k": (768, 200_000),
+    "v1-30k": (256, 30_000),
+}
+
+
+def rvc_like(n, d, seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(8, n // 50), d)).astype(np.float32)
+    x = centres[rng.integers(0, len(centres), n)]
+    return (x + 0.3 * rng.standard_normal((n, d)).astype(np.float32)).astype(np.float32)
+
+
+def index_file(faiss, cache, name, d, n):
+    path = os.path.join(cache, f"bench_{name}.index")
+    if not os.path.exists(path):
+        x = rvc_like(n, d, seed=1)
+        n_ivf = min(int(16 * math.sqrt(n)), n // 39)
+        index = faiss.index_factory(d, f"IVF{n_ivf},Flat")
+        index.train(x)
+        index.add(x)
+        faiss.write_index(index, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def percentiles(times_ns):
+    t = np.sort(np.asarray(times_ns, dtype=np.float64)) / 1e3
+    return {p: float(np.percentile(t, p)) for p in (50, 99, 99.9)} | {"max": float(t[-1])}
+
+
+def alternate(fx, kx, queries, batch):
+    """Calls alternate between the engines, the same queries for both."""
+    tf, tk = [], []
+    clock = time.perf_counter_ns
+    for i in range(0, len(queries) - batch + 1, batch):
+        q = queries[i : i + batch]
+        t0 = clock()
+        fx.search(q, 8)
+        t1 = clock()
+        kx.search(q, 8)
+        t2 = clock()
+        tf.append(t1 - t0)
+        tk.append(t2 - t1)
+    return percentiles(tf), percentiles(tk)
+
+
+def cpu_per_audio_second(engine, queries, seconds):
+    """Process CPU seconds per second of audio: RVC's 100 frames/s, searched 16 at a time."""
+    frames = int(100 * seconds)
+    t0 = time.process_time()
+    for i in range(0, frames, 16):
+        j = i % (len(queries) - 16)
+        engine.search(queries[j : j + 16], 8)
+    return (time.process_time() - t0) / seconds
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m knnblend.bench", description=__doc__)
+    ap.add_argument("--shapes", default="v2-10k,v2-30k,v1-30k", help=f"of {','.join(SHAPES)}")
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--audio-seconds", type=float, default=60.0)
+    ap.add_argument("--cache", default=os.path.join("target", "python-bench"))
+    args = ap.parse_args(argv)
+    import faiss
+
+    os.makedirs(args.cache, exist_ok=True)
+    default_threads = faiss.omp_get_max_threads()
+    print(f"peer: faiss-cpu {faiss.__version__} from PyPI ({faiss.get_compile_options().strip()}), "
+          f"against knnblend (this build); {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print("per call, microseconds; ratio = faiss / knnblend (> 1: knnblend faster)")
+    for name in args.shapes.split(","):
+        d, n = SHAPES[name]
+        path = index_file(faiss, args.cache, name, d, n)
+        fx, kx = faiss.read_index(path), knnblend.read_index(path)
+        fx.nprobe = kx.nprobe = 1
+        queries = rvc_like(args.queries, d, seed=2)
+        faiss.omp_set_num_threads(1)
+        for batch in (1, 16, 32):
+            fp, kp = alternate(fx, kx, queries, batch)
+            cells = "  ".join(f"{p if p == 'max' else f'p{p}'}: {fp[p]:8.1f} / {kp[p]:8.1f} = {fp[p] / kp[p]:4.2f}x" for p in fp)
+            print(f"{name:8} batch {batch:2}  faiss / knnblend  {cells}")
+        faiss.omp_set_num_threads(default_threads)
+        cf = cpu_per_audio_second(fx, queries, args.audio_seconds)
+        ck = cpu_per_audio_second(kx, queries, args.audio_seconds)
+        print(f"{name:8} CPU per second of audio: faiss ({default_threads} threads) {cf * 1e3:.1f} ms, "
+              f"knnblend {ck * 1e3:.1f} ms = {cf / ck:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
