@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _knnblend
 
-__all__ = ["Index", "read_index", "METRIC_L2", "METRIC_INNER_PRODUCT", "MAX_K", "MAX_NPROBE"]
+__all__ = ["Index", "Runtime", "Ticket", "read_index", "METRIC_L2", "METRIC_INNER_PRODUCT", "MAX_K", "MAX_NPROBE"]
 
 #: faiss's metric codes (``Index.metric_type``).
 METRIC_INNER_PRODUCT = 0
@@ -134,6 +134,58 @@ class Index:
 
     def __repr__(self) -> str:
         return repr(self._ix)
+
+
+#: A background load (``Runtime.load``): ``progress`` (bytes done, total), ``done``, and
+#: ``wait(timeout=None)`` → the published index's description, ``None`` when superseded,
+#: ``ValueError`` with the library's message when the load failed (the old index serves on).
+Ticket = _knnblend.Ticket
+
+
+class Runtime:
+    """The live runtime for host loops: indexes load into slots on the library's loader
+    thread (with progress) while the current one keeps serving; ``blend`` serves one block of
+    frames from a slot, and a new index in that slot, or another slot, crossfades over
+    ``crossfade_seconds``; replaced indexes are released off the calling thread."""
+
+    __slots__ = ("_rt",)
+
+    def __init__(self, slots: int = 8, max_dim: int = 1024, crossfade_seconds: float = 0.05):
+        self._rt = _knnblend.Runtime(int(slots), int(max_dim), float(crossfade_seconds))
+
+    def load(self, slot: int, path) -> Ticket:
+        """Starts loading ``path`` (``.index`` or ``.kbi``) into ``slot``; returns at once."""
+        import os
+
+        return self._rt.load(int(slot), os.fspath(path))
+
+    def unload(self, slot: int) -> None:
+        """Empties ``slot``."""
+        self._rt.unload(int(slot))
+
+    def status(self, slot: int) -> dict:
+        """``{"state": "empty"|"loading"|"ready"|"failed", "progress"?, "error"?, "index"}``."""
+        return self._rt.status(int(slot))
+
+    def telemetry(self) -> dict:
+        """Queries, per-query and per-block times (ns), the serving index, crossfading."""
+        return self._rt.telemetry()
+
+    def blend(self, x, slot: int = 0, k: int = 8, ratio: float = 0.75, *, out=None) -> np.ndarray:
+        """RVC's blend of a block of frames ``(n, d)`` against ``slot``'s index (frames are
+        copied while nothing of their dimension serves). The GIL is released."""
+        k = _k(k)
+        ratio = float(ratio)
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"ratio = {ratio} is outside [0, 1]")
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise ValueError(f"frames must be 2-d (n, d), got shape {x.shape}")
+        x = _queries(x, x.shape[1])
+        out = _out(out, x.shape, np.float32, "out")
+        if x.shape[0]:
+            self._rt.blend_into(x, int(slot), k, ratio, out)
+        return out
 
 
 def _k(k) -> int:

@@ -15,6 +15,8 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyIOError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
+mod runtime;
+
 /// faiss's `METRIC_INNER_PRODUCT`.
 const FAISS_METRIC_INNER_PRODUCT: i32 = 0;
 /// faiss's `METRIC_L2`.
@@ -316,6 +318,7 @@ fn read_index(py: Python<'_>, path: PathBuf) -> PyResult<Index> {
 fn _knnblend(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Index>()?;
     m.add_function(wrap_pyfunction!(read_index, m)?)?;
+    runtime::register(m)?;
     m.add("MAX_K", MAX_K)?;
     m.add("MAX_NPROBE", MAX_NPROBE)?;
     Ok(())
