@@ -16,6 +16,7 @@ mod fuzz;
 mod install;
 mod linkcheck;
 mod process;
+mod python;
 mod setup;
 mod steps;
 mod test;
@@ -88,6 +89,11 @@ enum Task {
         #[arg(long)]
         no_build: bool,
     },
+    /// Build the Python package (python/) into target/python-pkg and run its tests with
+    /// target/venv's pytest against PyPI faiss-cpu (a step of `cargo xtask test`)
+    ///
+    /// Afterwards `PYTHONPATH=target/python-pkg target/venv/bin/python` imports `knnblend`.
+    Python,
     /// Run each cargo-fuzz target in fuzz/ for a bounded time (nightly + cargo-fuzz)
     Fuzz {
         /// Seconds per target.
@@ -131,6 +137,7 @@ fn run(task: Task) -> Result<()> {
             bundle::run(&ws, &args)
         }
         Task::Install { no_build } => install::run(&ws, install::Options { no_build }),
+        Task::Python => python::test(&ws),
         Task::Fuzz { seconds, targets } => fuzz::run(&ws, &fuzz::Options { seconds, targets }),
         Task::Other(args) => {
             std::env::set_current_dir(&ws.root)?;

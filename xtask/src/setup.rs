@@ -32,13 +32,15 @@ const MIN_CMAKE: (u32, u32) = (3, 24);
 /// onnx and load ONNX Runtime from the onnxruntime wheel's `libonnxruntime.so` (pinned: ort
 /// 2.0.0-rc.15 is known to work with 1.32); the PyPI faiss parity test
 /// (`tests/pypi_faiss_parity.rs`) trains, writes and searches with faiss-cpu (pinned: the
-/// version whose search the test holds knnblend to).
+/// version whose search the test holds knnblend to); the Python package's tests
+/// (`python/tests`) run with pytest.
 const PYTHON_PACKAGES: &[&str] = &[
     "pedalboard",
     "numpy",
     "onnx",
     "onnxruntime==1.32.0",
     "faiss-cpu==1.15.1",
+    "pytest",
 ];
 
 /// Distributions whose import name is not their pip name (`faiss-cpu` installs `faiss`).
@@ -334,7 +336,7 @@ fn ensure_python_env(
             python.display()
         );
     }
-    installed.push("pedalboard, numpy, onnx, onnxruntime, faiss-cpu (PyPI, target/venv)");
+    installed.push("pedalboard, numpy, onnx, onnxruntime, faiss-cpu, pytest (PyPI, target/venv)");
     Ok(())
 }
 

@@ -5,7 +5,9 @@
 //!    CLI, RVC path, integration tests, faiss parity (the tests enable the library's `build`
 //!    feature), including parity with PyPI faiss-cpu (`tests/pypi_faiss_parity.rs`, which runs
 //!    `target/venv`'s Python; setup installs faiss-cpu there); then `cargo test -p
-//!    knnblend-capi` on its own, so the C ABI links the lean core;
+//!    knnblend-capi` on its own, so the C ABI links the lean core; then the Python package
+//!    (`python/`, its own workspace): built, staged and tested with pytest against PyPI
+//!    faiss-cpu (see `python`);
 //! 3. `cargo test -p knnblend --lib --features force-posix-platform`, then the same with
 //!    `force-portable-platform` — the library's unit tests (loading, live, `platform`) on the
 //!    macOS/POSIX and the no-op implementations of `platform`, compiled on Linux;
@@ -52,6 +54,8 @@ const STEP_WORKSPACE: &str =
 /// The C ABI on its own: built with the whole workspace, cargo would unify the library's
 /// features (the CLI's faiss) into `libknnblend.a`; alone it links the lean core, as users get it.
 const STEP_CAPI: &str = "cargo test -p knnblend-capi (C ABI on the lean core, C and C++ hosts)";
+/// The Python package on its own target dir (`python/` is its own workspace).
+const STEP_PYTHON: &str = "Python package: build, pytest against PyPI faiss-cpu (python/tests)";
 const STEP_POSIX_PLATFORM: &str = "cargo test -p knnblend --lib --features force-posix-platform";
 const STEP_PORTABLE_PLATFORM: &str =
     "cargo test -p knnblend --lib --features force-portable-platform";
@@ -155,7 +159,7 @@ fn run_with_skip_log(cmd: &mut Command, log: &Path) -> Result<Vec<SkippedTest>> 
 
 /// Runs every test step.
 pub fn run(ws: &Workspace, options: Options) -> Result<()> {
-    let mut steps = Steps::new("cargo xtask test", 8);
+    let mut steps = Steps::new("cargo xtask test", 9);
     if running_in_ci() {
         println!("CI is set: tests fail instead of skipping, and a skipped step fails the task");
         steps.fail_on_skips("CI is set");
@@ -172,6 +176,7 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
             for name in [
                 STEP_WORKSPACE,
                 STEP_CAPI,
+                STEP_PYTHON,
                 STEP_POSIX_PLATFORM,
                 STEP_PORTABLE_PLATFORM,
                 STEP_BUNDLE,
@@ -204,6 +209,10 @@ pub fn run(ws: &Workspace, options: Options) -> Result<()> {
             cargo(&ws.root).args(["test", "-p", CAPI_PACKAGE, "--no-fail-fast"]),
             log,
         )
+    });
+
+    run_test_step(&mut steps, &log(STEP_PYTHON), STEP_PYTHON, |_| {
+        crate::python::test(ws).map(|()| Vec::new())
     });
 
     for (name, feature) in PLATFORM_FALLBACKS {
