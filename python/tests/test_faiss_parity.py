@@ -225,3 +225,40 @@ def test_search_spins_no_threads(tmp_path):
     kx.search(q, 8)
     kx.blend(q)
     assert len(os.listdir("/proc/self/task")) == before
+
+
+def test_search_and_blend_release_the_gil(tmp_path):
+    """While one thread searches, another runs Python code throughout the call. Were the GIL
+    held, the other thread could run only before the call starts or after it returns, never
+    across most of it."""
+    import threading
+    import time
+
+    path, _ = build(tmp_path, 768, 4000, "l2", "gil")
+    kx = knnblend.read_index(path)
+    q = np.repeat(rvc_like(100, 768, seed=4), 60, axis=0)  # long calls: about 0.1-1 s each
+
+    for call in (lambda: kx.search(q, 8), lambda: kx.blend(q)):
+        window = []
+        started = threading.Event()
+
+        def work():
+            started.set()
+            t0 = time.perf_counter()
+            call()
+            window.extend([t0, time.perf_counter()])
+
+        t = threading.Thread(target=work)
+        ticks = []
+        t.start()
+        started.wait()
+        while t.is_alive():
+            ticks.append(time.perf_counter())
+        t.join()
+        t0, t1 = window
+        inside = [x for x in ticks if t0 < x < t1]
+        assert t1 - t0 > 0.02, "the call was too short to tell"
+        assert inside and max(inside) - min(inside) > 0.5 * (t1 - t0), (
+            f"the other thread ran for {max(inside, default=t0) - min(inside, default=t0):.3f} s "
+            f"of a {t1 - t0:.3f} s call: the GIL was held"
+        )
