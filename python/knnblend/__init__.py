@@ -15,6 +15,8 @@ GIL and spin no threads.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import _knnblend
@@ -101,10 +103,7 @@ class Index:
         neighbours weighted ``1/score²`` (normalised), mixed with the row by ``ratio``
         (RVC's ``index_rate``). Exact matches and rows without neighbours never give NaN;
         rows holding NaN or inf are returned unchanged. ``out`` may be given."""
-        k = _k(k)
-        ratio = float(ratio)
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio = {ratio} is outside [0, 1]")
+        k, ratio = _k(k), _ratio(ratio)
         x = _queries(x, self.d)
         out = _out(out, x.shape, np.float32, "out")
         if x.shape[0]:
@@ -155,8 +154,6 @@ class Runtime:
 
     def load(self, slot: int, path) -> Ticket:
         """Starts loading ``path`` (``.index`` or ``.kbi``) into ``slot``; returns at once."""
-        import os
-
         return self._rt.load(int(slot), os.fspath(path))
 
     def unload(self, slot: int) -> None:
@@ -174,10 +171,7 @@ class Runtime:
     def blend(self, x, slot: int = 0, k: int = 8, ratio: float = 0.75, *, out=None) -> np.ndarray:
         """RVC's blend of a block of frames ``(n, d)`` against ``slot``'s index (frames are
         copied while nothing of their dimension serves). The GIL is released."""
-        k = _k(k)
-        ratio = float(ratio)
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio = {ratio} is outside [0, 1]")
+        k, ratio = _k(k), _ratio(ratio)
         x = np.asarray(x)
         if x.ndim != 2:
             raise ValueError(f"frames must be 2-d (n, d), got shape {x.shape}")
@@ -197,10 +191,15 @@ def _k(k) -> int:
     return k
 
 
+def _ratio(ratio) -> float:
+    ratio = float(ratio)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio = {ratio} is outside [0, 1]")
+    return ratio
+
+
 def read_index(path) -> Index:
     """Reads an RVC/faiss ``.index`` (IVF-Flat, or IVF-PQ FastScan ``IVF…,PQ…x4fs[,RFlat]``)
     or a knnblend ``.kbi``. Raises ``OSError`` for a missing file and ``ValueError`` with the
     library's message for anything it cannot serve (corrupt, unsupported type, no vectors)."""
-    import os
-
     return Index(_knnblend.read_index(os.fspath(path)))

@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use knnblend::format::Metric;
+use knnblend::format::{FormatError, Metric};
 use knnblend::index::{AnyIndex, AnySearcher, BlendParams, BLOCK, MAX_K, MAX_NPROBE};
-use numpy::{PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
+use numpy::{Element, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyIOError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -27,7 +28,7 @@ const FAISS_METRIC_L2: i32 = 1;
 struct Index {
     index: AnyIndex,
     searcher: Mutex<AnySearcher>,
-    nprobe: Mutex<usize>,
+    nprobe: AtomicUsize,
     /// Storage position of each id (faiss's `reconstruct` takes ids), built when first needed.
     positions: Mutex<Option<HashMap<i64, usize>>>,
 }
@@ -54,6 +55,16 @@ fn rows<'a>(x: &'a PyReadonlyArray2<'_, f32>, d: usize) -> PyResult<&'a [f32]> {
         .map_err(|_| PyValueError::new_err("the queries must be C-contiguous float32"))
 }
 
+/// The elements of an output array the caller handed in, which is written in place.
+pub(crate) fn writable<'a, T: Element>(
+    a: &'a mut PyReadwriteArray2<'_, T>,
+    name: &str,
+    dtype: &str,
+) -> PyResult<&'a mut [T]> {
+    a.as_slice_mut()
+        .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous {dtype}")))
+}
+
 #[pymethods]
 impl Index {
     /// Vector dimension.
@@ -77,7 +88,7 @@ impl Index {
     /// Lists probed per query (faiss's `nprobe`; the file's value at first).
     #[getter]
     fn get_nprobe(&self) -> usize {
-        *self.nprobe.lock()
+        self.nprobe.load(Ordering::Relaxed)
     }
 
     #[setter]
@@ -87,7 +98,7 @@ impl Index {
                 "nprobe = {nprobe} is outside 1..={MAX_NPROBE}"
             )));
         }
-        *self.nprobe.lock() = nprobe;
+        self.nprobe.store(nprobe, Ordering::Relaxed);
         Ok(())
     }
 
@@ -145,13 +156,9 @@ impl Index {
                 )));
             }
         }
-        let dist = distances
-            .as_slice_mut()
-            .map_err(|_| PyValueError::new_err("D must be C-contiguous float32"))?;
-        let id = ids
-            .as_slice_mut()
-            .map_err(|_| PyValueError::new_err("I must be C-contiguous int64"))?;
-        let nprobe = *self.nprobe.lock();
+        let dist = writable(&mut distances, "D", "float32")?;
+        let id = writable(&mut ids, "I", "int64")?;
+        let nprobe = self.nprobe.load(Ordering::Relaxed);
         let missing = match self.index.metric() {
             Metric::L2 => f32::MAX,
             Metric::InnerProduct => -f32::MAX,
@@ -160,10 +167,10 @@ impl Index {
         let searcher = &self.searcher;
         py.detach(|| {
             let mut s = searcher.lock();
-            dist.fill(missing);
-            id.fill(-1);
             match index {
                 AnyIndex::Flat(flat) => {
+                    dist.fill(missing);
+                    id.fill(-1);
                     let mut row = 0;
                     for chunk in q.chunks(BLOCK * d) {
                         let res = s.flat().search_block(flat, chunk, k, nprobe);
@@ -182,6 +189,7 @@ impl Index {
                         let (dr, ir) = (&mut dist[i * k..(i + 1) * k], &mut id[i * k..(i + 1) * k]);
                         let found = s.search(index, query, k, nprobe, ir, dr);
                         dr[found..].fill(missing);
+                        ir[found..].fill(-1);
                     }
                 }
             }
@@ -215,10 +223,8 @@ impl Index {
                 x.shape()
             )));
         }
-        let o = out
-            .as_slice_mut()
-            .map_err(|_| PyValueError::new_err("out must be C-contiguous float32"))?;
-        let params = BlendParams::new(k, *self.nprobe.lock(), ratio);
+        let o = writable(&mut out, "out", "float32")?;
+        let params = BlendParams::new(k, self.nprobe.load(Ordering::Relaxed), ratio);
         let index = &self.index;
         let searcher = &self.searcher;
         Ok(py.detach(|| {
@@ -239,9 +245,7 @@ impl Index {
     /// the index give zero rows. Raises for IVF-PQ indexes without exact vectors.
     fn reconstruct_into(&self, i0: i64, mut out: PyReadwriteArray2<'_, f32>) -> PyResult<()> {
         let d = self.index.dim();
-        let o = out
-            .as_slice_mut()
-            .map_err(|_| PyValueError::new_err("out must be C-contiguous float32"))?;
+        let o = writable(&mut out, "out", "float32")?;
         let mut positions = self.positions.lock();
         let map = positions.get_or_insert_with(|| {
             let ids = match &self.index {
@@ -276,7 +280,7 @@ impl Index {
             self.index.dim(),
             self.index.ntotal(),
             self.index.nlist(),
-            *self.nprobe.lock(),
+            self.nprobe.load(Ordering::Relaxed),
             match self.index.metric() {
                 Metric::L2 => "L2",
                 Metric::InnerProduct => "IP",
@@ -292,10 +296,9 @@ impl Index {
 fn read_index(py: Python<'_>, path: PathBuf) -> PyResult<Index> {
     let index = py.detach(|| AnyIndex::open(&path)).map_err(|e| {
         let msg = format!("{}: {e}", path.display());
-        if path.exists() {
-            PyValueError::new_err(msg)
-        } else {
-            PyIOError::new_err(msg)
+        match e {
+            FormatError::Io { .. } => PyIOError::new_err(msg),
+            _ => PyValueError::new_err(msg),
         }
     })?;
     if index.ntotal() == 0 {
@@ -309,7 +312,7 @@ fn read_index(py: Python<'_>, path: PathBuf) -> PyResult<Index> {
     Ok(Index {
         index,
         searcher: Mutex::new(searcher),
-        nprobe: Mutex::new(nprobe),
+        nprobe: AtomicUsize::new(nprobe),
         positions: Mutex::new(None),
     })
 }

@@ -96,7 +96,7 @@ impl Ticket {
 struct Runtime {
     control: Controller,
     audio: Mutex<AudioEngine>,
-    crossfade: Mutex<f32>,
+    crossfade: f32,
 }
 
 #[pymethods]
@@ -129,7 +129,7 @@ impl Runtime {
         Ok(Runtime {
             control,
             audio: Mutex::new(audio),
-            crossfade: Mutex::new(crossfade_seconds),
+            crossfade: crossfade_seconds,
         })
     }
 
@@ -216,13 +216,9 @@ impl Runtime {
             return Err(PyValueError::new_err("out must have the frames' shape"));
         }
         let dim = x.shape()[1];
-        let q = x
-            .as_slice()
-            .map_err(|_| PyValueError::new_err("frames must be C-contiguous float32"))?;
-        let o = out
-            .as_slice_mut()
-            .map_err(|_| PyValueError::new_err("out must be C-contiguous float32"))?;
-        let xfade = *self.crossfade.lock();
+        let q = crate::rows(&x, dim)?;
+        let o = crate::writable(&mut out, "out", "float32")?;
+        let xfade = self.crossfade;
         let audio = &self.audio;
         Ok(py.detach(|| {
             let mut a = audio.lock();
