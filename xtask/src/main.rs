@@ -46,7 +46,7 @@ enum Task {
     /// System packages come from apt-get (as root, or via sudo): cmake, make, g++, OpenBLAS,
     /// LAPACK, pkg-config for the build; xvfb and the X11/GL libraries the plugin's editor
     /// loads at run time for the editor test. The Python environment target/venv gets
-    /// pedalboard and numpy.
+    /// pedalboard, numpy, onnx, onnxruntime, faiss-cpu, pytest and maturin.
     /// Quick when everything is present.
     Setup {
         /// Only report what is missing; install nothing; fail if something is missing.
@@ -89,10 +89,11 @@ enum Task {
         #[arg(long)]
         no_build: bool,
     },
-    /// Build the Python package (python/) into target/python-pkg and run its tests with
-    /// target/venv's pytest against PyPI faiss-cpu (a step of `cargo xtask test`)
+    /// Build the Python package's abi3 wheel (python/) with maturin into target/wheels,
+    /// install it into target/venv and run its tests there with pytest against PyPI
+    /// faiss-cpu (a step of `cargo xtask test`)
     ///
-    /// Afterwards `PYTHONPATH=target/python-pkg target/venv/bin/python` imports `knnblend`.
+    /// Afterwards `target/venv/bin/python -c 'import knnblend'` imports the installed wheel.
     Python,
     /// Run each cargo-fuzz target in fuzz/ for a bounded time (nightly + cargo-fuzz)
     Fuzz {

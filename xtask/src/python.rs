@@ -1,63 +1,79 @@
-//! The Python package (`python/`, package `knnblend-python`): built with cargo into
-//! `target/python` against `target/venv`'s interpreter, staged with its Python sources into
-//! `target/python-pkg/knnblend/`, and tested there with pytest against PyPI faiss-cpu
-//! (`python/tests`). The same files `maturin build` puts in the abi3 wheel.
+//! The Python package (`python/`, package `knnblend-python`): `maturin build` makes the abi3
+//! wheel from `python/pyproject.toml` (cargo builds into `target/python`, the wheel lands in
+//! `target/wheels`), pip installs it into `target/venv`, and `python/tests` run there with
+//! pytest against PyPI faiss-cpu: the tests import the installed wheel, as a user would.
 
-use crate::process::{self, cargo};
+use crate::process;
 use crate::workspace::Workspace;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The extension module cargo builds (`[lib] name = "_knnblend"`).
-const BUILT: &str = "release/lib_knnblend.so";
-/// Its name inside the package, as maturin names an abi3 module.
-const MODULE: &str = "_knnblend.abi3.so";
-
-/// Builds the extension and stages the importable package; returns the directory to put on
-/// `PYTHONPATH`.
-pub fn stage(ws: &Workspace) -> Result<PathBuf> {
+/// Builds the wheel with `target/venv`'s maturin; returns its path.
+pub fn wheel(ws: &Workspace) -> Result<PathBuf> {
     let source = ws.root.join("python");
-    let target = ws.target.join("python");
+    let out = ws.target.join("wheels");
+    // A fresh folder, so the wheel found below is the one just built.
+    if out.exists() {
+        std::fs::remove_dir_all(&out)
+            .with_context(|| format!("could not empty {}", out.display()))?;
+    }
     process::run(
-        cargo(&source)
+        Command::new(ws.venv().join("bin").join("maturin"))
             .args(["build", "--release", "--manifest-path"])
             .arg(source.join("Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target)
-            .env("PYO3_PYTHON", ws.venv_python()),
+            .arg("--out")
+            .arg(&out)
+            .arg("--interpreter")
+            .arg(ws.venv_python())
+            .current_dir(&ws.root)
+            .env("CARGO_TARGET_DIR", ws.target.join("python")),
     )?;
-    let stage = ws.target.join("python-pkg");
-    let package = stage.join("knnblend");
-    std::fs::create_dir_all(&package)
-        .with_context(|| format!("could not create {}", package.display()))?;
-    for entry in std::fs::read_dir(source.join("knnblend"))? {
-        let path = entry?.path();
-        let keep = path
-            .extension()
-            .is_some_and(|e| e == "py" || e == "pyi" || e == "typed");
-        if keep {
-            let to = package.join(path.file_name().unwrap_or_default());
-            std::fs::copy(&path, &to).with_context(|| {
-                format!("could not copy {} to {}", path.display(), to.display())
-            })?;
-        }
+    let mut wheels = std::fs::read_dir(&out)
+        .with_context(|| format!("maturin wrote no {}", out.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "whl"))
+        .collect::<Vec<_>>();
+    match (wheels.pop(), wheels.is_empty()) {
+        (Some(wheel), true) => Ok(wheel),
+        (None, _) => bail!("maturin build left no wheel in {}", out.display()),
+        (Some(_), false) => bail!("maturin build left several wheels in {}", out.display()),
     }
-    let built = target.join(BUILT);
-    std::fs::copy(&built, package.join(MODULE))
-        .with_context(|| format!("could not copy {}", built.display()))?;
-    Ok(stage)
 }
 
-/// Builds, stages and runs `python/tests` with `target/venv`'s pytest.
+/// Builds the wheel and installs it into `target/venv` (replacing any earlier build).
+pub fn install(ws: &Workspace) -> Result<PathBuf> {
+    let wheel = wheel(ws)?;
+    process::run(
+        Command::new(ws.venv_python())
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--force-reinstall", "--no-deps"])
+            .arg(&wheel),
+    )?;
+    Ok(wheel)
+}
+
+/// Builds and installs the wheel, then runs `python/tests` with `target/venv`'s pytest.
 pub fn test(ws: &Workspace) -> Result<()> {
-    let stage = stage(ws)?;
+    let wheel = install(ws)?;
+    println!(
+        "python: installed {} into {}",
+        ws.show(&wheel),
+        ws.show(&ws.venv())
+    );
     let tests = ws.root.join("python").join("tests");
-    let path = std::env::join_paths([stage, tests.clone()])?;
     process::run(
         Command::new(ws.venv_python())
             .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs"])
             .arg(&tests)
             .current_dir(&ws.root)
-            .env("PYTHONPATH", path),
+            .env("PYTHONPATH", &tests)
+            .env("KNNBLEND_EXPECT_WHEEL", "1"),
     )
 }

@@ -32,8 +32,8 @@ const MIN_CMAKE: (u32, u32) = (3, 24);
 /// onnx and load ONNX Runtime from the onnxruntime wheel's `libonnxruntime.so` (pinned: ort
 /// 2.0.0-rc.15 is known to work with 1.32); the PyPI faiss parity test
 /// (`tests/pypi_faiss_parity.rs`) trains, writes and searches with faiss-cpu (pinned: the
-/// version whose search the test holds knnblend to); the Python package's tests
-/// (`python/tests`) run with pytest.
+/// version whose search the test holds knnblend to); the Python package's wheel is built
+/// with maturin and its tests (`python/tests`) run with pytest.
 const PYTHON_PACKAGES: &[&str] = &[
     "pedalboard",
     "numpy",
@@ -41,6 +41,7 @@ const PYTHON_PACKAGES: &[&str] = &[
     "onnxruntime==1.32.0",
     "faiss-cpu==1.15.1",
     "pytest",
+    "maturin==1.16.0",
 ];
 
 /// Distributions whose import name is not their pip name (`faiss-cpu` installs `faiss`).
@@ -336,7 +337,9 @@ fn ensure_python_env(
             python.display()
         );
     }
-    installed.push("pedalboard, numpy, onnx, onnxruntime, faiss-cpu, pytest (PyPI, target/venv)");
+    installed.push(
+        "pedalboard, numpy, onnx, onnxruntime, faiss-cpu, pytest, maturin (PyPI, target/venv)",
+    );
     Ok(())
 }
 

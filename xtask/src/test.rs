@@ -55,7 +55,8 @@ const STEP_WORKSPACE: &str =
 /// features (the CLI's faiss) into `libknnblend.a`; alone it links the lean core, as users get it.
 const STEP_CAPI: &str = "cargo test -p knnblend-capi (C ABI on the lean core, C and C++ hosts)";
 /// The Python package on its own target dir (`python/` is its own workspace).
-const STEP_PYTHON: &str = "Python package: build, pytest against PyPI faiss-cpu (python/tests)";
+const STEP_PYTHON: &str =
+    "Python package: maturin wheel installed into target/venv, pytest against PyPI faiss-cpu (python/tests)";
 const STEP_POSIX_PLATFORM: &str = "cargo test -p knnblend --lib --features force-posix-platform";
 const STEP_PORTABLE_PLATFORM: &str =
     "cargo test -p knnblend --lib --features force-portable-platform";
