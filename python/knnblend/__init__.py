@@ -111,7 +111,9 @@ class Index:
         return out
 
     def reconstruct(self, key: int) -> np.ndarray:
-        """The stored vector of id ``key`` (float32, shape ``(d,)``)."""
+        """The stored vector of id ``key`` (float32, shape ``(d,)``). An IVF-PQ FastScan
+        index without ``RFlat`` gives its codes' decoding (plus the list centroid when the
+        codes are residuals), as faiss defines it."""
         key = int(key)
         if not 0 <= key < self.ntotal:
             raise IndexError(f"id {key} is outside 0..{self.ntotal}")

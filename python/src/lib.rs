@@ -13,7 +13,7 @@ use knnblend::format::{FormatError, Metric};
 use knnblend::index::{AnyIndex, AnySearcher, BlendParams, BLOCK, MAX_K, MAX_NPROBE};
 use numpy::{Element, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyIOError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyIOError, PyValueError};
 use pyo3::prelude::*;
 
 mod runtime;
@@ -242,7 +242,8 @@ impl Index {
     }
 
     /// Writes the stored vectors of ids `i0 .. i0 + n` into `out` (rows of `d`); ids not in
-    /// the index give zero rows. Raises for IVF-PQ indexes without exact vectors.
+    /// the index give zero rows. An IVF-PQ index without exact vectors gives its codes'
+    /// reconstructions, as faiss does.
     fn reconstruct_into(&self, i0: i64, mut out: PyReadwriteArray2<'_, f32>) -> PyResult<()> {
         let d = self.index.dim();
         let o = writable(&mut out, "out", "float32")?;
@@ -259,15 +260,7 @@ impl Index {
             match (&self.index, map.get(&id)) {
                 (_, None) => row.fill(0.0),
                 (AnyIndex::Flat(f), Some(&pos)) => row.copy_from_slice(f.vector(pos)),
-                (AnyIndex::Pq(p), Some(_)) => match p.refine_vector(id) {
-                    Some(v) => row.copy_from_slice(v),
-                    None => {
-                        return Err(PyRuntimeError::new_err(
-                            "reconstruct of an IVF-PQ index without exact vectors (no ,RFlat) \
-                             is not supported",
-                        ))
-                    }
-                },
+                (AnyIndex::Pq(p), Some(&pos)) => p.stored_vector(pos, row),
             }
         }
         Ok(())

@@ -115,6 +115,36 @@ def test_reconstruct_equals_faiss(tmp_path):
         np.testing.assert_array_equal(kx.reconstruct(i), fx.reconstruct(i))
 
 
+@pytest.mark.parametrize("factory", ["IVF16,PQ32x4fs", "IVF16,PQ32x4fsr", "IVF16,PQ32x4fs,RFlat"])
+def test_fastscan_reconstruct_equals_faiss(tmp_path, factory):
+    """reconstruct of an IVF-PQ FastScan index: the exact vectors with RFlat (faiss's
+    `reconstruct_n`), otherwise faiss's own decoding of the codes it stored. faiss-cpu 1.15.1
+    crashes the interpreter in `reconstruct` of an unrefined FastScan index, so that oracle is
+    rebuilt from faiss's parts: the list each vector was added to, `pq.compute_codes` of the
+    residual, `pq.decode` plus the centroid."""
+    x = rvc_like(2000, 256, 3)
+    index = faiss.index_factory(256, factory)
+    index.train(x)
+    index.add(x)
+    path = str(tmp_path / "fs.index")
+    faiss.write_index(index, path)
+    kx, fx = knnblend.read_index(path), faiss.read_index(path)
+    mine = kx.reconstruct_n(0, kx.ntotal)
+    if "RFlat" in factory:
+        np.testing.assert_array_equal(mine, fx.reconstruct_n(0, fx.ntotal))
+        np.testing.assert_array_equal(mine, x)
+    else:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(fx))
+        _, assign = ivf.quantizer.search(x, 1)
+        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)[assign[:, 0]]
+        residual = x - centroids if ivf.by_residual else x
+        decoded = ivf.pq.decode(ivf.pq.compute_codes(residual))
+        np.testing.assert_array_equal(mine, decoded + centroids if ivf.by_residual else decoded)
+        assert not np.array_equal(mine, x), "an unrefined index holds codes, not the vectors"
+    for i in (0, 999, kx.ntotal - 1):
+        np.testing.assert_array_equal(kx.reconstruct(i), mine[i])
+
+
 def rvc_realtime_step(index, big_npy, feats, index_rate):
     """RVC's realtime retrieval step, as RVC writes it (infer/lib/rtrvc.py)."""
     npy = feats.astype("float32")

@@ -389,6 +389,21 @@ impl PqIndex {
         self.reconstruct(l, i, out);
     }
 
+    /// Writes the vector stored at position `pos` (storage order, as [`Self::ids`]) into `out`:
+    /// the exact vector of a refined index, otherwise the product-quantizer reconstruction, as
+    /// faiss's `reconstruct` gives it. Panics if `pos` is not below `ntotal()`.
+    pub fn stored_vector(&self, pos: usize, out: &mut [f32]) {
+        assert!(pos < self.ntotal(), "position out of range");
+        if let Some(v) = self.refine_vector(self.ids()[pos]) {
+            out[..self.dim].copy_from_slice(v);
+            return;
+        }
+        // The list holding `pos`: the last one starting at or before it (empty lists share
+        // their start with the next list, so the last such start is the non-empty one).
+        let l = self.list_start[..self.nlist()].partition_point(|&s| s <= pos) - 1;
+        self.reconstruct(l, pos - self.list_start[l], out);
+    }
+
     /// Where list `l` starts among the stored vectors (`list_start(nlist())` is `ntotal`).
     pub fn list_start(&self, l: usize) -> usize {
         self.list_start[l]
