@@ -88,7 +88,13 @@ class Index:
         ``(D, I)``, float32 distances (squared L2 ascending, or inner products descending)
         and int64 ids, both of shape ``(n, k)``; rows with fewer than ``k`` neighbours end
         with id ``-1`` and distance ``3.4028235e38`` (L2) or ``-3.4028235e38`` (IP).
-        ``D``/``I`` may be given to be written in place."""
+        ``D``/``I`` may be given to be written in place.
+
+        One difference from faiss, on purpose: the ``nprobe`` lists probed are the nearest
+        *non-empty* ones. faiss probes an empty nearest list too and returns no neighbours
+        (all ``-1``, so RVC's realtime step leaves that frame unblended); knnblend searches
+        the nearest list that holds vectors. RVC's own indexes, trained and filled with the
+        same frames, have no empty lists, and there the results are faiss's."""
         k = _k(k)
         x = _queries(x, self.d)
         n = x.shape[0]

@@ -88,6 +88,38 @@ def test_sparse_lists_read_and_search(tmp_path):
     np.testing.assert_allclose(kd, fd, rtol=1e-5, atol=1e-3)
 
 
+def test_an_empty_nearest_list_is_passed_over(tmp_path):
+    """Where faiss differs on purpose: when a query's nearest centroid has an empty list,
+    faiss probes it anyway and returns no neighbours (ids -1, which makes RVC skip the blend
+    of that frame); knnblend probes the nearest non-empty lists, so the frame is blended.
+    The oracle is an exact scan (float64) of the nearest non-empty list."""
+    path, x = build(tmp_path, 256, 4000, "l2", "sprs_empty", sparse=True)
+    fx, kx = faiss.read_index(path), knnblend.read_index(path)
+    ivf = faiss.extract_index_ivf(fx)
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist).astype(np.float64)
+    sizes = np.array([ivf.invlists.list_size(l) for l in range(ivf.nlist)])
+    _, assign = ivf.quantizer.search(x, 1)
+    # Queries from the empty lists' centroids: their nearest list is empty.
+    empty = np.flatnonzero(sizes == 0)
+    assert len(empty) > ivf.nlist // 2
+    q = (centroids[empty[:20]] + 1e-3).astype(np.float32)
+    fd, fi = fx.search(q, 8)
+    assert (fi == -1).all(), "faiss probes the empty list and finds nothing"
+    kd, ki = kx.search(q, 8)
+    assert (ki[:, 0] >= 0).all(), "knnblend probes the nearest non-empty list"
+    d2 = ((q[:, None, :].astype(np.float64) - centroids[None]) ** 2).sum(-1)
+    d2[:, sizes == 0] = np.inf
+    for row, lst in enumerate(d2.argmin(axis=1)):
+        members = np.flatnonzero(assign[:, 0] == lst)
+        dist = ((x[members].astype(np.float64) - q[row]) ** 2).sum(-1)
+        order = np.argsort(dist, kind="stable")[:8]
+        found = len(order)
+        assert set(ki[row, :found]) == set(members[order]), row
+        np.testing.assert_allclose(kd[row, :found], dist[order], rtol=1e-4)
+        # A list shorter than k ends with faiss's sentinels.
+        assert (ki[row, found:] == -1).all() and (kd[row, found:] == FLT_MAX).all()
+
+
 def test_short_lists_give_faiss_sentinels(tmp_path):
     x = rvc_like(400, 256, seed=2)
     index = faiss.index_factory(256, "IVF40,Flat")  # about 10 vectors per list: fewer than k
