@@ -73,6 +73,28 @@ pub struct SearchStats {
     pub rescreened: u64,
 }
 
+/// Starts loading the head of the lists of centroid-table rows `rows` (the hardware
+/// prefetcher continues those streams): the list's codes when it will be screened, else its
+/// f32 vectors.
+fn prefetch_lists(index: &IvfIndex, table: &CodedRows, rows: &[u32]) {
+    let d = index.dim();
+    let offsets = index.list_offsets();
+    for &r in rows {
+        let l = table.list(r as usize);
+        let (start, end) = (offsets[l] as usize, offsets[l + 1] as usize);
+        match index.codes() {
+            Some(codes) if end - start >= MIN_SCREENED_LIST => prefetch(
+                codes.rows()[start * d..].as_ptr().cast(),
+                ((end - start) * d).min(LIST_PREFETCH),
+            ),
+            _ => prefetch(
+                index.vectors()[start * d..].as_ptr().cast(),
+                ((end - start) * d * 4).min(LIST_PREFETCH),
+            ),
+        }
+    }
+}
+
 /// Exact f32 keys of the surviving candidates `survivors` (rows of the centroid table `table`) into
 /// `probes` (which keeps the n nearest), prefetching the lists of the `likely` rows. Returns how many lists were re-checked.
 fn recheck(
@@ -91,21 +113,7 @@ fn recheck(
     for r in survivors.clone() {
         prefetch(centroids[table.list(r) * d..].as_ptr().cast(), d * 4);
     }
-    for &r in likely {
-        let l = table.list(r as usize);
-        let (start, end) = (offsets[l] as usize, offsets[l + 1] as usize);
-        // The list's codes when it will be screened, else its f32 vectors.
-        match index.codes() {
-            Some(codes) if end - start >= MIN_SCREENED_LIST => prefetch(
-                codes.rows()[start * d..].as_ptr().cast(),
-                ((end - start) * d).min(LIST_PREFETCH),
-            ),
-            _ => prefetch(
-                index.vectors()[start * d..].as_ptr().cast(),
-                ((end - start) * d * 4).min(LIST_PREFETCH),
-            ),
-        }
-    }
+    prefetch_lists(index, table, likely);
     // Rows are the non-empty lists in list order, so ties resolve to the lower list, as
     // in the exact scan.
     let mut n = 0;
@@ -305,8 +313,10 @@ impl Searcher {
         self.block.lens = [0; BLOCK];
         let nprobe = nprobe.clamp(1, MAX_NPROBE);
         // The shared pass uses 8-bit queries, so indexes below `MIN_BYTE_QUERY_DIM` search query
-        // by query (with the 16-bit screen).
+        // by query (with the 16-bit screen); a block of one query shares nothing and takes the
+        // single-query screen, which is cheaper than the tile kernel for one row of queries.
         let shared = self.screening
+            && m > 1
             && nprobe <= BLOCK_MAX_NPROBE
             && index.ntotal() > 0
             && d >= MIN_BYTE_QUERY_DIM;
@@ -355,8 +365,14 @@ impl Searcher {
             base += r;
         }
 
-        // Re-check and scan each query's lists.
+        // Re-check and scan each query's lists, the next query's likely lists loading
+        // meanwhile.
         for (qi, q) in queries.chunks_exact(d).enumerate() {
+            if let Some(next) = self.block_screens[..m].get(qi + 1) {
+                if live[qi + 1] && !next.failed {
+                    prefetch_lists(index, table, next.upper.vals());
+                }
+            }
             if !live[qi] {
                 continue;
             }
