@@ -30,10 +30,15 @@ SHAPES = {
 }
 
 
+def cluster_centres(rng, n, d):
+    """The cluster centres of an index of `n` frames (one per 50 frames), drawn first from `rng`."""
+    return rng.standard_normal((max(8, n // 50), d)).astype(np.float32)
+
+
 def rvc_like(n, d, seed):
     """The stored frames: clusters (phones) of feature vectors, like a ContentVec bank."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(8, n // 50), d)).astype(np.float32)
+    centres = cluster_centres(rng, n, d)
     x = centres[rng.integers(0, len(centres), n)]
     return (x + 0.3 * rng.standard_normal((n, d)).astype(np.float32)).astype(np.float32)
 
@@ -42,7 +47,7 @@ def speech_queries(nq, d, n, seed, noise_seed):
     """Input frames as a voice produces them: runs of 4 to 16 frames (40 to 160 ms at RVC's
     100 frames per second) near one of the index's clusters, then the next, with fresh noise of
     the stored frames' size."""
-    centres = np.random.default_rng(seed).standard_normal((max(8, n // 50), d)).astype(np.float32)
+    centres = cluster_centres(np.random.default_rng(seed), n, d)
     rng = np.random.default_rng(noise_seed)
     at = []
     while len(at) < nq:

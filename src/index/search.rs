@@ -73,6 +73,9 @@ pub struct SearchStats {
     pub rescreened: u64,
 }
 
+/// The centroid screen of one query of a block.
+type BlockScreen = Screen<BLOCK_MAX_NPROBE, BLOCK_CAND_CAP>;
+
 /// Starts loading the head of the lists of centroid-table rows `rows` (the hardware
 /// prefetcher continues those streams): the list's codes when it will be screened, else its
 /// f32 vectors.
@@ -183,7 +186,7 @@ pub struct Searcher {
     /// `q − c` of the list being screened.
     resid: [f32; I8_MAX_DIM],
     dots: [f32; LIST_CHUNK],
-    block_screens: [Screen<BLOCK_MAX_NPROBE, BLOCK_CAND_CAP>; BLOCK],
+    block_screens: [BlockScreen; BLOCK],
     block_queries: [u8; BLOCK * I8_MAX_DIM],
     block_dots: [i32; BLOCK * BLOCK_CHUNK],
     block: BlockResults,
@@ -365,13 +368,17 @@ impl Searcher {
             base += r;
         }
 
-        // Re-check and scan each query's lists, the next query's likely lists loading
-        // meanwhile.
+        // Re-check and scan each query's lists, each query's likely lists loading while the
+        // query before it is scanned (so the re-check need not start their loads again).
+        let prefetch_query = |s: &BlockScreen, live: bool| {
+            if live && !s.failed {
+                prefetch_lists(index, table, s.upper.vals());
+            }
+        };
+        prefetch_query(&self.block_screens[0], live[0]);
         for (qi, q) in queries.chunks_exact(d).enumerate() {
-            if let Some(next) = self.block_screens[..m].get(qi + 1) {
-                if live[qi + 1] && !next.failed {
-                    prefetch_lists(index, table, next.upper.vals());
-                }
+            if qi + 1 < m {
+                prefetch_query(&self.block_screens[qi + 1], live[qi + 1]);
             }
             if !live[qi] {
                 continue;
@@ -388,7 +395,7 @@ impl Searcher {
             let s = &self.block_screens[qi];
             self.stats.rechecked += recheck(
                 s.survivors(),
-                s.upper.vals(),
+                &[],
                 index,
                 table,
                 q,
