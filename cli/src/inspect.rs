@@ -53,6 +53,12 @@ pub fn run(a: Args) -> crate::Result {
         sizes.iter().max().copied().unwrap_or(0),
     );
     let mean = index.ntotal() as f64 / index.nlist().max(1) as f64;
+    let median = {
+        let mut s = sizes.clone();
+        s.sort_unstable();
+        s.get(s.len() / 2).copied().unwrap_or(0)
+    };
+    let (spill, balance) = (index.spill(), index.metadata().balance());
     if a.json {
         let v = serde_json::json!({
             "path": a.index.display().to_string(),
@@ -66,7 +72,13 @@ pub fn run(a: Args) -> crate::Result {
             "list_min": min,
             "list_mean": mean,
             "list_max": max,
+            "list_median": median,
+            "list_max_over_mean": max as f64 / mean.max(f64::MIN_POSITIVE),
             "empty_lists": sizes.iter().filter(|&&s| s == 0).count(),
+            "distinct_vectors": index.distinct_vectors(),
+            "spilled": index.is_spilled(),
+            "spill": spill,
+            "balance": balance,
             "metadata": index.metadata(),
             "file_bytes": index.file_bytes(),
             "screening_bytes": index.screening_bytes(),
@@ -82,14 +94,31 @@ pub fn run(a: Args) -> crate::Result {
     println!("  type        IVF-Flat");
     println!(
         "  vectors     {} × {} ({})",
-        index.ntotal(),
+        index.distinct_vectors(),
         index.dim(),
         index.metric().name()
     );
     println!(
-        "  lists       {} (sizes min {min}, mean {mean:.1}, max {max})",
-        index.nlist()
+        "  lists       {} (sizes min {min}, median {median}, mean {mean:.1}, max {max}: {:.1} × the mean)",
+        index.nlist(),
+        max as f64 / mean.max(f64::MIN_POSITIVE)
     );
+    match spill {
+        Some(s) => println!(
+            "  spilled     yes: {} second copies ({} rows stored; λ {}, among the {} nearest lists)",
+            s.duplicates,
+            index.ntotal(),
+            s.lambda,
+            s.candidates
+        ),
+        None => println!("  spilled     no"),
+    }
+    if let Some(b) = balance {
+        println!(
+            "  balanced    {} of {} lists split to at most {} vectors ({} × the mean)",
+            b.lists_split, b.lists_before, b.max_list, b.max_list_factor
+        );
+    }
     println!("  n_probe     {} (stored)", index.nprobe());
     println!(
         "  features    {}",

@@ -383,3 +383,68 @@ fn factories_knnblend_cannot_serve_are_refused_by_name_and_nothing_is_written() 
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn spilled_and_balanced_builds_are_recorded_and_inspected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (npy, _) = feature_file(dir.path());
+    let plain = dir.path().join("plain.kbi");
+    build(&npy, &plain, &[]);
+    let out = dir.path().join("sb.kbi");
+    let said = build(&npy, &out, &["--spill", "1.2", "--max-list-factor", "2"]);
+    assert!(
+        said.contains("spilled: ") && said.contains("balanced: "),
+        "{said}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&knnblend(&["inspect", s(&out), "--json"]))).unwrap();
+    assert_eq!(v["spilled"], true);
+    assert_eq!(v["distinct_vectors"], N);
+    let dups = v["spill"]["duplicates"].as_u64().unwrap();
+    assert!(dups > (N as u64) * 9 / 10, "{v}");
+    assert_eq!(v["ntotal"].as_u64().unwrap(), N as u64 + dups);
+    assert_eq!(v["spill"]["lambda"].as_f64().unwrap() as f32, 1.2f32);
+    // The bound holds on the stored rows: twice the mean of the balanced lists, times F.
+    let nlist = v["nlist"].as_f64().unwrap();
+    assert!(
+        v["list_max"].as_f64().unwrap() <= (2.0 * 2.0 * N as f64 / nlist).ceil(),
+        "{v}"
+    );
+    assert!(v["balance"]["lists_before"].as_u64().unwrap() <= nlist as u64);
+    assert_eq!(
+        v["metadata"]["recipe"]["spill"].as_f64().unwrap() as f32,
+        1.2f32
+    );
+    let text = ok(&knnblend(&["inspect", s(&out)]));
+    assert!(
+        text.contains("spilled     yes: ") && text.contains("balanced    "),
+        "{text}"
+    );
+    let text = ok(&knnblend(&["inspect", s(&plain)]));
+    assert!(
+        text.contains("spilled     no") && !text.contains("balanced "),
+        "{text}"
+    );
+
+    // Refusals name the option, and nothing is written.
+    for (args, says) in [
+        (vec!["--spill=-1"], "--spill must be"),
+        (
+            vec!["--max-list-factor", "0.5"],
+            "--max-list-factor must be",
+        ),
+        (
+            vec!["--spill", "1", "--factory", "IVF16,PQ16x4fs"],
+            "build IVF-Flat indexes",
+        ),
+    ] {
+        let bad = dir.path().join("bad.kbi");
+        let mut a = vec!["build", "--npy", s(&npy), "-o", s(&bad)];
+        a.extend_from_slice(&args);
+        let o = knnblend(&a);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!bad.exists());
+    }
+}

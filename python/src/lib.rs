@@ -76,7 +76,7 @@ impl Index {
     /// Number of stored vectors.
     #[getter]
     fn ntotal(&self) -> usize {
-        self.index.ntotal()
+        self.index.distinct_vectors()
     }
 
     /// Number of inverted lists.
@@ -271,7 +271,7 @@ impl Index {
             "<knnblend.Index {} d={} ntotal={} nlist={} nprobe={} metric={}>",
             self.index.describe(),
             self.index.dim(),
-            self.index.ntotal(),
+            self.index.distinct_vectors(),
             self.index.nlist(),
             self.nprobe.load(Ordering::Relaxed),
             match self.index.metric() {

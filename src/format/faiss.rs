@@ -592,7 +592,7 @@ pub(crate) fn read_image<R: Read>(
     );
     norms(out, vectors, plan.range(SectionKind::VectorNorms));
     out[plan.range(SectionKind::Metadata)].copy_from_slice(&meta);
-    kbi::seal(out, &plan, dim, h.metric, h.nprobe, nlist, ntotal);
+    kbi::seal(out, &plan, dim, h.metric, h.nprobe, nlist, ntotal, 0);
     Ok(image)
 }
 

@@ -5,7 +5,7 @@
 //!   0  magic "KNNBLEND"          8  version u32        12 header_len u32 (= HEADER_LEN)
 //!   16 dim u32                   20 metric u32 (0 L2, 1 IP)  24 element u32 (0 f32, 1 f16 reserved)
 //!   28 nprobe u32                32 nlist u64          40 ntotal u64
-//!   48 file_len u64              56 section_count u32  60 flags u32 (0)
+//!   48 file_len u64              56 section_count u32  60 flags u32 (bit 0: spilled)
 //!   64 section table: 7 × { kind u32, reserved u32, offset u64, len u64, xxh3_64 u64 }
 //!   288 header checksum: xxh3_64 of bytes 0..288
 //! then, each at a 4096-aligned offset, in this order:
@@ -44,6 +44,11 @@ pub(super) const ENTRY_LEN: usize = 32;
 const HEADER_SUM_AT: usize = TABLE_AT + SECTION_COUNT * ENTRY_LEN;
 /// Largest metadata block accepted (16 MiB).
 pub const MAX_METADATA: u64 = 16 << 20;
+
+/// Header flag: the index is spilled (some vectors are stored in two lists; the metadata's
+/// `"spill"` entry counts the copies). Readers that do not know it refuse the file, since they
+/// would report a vector twice when probing both its lists.
+pub const FLAG_SPILLED: u32 = 1;
 
 /// Element type code for `f32` vectors.
 pub const ELEMENT_F32: u32 = 0;
@@ -139,10 +144,12 @@ pub struct KbiLayout {
     pub nprobe: u32,
     /// Number of lists.
     pub nlist: usize,
-    /// Number of vectors.
+    /// Number of stored rows (vectors, and the second copies of a spilled index).
     pub ntotal: usize,
     /// Length of the whole file.
     pub file_len: u64,
+    /// The header's [`FLAG_SPILLED`] is set.
+    pub spilled: bool,
     /// Sections in [`SectionKind::ALL`] order.
     pub sections: [SectionEntry; SECTION_COUNT],
 }
@@ -324,7 +331,7 @@ impl KbiLayout {
             ntotal,
         } = shared_fields(bytes, actual, SECTION_COUNT)?;
         let flags = u32_at(bytes, 60);
-        if flags != 0 {
+        if flags & !FLAG_SPILLED != 0 {
             return Err(FormatError::field("flags", flags, "unknown flags set"));
         }
 
@@ -365,6 +372,7 @@ impl KbiLayout {
             nlist: nlist as usize,
             ntotal: ntotal as usize,
             file_len,
+            spilled: flags & FLAG_SPILLED != 0,
             sections,
         })
     }
@@ -484,9 +492,21 @@ pub(super) fn verify_section(
     Ok(())
 }
 
-/// Parses the metadata section.
+/// Parses the metadata section, and checks that it and the header agree on whether the index
+/// is spilled.
 pub fn parse_metadata(bytes: &[u8], layout: &KbiLayout) -> Result<Metadata, FormatError> {
-    metadata_from(&bytes[layout.section(SectionKind::Metadata).range()])
+    let meta = metadata_from(&bytes[layout.section(SectionKind::Metadata).range()])?;
+    let spill = meta.check_spill(layout.ntotal as u64)?;
+    match (layout.spilled, spill.is_some()) {
+        (true, false) => Err(FormatError::BadMetadata(
+            "the header marks the index spilled but the metadata has no \"spill\" entry".into(),
+        )),
+        (false, true) => Err(FormatError::BadMetadata(
+            "the metadata has a \"spill\" entry but the header does not mark the index spilled"
+                .into(),
+        )),
+        _ => Ok(meta),
+    }
 }
 
 /// Parses the bytes of a metadata section (empty: the default metadata).
@@ -544,6 +564,7 @@ impl Plan {
 
 /// Writes the header of an image whose sections `plan` places and are already filled in:
 /// the shape, every section's checksum, the header's own.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn seal(
     out: &mut [u8],
     plan: &Plan,
@@ -552,6 +573,7 @@ pub(crate) fn seal(
     nprobe: u32,
     nlist: usize,
     ntotal: usize,
+    flags: u32,
 ) {
     let h = &mut out[..HEADER_LEN];
     h[..8].copy_from_slice(MAGIC);
@@ -569,6 +591,7 @@ pub(crate) fn seal(
     h[40..48].copy_from_slice(&(ntotal as u64).to_le_bytes());
     h[48..56].copy_from_slice(&plan.file_len.to_le_bytes());
     h[56..60].copy_from_slice(&(SECTION_COUNT as u32).to_le_bytes());
+    h[60..64].copy_from_slice(&flags.to_le_bytes());
     for (i, kind) in SectionKind::ALL.into_iter().enumerate() {
         let sum = xxh3_64(&out[plan.range(kind)]);
         let place = (plan.offsets[i], plan.sizes[i], sum);
@@ -695,7 +718,21 @@ pub fn encode(parts: &IndexParts) -> Result<AlignedBytes, FormatError> {
         8,
     );
     out[plan.range(SectionKind::Metadata)].copy_from_slice(&meta);
-    seal(out, &plan, dim, parts.metric, parts.nprobe, nlist, ntotal);
+    let flags = if parts.metadata.check_spill(ntotal as u64)?.is_some() {
+        FLAG_SPILLED
+    } else {
+        0
+    };
+    seal(
+        out,
+        &plan,
+        dim,
+        parts.metric,
+        parts.nprobe,
+        nlist,
+        ntotal,
+        flags,
+    );
     Ok(buf)
 }
 

@@ -28,7 +28,9 @@ pub use kbi::{write_kbi, KbiLayout};
 pub use kbi_pq::{
     decode_pq_kbi, encode_pq_kbi, looks_like_pq_kbi, read_pq_kbi, write_pq_kbi, PqKbiLayout,
 };
-pub use parts::{IndexParts, ListParts, Metadata, Metric, MAX_DIM, MAX_NLIST, MAX_NTOTAL};
+pub use parts::{
+    Balance, IndexParts, ListParts, Metadata, Metric, Spill, MAX_DIM, MAX_NLIST, MAX_NTOTAL,
+};
 pub(crate) use pq::ids_cover;
 pub use pq::{pq_recipe, PqList, PqParts, ProductQuantizer, RefineFlat, PQ_KSUB, PQ_NBITS};
 

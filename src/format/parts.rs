@@ -51,6 +51,102 @@ pub struct Metadata {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// How a spilled index was built (`knnblend build --spill`): every vector is stored in its
+/// nearest list and, SOAR-style, in one more, so a search that probes one list also finds the
+/// neighbours that sit just across its border. Recorded in the metadata as `"spill"`; a `.kbi`
+/// that carries it also sets [`FLAG_SPILLED`](super::kbi::FLAG_SPILLED) in its header, and
+/// searches that probe more than one list of such an index report each id once.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spill {
+    /// λ of the assignment loss `‖x−c′‖² + λ·⟨r, x−c′⟩²/‖r‖²` (r = x − c, c the nearest centroid).
+    pub lambda: f64,
+    /// Stored copies beyond the first (rows stored = distinct vectors + duplicates).
+    pub duplicates: u64,
+    /// How many of the nearest lists were considered for each second copy.
+    pub candidates: u32,
+}
+
+/// How a balanced index was built (`knnblend build --max-list-factor`): lists larger than
+/// `max_list_factor` × the mean list were split by k-means on their members. Recorded in the
+/// metadata as `"balance"`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Balance {
+    /// The bound, as a multiple of the mean list length before splitting.
+    pub max_list_factor: f64,
+    /// The largest list allowed (`ceil(max_list_factor × mean)` vectors).
+    pub max_list: u64,
+    /// Lists before splitting.
+    pub lists_before: u64,
+    /// Lists that were split.
+    pub lists_split: u64,
+}
+
+impl Metadata {
+    /// The spilled assignment this index was built with, if any (`None` also when the entry
+    /// is present but malformed; [`check_spill`](Self::check_spill) says why).
+    pub fn spill(&self) -> Option<Spill> {
+        self.extra
+            .get("spill")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    /// Records (or with `None` removes) the spilled assignment.
+    pub fn set_spill(&mut self, spill: Option<Spill>) {
+        match spill {
+            Some(s) => {
+                let v = serde_json::to_value(s).expect("plain numbers serialise");
+                self.extra.insert("spill".into(), v);
+            }
+            None => {
+                self.extra.remove("spill");
+            }
+        }
+    }
+
+    /// The list balancing this index was built with, if any.
+    pub fn balance(&self) -> Option<Balance> {
+        self.extra
+            .get("balance")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    /// Records (or with `None` removes) the list balancing.
+    pub fn set_balance(&mut self, balance: Option<Balance>) {
+        match balance {
+            Some(b) => {
+                let v = serde_json::to_value(b).expect("plain numbers serialise");
+                self.extra.insert("balance".into(), v);
+            }
+            None => {
+                self.extra.remove("balance");
+            }
+        }
+    }
+
+    /// Checks the `"spill"` entry of an index of `rows` stored rows: absent, or well formed
+    /// with fewer duplicates than distinct vectors. Returns the entry.
+    pub fn check_spill(&self, rows: u64) -> Result<Option<Spill>, FormatError> {
+        let Some(v) = self.extra.get("spill") else {
+            return Ok(None);
+        };
+        let s: Spill = serde_json::from_value(v.clone())
+            .map_err(|e| FormatError::BadMetadata(format!("\"spill\": {e}")))?;
+        if !(s.lambda.is_finite() && s.lambda >= 0.0) {
+            return Err(FormatError::BadMetadata(format!(
+                "\"spill\": lambda {} is not a number >= 0",
+                s.lambda
+            )));
+        }
+        if s.duplicates > rows / 2 {
+            return Err(FormatError::BadMetadata(format!(
+                "\"spill\": {} duplicates among {rows} stored rows (at most one copy per vector)",
+                s.duplicates
+            )));
+        }
+        Ok(Some(s))
+    }
+}
+
 /// One inverted list: the ids and the vectors (row-major, `ids.len() × dim`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ListParts {

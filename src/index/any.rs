@@ -92,6 +92,15 @@ impl AnyIndex {
     pub fn ntotal(&self) -> usize {
         both!(self, i => i.ntotal())
     }
+
+    /// Number of distinct vectors (stored rows less the second copies of a spilled IVF-Flat
+    /// index).
+    pub fn distinct_vectors(&self) -> usize {
+        match self {
+            AnyIndex::Flat(i) => i.distinct_vectors(),
+            AnyIndex::Pq(i) => i.ntotal(),
+        }
+    }
     /// Distance metric.
     pub fn metric(&self) -> Metric {
         both!(self, i => i.metric())

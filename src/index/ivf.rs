@@ -236,10 +236,25 @@ impl IvfIndex {
     pub fn nlist(&self) -> usize {
         self.layout.nlist
     }
-    /// Number of stored vectors.
+    /// Number of stored rows: the vectors, plus the second copies of a spilled index
+    /// ([`distinct_vectors`](Self::distinct_vectors) counts each vector once).
     #[inline]
     pub fn ntotal(&self) -> usize {
         self.layout.ntotal
+    }
+    /// Whether some vectors are stored in two lists (`knnblend build --spill`): searches that
+    /// probe several lists then report each id once.
+    #[inline]
+    pub fn is_spilled(&self) -> bool {
+        self.layout.spilled
+    }
+    /// The spilled assignment the index was built with (`None` when not spilled).
+    pub fn spill(&self) -> Option<format::Spill> {
+        self.metadata.spill()
+    }
+    /// Number of distinct vectors: stored rows less the second copies of a spilled index.
+    pub fn distinct_vectors(&self) -> usize {
+        self.ntotal() - self.spill().map_or(0, |s| s.duplicates as usize)
     }
     /// Distance metric.
     pub fn metric(&self) -> Metric {

@@ -4,6 +4,7 @@
 mod any;
 mod any_search;
 mod backing;
+mod balance;
 mod blend;
 mod coarse;
 mod codes;
@@ -16,10 +17,12 @@ mod pq_index;
 mod pq_search;
 mod screen;
 mod search;
+mod spill;
 mod topk;
 
 pub use any::AnyIndex;
 pub use any_search::AnySearcher;
+pub use balance::{balance, BalanceReport};
 pub(crate) use blend::{blend_neighbours, clamp_ratio};
 pub use blend::{rvc_weights, BlendOutcome, BlendParams, SCORE_EPSILON};
 pub use expand::{QueryExpansion, MAX_EXPAND_DIM};
@@ -29,6 +32,7 @@ pub use kernels::Kernels;
 pub use pq_index::PqIndex;
 pub use pq_search::{LutRounding, PqNeighbour, PqSearcher, PQ_MAX_BASE_K};
 pub use search::{BlockResults, Neighbour, SearchStats, Searcher, BLOCK, MAX_K, MAX_NPROBE};
+pub use spill::{spill, SpillOptions, SpillReport};
 pub use topk::TopK;
 
 #[cfg(feature = "faiss")]

@@ -178,6 +178,8 @@ pub struct Searcher {
     screening: bool,
     probes: TopK<MAX_NPROBE>,
     best: TopK<MAX_K>,
+    /// The lists being scanned may hold copies of one vector (spilled index, several probes).
+    distinct: bool,
     out: [Neighbour; MAX_K],
     n: usize,
     /// The centroid screen; its quantised-query buffers also serve the list screens.
@@ -223,6 +225,7 @@ impl Searcher {
             screening: true,
             probes: TopK::new(1),
             best: TopK::new(1),
+            distinct: false,
             out: [Neighbour::default(); MAX_K],
             n: 0,
             centroid: CentroidScreen::new(),
@@ -290,6 +293,33 @@ impl Searcher {
         let n = self.emit(index);
         self.n = n;
         &self.out[..n]
+    }
+
+    /// The `m` (clamped to `1..=MAX_NPROBE`) non-empty lists nearest to `query`, as a search
+    /// would pick them: (exact key, list) pairs, nearest first; the key is the squared L2
+    /// distance, or the negated inner product. Empty for a non-finite query or an empty index.
+    ///
+    /// # Panics
+    /// If `query.len() != index.dim()`.
+    pub fn nearest_lists(&mut self, index: &IvfIndex, query: &[f32], m: usize) -> (&[f32], &[u32]) {
+        assert_eq!(
+            query.len(),
+            index.dim(),
+            "query length must equal the index dimension"
+        );
+        self.probes.reset(1);
+        if index.ntotal() == 0 || !all_finite(query) {
+            return (&[], &[]);
+        }
+        let m = m.clamp(1, MAX_NPROBE);
+        let screened = match index.coarse() {
+            Some(table) if self.screening => self.screen_single(index, table, query, m),
+            _ => false,
+        };
+        if !screened {
+            self.select_exact(index, query, m);
+        }
+        (self.probes.keys(), self.probes.vals())
     }
 
     /// Searches up to [`BLOCK`] queries at once (`queries` holds whole rows of `dim`): one pass
@@ -466,6 +496,9 @@ impl Searcher {
     /// Scans the lists in `self.probes` into `self.best`.
     fn scan_lists(&mut self, index: &IvfIndex, query: &[f32], k: usize) {
         self.best.reset(k);
+        // A spilled index stores some vectors in two lists: report each once when more than
+        // one list is probed (one list never holds two copies of a vector).
+        self.distinct = index.is_spilled() && self.probes.len() > 1;
         let codes = index.codes().filter(|_| self.screening);
         for p in 0..self.probes.len() {
             let list = self.probes.vals()[p] as usize;
@@ -492,18 +525,29 @@ impl Searcher {
             self.kernels.l2sq_rows
         };
         self.stats.vectors_scanned += range.len() as u64;
+        let (distinct, ids) = (self.distinct, index.ids());
         let (mut start, end) = (range.start, range.end);
         while start < end {
             let n = LIST_CHUNK.min(end - start);
             let dists = &mut self.dots[..n];
             rows(query, &vectors[start * d..(start + n) * d], dists);
-            if ip {
-                for (i, &v) in dists.iter().enumerate() {
-                    self.best.push(-v, (start + i) as u32);
+            match (ip, distinct) {
+                (true, false) => {
+                    for (i, &v) in dists.iter().enumerate() {
+                        self.best.push(-v, (start + i) as u32);
+                    }
                 }
-            } else {
-                for (i, &v) in dists.iter().enumerate() {
-                    self.best.push(v, (start + i) as u32);
+                (false, false) => {
+                    for (i, &v) in dists.iter().enumerate() {
+                        self.best.push(v, (start + i) as u32);
+                    }
+                }
+                (_, true) => {
+                    let sign = if ip { -1.0 } else { 1.0 };
+                    for (i, &v) in dists.iter().enumerate() {
+                        self.best
+                            .push_distinct(sign * v, (start + i) as u32, |p| ids[p as usize]);
+                    }
                 }
             }
             start += n;
@@ -554,9 +598,15 @@ impl Searcher {
         }
         let mut one = [0f32];
         let mut n = 0;
+        let ids = index.ids();
         for pos in s.survivors() {
             (self.kernels.l2sq_rows)(query, &vectors[pos * d..(pos + 1) * d], &mut one);
-            self.best.push(one[0], pos as u32);
+            if self.distinct {
+                self.best
+                    .push_distinct(one[0], pos as u32, |p| ids[p as usize]);
+            } else {
+                self.best.push(one[0], pos as u32);
+            }
             n += 1;
         }
         self.stats.vectors_rechecked += n;

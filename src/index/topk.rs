@@ -68,6 +68,28 @@ impl<const CAP: usize> TopK<CAP> {
         }
     }
 
+    /// Offers a candidate whose payload names a stored row, keeping each id once: `id_of`
+    /// maps a payload to its id, and a candidate whose id is already held replaces that entry
+    /// only if its key is smaller. For spilled indexes, whose vectors may sit in two probed
+    /// lists. The id check runs only for candidates that pass the threshold.
+    #[inline]
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // as in `push`
+    pub fn push_distinct(&mut self, key: f32, val: u32, id_of: impl Fn(u32) -> i64) {
+        if !(key < self.threshold()) {
+            return;
+        }
+        let id = id_of(val);
+        if let Some(j) = self.vals[..self.len].iter().position(|&v| id_of(v) == id) {
+            if !(key < self.keys[j]) {
+                return;
+            }
+            self.keys.copy_within(j + 1..self.len, j);
+            self.vals.copy_within(j + 1..self.len, j);
+            self.len -= 1;
+        }
+        self.push(key, val);
+    }
+
     /// The number of entries kept (`k`).
     #[inline]
     pub fn k(&self) -> usize {
@@ -101,6 +123,33 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn push_distinct_keeps_the_k_smallest_distinct_ids(
+            rows in proptest::collection::vec((0i64..40, -1e3f32..1e3), 0..200),
+            k in 1usize..=16,
+        ) {
+            // Payload i is row i; its id may repeat, each copy with its own key.
+            let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            let mut t = TopK::<16>::new(k);
+            for (i, &(_, key)) in rows.iter().enumerate() {
+                t.push_distinct(key, i as u32, |v| ids[v as usize]);
+            }
+            // Oracle: each id's smallest key, then the k smallest of those.
+            let mut best: std::collections::BTreeMap<i64, f32> = Default::default();
+            for &(id, key) in &rows {
+                let e = best.entry(id).or_insert(key);
+                if key < *e { *e = key; }
+            }
+            let mut want: Vec<f32> = best.values().copied().collect();
+            want.sort_by(f32::total_cmp);
+            want.truncate(k);
+            prop_assert_eq!(t.keys(), &want[..]);
+            let mut seen = std::collections::HashSet::new();
+            for &v in t.vals() {
+                prop_assert!(seen.insert(ids[v as usize]), "an id is held twice");
+            }
+        }
+
         #[test]
         fn keeps_the_k_smallest_in_order(keys in proptest::collection::vec(-1e6f32..1e6, 0..200), k in 1usize..=16) {
             let mut t = TopK::<16>::new(k);

@@ -413,6 +413,14 @@ pub struct BuildOptions {
     pub seed: u32,
     /// Silent frames of recordings below this are dropped (audio builds).
     pub silence: SilenceRule,
+    /// Split every list longer than this multiple of the mean list (`--max-list-factor`, at
+    /// least 1): the largest list, and so a one-list probe's work, is bounded
+    /// ([`index::balance`](crate::index::balance)). IVF-Flat only.
+    pub max_list_factor: Option<f64>,
+    /// Store every vector in a second list too, chosen by the SOAR loss with this λ
+    /// (`--spill`; [`index::spill`](crate::index::spill)). With balancing, the copies respect
+    /// the same bound. IVF-Flat only.
+    pub spill: Option<f32>,
 }
 
 impl Default for BuildOptions {
@@ -425,6 +433,8 @@ impl Default for BuildOptions {
             alpha_expand: None,
             seed: 0,
             silence: SilenceRule::default(),
+            max_list_factor: None,
+            spill: None,
         }
     }
 }
@@ -446,6 +456,10 @@ pub enum BuildStage {
     Expanding,
     /// Training the coarse quantiser and adding rows.
     Training,
+    /// Splitting long lists (`max_list_factor`).
+    Balancing,
+    /// Placing the second copies (`spill`).
+    Spilling,
     /// Writing the `.kbi`.
     Writing,
 }
@@ -509,6 +523,10 @@ pub struct BuildSummary {
     pub sources: usize,
     /// Duration of the source audio, seconds (0 for feature files).
     pub duration_seconds: f64,
+    /// The list balancing applied, if any.
+    pub balance: Option<crate::format::Balance>,
+    /// The spilled assignment applied, if any (its second copies are not in `vectors`).
+    pub spill: Option<crate::format::Spill>,
 }
 
 /// Which part of a row is searched (and normalised) and which is carried along.
@@ -554,6 +572,28 @@ fn check_options(opts: &BuildOptions) -> Result<(), BuildError> {
     }
     if opts.compress == Some(0) {
         return Err(BuildError::Options("--compress must be at least 1".into()));
+    }
+    if let Some(f) = opts.max_list_factor {
+        if !(f.is_finite() && f >= 1.0) {
+            return Err(BuildError::Options(format!(
+                "--max-list-factor must be a number >= 1 (a multiple of the mean list length), not {f}"
+            )));
+        }
+    }
+    if let Some(l) = opts.spill {
+        if !(l.is_finite() && (0.0..=100.0).contains(&l)) {
+            return Err(BuildError::Options(format!(
+                "--spill must be a λ from 0 to 100 (SOAR's λ, about 1 to 1.5), not {l}"
+            )));
+        }
+    }
+    if let Some(f @ Factory::IvfPqFastScan { .. }) = &opts.factory {
+        if opts.spill.is_some() || opts.max_list_factor.is_some() {
+            return Err(BuildError::Options(format!(
+                "--spill and --max-list-factor build IVF-Flat indexes; `{}` is IVF-PQ FastScan",
+                f.faiss_string()
+            )));
+        }
     }
     if let Some(a) = opts.alpha_expand {
         if a.k == 0 || a.k > 1024 {
@@ -681,6 +721,10 @@ pub struct RecipeFacts {
     pub nlist: usize,
     /// The faiss factory string trained.
     pub factory: String,
+    /// The list balancing applied (`max_list_factor`).
+    pub balance: Option<crate::format::Balance>,
+    /// The spilled assignment applied (`spill`).
+    pub spill: Option<crate::format::Spill>,
 }
 
 /// An index a build made: IVF-Flat or IVF-PQ FastScan.
@@ -924,6 +968,30 @@ pub fn build_parts(
     let mut parts = ivf.to_parts()?;
     parts.nprobe = 1;
     progress(BuildStage::Training, 1, 1);
+    if let Some(f) = opts.max_list_factor {
+        progress(BuildStage::Balancing, 0, 1);
+        let (balanced, report) = crate::index::balance(&parts, f, opts.seed as u64)?;
+        parts = balanced;
+        facts.balance = Some(report.balance);
+        facts.nlist = parts.nlist();
+        progress(BuildStage::Balancing, 1, 1);
+    }
+    if let Some(lambda) = opts.spill {
+        progress(BuildStage::Spilling, 0, 1);
+        // With balancing, the copies keep the same bound on the doubled lists.
+        let max_list = opts
+            .max_list_factor
+            .map(|f| (f * 2.0 * parts.ntotal() as f64 / parts.nlist() as f64).ceil() as usize);
+        let spill_opts = crate::index::SpillOptions {
+            lambda,
+            max_list,
+            ..crate::index::SpillOptions::default()
+        };
+        let (spilled, report) = crate::index::spill(&parts, spill_opts)?;
+        parts = spilled;
+        facts.spill = Some(report.spill);
+        progress(BuildStage::Spilling, 1, 1);
+    }
     Ok((parts, facts))
 }
 
@@ -946,8 +1014,14 @@ fn recipe_json(
             "factory": facts.factory,
             "metric": opts.metric.name(),
             "alpha_expand": opts.alpha_expand.map(|a| serde_json::json!({"k": a.k, "alpha": a.alpha})),
+            "max_list_factor": opts.max_list_factor,
+            "spill": opts.spill,
         }),
     );
+    let mut meta = Metadata::default();
+    meta.set_balance(facts.balance);
+    meta.set_spill(facts.spill);
+    extra.extend(meta.extra);
     extra
 }
 
@@ -1010,7 +1084,9 @@ pub fn build_from_npy(
         bytes,
         features,
         dim,
-        vectors: index.ntotal(),
+        vectors: index.ntotal() - facts.spill.map_or(0, |s| s.duplicates as usize),
+        balance: facts.balance,
+        spill: facts.spill,
         nlist: index.nlist(),
         factory: facts.factory.clone(),
         index_type: index_type(opts),
@@ -1104,7 +1180,9 @@ pub fn build_from_audio(
         bytes,
         features: spec.metadata_kind().to_string(),
         dim: spec.dim(),
-        vectors: index.ntotal(),
+        vectors: index.ntotal() - facts.spill.map_or(0, |s| s.duplicates as usize),
+        balance: facts.balance,
+        spill: facts.spill,
         nlist: index.nlist(),
         factory: facts.factory.clone(),
         index_type: index_type(opts),
