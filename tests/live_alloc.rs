@@ -59,6 +59,49 @@ fn the_audio_side_never_allocates_or_frees_across_swaps_rvc_768() {
     never_allocates(rvc_768(), 60);
 }
 
+#[test]
+fn the_audio_side_never_allocates_or_frees_across_swaps_spilled_balanced_256() {
+    spilled_never_allocates(rvc_256(), 60);
+}
+
+#[test]
+fn the_audio_side_never_allocates_or_frees_across_swaps_spilled_balanced_768() {
+    spilled_never_allocates(rvc_768(), 40);
+}
+
+/// [`never_allocates`] among four voices of `shape` balanced (lists at most 3 × the mean)
+/// and spilled (`build --max-list-factor 3 --spill 1`), so the audio side serves lists that
+/// hold second copies.
+fn spilled_never_allocates(shape: Shape, swaps: usize) {
+    use knnblend::index::{balance, spill, SpillOptions};
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<_> = (1..=4)
+        .map(|i| {
+            let (b, _) = balance(&parts(&shape, identity(i)), 3.0, 1).unwrap();
+            let cap = (3.0 * 2.0 * b.ntotal() as f64 / b.nlist() as f64).ceil() as usize;
+            let opts = SpillOptions {
+                max_list: Some(cap),
+                ..SpillOptions::default()
+            };
+            let (s, r) = spill(&b, opts).unwrap();
+            assert!(r.spill.duplicates as usize > shape.n / 2, "{r:?}");
+            let path = dir.path().join(format!("s{i}.kbi"));
+            knnblend::format::write_kbi(&path, &s).unwrap();
+            path
+        })
+        .collect();
+    let index = knnblend::index::IvfIndex::open(&files[0]).unwrap();
+    assert!(index.is_spilled() && index.metadata().balance().is_some());
+    drop(index);
+    let counts = swap_among(shape.dim, &files, swaps);
+    println!(
+        "spilled, balanced {}: {counts}; {:.1} s",
+        shape.label(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// `swaps` control-side operations among four voices of `shape` while the audio thread runs
 /// guarded blocks of 20 frames, blended alternately as one block and frame by frame.
 fn never_allocates(shape: Shape, swaps: usize) {

@@ -7,9 +7,13 @@ mod common;
 
 use std::collections::HashSet;
 
+use assert_no_alloc::{assert_no_alloc, AllocDisabler};
 use common::{brute_force, Clustered};
 use knnblend::format::{self, IndexParts, Metric};
 use knnblend::index::{balance, spill, FaissIvf, IvfIndex, Searcher, SpillOptions};
+
+#[global_allocator]
+static ALLOCATOR: AllocDisabler = AllocDisabler;
 
 /// An index made by RVC's recipe (faiss `IVF{n},Flat`, n = min(16√N, N/39)) on clustered
 /// rows, and the rows.
@@ -91,6 +95,16 @@ fn a_spilled_search_is_an_exact_scan_of_the_probed_lists_with_each_id_once() {
                 );
             }
         }
+        // Searching a spilled index, the id check of several probed lists included, allocates
+        // nothing (the guard aborts the process otherwise; `live_alloc.rs` shows it fires).
+        assert_no_alloc(|| {
+            for nprobe in [1, 2, 8] {
+                for q in qs.chunks_exact(dim) {
+                    std::hint::black_box(s.search(&index, q, 8, nprobe));
+                }
+                std::hint::black_box(s.search_block(&index, &qs[..8 * dim], 8, nprobe));
+            }
+        });
         // The block path reports the same.
         let block = &qs[..8 * dim];
         let mut one = Searcher::new();

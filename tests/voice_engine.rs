@@ -291,3 +291,75 @@ fn an_index_from_22k_recordings_serves_a_48k_session() {
     println!("22.05 kHz index at 48 kHz: LTAS distance {d_input:.2} dB → {d:.2} dB");
     assert!(d <= 0.6 * d_input, "{d_input:.2} dB → {d:.2} dB");
 }
+
+/// An index of `signal`'s voiced frames by RVC's recipe (faiss `IVF{n},Flat`, n_probe 1), as
+/// `knnblend build --audio` makes it, with `opts`' spill and list bound.
+fn recipe_index(
+    signal: &[f32],
+    sr: f32,
+    spec: &FeatureSpec,
+    opts: &knnblend::voice::BuildOptions,
+) -> Arc<AnyIndex> {
+    use knnblend::voice::build::{build_parts, VectorLayout};
+    use knnblend::voice::{Extractor, SilenceRule};
+    let got = Extractor::new(spec, sr).extract(signal, &SilenceRule::default());
+    let (rows, _) = spec.speaker_rows(&got.rows);
+    let layout = VectorLayout::Voice { bands: spec.bands };
+    let (mut parts, _) =
+        build_parts(rows, spec.dim(), layout, opts, false, &mut |_, _, _| {}).unwrap();
+    let mut meta = spec.metadata(vec!["synth".into()], got.frames as u64, 0.0);
+    meta.extra.extend(std::mem::take(&mut parts.metadata.extra));
+    parts.metadata = meta;
+    Arc::new(
+        knnblend::index::IvfIndex::from_parts(&parts)
+            .unwrap()
+            .into(),
+    )
+}
+
+#[test]
+fn a_spilled_balanced_index_converts_at_least_as_well_as_rvcs() {
+    let spec = FeatureSpec::default();
+    let recordings = synth_voice(&VoiceParams::high().with_seed(12), SR, 20.0);
+    let plain_opts = knnblend::voice::BuildOptions::default();
+    let plain = recipe_index(&recordings, SR, &spec, &plain_opts);
+    let better_opts = knnblend::voice::BuildOptions {
+        spill: Some(1.0),
+        max_list_factor: Some(3.0),
+        ..plain_opts.clone()
+    };
+    let better = recipe_index(&recordings, SR, &spec, &better_opts);
+    let b = better.as_flat().unwrap();
+    assert!(b.is_spilled() && b.metadata().balance().is_some());
+    assert!(
+        b.nlist() > 8,
+        "the recordings should make an IVF index of many lists"
+    );
+    let target = ltas_db(
+        &synth_voice(&VoiceParams::high().with_seed(13), SR, 3.0),
+        SR,
+    );
+    let input = synth_voice(&VoiceParams::low().with_seed(11), SR, 3.0);
+    let d_input = distance(&ltas_db(&input, SR), &target);
+    let mut d = Vec::new();
+    for index in [plain, better] {
+        let mut e = engine(Some(index), SR, 1);
+        let out = render(&mut e, std::slice::from_ref(&input), params(1.0), 512);
+        assert!(e.stats().blended > 0);
+        d.push(distance(&ltas_db(&out[0], SR), &target));
+    }
+    println!(
+        "LTAS distance to the target: input {d_input:.2} dB, RVC's index {:.2} dB, spilled + balanced {:.2} dB",
+        d[0], d[1]
+    );
+    assert!(
+        d[0] < 0.7 * d_input,
+        "the plain index must convert: {d:?}, input {d_input:.2}"
+    );
+    assert!(
+        d[1] <= d[0] + 0.05,
+        "spilled + balanced {:.2} dB vs RVC's {:.2} dB",
+        d[1],
+        d[0]
+    );
+}

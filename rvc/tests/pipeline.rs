@@ -373,3 +373,117 @@ fn mismatched_models_and_indexes_are_refused_by_name() {
     let status = control.status(0);
     assert_eq!(status.info.as_ref().map(|i| i.dim), Some(768), "{status:?}");
 }
+
+/// Writes `rows` as an RVC feature file (`.npy`, little-endian f32, C order).
+fn write_npy(path: &Path, rows: &[f32], dim: usize) {
+    let dict = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {dim}), }}",
+        rows.len() / dim
+    );
+    let pad = 64 - (10 + dict.len() + 1) % 64;
+    let header = format!("{dict}{}\n", " ".repeat(pad % 64));
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in rows {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_spilled_balanced_index_from_a_feature_folder_serves_the_rvc_path() {
+    use knnblend::index::{IvfIndex, Searcher};
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 768;
+    let rows = voice_rows(3000, dim, 7);
+    let feat = dir.path().join("exp").join("3_feature768");
+    std::fs::create_dir_all(&feat).unwrap();
+    write_npy(&feat.join("0_a.npy"), &rows[..1500 * dim], dim);
+    write_npy(&feat.join("1_b.npy"), &rows[1500 * dim..], dim);
+    let path = dir.path().join("voice.kbi");
+    let opts = knnblend::voice::BuildOptions {
+        spill: Some(1.0),
+        max_list_factor: Some(3.0),
+        ..knnblend::voice::BuildOptions::default()
+    };
+    let summary =
+        knnblend::voice::build_from_npy(&[dir.path().join("exp")], &path, &opts, &mut |_, _, _| {})
+            .unwrap();
+    assert!(summary.spill.is_some() && summary.balance.is_some());
+    assert_eq!(summary.vectors, 3000);
+    let index = IvfIndex::open(&path).unwrap();
+    assert!(index.is_spilled() && index.metadata().features == "rvc-v2-768");
+
+    let (_control, audio) = runtime_with(&path, dim);
+    let controls = Arc::new(Controls::default());
+    controls.set_index_rate(1.0);
+    controls.set_protect(0.5); // off: the features are exactly the blend, ×2
+    controls.set_index_crossfade_seconds(0.0);
+    let mut conv = RvcConverter::new(
+        models("synth_v2_40k.onnx", "vec-768-layer-12.onnx", false),
+        audio,
+        framing(),
+        controls.clone(),
+        1,
+    )
+    .unwrap();
+    let mut cv = ContentVec::open(model("vec-768-layer-12.onnx")).unwrap();
+    let block = conv.host_block();
+    let input = voice_signal(block * 9);
+    let mut out = vec![0f32; block];
+    let mut lists = Searcher::new();
+    let mut compared = 0;
+    for (b, x) in input.chunks(block).enumerate() {
+        conv.convert(x, &mut out);
+        assert!(out.iter().all(|v| v.is_finite()), "block {b} failed");
+        if b < 6 {
+            continue;
+        }
+        // The oracle: RVC's formula (f64) over an exact scan of the one list a frame probes,
+        // copies included, each stored vector once.
+        let mut feats = Vec::new();
+        let frames = cv.run(conv.last_window_16k(), &mut feats).unwrap();
+        let from = conv.framing().blend_from().min(frames);
+        let phone = conv.last_phone();
+        for f in from..frames {
+            let q = &feats[f * dim..(f + 1) * dim];
+            let (_, l) = lists.nearest_lists(&index, q, 1);
+            let mut near: Vec<(f64, usize)> = index
+                .list_range(l[0] as usize)
+                .map(|p| {
+                    let d: f64 = index
+                        .vector(p)
+                        .iter()
+                        .zip(q)
+                        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                        .sum();
+                    (d, p)
+                })
+                .collect();
+            near.sort_by(|a, b| a.0.total_cmp(&b.0));
+            near.truncate(8);
+            let w: Vec<f64> = near.iter().map(|(d, _)| 1.0 / (d * d)).collect();
+            let total: f64 = w.iter().sum();
+            for i in [2 * f, 2 * f + 1]
+                .into_iter()
+                .filter(|&i| i < phone.len() / dim)
+            {
+                for c in (0..dim).step_by(37) {
+                    let want: f64 = near
+                        .iter()
+                        .zip(&w)
+                        .map(|((_, p), wi)| index.vector(*p)[c] as f64 * wi / total)
+                        .sum();
+                    let got = phone[i * dim + c] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "block {b}, frame {f}, channel {c}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, 3);
+}

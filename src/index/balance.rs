@@ -93,7 +93,7 @@ fn split_list(
         out.push((mean_of(&list.vectors, d), list));
         return;
     }
-    let k = (2 * n).div_ceil(cap).min(n);
+    let k = n.div_ceil(cap).max(2).min(n);
     let assign = kmeans_assign(&list.vectors, d, k, rng);
     let mut parts = vec![ListParts::default(); k];
     for (i, &a) in assign.iter().enumerate() {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 mod fastscan;
+mod recall;
 mod rvc;
 mod suite;
 
@@ -61,6 +62,22 @@ pub struct Args {
     /// latency, recall@8, bytes per vector, the cost of query-side α expansion.
     #[arg(long)]
     fastscan: bool,
+    /// Instead of the comparison, recall@8 and cost at one probed list of spilled (`build
+    /// --spill`) and balanced (`--max-list-factor`) indexes against plain ones probed 1, 2, 4
+    /// and 8 lists: the synthetic RVC shapes and an espeak-ng speech proxy.
+    #[arg(long)]
+    recall: bool,
+    /// λ of the spilled --recall cases.
+    #[arg(
+        long,
+        value_name = "LAMBDA",
+        default_value_t = 1.0,
+        requires = "recall"
+    )]
+    spill: f32,
+    /// List bound of the balanced --recall cases, × the mean list.
+    #[arg(long, value_name = "F", default_value_t = 3.0, requires = "recall")]
+    max_list_factor: f64,
 }
 
 pub fn run(a: Args) -> crate::Result {
@@ -83,6 +100,22 @@ pub fn run(a: Args) -> crate::Result {
             println!("{}", serde_json::to_string_pretty(&[r])?);
         } else {
             print!("{}", rvc::format_text(&r));
+        }
+        return Ok(());
+    }
+    if a.recall {
+        let opts = recall::RecallOptions {
+            quick: a.quick,
+            cache_dir: a.cache_dir,
+            seed: a.seed,
+            lambda: a.spill,
+            max_list_factor: a.max_list_factor,
+        };
+        let r = recall::run(&opts, &mut |line: &str| eprintln!("{line}"))?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&[r])?);
+        } else {
+            print!("{}", recall::format_text(&r));
         }
         return Ok(());
     }

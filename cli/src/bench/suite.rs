@@ -400,13 +400,13 @@ pub fn speech_like_rows(dim: usize, n: usize, data_seed: u64, row_seed: u64) -> 
 }
 
 /// A synthetic RVC-shaped case.
-struct Shape {
-    name: &'static str,
-    dim: usize,
-    n: usize,
+pub(super) struct Shape {
+    pub(super) name: &'static str,
+    pub(super) dim: usize,
+    pub(super) n: usize,
 }
 
-const FULL: &[Shape] = &[
+pub(super) const FULL: &[Shape] = &[
     Shape {
         name: "v2-10k",
         dim: 768,
@@ -435,7 +435,7 @@ const FULL: &[Shape] = &[
 ];
 
 /// Builds (or reads from the cache) the faiss index of a shape; returns its path.
-fn cached_index(
+pub(super) fn cached_index(
     opts: &BenchOptions,
     shape: &Shape,
     log: &mut dyn FnMut(&str),
@@ -619,7 +619,7 @@ unsafe fn fma_loop(iters: u64) -> f32 {
     s.iter().sum()
 }
 
-fn cpu_model() -> String {
+pub(super) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -631,7 +631,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn load_average() -> f64 {
+pub(super) fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
@@ -917,17 +917,17 @@ fn run_case(
 
 /// What one search read, from the searcher's counters.
 #[derive(Clone, Copy, Debug)]
-struct Work {
+pub(super) struct Work {
     /// f32 centroids re-checked.
-    centroids: f64,
+    pub(super) centroids: f64,
     /// Stored vectors screened through their codes.
-    codes: f64,
+    pub(super) codes: f64,
     /// Stored vectors read in f32 (re-checked, or short lists scanned).
-    vectors: f64,
+    pub(super) vectors: f64,
 }
 
 impl Work {
-    fn between(a: SearchStats, b: SearchStats) -> Work {
+    pub(super) fn between(a: SearchStats, b: SearchStats) -> Work {
         let centroids = if b.exact_scans > a.exact_scans {
             f64::NAN // not expected; shows up in the report rather than hiding
         } else {
@@ -1020,7 +1020,7 @@ fn k_point(
 
 /// Moves the calling thread to `SCHED_FIFO` (priority 40, like an audio thread) pinned to the
 /// CPU it runs on, when the system allows it; returns a description of what it got.
-fn realtime_scheduling() -> String {
+pub(super) fn realtime_scheduling() -> String {
     use knnblend::platform;
     let cpu = platform::current_cpu();
     let pinned = cpu.is_some_and(platform::pin_thread_to_cpu);
@@ -1324,7 +1324,7 @@ pub fn format_text(r: &Report) -> String {
     s
 }
 
-fn human_bytes(b: f64) -> String {
+pub(super) fn human_bytes(b: f64) -> String {
     if b >= (1u64 << 30) as f64 {
         format!("{:.1} GiB", b / (1u64 << 30) as f64)
     } else if b >= (1 << 20) as f64 {
