@@ -155,6 +155,12 @@ const REQUIREMENTS: &[Requirement] = &[
         probe: Probe::Package,
     },
     Requirement {
+        package: "espeak-ng",
+        why: "speech of several voices for the speech proxy of `knnblend bench --recall` and its \
+              test (cli/src/bench/recall.rs)",
+        probe: Probe::Program(&["espeak-ng"]),
+    },
+    Requirement {
         package: "libgl1",
         why: "OpenGL, which draws the editor (loaded at run time)",
         probe: Probe::Package,

@@ -463,3 +463,42 @@ pub fn format_text(r: &RecallReport) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The speech proxy renders with espeak-ng (installed by `cargo xtask setup`; a missing
+    /// espeak-ng fails here rather than skipping) and indexes the index voices' frames by RVC's
+    /// recipe; the query voice gives frames of the same dimension; a spilled copy of it finds
+    /// more of the exact neighbours at one probed list than the plain index.
+    #[test]
+    fn the_speech_proxy_renders_indexes_and_spills() {
+        let dir = tempfile::tempdir().unwrap();
+        let (parts, queries) = speech_proxy(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let d = parts.dim;
+        assert!(parts.ntotal() > 5_000, "{} frames", parts.ntotal());
+        assert!(
+            queries.len() / d > 500,
+            "{} query frames",
+            queries.len() / d
+        );
+        assert_eq!(
+            parts.metadata.sources.len(),
+            INDEX_VOICES.len() * (SENTENCES.len() - QUERY_SENTENCES)
+        );
+        let q = &queries[..500 * d];
+        let plain = IvfIndex::from_parts(&parts).unwrap();
+        let truth = exact_truth(&plain, q);
+        let p1 = measure("plain", &plain, 1, q, &truth, 1);
+        let (s, _) = spill(&parts, SpillOptions::default()).unwrap();
+        let s1 = measure("spill", &IvfIndex::from_parts(&s).unwrap(), 1, q, &truth, 1);
+        assert!(
+            s1.recall > p1.recall * 1.1,
+            "spill {} vs plain {}",
+            s1.recall,
+            p1.recall
+        );
+        assert!(s1.bytes_p50 > 0.0 && s1.list_bytes_p999 >= s1.list_bytes_p50);
+    }
+}
