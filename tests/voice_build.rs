@@ -280,3 +280,101 @@ fn voice_indexes_from_recordings() {
     .unwrap_err();
     assert!(matches!(e, BuildError::NoData(_)), "{e}");
 }
+
+/// Builds a voice index of `wavs` and returns its recorded pitch statistics.
+fn pitch_of(dir: &Path, name: &str, wavs: &[PathBuf]) -> knnblend::voice::PitchStats {
+    let out = dir.join(name);
+    let s = build_from_audio(
+        wavs,
+        &out,
+        &FeatureSpec::default(),
+        &BuildOptions::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let stored =
+        knnblend::voice::PitchStats::from_metadata(IvfIndex::open(&out).unwrap().metadata())
+            .expect("an audio build records pitch statistics");
+    assert_eq!(Some(stored), s.pitch);
+    stored
+}
+
+#[test]
+fn audio_builds_record_the_voices_pitch() {
+    let dir = tempfile::tempdir().unwrap();
+    // The built-in synthesiser: f0 110 and 220 Hz with intonation and vibrato around them.
+    let wav = |name: &str, p: VoiceParams, sr: u32| {
+        let path = dir.path().join(name);
+        let x = synth_voice(&p, sr as f32, 4.0);
+        write_wav_f32(&path, &Audio::from_channels(&[x], sr)).unwrap();
+        path
+    };
+    let low = wav("low.wav", VoiceParams::low().with_seed(3), 32_000);
+    let high = wav("high.wav", VoiceParams::high().with_seed(4), 44_100);
+    let st = |a: f64, b: f64| 12.0 * (a / b).log2();
+    let l = pitch_of(dir.path(), "low.kbi", &[low]);
+    let h = pitch_of(dir.path(), "high.kbi", &[high]);
+    println!("synth low: {}; high: {}", l.describe(), h.describe());
+    assert!(st(l.median_hz, 110.0).abs() < 1.0, "{l:?}");
+    assert!(st(h.median_hz, 220.0).abs() < 1.0, "{h:?}");
+    assert!(l.voiced_share > 0.6 && h.voiced_share > 0.6);
+    assert!(
+        l.spread_semitones > 0.05 && l.spread_semitones < 4.0,
+        "{l:?}"
+    );
+
+    // espeak-ng voices (installed by `cargo xtask setup`; a missing espeak-ng fails here):
+    // a male and a female variant reading the same sentences, an octave-ish apart.
+    let say = |voice: &str, i: usize, text: &str| {
+        let path = dir
+            .path()
+            .join(format!("{}-{i}.wav", voice.replace('+', "_")));
+        let out = std::process::Command::new("espeak-ng")
+            .args(["-v", voice, "-w"])
+            .arg(&path)
+            .arg(text)
+            .output()
+            .expect("espeak-ng runs (cargo xtask setup installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    };
+    let text = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Every morning the baker opens his shop early.",
+    ];
+    let male: Vec<PathBuf> = text
+        .iter()
+        .enumerate()
+        .map(|(i, t)| say("en-us+m3", i, t))
+        .collect();
+    let female: Vec<PathBuf> = text
+        .iter()
+        .enumerate()
+        .map(|(i, t)| say("en-us+f3", i, t))
+        .collect();
+    let m = pitch_of(dir.path(), "male.kbi", &male);
+    let f = pitch_of(dir.path(), "female.kbi", &female);
+    println!("espeak-ng male: {}; female: {}", m.describe(), f.describe());
+    assert!((70.0..180.0).contains(&m.median_hz), "{m:?}");
+    assert!((150.0..350.0).contains(&f.median_hz), "{f:?}");
+    assert!(
+        st(f.median_hz, m.median_hz) > 4.0,
+        "female {f:?} vs male {m:?}"
+    );
+
+    // Feature-file builds carry none, and say nothing about pitch.
+    let rows = clustered(600, 16, 4, 1);
+    let exp = experiment(dir.path(), &rows, 16);
+    let s = build_from_npy(
+        &[exp],
+        &dir.path().join("npy.kbi"),
+        &BuildOptions::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    assert!(s.pitch.is_none());
+}

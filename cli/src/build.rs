@@ -121,6 +121,9 @@ pub fn run(a: Args) -> crate::Result {
             b.lists_split, b.lists_before, b.max_list, b.max_list_factor
         );
     }
+    if let Some(p) = s.pitch {
+        println!("pitch: {}", p.describe());
+    }
     if let Some(sp) = s.spill {
         println!(
             "spilled: {} second copies (λ {}, among the {} nearest lists)",

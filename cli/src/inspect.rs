@@ -59,6 +59,7 @@ pub fn run(a: Args) -> crate::Result {
         s.get(s.len() / 2).copied().unwrap_or(0)
     };
     let (spill, balance) = (index.spill(), index.metadata().balance());
+    let pitch = knnblend::voice::PitchStats::from_metadata(index.metadata());
     if a.json {
         let v = serde_json::json!({
             "path": a.index.display().to_string(),
@@ -79,6 +80,7 @@ pub fn run(a: Args) -> crate::Result {
             "spilled": index.is_spilled(),
             "spill": spill,
             "balance": balance,
+            "pitch": pitch,
             "metadata": index.metadata(),
             "file_bytes": index.file_bytes(),
             "screening_bytes": index.screening_bytes(),
@@ -130,6 +132,13 @@ pub fn run(a: Args) -> crate::Result {
     );
     if !m.feature_params.is_null() {
         println!("  parameters  {}", m.feature_params);
+    }
+    match pitch {
+        Some(p) => println!("  pitch       {}", p.describe()),
+        None if m.features.starts_with("knnblend") => println!(
+            "  pitch       not recorded (built before pitch statistics; rebuild with `knnblend build --audio` to match pitch to this voice)"
+        ),
+        None => {}
     }
     if m.duration_seconds > 0.0 {
         println!(

@@ -389,6 +389,12 @@ fn synth_build_render_workflow() {
         serde_json::from_str(&ok(&knnblend(&["inspect", &p("high.kbi"), "--json"]))).unwrap();
     assert_eq!(v["metadata"]["features"], "knnblend-logmel-v1");
     assert_eq!(v["metadata"]["sources"][0], "high.wav");
+    // The voice's pitch statistics: the built-in high voice sings about 220 Hz.
+    assert!(built.contains("pitch: median f0"), "{built}");
+    let hz = v["pitch"]["median_hz"].as_f64().unwrap();
+    assert!((12.0 * (hz / 220.0).log2()).abs() < 1.0, "{v}");
+    let text = ok(&knnblend(&["inspect", &p("high.kbi")]));
+    assert!(text.contains("  pitch       median f0 "), "{text}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -527,6 +527,8 @@ pub struct BuildSummary {
     pub balance: Option<crate::format::Balance>,
     /// The spilled assignment applied, if any (its second copies are not in `vectors`).
     pub spill: Option<crate::format::Spill>,
+    /// The recordings' pitch statistics (audio builds).
+    pub pitch: Option<super::PitchStats>,
 }
 
 /// Which part of a row is searched (and normalised) and which is carried along.
@@ -1087,6 +1089,7 @@ pub fn build_from_npy(
         vectors: index.ntotal() - facts.spill.map_or(0, |s| s.duplicates as usize),
         balance: facts.balance,
         spill: facts.spill,
+        pitch: None,
         nlist: index.nlist(),
         factory: facts.factory.clone(),
         index_type: index_type(opts),
@@ -1121,6 +1124,7 @@ pub fn build_from_audio(
     let mut envelopes = Vec::new();
     let (mut kept, mut dropped, mut seconds) = (0usize, 0usize, 0f64);
     let mut extractors: Vec<(u32, Extractor)> = Vec::new();
+    let mut pitch = super::PitchCollector::new(super::PitchSpec::default());
     let min_rate = (2.0 * spec.f_max_hz).ceil() as u32;
     for (i, path) in files.iter().enumerate() {
         progress(BuildStage::Decoding, i as u64, files.len() as u64);
@@ -1144,7 +1148,11 @@ pub fn build_from_audio(
                 &extractors.last().expect("just pushed").1
             }
         };
-        let got = ex.extract(&audio.mono(), &opts.silence);
+        let mono = audio.mono();
+        let got = ex.extract(&mono, &opts.silence);
+        pitch
+            .add(&mono, audio.sample_rate)
+            .map_err(BuildError::Options)?;
         envelopes.extend_from_slice(&got.rows);
         kept += got.frames;
         dropped += got.dropped;
@@ -1173,6 +1181,8 @@ pub fn build_from_audio(
         .insert("speaker_mean".into(), serde_json::json!(mean));
     meta.extra
         .insert("dropped_silent_frames".into(), dropped.into());
+    let pitch = pitch.finish();
+    pitch.store(&mut meta);
     *index.metadata_mut() = meta;
     let bytes = write(output, &index, progress)?;
     Ok(BuildSummary {
@@ -1183,6 +1193,7 @@ pub fn build_from_audio(
         vectors: index.ntotal() - facts.spill.map_or(0, |s| s.duplicates as usize),
         balance: facts.balance,
         spill: facts.spill,
+        pitch: Some(pitch),
         nlist: index.nlist(),
         factory: facts.factory.clone(),
         index_type: index_type(opts),

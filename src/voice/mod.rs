@@ -29,6 +29,7 @@ mod flat;
 pub mod npy;
 pub mod offline;
 pub mod pitch;
+pub mod pitch_stats;
 mod ramp;
 #[cfg(feature = "audio-files")]
 pub mod render;
@@ -49,6 +50,7 @@ pub use features::{BandLayout, FeatureSpec, Framing, FEATURE_KIND};
 pub use flat::flat_parts;
 pub use offline::{render_buffers, Schedule};
 pub use pitch::{Pitch, PitchSpec, Yin};
+pub use pitch_stats::{PitchCollector, PitchStats};
 #[cfg(feature = "audio-files")]
 pub use render::{render_file, RenderError, RenderOptions, RenderStage, RenderSummary};
 pub use retriever::{IndexRetriever, Retriever};

@@ -76,9 +76,9 @@ pub fn render(input: &Input) -> String {
     let _ = writeln!(p, "## Voice indexes\n");
     let _ = writeln!(
         p,
-        "| file | vectors × dim | metric | lists | features | built from | size |"
+        "| file | vectors × dim | metric | lists | features | pitch | built from | size |"
     );
-    let _ = writeln!(p, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(p, "|---|---|---|---|---|---|---|---|");
     for (file, source, info) in input.indexes {
         let num = |k: &str| info.get(k).and_then(Value::as_u64).unwrap_or(0);
         let text = |k: &str| {
@@ -96,9 +96,22 @@ pub fn render(input: &Input) -> String {
             .and_then(Value::as_f64)
             .map(|s| format!(" ({s:.1} s)"))
             .unwrap_or_default();
+        // The voice's pitch statistics (`build --audio` records them; older indexes have none).
+        let pitch = match (
+            info.pointer("/pitch/median_hz").and_then(Value::as_f64),
+            info.pointer("/pitch/spread_semitones")
+                .and_then(Value::as_f64),
+            info.pointer("/pitch/voiced_share").and_then(Value::as_f64),
+        ) {
+            (Some(hz), Some(spread), Some(voiced)) if hz > 0.0 => format!(
+                "median f0 {hz:.0} Hz, ±{spread:.1} st, {:.0} % voiced",
+                100.0 * voiced
+            ),
+            _ => "not recorded".into(),
+        };
         let _ = writeln!(
             p,
-            "| `{dir}/{file}` | {} × {} | {} | {} | {features} | `{source}`{seconds} | {} |",
+            "| `{dir}/{file}` | {} × {} | {} | {} | {features} | {pitch} | `{source}`{seconds} | {} |",
             num("ntotal"),
             num("dim"),
             text("metric"),
@@ -244,6 +257,7 @@ mod tests {
             "voices/high.wav",
             json!({"ntotal": 1964, "dim": 80, "metric": "l2", "nlist": 50,
                    "file_bytes": 685273,
+                   "pitch": {"median_hz": 221.4, "spread_semitones": 1.2, "voiced_share": 0.97},
                    "metadata": {"features": "knnblend-logmel-v1", "duration_seconds": 20.0}}),
         )];
         let wavs = [Wav {
@@ -273,7 +287,7 @@ mod tests {
         let page = render(&input(&indexes, &wavs, Some(&m), Some(&b)));
         for needle in [
             "`target/demo/high.kbi` | 1964 × 80 | l2 | 50 | knnblend-logmel-v1 | \
-             `voices/high.wav` (20.0 s) | 669 KiB |",
+             median f0 221 Hz, ±1.2 st, 97 % voiced | `voices/high.wav` (20.0 s) | 669 KiB |",
             "`target/demo/blend-1.wav` | 6.0 s | 1.1 MiB | Blend 1 |",
             "**1.25 µs**",
             "0.013 % of the frame's time",
