@@ -5,7 +5,7 @@
 mod voice_common;
 
 use knnblend::voice::synth::{synth_voice, VoiceParams};
-use knnblend::voice::{BlockParams, FeatureSpec, IndexRetriever, VoiceEngine};
+use knnblend::voice::{BlockParams, FeatureSpec, IndexRetriever, PitchMode, VoiceEngine};
 use voice_common::*;
 
 #[global_allocator]
@@ -33,6 +33,16 @@ fn process_allocates_nothing_and_touches_no_new_page() {
     let mut right = vec![0f32; 20_000];
     let sizes = [1usize, 7, 64, 480, 512, 4096, 8192, 20_000, 333];
     let mut params = BlockParams::default();
+    // Every Pitch mode takes its turn (Match voice, down, up an octave, off).
+    let pitches = [
+        PitchMode::Match {
+            target_hz: 220.0,
+            range: 18.0,
+        },
+        PitchMode::Semitones(-7.0),
+        PitchMode::Semitones(12.0),
+        PitchMode::Off,
+    ];
     // Warm up: every buffer and the index's list are touched once.
     left.copy_from_slice(&voice[..20_000]);
     engine.process(&mut [&mut left, &mut right], &params);
@@ -55,6 +65,7 @@ fn process_allocates_nothing_and_touches_no_new_page() {
                 params.dry_wet = 1.0 - 0.2 * round as f32;
                 params.output_gain = 0.5 + 0.25 * round as f32;
                 params.k = 1 + 9 * round;
+                params.pitch = pitches[round % pitches.len()];
                 engine.process(&mut [&mut left[..n], &mut right[..n]], &params);
                 assert!(left[..n].iter().chain(&right[..n]).all(|v| v.is_finite()));
             }
@@ -67,6 +78,11 @@ fn process_allocates_nothing_and_touches_no_new_page() {
     let faults = minor_faults() - faults_before;
     assert_eq!(faults, 0, "page faults while processing");
     assert!(engine.stats().blended > 100);
+    assert_eq!(
+        engine.pitch_state().semitones,
+        0.0,
+        "Off glides back to no shift"
+    );
 }
 
 /// CPU time of the calling thread, seconds (not wall time: the machine may be shared).

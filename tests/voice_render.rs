@@ -184,6 +184,19 @@ fn bad_indexes_and_options_are_refused_with_a_message() {
         e.contains("rvc-v2-768") && e.contains("knnblend-logmel-v1"),
         "{e}"
     );
+    // Match voice on an index without pitch statistics (these fixtures are made from parts,
+    // like indexes built before `build --audio` recorded them): refused, with what to do,
+    // and nothing written.
+    let o = RenderOptions {
+        pitch: knnblend::voice::RenderPitch::Match,
+        ..opts(&f)
+    };
+    let e = render_file(&o, &mut |_, _, _| {}).unwrap_err().to_string();
+    assert!(
+        e.contains("no pitch statistics") && e.contains("knnblend build --audio"),
+        "{e}"
+    );
+    assert!(!o.output.exists());
     let e = load_error(&RenderOptions {
         swap_to: Some(Path::new("/nonexistent/voice.kbi").into()),
         swap_at: Some(0.5),

@@ -26,9 +26,10 @@ pub struct Args {
     /// ONNX Runtime library (libonnxruntime.so); default: ORT_DYLIB_PATH, then target/venv.
     #[arg(long, value_name = "PATH", requires = "rvc_model")]
     onnxruntime: Option<PathBuf>,
-    /// RVC: pitch shift in semitones (f0_up_key), -24..24.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pitch: f32,
+    /// Pitch: off, match (move the input's median f0 to the voice's; DSP voices) or a shift in
+    /// semitones, -24..24 (RVC: f0_up_key).
+    #[arg(long, default_value = "off", allow_negative_numbers = true)]
+    pitch: knnblend::voice::RenderPitch,
     /// RVC: protect (0..0.5; 0.5 turns it off).
     #[arg(long, default_value_t = 0.33)]
     protect: f32,
@@ -98,6 +99,7 @@ pub fn run(a: Args) -> crate::Result {
             k: k as usize,
             alpha: a.expand_alpha,
         }),
+        pitch: a.pitch,
     };
     let mut bar = crate::progress::StageBar::new();
     let result = render_file(&opts, &mut |stage, done, total| {
@@ -115,6 +117,17 @@ pub fn run(a: Args) -> crate::Result {
         s.analysed_frames,
         s.latency_samples
     );
+    if let Some(p) = s.pitch {
+        println!(
+            "pitch: shifted {:+.2} semitones at the end{}",
+            p.semitones,
+            if p.input_median_hz > 0.0 {
+                format!(" (input median f0 {:.1} Hz)", p.input_median_hz)
+            } else {
+                String::new()
+            }
+        );
+    }
     Ok(())
 }
 
@@ -126,7 +139,16 @@ fn run_rvc(a: Args, model: PathBuf, contentvec: PathBuf) -> crate::Result {
     let mut opts = RvcRenderOptions::new(a.input, a.output, model, contentvec, a.index);
     opts.rmvpe = a.rmvpe;
     opts.onnxruntime = a.onnxruntime;
-    opts.pitch = a.pitch;
+    opts.pitch = match a.pitch {
+        knnblend::voice::RenderPitch::Off => 0.0,
+        knnblend::voice::RenderPitch::Semitones(n) => n,
+        knnblend::voice::RenderPitch::Match => {
+            return Err(
+                "--pitch match is for DSP voices; with --rvc-model give a shift in semitones"
+                    .into(),
+            )
+        }
+    };
     opts.ratio = a.ratio;
     opts.protect = a.protect;
     opts.k = a.k;

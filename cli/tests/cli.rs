@@ -418,6 +418,39 @@ fn synth_build_render_workflow() {
         &p("out.wav"),
     ]));
     assert!(out.contains("frames blended"), "{out}");
+    // --pitch match moves the low phrase up toward the high voice's recorded median.
+    let out = ok(&knnblend(&[
+        "render",
+        "--index",
+        &p("high.kbi"),
+        "--pitch",
+        "match",
+        &p("phrase.wav"),
+        &p("matched.wav"),
+    ]));
+    let shifted: f32 = out
+        .split("pitch: shifted ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!((10.0..14.0).contains(&shifted), "{out}");
+    for (pitch, says) in [
+        ("30", "--pitch takes off, match"),
+        ("up", "--pitch takes off, match"),
+    ] {
+        let o = knnblend(&[
+            "render",
+            "--index",
+            &p("high.kbi"),
+            "--pitch",
+            pitch,
+            &p("phrase.wav"),
+            &p("x.wav"),
+        ]);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains(says), "{pitch}");
+    }
     ok(&knnblend(&[
         "render",
         "--index",

@@ -272,6 +272,7 @@ impl AudioHandle {
             dry_wet: settings.dry_wet,
             output_gain: settings.output_gain,
             expansion: settings.expansion,
+            pitch: voice::PitchMode::Off,
         };
         self.voice.process(channels, &params);
     }

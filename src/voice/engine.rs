@@ -33,8 +33,10 @@ use realfft::num_complex::Complex;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 
 use super::features::{BandLayout, FeatureSpec, Framing};
+use super::pitch_control::{PitchControl, PitchMode, PitchState};
 use super::ramp::Ramp;
 use super::retriever::Retriever;
+use super::shift::PeakShifter;
 use crate::index::{BlendOutcome, QueryExpansion, MAX_K};
 use crate::live::AudioEngine;
 
@@ -59,6 +61,9 @@ pub struct BlockParams {
     /// Query-side α expansion of the retrieval ([`QueryExpansion`]); `None` (the default)
     /// searches with each frame itself, as RVC does.
     pub expansion: Option<QueryExpansion>,
+    /// The Pitch control ([`PitchMode`]): off (the default), match the voice, or a fixed
+    /// shift. The shift keeps the envelope retrieval chose (formants stay the target's).
+    pub pitch: PitchMode,
 }
 
 impl Default for BlockParams {
@@ -71,6 +76,7 @@ impl Default for BlockParams {
             dry_wet: 1.0,
             output_gain: 1.0,
             expansion: None,
+            pitch: PitchMode::Off,
         }
     }
 }
@@ -171,6 +177,16 @@ pub struct VoiceEngine<R: Retriever = AudioEngine> {
     headroom: f32,
     stats: VoiceStats,
     last_outcome: Option<BlendOutcome>,
+    /// The Pitch control, the shifter, the shifted spectra and their envelope.
+    pitch: PitchControl,
+    pitch_mode: PitchMode,
+    shifter: PeakShifter,
+    shifted: Vec<Complex<f32>>,
+    shifted_mid: Vec<Complex<f32>>,
+    shifted_power: Vec<f32>,
+    shifted_envelope: Vec<f32>,
+    /// The hop's new mid samples for the pitch tracker.
+    hop_mid: Vec<f32>,
 }
 
 fn finite_or(v: f32, fallback: f32) -> f32 {
@@ -322,6 +338,14 @@ impl<R: Retriever> VoiceEngine<R> {
             headroom: 10f32.powf(settings.wet_headroom_db / 20.0),
             stats: VoiceStats::default(),
             last_outcome: None,
+            pitch: PitchControl::new(sample_rate.max(1000.0), hop),
+            pitch_mode: PitchMode::Off,
+            shifter: PeakShifter::new(n_fft, hop),
+            shifted: vec![Complex::default(); max_channels * bins],
+            shifted_mid: vec![Complex::default(); bins],
+            shifted_power: vec![0.0; bins],
+            shifted_envelope: vec![0.0; spec.bands],
+            hop_mid: vec![0.0; hop],
         };
         engine.prefault();
         engine
@@ -338,6 +362,10 @@ impl<R: Retriever> VoiceEngine<R> {
         prefault(&mut self.mid);
         prefault(&mut self.power);
         prefault(&mut self.bin_gain);
+        prefault(&mut self.shifted);
+        prefault(&mut self.shifted_mid);
+        prefault(&mut self.shifted_power);
+        prefault(&mut self.hop_mid);
     }
 
     /// Output delay relative to the input, in samples (report it to the host).
@@ -383,6 +411,13 @@ impl<R: Retriever> VoiceEngine<R> {
         self.speaker_mean.fill(0.0);
         self.mean_frames = 0;
         self.peak = 0.0;
+        self.pitch.reset();
+        self.shifter.reset();
+    }
+
+    /// What the Pitch control is doing: the input's f0 and running median, the shift.
+    pub fn pitch_state(&self) -> PitchState {
+        self.pitch.state()
     }
 
     /// Processes one block in place. `channels` are equally long slices (the shortest length
@@ -406,6 +441,7 @@ impl<R: Retriever> VoiceEngine<R> {
         }
         let k = params.k.clamp(1, MAX_K);
         self.retriever.set_query_expansion(params.expansion);
+        self.pitch_mode = params.pitch;
 
         let nch = channels.len().min(self.max_channels);
         for extra in channels.iter_mut().skip(nch) {
@@ -481,6 +517,24 @@ impl<R: Retriever> VoiceEngine<R> {
                 *m = s * scale;
             }
         }
+        // 1b. the Pitch control: f0 of the hop's new samples, the shift for this frame.
+        for (j, m) in self.hop_mid.iter_mut().enumerate() {
+            let mut s = 0.0;
+            for c in 0..nch {
+                s += self.input[c * win + win - hop + j];
+            }
+            *m = s / nch as f32;
+        }
+        let semitones = self.pitch.hop(&self.hop_mid, self.pitch_mode);
+        let shifting = semitones != 0.0;
+        if shifting {
+            let alpha = (semitones / 12.0).exp2();
+            self.shifter
+                .shift(alpha, &self.mid, &self.spectra, &mut self.shifted, nch);
+        } else {
+            self.shifter.reset();
+        }
+
         // 2. power, level and features.
         let mut energy = 0.0f64;
         for (b, (p, m)) in self.power.iter_mut().zip(&self.mid).enumerate() {
@@ -517,21 +571,55 @@ impl<R: Retriever> VoiceEngine<R> {
         }
         self.last_outcome = Some(outcome);
 
-        // 4. band gains → bin gains.
+        // 4. band gains → bin gains. When shifting, against the shifted spectrum's own
+        // envelope, so the output has the target envelope (formants stay where retrieval put
+        // them, not where the shift moved them), ungated: at Blend 0 the target is the input's
+        // own envelope, which this restores.
+        if shifting {
+            self.spectra[..nch * bins].copy_from_slice(&self.shifted[..nch * bins]);
+            if nch == 1 {
+                self.shifted_mid.copy_from_slice(&self.spectra[..bins]);
+            } else {
+                let scale = 1.0 / nch as f32;
+                for (b, m) in self.shifted_mid.iter_mut().enumerate() {
+                    let mut v = Complex::default();
+                    for c in 0..nch {
+                        v += self.spectra[c * bins + b];
+                    }
+                    *m = v * scale;
+                }
+            }
+            for (p, m) in self.shifted_power.iter_mut().zip(&self.shifted_mid) {
+                *p = m.norm_sqr();
+            }
+            self.layout
+                .features(&self.shifted_power, &mut self.shifted_envelope);
+            self.power.copy_from_slice(&self.shifted_power);
+        }
+        let against = if shifting {
+            &self.shifted_envelope
+        } else {
+            &self.envelope
+        };
         let max_ln = s.max_gain_db * std::f32::consts::LN_10 / 20.0;
+        let shift_ln = max_ln * (1.0 + (semitones.abs() / 12.0).min(1.0));
         let mut any = false;
-        for ((g, &t), &f) in self
+        for (((g, &t), &f), &e) in self
             .band_gain
             .iter_mut()
             .zip(&self.target)
+            .zip(against)
             .zip(&self.envelope)
         {
-            let v = 0.5 * (t - f) * gate;
-            *g = if v.is_finite() {
-                v.clamp(-max_ln, max_ln)
+            // When shifting, the limit widens with the shift (to twice max_gain_db at an
+            // octave): the formant correction undoes what the shift moved, on top of the
+            // conversion.
+            let v = if shifting {
+                (0.5 * (gate * t + (1.0 - gate) * e - f)).clamp(-shift_ln, shift_ln)
             } else {
-                0.0
+                (0.5 * (t - f) * gate).clamp(-max_ln, max_ln)
             };
+            *g = if v.is_finite() { v } else { 0.0 };
             any |= *g != 0.0;
         }
         if any {

@@ -29,11 +29,13 @@ mod flat;
 pub mod npy;
 pub mod offline;
 pub mod pitch;
+pub mod pitch_control;
 pub mod pitch_stats;
 mod ramp;
 #[cfg(feature = "audio-files")]
 pub mod render;
 pub mod retriever;
+pub mod shift;
 pub mod shuffle;
 pub mod synth;
 
@@ -50,7 +52,10 @@ pub use features::{BandLayout, FeatureSpec, Framing, FEATURE_KIND};
 pub use flat::flat_parts;
 pub use offline::{render_buffers, Schedule};
 pub use pitch::{Pitch, PitchSpec, Yin};
+pub use pitch_control::{PitchMode, PitchState};
 pub use pitch_stats::{PitchCollector, PitchStats};
 #[cfg(feature = "audio-files")]
-pub use render::{render_file, RenderError, RenderOptions, RenderStage, RenderSummary};
+pub use render::{
+    render_file, RenderError, RenderOptions, RenderPitch, RenderStage, RenderSummary,
+};
 pub use retriever::{IndexRetriever, Retriever};

@@ -10,6 +10,7 @@ use super::audio_file::{read_audio, write_wav_f32, Audio, AudioError};
 use super::engine::{BlockParams, VoiceEngine};
 use super::features::FeatureSpec;
 use super::offline::{render_buffers, Schedule};
+use super::pitch_control::PitchMode;
 use crate::index::{QueryExpansion, MAX_K};
 use crate::live::{self, LoadOutcome};
 
@@ -40,6 +41,72 @@ pub struct RenderOptions {
     pub output_gain_db: f32,
     /// Query-side α expansion of the retrieval (default `None`: off).
     pub expansion: Option<QueryExpansion>,
+    /// The Pitch control (default off).
+    pub pitch: RenderPitch,
+}
+
+/// `knnblend render --pitch off|match|±N`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum RenderPitch {
+    /// No shift.
+    #[default]
+    Off,
+    /// Move the input's running median f0 to the voice's recorded median (±18 semitones at
+    /// most); the index must carry pitch statistics (`knnblend build --audio` records them).
+    Match,
+    /// A fixed shift, semitones (−24…+24).
+    Semitones(f32),
+}
+
+impl std::str::FromStr for RenderPitch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(RenderPitch::Off),
+            "match" => Ok(RenderPitch::Match),
+            _ => match s.parse::<f32>() {
+                Ok(n) if n.is_finite() && n.abs() <= super::pitch_control::MAX_SEMITONES => {
+                    Ok(RenderPitch::Semitones(n))
+                }
+                _ => Err(format!(
+                    "--pitch takes off, match or a shift in semitones from -24 to +24, not {s:?}"
+                )),
+            },
+        }
+    }
+}
+
+/// Largest shift Match voice applies, semitones.
+pub const MATCH_RANGE_SEMITONES: f32 = 18.0;
+
+/// The engine's Pitch mode for `pitch` with the voice index at `path`.
+fn pitch_mode(pitch: RenderPitch, path: &Path) -> Result<PitchMode, RenderError> {
+    Ok(match pitch {
+        RenderPitch::Off => PitchMode::Off,
+        RenderPitch::Semitones(n) => PitchMode::Semitones(n),
+        RenderPitch::Match => {
+            let header = crate::format::read_header(path).map_err(|e| RenderError::Load {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            match super::PitchStats::from_metadata(&header.metadata) {
+                Some(p) if p.has_median() => PitchMode::Match {
+                    target_hz: p.median_hz as f32,
+                    range: MATCH_RANGE_SEMITONES,
+                },
+                other => {
+                    return Err(RenderError::Options(format!(
+                        "--pitch match: {} has no pitch statistics to match ({}); rebuild it with `knnblend build --audio`, or give --pitch with a shift in semitones",
+                        path.display(),
+                        other.map_or_else(
+                            || "built before they were recorded, or from feature files".to_string(),
+                            |p| p.describe()
+                        )
+                    )))
+                }
+            }
+        }
+    })
 }
 
 impl Default for RenderOptions {
@@ -57,6 +124,7 @@ impl Default for RenderOptions {
             dry_wet: 1.0,
             output_gain_db: 0.0,
             expansion: None,
+            pitch: RenderPitch::Off,
         }
     }
 }
@@ -80,6 +148,8 @@ pub struct RenderSummary {
     pub blended_frames: u64,
     /// Vectors in the index (and the swap index).
     pub index_vectors: Vec<usize>,
+    /// The Pitch control at the end of the render (`None`: off).
+    pub pitch: Option<super::PitchState>,
 }
 
 /// Stages reported to the progress callback.
@@ -226,6 +296,11 @@ pub fn render_file(
         index_vectors.push(wait_loaded(t, p)?);
     }
 
+    let pitch = pitch_mode(opts.pitch, &opts.index)?;
+    let swap_pitch = match &opts.swap_to {
+        Some(p) => pitch_mode(opts.pitch, p)?,
+        None => pitch,
+    };
     let channels = audio.channels;
     let mut engine = VoiceEngine::new(audio_side, &spec, sr, channels);
     let params = BlockParams {
@@ -236,6 +311,7 @@ pub fn render_file(
         dry_wet: opts.dry_wet,
         output_gain: 10f32.powf(opts.output_gain_db / 20.0),
         expansion: opts.expansion,
+        pitch,
     };
     let mut schedule = Schedule::constant(params);
     if let Some(at) = swap_sample {
@@ -243,6 +319,7 @@ pub fn render_file(
             at,
             BlockParams {
                 active_slot: 1,
+                pitch: swap_pitch,
                 ..params
             },
         ));
@@ -267,6 +344,7 @@ pub fn render_file(
     progress(RenderStage::Rendering, total, total);
     let stats = engine.stats();
     let latency_samples = engine.latency_samples();
+    let pitch_state = engine.pitch_state();
 
     progress(RenderStage::Writing, 0, 1);
     let out = Audio::from_channels(&output, audio.sample_rate);
@@ -283,5 +361,6 @@ pub fn render_file(
         analysed_frames: stats.frames,
         blended_frames: stats.blended,
         index_vectors,
+        pitch: (pitch != PitchMode::Off).then_some(pitch_state),
     })
 }
