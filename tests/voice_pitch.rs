@@ -50,6 +50,15 @@ fn voice(dir: &Path, name: &str, wavs: &[PathBuf]) -> (Arc<AnyIndex>, PitchStats
     (Arc::new(AnyIndex::open(&out).unwrap()), s.pitch.unwrap())
 }
 
+/// `dir/high.kbi` of `seconds` of the built-in high voice (seed `seed`) at `sr`, by
+/// [`voice`].
+fn synth_voice_index(dir: &Path, sr: f32, seed: u64, seconds: f32) -> (Arc<AnyIndex>, PitchStats) {
+    let rec = dir.join("high.wav");
+    let x = synth_voice(&VoiceParams::high().with_seed(seed), sr, seconds);
+    write_wav_f32(&rec, &Audio::from_channels(&[x], sr as u32)).unwrap();
+    voice(dir, "high.kbi", &[rec])
+}
+
 fn run(
     index: &Arc<AnyIndex>,
     input: &[f32],
@@ -247,16 +256,7 @@ fn espeak_male_to_female_reaches_the_target_pitch_and_envelope() {
 fn synthetic_low_to_high_reaches_the_target_pitch_and_envelope() {
     let dir = tempfile::tempdir().unwrap();
     let sr = 32_000.0;
-    let rec = dir.path().join("high.wav");
-    write_wav_f32(
-        &rec,
-        &Audio::from_channels(
-            &[synth_voice(&VoiceParams::high().with_seed(12), sr, 8.0)],
-            sr as u32,
-        ),
-    )
-    .unwrap();
-    let (index, stats) = voice(dir.path(), "high.kbi", &[rec]);
+    let (index, stats) = synth_voice_index(dir.path(), sr, 12, 8.0);
     let reference = synth_voice(&VoiceParams::high().with_seed(13), sr, 3.0);
     let input = synth_voice(&VoiceParams::low().with_seed(11), sr, 4.0);
     check_conversion("synth low → high", &index, stats, &input, &reference, sr);
@@ -332,5 +332,63 @@ fn changing_pitch_glides_without_a_click() {
             "a step of {s} after {from} s (steady {steady})"
         );
     }
+    assert!(out[0].iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn match_voice_takes_the_serving_voices_median_from_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let sr = 32_000.0;
+    let (index, stats) = synth_voice_index(dir.path(), sr, 2, 4.0);
+    let input = synth_voice(&VoiceParams::low().with_seed(3), sr, 2.0);
+    let explicit = PitchMode::Match {
+        target_hz: stats.median_hz as f32,
+        range: 18.0,
+    };
+    let from_index = PitchMode::MatchVoice { range: 18.0 };
+    assert_eq!(
+        run(&index, &input, sr, 1.0, from_index, 512),
+        run(&index, &input, sr, 1.0, explicit, 512)
+    );
+    // A voice without pitch statistics: Match voice holds at no shift (the output is Off's).
+    let bare = voice_common::voice_index(
+        &synth_voice(&VoiceParams::high(), sr, 2.0),
+        sr,
+        &FeatureSpec::default(),
+    );
+    assert_eq!(
+        run(&bare, &input, sr, 1.0, from_index, 512),
+        run(&bare, &input, sr, 1.0, PitchMode::Off, 512)
+    );
+
+    // Through the live runtime (the plugin's path): the serving index's median, read when it
+    // was prepared.
+    let spec = FeatureSpec::default();
+    let (control, audio) = knnblend::live::live(spec.live_config(1));
+    match control.load(0, dir.path().join("high.kbi")).wait() {
+        knnblend::live::LoadOutcome::Published(info) => {
+            assert_eq!(info.voice_median_f0_hz, Some(stats.median_hz as f32))
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut e = VoiceEngine::new(audio, &spec, sr, 1);
+    let p = BlockParams {
+        ratio: 1.0,
+        pitch: from_index,
+        ..BlockParams::default()
+    };
+    let out = render_buffers(
+        &mut e,
+        std::slice::from_ref(&input),
+        &Schedule::constant(p),
+        &mut || 128,
+        &mut |_| {},
+    );
+    let goal = e.pitch_state().goal as f64;
+    let want = st(stats.median_hz, median_f0(&input, sr));
+    assert!(
+        (goal - want).abs() < 1.0,
+        "goal {goal:+.2} st, want about {want:+.2}"
+    );
     assert!(out[0].iter().all(|v| v.is_finite()));
 }

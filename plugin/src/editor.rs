@@ -475,6 +475,9 @@ fn panel_contents(
             ui.label("Output gain");
             ui.add(ParamSlider::for_param(&params.output_gain_db, setter).with_width(260.0));
             ui.end_row();
+            ui.label("Match voice pitch");
+            ui.add(ParamSlider::for_param(&params.pitch_match, setter).with_width(260.0));
+            ui.end_row();
             ui.label(egui::RichText::new("RVC voices").strong());
             ui.end_row();
             ui.label("Pitch");

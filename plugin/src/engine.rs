@@ -45,8 +45,11 @@ pub struct BlockSettings {
     pub output_gain: f32,
     /// Query-side α expansion of the retrieval (`None`: off).
     pub expansion: Option<QueryExpansion>,
-    /// RVC: pitch shift, semitones.
+    /// Pitch shift, semitones: RVC's `f0_up_key` on RVC slots, a formant-preserving shift of
+    /// the DSP voice path otherwise.
     pub pitch: f32,
+    /// DSP voices: match the input's pitch to the active voice's recorded median.
+    pub pitch_match: bool,
     /// RVC: protect, 0–0.5.
     pub protect: f32,
     /// RVC: conversion block, seconds.
@@ -272,7 +275,16 @@ impl AudioHandle {
             dry_wet: settings.dry_wet,
             output_gain: settings.output_gain,
             expansion: settings.expansion,
-            pitch: voice::PitchMode::Off,
+            // DSP voices: Pitch is a formant-preserving shift (0: off, the path is bypassed).
+            pitch: if settings.pitch_match {
+                voice::PitchMode::MatchVoice {
+                    range: voice::pitch_control::MATCH_RANGE_SEMITONES,
+                }
+            } else if settings.pitch != 0.0 {
+                voice::PitchMode::Semitones(settings.pitch)
+            } else {
+                voice::PitchMode::Off
+            },
         };
         self.voice.process(channels, &params);
     }

@@ -104,6 +104,7 @@ impl KnnBlend {
                 params::OUTPUT_GAIN_DB,
             )),
             pitch: clamp_i32(p.pitch.value(), params::PITCH) as f32,
+            pitch_match: p.pitch_match.value(),
             protect: clamp_f32(p.protect.value(), params::PROTECT),
             block_seconds: clamp_f32(p.block_ms.value(), params::BLOCK_MS) / 1000.0,
             extra_seconds: clamp_f32(p.extra_ms.value(), params::EXTRA_MS) / 1000.0,

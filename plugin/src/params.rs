@@ -24,7 +24,8 @@ pub const CROSSFADE_MS: (f32, f32, f32) = (0.0, 500.0, 50.0);
 pub const DRY_WET: (f32, f32, f32) = (0.0, 1.0, 1.0);
 /// Output gain in decibels.
 pub const OUTPUT_GAIN_DB: (f32, f32, f32) = (-24.0, 12.0, 0.0);
-/// RVC: pitch shift in semitones (RVC's `f0_up_key`).
+/// Pitch shift in semitones: RVC's `f0_up_key` on RVC slots, the DSP voice path's
+/// formant-preserving shift otherwise.
 pub const PITCH: (i32, i32, i32) = (-24, 24, 0);
 /// RVC: protect (RVC's `protect`): unvoiced frames keep this much of the input's features;
 /// 0.5 turns it off.
@@ -90,6 +91,10 @@ pub struct KnnBlendParams {
     /// RVC: crossfade between conversion blocks, ms.
     #[id = "sola"]
     pub sola_ms: FloatParam,
+    /// DSP voices: move the input's running median f0 to the active voice's recorded median
+    /// (Match voice; the Pitch knob's fixed shift otherwise).
+    #[id = "pitch_match"]
+    pub pitch_match: BoolParam,
     /// The host's bypass: crossfades (over [`BYPASS_MS`]) to the latency-compensated input at
     /// unity gain, so a bypassed track stays aligned with the others.
     #[id = "bypass"]
@@ -238,6 +243,7 @@ impl KnnBlendParams {
             block_ms: ms_param("Block", BLOCK_MS),
             extra_ms: ms_param("Extra Context", EXTRA_MS),
             sola_ms: ms_param("Block Crossfade", SOLA_MS),
+            pitch_match: BoolParam::new("Match Voice Pitch", false),
             bypass: BoolParam::new("Bypass", false).make_bypass(),
         }
     }

@@ -123,6 +123,15 @@ impl Metadata {
         }
     }
 
+    /// The voice's median f0 in Hz from the `"pitch"` entry `knnblend build --audio` records
+    /// (`voice::PitchStats`), when it has one.
+    pub fn voice_median_f0_hz(&self) -> Option<f64> {
+        let p = self.extra.get("pitch")?;
+        let voiced = p.get("voiced_frames")?.as_u64()?;
+        let hz = p.get("median_hz")?.as_f64()?;
+        (voiced > 0 && hz.is_finite() && hz > 0.0).then_some(hz)
+    }
+
     /// Checks the `"spill"` entry of an index of `rows` stored rows: absent, or well formed
     /// with fewer duplicates than distinct vectors. Returns the entry.
     pub fn check_spill(&self, rows: u64) -> Result<Option<Spill>, FormatError> {

@@ -151,6 +151,14 @@ impl AudioEngine {
         self.serving.as_deref().map(|e| &e.index)
     }
 
+    /// The serving voice's median f0, Hz, if its index records one
+    /// ([`IndexInfo::voice_median_f0_hz`](super::IndexInfo::voice_median_f0_hz)).
+    pub fn serving_median_f0_hz(&self) -> Option<f32> {
+        self.serving
+            .as_deref()
+            .and_then(|e| e.info.voice_median_f0_hz)
+    }
+
     /// The [`IndexInfo::id`](super::IndexInfo::id) of the serving index.
     pub fn serving_id(&self) -> Option<u64> {
         self.serving.as_deref().map(Entry::id)

@@ -52,6 +52,9 @@ pub struct IndexInfo {
     pub mlocked: bool,
     /// Bytes of memory it occupies (mapped or owned).
     pub bytes: u64,
+    /// The voice's median f0, Hz, from the metadata's pitch statistics (`None`: none recorded),
+    /// read when the index was prepared so the audio side can match pitch to it.
+    pub voice_median_f0_hz: Option<f32>,
 }
 
 /// The product quantizer of an IVF-PQ FastScan index, as [`IndexInfo::pq`] reports it.
@@ -109,6 +112,7 @@ impl Entry {
             metadata: index.metadata().clone(),
             mlocked: index.is_locked(),
             bytes: index.byte_len() as u64,
+            voice_median_f0_hz: index.metadata().voice_median_f0_hz().map(|hz| hz as f32),
         };
         alive.fetch_add(1, Ordering::Relaxed);
         Entry {

@@ -441,7 +441,14 @@ impl<R: Retriever> VoiceEngine<R> {
         }
         let k = params.k.clamp(1, MAX_K);
         self.retriever.set_query_expansion(params.expansion);
-        self.pitch_mode = params.pitch;
+        // Match voice resolves to the serving voice's recorded median (none: hold).
+        self.pitch_mode = match params.pitch {
+            PitchMode::MatchVoice { range } => PitchMode::Match {
+                target_hz: self.retriever.voice_median_f0_hz().unwrap_or(0.0),
+                range,
+            },
+            other => other,
+        };
 
         let nch = channels.len().min(self.max_channels);
         for extra in channels.iter_mut().skip(nch) {

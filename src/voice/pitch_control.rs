@@ -17,6 +17,8 @@ use super::pitch::{PitchSpec, Yin};
 pub const MEDIAN_FRAMES: usize = 300;
 /// Voiced frames needed before Match voice shifts at all.
 pub const MIN_MEDIAN_FRAMES: usize = 5;
+/// Largest shift Match voice applies in `knnblend render` and the plugin, semitones.
+pub const MATCH_RANGE_SEMITONES: f32 = 18.0;
 /// Largest shift of any mode, semitones.
 pub const MAX_SEMITONES: f32 = 24.0;
 /// Time constant of the glide to a new shift, seconds.
@@ -32,6 +34,12 @@ pub enum PitchMode {
     Match {
         /// The voice's median f0, Hz ([`PitchStats::median_hz`](super::PitchStats)).
         target_hz: f32,
+        /// Largest shift, semitones.
+        range: f32,
+    },
+    /// [`Match`](Self::Match) with the serving voice's own median (from its index's pitch
+    /// statistics; follows voice swaps). Holds when the voice has none.
+    MatchVoice {
         /// Largest shift, semitones.
         range: f32,
     },
@@ -123,6 +131,11 @@ impl PitchControl {
                 } else {
                     0.0
                 }
+            }
+            // The engine resolves the serving voice's median; unresolved, hold.
+            PitchMode::MatchVoice { .. } => {
+                self.track();
+                self.state.goal
             }
             PitchMode::Match { target_hz, range } => {
                 self.track();

@@ -76,8 +76,7 @@ impl std::str::FromStr for RenderPitch {
     }
 }
 
-/// Largest shift Match voice applies, semitones.
-pub const MATCH_RANGE_SEMITONES: f32 = 18.0;
+use super::pitch_control::MATCH_RANGE_SEMITONES;
 
 /// The engine's Pitch mode for `pitch` with the voice index at `path`.
 fn pitch_mode(pitch: RenderPitch, path: &Path) -> Result<PitchMode, RenderError> {

@@ -20,6 +20,10 @@ pub trait Retriever: Send {
     /// Query-side α expansion for the blends from now on (`None`: off). Called at every
     /// block; must only store the setting.
     fn set_query_expansion(&mut self, expansion: Option<QueryExpansion>);
+    /// The serving voice's median f0, Hz, if its index records one (Match voice's target).
+    fn voice_median_f0_hz(&self) -> Option<f32> {
+        None
+    }
 }
 
 /// A [`Retriever`] over one fixed index (or none: then every query is copied). Slots and
@@ -28,16 +32,22 @@ pub struct IndexRetriever {
     index: Option<Arc<AnyIndex>>,
     searcher: AnySearcher,
     expansion: Option<QueryExpansion>,
+    median_f0: Option<f32>,
 }
 
 impl IndexRetriever {
     /// Serves `index`, IVF-Flat or IVF-PQ (or copies queries when `None`).
     pub fn new(index: Option<Arc<AnyIndex>>) -> IndexRetriever {
         let dim = index.as_ref().map_or(1, |i| i.dim());
+        let median_f0 = index
+            .as_ref()
+            .and_then(|i| i.metadata().voice_median_f0_hz())
+            .map(|hz| hz as f32);
         IndexRetriever {
             index,
             searcher: AnySearcher::new(dim, MAX_K, 1),
             expansion: None,
+            median_f0,
         }
     }
 }
@@ -68,6 +78,10 @@ impl Retriever for IndexRetriever {
     fn set_query_expansion(&mut self, expansion: Option<QueryExpansion>) {
         self.expansion = expansion.map(QueryExpansion::sanitized);
     }
+
+    fn voice_median_f0_hz(&self) -> Option<f32> {
+        self.median_f0
+    }
 }
 
 /// The live runtime's audio side: slots, publications and crossfades.
@@ -90,5 +104,10 @@ impl Retriever for AudioEngine {
     #[inline]
     fn set_query_expansion(&mut self, expansion: Option<QueryExpansion>) {
         AudioEngine::set_query_expansion(self, expansion);
+    }
+
+    #[inline]
+    fn voice_median_f0_hz(&self) -> Option<f32> {
+        AudioEngine::serving_median_f0_hz(self)
     }
 }
