@@ -104,15 +104,18 @@ struct Render {
     ratio: f32,
     /// Index to swap to at [`SWAP_AT_SECONDS`].
     swap_to: Option<&'static str>,
+    /// `render --pitch`: `off` or `match`.
+    pitch: &'static str,
     about: &'static str,
 }
 
-const RENDERS: [Render; 4] = [
+const RENDERS: [Render; 5] = [
     Render {
         file: "blend-0.wav",
         index: "high.kbi",
         ratio: 0.0,
         swap_to: None,
+        pitch: "off",
         about: "Blend 0: the realtime path with the index loaded but no transfer; sounds like \
                 the input (the baseline to compare with)",
     },
@@ -121,6 +124,7 @@ const RENDERS: [Render; 4] = [
         index: "high.kbi",
         ratio: 0.5,
         swap_to: None,
+        pitch: "off",
         about: "Blend 0.5: each frame's spectral envelope half way to its nearest frames of the \
                 high voice",
     },
@@ -129,14 +133,26 @@ const RENDERS: [Render; 4] = [
         index: "high.kbi",
         ratio: 1.0,
         swap_to: None,
+        pitch: "off",
         about: "Blend 1: envelopes taken entirely from the high voice's nearest frames (the \
                 pitch stays the input's; the formants move)",
+    },
+    Render {
+        file: "blend-1-pitch.wav",
+        index: "high.kbi",
+        ratio: 1.0,
+        swap_to: None,
+        pitch: "match",
+        about: "Blend 1 with Match voice pitch: as Blend 1, and the input's running median f0 \
+                moved to the high voice's recorded median (about an octave up from the low \
+                phrase), formants kept where retrieval put them",
     },
     Render {
         file: "swap-high-to-low.wav",
         index: "high.kbi",
         ratio: 1.0,
         swap_to: Some("low.kbi"),
+        pitch: "off",
         about: "Blend 1 on the high voice, then a live swap to the low voice at 3 s (50 ms \
                 crossfade): what changing the Voice slot in the plugin does",
     },
@@ -373,6 +389,8 @@ fn render(demo: &Demo) -> Result<Outcome> {
                 r.index,
                 "--ratio",
                 &r.ratio.to_string(),
+                "--pitch",
+                r.pitch,
             ]);
             if let Some(to) = r.swap_to {
                 cmd.args(["--swap-to", to, "--swap-at", &SWAP_AT_SECONDS.to_string()]);
@@ -555,10 +573,17 @@ mod tests {
     fn renders_cover_blend_0_half_1_and_a_swap() {
         let ratios: Vec<f32> = RENDERS
             .iter()
-            .filter(|r| r.swap_to.is_none())
+            .filter(|r| r.swap_to.is_none() && r.pitch == "off")
             .map(|r| r.ratio)
             .collect();
         assert_eq!(ratios, [0.0, 0.5, 1.0]);
+        let matched: Vec<f32> = RENDERS
+            .iter()
+            .filter(|r| r.pitch == "match")
+            .map(|r| r.ratio)
+            .collect();
+        assert_eq!(matched, [1.0], "one render with pitch matching, at Blend 1");
+        assert!(RENDERS.iter().all(|r| ["off", "match"].contains(&r.pitch)));
         assert_eq!(RENDERS.iter().filter(|r| r.swap_to.is_some()).count(), 1);
         const { assert!(SWAP_AT_SECONDS > 0.0 && SWAP_AT_SECONDS < PHRASE_SECONDS) };
         let swap = RENDERS.iter().find(|r| r.swap_to.is_some()).unwrap();
