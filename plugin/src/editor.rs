@@ -26,6 +26,9 @@ use crate::slots::{RvcEntry, RvcFile, SlotStore};
 
 const WIDTH: u32 = 820;
 const HEIGHT: u32 = 900;
+/// The smallest size a host may resize the editor to, logical pixels.
+const MIN_WIDTH: u32 = 480;
+const MIN_HEIGHT: u32 = 400;
 /// How often figures on screen are refreshed while the editor is open.
 const REFRESH: Duration = Duration::from_millis(100);
 /// Colour of the active slot.
@@ -52,7 +55,15 @@ pub fn create(
     create_egui_editor(
         state,
         RepaintNotifier::new(),
-        EguiNiceSettings::new().with_tile("kNN Blend"),
+        // Resizable (the layout scrolls when small), so hosts that ask CLAP's
+        // `gui.get_resize_hints` get an answer.
+        EguiNiceSettings::new()
+            .with_tile("kNN Blend")
+            .with_resize_hint(
+                nice_plug::prelude::ResizeHint::resizable().with_min_logical_size(
+                    nice_plug::editor::dpi::LogicalSize::new(MIN_WIDTH as f32, MIN_HEIGHT as f32),
+                ),
+            ),
         EditorApp::new(params, meter),
     )
 }

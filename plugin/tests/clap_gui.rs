@@ -390,6 +390,15 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
             .get_size(&instance.plugin_handle())
             .expect("editor size");
         assert!(size.width >= 400 && size.height >= 300, "{size:?}");
+        // The resize-hints query gets an answer (qtractor logged "could not get the resize
+        // hints of the plugin GUI" when it did not).
+        let hints = gui
+            .get_resize_hints(&instance.plugin_handle())
+            .expect("the editor answers gui.get_resize_hints");
+        assert!(
+            hints.can_resize_horizontally && hints.can_resize_vertically,
+            "{hints:?}"
+        );
         // SAFETY: the host window outlives the editor (destroyed below, before the window).
         unsafe {
             gui.set_parent(
