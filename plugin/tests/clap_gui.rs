@@ -141,6 +141,8 @@ struct HostWindow {
     xlib: xlib::Xlib,
     display: *mut xlib::Display,
     window: xlib::Window,
+    /// Where the next [`painted_fraction`](Self::painted_fraction) saves a PNG of the window.
+    screenshot: Cell<Option<PathBuf>>,
 }
 
 impl HostWindow {
@@ -161,6 +163,7 @@ impl HostWindow {
                 xlib,
                 display,
                 window,
+                screenshot: Cell::new(None),
             })
         }
     }
@@ -201,16 +204,20 @@ impl HostWindow {
                 return 0.0;
             }
             let get_pixel = (*image).funcs.get_pixel.expect("XGetPixel");
-            if let Some(path) = std::env::var_os("KNNBLEND_GUI_SNAPSHOT") {
-                // A binary PPM of the host window, for looking at the editor.
-                let mut ppm = format!("P6 {w} {h} 255\n").into_bytes();
+            if let Some(path) = self.screenshot.take() {
+                // A PNG of the host window with the editor in it (the test run's screenshot).
+                let mut rgb = Vec::with_capacity((w * h * 3) as usize);
                 for y in 0..h as i32 {
                     for x in 0..w as i32 {
                         let p = get_pixel(image, x, y);
-                        ppm.extend_from_slice(&[(p >> 16) as u8, (p >> 8) as u8, p as u8]);
+                        rgb.extend_from_slice(&[(p >> 16) as u8, (p >> 8) as u8, p as u8]);
                     }
                 }
-                let _ = std::fs::write(path, ppm);
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                std::fs::write(&path, png_rgb(w, h, &rgb)).expect("write the screenshot");
+                println!("screenshot of the editor: {}", path.display());
             }
             let mut painted = 0u64;
             for y in (0..h as i32).step_by(4) {
@@ -225,6 +232,61 @@ impl HostWindow {
             painted as f64 / (((w as u64).div_ceil(4)) * ((h as u64).div_ceil(4))) as f64
         }
     }
+}
+
+/// A PNG of `w`×`h` 8-bit RGB pixels, written with stored (uncompressed) deflate blocks: no
+/// encoder crate needed for a test's screenshot.
+fn png_rgb(w: u32, h: u32, rgb: &[u8]) -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+    let mut raw = Vec::with_capacity(rgb.len() + h as usize);
+    for row in rgb.chunks_exact(w as usize * 3) {
+        raw.push(0); // filter: none
+        raw.extend_from_slice(row);
+    }
+    let mut z = vec![0x78, 0x01];
+    let blocks = raw.chunks(65_535).count();
+    for (i, block) in raw.chunks(65_535).enumerate() {
+        z.push(u8::from(i + 1 == blocks));
+        z.extend_from_slice(&(block.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(!(block.len() as u16)).to_le_bytes());
+        z.extend_from_slice(block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &v in &raw {
+        a = (a + v as u32) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    z.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &z);
+    chunk(&mut out, b"IEND", &[]);
+    out
 }
 
 impl Drop for HostWindow {
@@ -415,7 +477,20 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
             host_window.children() >= 1,
             "round {round}: the editor window did not appear in the host window"
         );
+        if round == 0 {
+            // The test run's screenshot of the editor (KNNBLEND_GUI_SNAPSHOT picks the path).
+            let path = std::env::var_os("KNNBLEND_GUI_SNAPSHOT").map_or_else(
+                || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots/editor.png"),
+                PathBuf::from,
+            );
+            host_window.screenshot.set(Some(path));
+        }
         let painted = host_window.painted_fraction(size.width.min(900), size.height.min(800));
+        assert!(
+            painted > 0.05,
+            "round {round}: the editor painted only {:.0} % of its area",
+            painted * 100.0
+        );
         println!(
             "round {round}: editor painted {:.0} % of its area",
             painted * 100.0
