@@ -1,6 +1,8 @@
 //! The editor in a real X11 window through the CLAP gui extension: embedded in a host window,
 //! opened and closed repeatedly while audio is processed, its window really appearing as a child
-//! of the host's.
+//! of the host's, answering the resize-hints query, painting (a PNG of it is saved each run),
+//! and taking synthetic mouse input (xdotool drags the Blend slider; the host's saved state
+//! shows the new value).
 //!
 //! Needs `target/bundled/knnblend.clap` and an X server: `DISPLAY`, or `Xvfb` on the path (the
 //! test starts one). Without either it skips (`tests/skip`): it fails under `CI=true`, and
@@ -299,6 +301,19 @@ impl Drop for HostWindow {
     }
 }
 
+/// Runs `xdotool ARGS` on the test's display (`cargo xtask setup` installs it).
+fn xdotool(args: &[&str]) {
+    let out = Command::new("xdotool")
+        .args(args)
+        .output()
+        .expect("xdotool runs (cargo xtask setup installs the xdotool package)");
+    assert!(
+        out.status.success(),
+        "xdotool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn pump(instance: &mut PluginInstance<GuiHost>, for_how_long: Duration) {
     let end = Instant::now() + for_how_long;
     while Instant::now() < end {
@@ -495,6 +510,37 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
             "round {round}: editor painted {:.0} % of its area",
             painted * 100.0
         );
+        if round == 0 {
+            // Synthetic X input: drag the Blend slider from 75 % down towards 20 %; the host
+            // sees the new value in the plugin's saved state.
+            let blend = |instance: &mut PluginInstance<GuiHost>| -> f64 {
+                let mut saved = Vec::new();
+                state.save(&instance.plugin_handle(), &mut saved).unwrap();
+                let len = u64::from_le_bytes(saved[..8].try_into().unwrap()) as usize;
+                let json: serde_json::Value = serde_json::from_slice(&saved[8..8 + len]).unwrap();
+                json["params"]["blend"]["f32"]
+                    .as_f64()
+                    .expect("blend in the state")
+            };
+            let before = blend(&mut instance);
+            // The Blend slider's track spans x 123..383 at y 62 of the editor (see the
+            // screenshot); the editor sits at the host window's origin, at the screen's.
+            xdotool(&["mousemove", "300", "62", "mousedown", "1"]);
+            for x in [280, 240, 200, 176] {
+                pump(&mut instance, Duration::from_millis(40));
+                xdotool(&["mousemove", &x.to_string(), "62"]);
+            }
+            xdotool(&["mouseup", "1"]);
+            pump(&mut instance, Duration::from_millis(300));
+            processor = Some(process_some(processor.take().unwrap(), 20));
+            pump(&mut instance, Duration::from_millis(100));
+            let after = blend(&mut instance);
+            println!("dragging the Blend slider: {before:.2} -> {after:.2}");
+            assert!(
+                (before - 0.75).abs() < 1e-6 && after < 0.45,
+                "the drag did not reach the parameter: Blend {before} -> {after}"
+            );
+        }
         gui.hide(&instance.plugin_handle()).expect("hide");
         gui.destroy(&instance.plugin_handle());
         pump(&mut instance, Duration::from_millis(100));

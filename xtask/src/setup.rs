@@ -155,6 +155,12 @@ const REQUIREMENTS: &[Requirement] = &[
         probe: Probe::Package,
     },
     Requirement {
+        package: "xdotool",
+        why: "synthetic mouse input: the editor test (plugin/tests/clap_gui.rs) drags a slider \
+              and checks the parameter changed",
+        probe: Probe::Program(&["xdotool"]),
+    },
+    Requirement {
         package: "espeak-ng",
         why: "speech of several voices for the speech proxy of `knnblend bench --recall` and its \
               test (cli/src/bench/recall.rs)",
