@@ -32,6 +32,9 @@ fn process_allocates_nothing_and_touches_no_new_page() {
     let mut left = vec![0f32; 20_000];
     let mut right = vec![0f32; 20_000];
     let sizes = [1usize, 7, 64, 480, 512, 4096, 8192, 20_000, 333];
+    // Every frame is published for an editor, inside the guard too.
+    let board = std::sync::Arc::new(knnblend::voice::SnapshotBoard::new());
+    engine.set_snapshots(Some(board.clone()));
     let mut params = BlockParams::default();
     // Every Pitch mode takes its turn (Match voice, down, up an octave, off).
     let pitches = [
@@ -83,6 +86,13 @@ fn process_allocates_nothing_and_touches_no_new_page() {
         0.0,
         "Off glides back to no shift"
     );
+    let snap = board.read();
+    assert_eq!(snap.frame, engine.stats().frames);
+    assert_eq!(snap.bands, spec.bands);
+    assert!(snap.input[..spec.bands]
+        .iter()
+        .chain(&snap.blended[..spec.bands])
+        .all(|v| v.is_finite()));
 }
 
 /// CPU time of the calling thread, seconds (not wall time: the machine may be shared).

@@ -37,6 +37,7 @@ use super::pitch_control::{PitchControl, PitchMode, PitchState};
 use super::ramp::Ramp;
 use super::retriever::Retriever;
 use super::shift::PeakShifter;
+use super::snapshot::SnapshotBoard;
 use crate::index::{BlendOutcome, QueryExpansion, MAX_K};
 use crate::live::AudioEngine;
 
@@ -187,6 +188,8 @@ pub struct VoiceEngine<R: Retriever = AudioEngine> {
     shifted_envelope: Vec<f32>,
     /// The hop's new mid samples for the pitch tracker.
     hop_mid: Vec<f32>,
+    /// Where every frame is published for an editor (`None`: nowhere).
+    snapshots: Option<Arc<SnapshotBoard>>,
 }
 
 fn finite_or(v: f32, fallback: f32) -> f32 {
@@ -346,6 +349,7 @@ impl<R: Retriever> VoiceEngine<R> {
             shifted_power: vec![0.0; bins],
             shifted_envelope: vec![0.0; spec.bands],
             hop_mid: vec![0.0; hop],
+            snapshots: None,
         };
         engine.prefault();
         engine
@@ -413,6 +417,12 @@ impl<R: Retriever> VoiceEngine<R> {
         self.peak = 0.0;
         self.pitch.reset();
         self.shifter.reset();
+    }
+
+    /// Publishes every frame (input and blended envelopes, f0, shift) to `board` from now on
+    /// (`None`: stops). Call it off the audio thread; publishing is wait-free.
+    pub fn set_snapshots(&mut self, board: Option<Arc<SnapshotBoard>>) {
+        self.snapshots = board;
     }
 
     /// What the Pitch control is doing: the input's f0 and running median, the shift.
@@ -577,6 +587,15 @@ impl<R: Retriever> VoiceEngine<R> {
             self.stats.blended += 1;
         }
         self.last_outcome = Some(outcome);
+        if let Some(board) = &self.snapshots {
+            let p = self.pitch.state();
+            board.publish(
+                self.stats.frames,
+                &self.envelope,
+                &self.target,
+                (p.input_hz, p.input_median_hz, p.semitones),
+            );
+        }
 
         // 4. band gains → bin gains. When shifting, against the shifted spectrum's own
         // envelope, so the output has the target envelope (formants stay where retrieval put

@@ -37,6 +37,7 @@ pub mod render;
 pub mod retriever;
 pub mod shift;
 pub mod shuffle;
+pub mod snapshot;
 pub mod synth;
 
 #[cfg(feature = "audio-files")]
@@ -59,3 +60,4 @@ pub use render::{
     render_file, RenderError, RenderOptions, RenderPitch, RenderStage, RenderSummary,
 };
 pub use retriever::{IndexRetriever, Retriever};
+pub use snapshot::{SnapshotBoard, VoiceSnapshot};
