@@ -325,23 +325,7 @@ fn audio_builds_record_the_voices_pitch() {
 
     // espeak-ng voices (installed by `cargo xtask setup`; a missing espeak-ng fails here):
     // a male and a female variant reading the same sentences, an octave-ish apart.
-    let say = |voice: &str, i: usize, text: &str| {
-        let path = dir
-            .path()
-            .join(format!("{}-{i}.wav", voice.replace('+', "_")));
-        let out = std::process::Command::new("espeak-ng")
-            .args(["-v", voice, "-w"])
-            .arg(&path)
-            .arg(text)
-            .output()
-            .expect("espeak-ng runs (cargo xtask setup installs it)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        path
-    };
+    let say = |voice: &str, i: usize, text: &str| voice_common::espeak(dir.path(), voice, i, text);
     let text = [
         "The quick brown fox jumps over the lazy dog.",
         "Every morning the baker opens his shop early.",

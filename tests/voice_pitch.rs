@@ -19,22 +19,7 @@ use knnblend::voice::{
     VoiceEngine,
 };
 use realfft::RealFftPlanner;
-
-fn espeak(dir: &Path, voice: &str, i: usize, text: &str) -> PathBuf {
-    let path = dir.join(format!("{}-{i}.wav", voice.replace('+', "_")));
-    let out = std::process::Command::new("espeak-ng")
-        .args(["-v", voice, "-w"])
-        .arg(&path)
-        .arg(text)
-        .output()
-        .expect("espeak-ng runs (cargo xtask setup installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
+use voice_common::espeak;
 
 /// A voice index of `wavs` as `knnblend build --audio` makes it, and its pitch statistics.
 fn voice(dir: &Path, name: &str, wavs: &[PathBuf]) -> (Arc<AnyIndex>, PitchStats) {

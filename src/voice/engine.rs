@@ -183,13 +183,29 @@ pub struct VoiceEngine<R: Retriever = AudioEngine> {
     pitch_mode: PitchMode,
     shifter: PeakShifter,
     shifted: Vec<Complex<f32>>,
-    shifted_mid: Vec<Complex<f32>>,
-    shifted_power: Vec<f32>,
     shifted_envelope: Vec<f32>,
     /// The hop's new mid samples for the pitch tracker.
     hop_mid: Vec<f32>,
     /// Where every frame is published for an editor (`None`: nowhere).
     snapshots: Option<Arc<SnapshotBoard>>,
+}
+
+/// The mid spectrum of the first `nch` channel spectra (each `out.len()` bins, laid end to
+/// end in `spectra`): their mean, or the one channel itself.
+fn mid_of(spectra: &[Complex<f32>], nch: usize, out: &mut [Complex<f32>]) {
+    let bins = out.len();
+    if nch == 1 {
+        out.copy_from_slice(&spectra[..bins]);
+    } else {
+        let scale = 1.0 / nch as f32;
+        for (b, m) in out.iter_mut().enumerate() {
+            let mut s = Complex::default();
+            for c in 0..nch {
+                s += spectra[c * bins + b];
+            }
+            *m = s * scale;
+        }
+    }
 }
 
 fn finite_or(v: f32, fallback: f32) -> f32 {
@@ -345,8 +361,6 @@ impl<R: Retriever> VoiceEngine<R> {
             pitch_mode: PitchMode::Off,
             shifter: PeakShifter::new(n_fft, hop),
             shifted: vec![Complex::default(); max_channels * bins],
-            shifted_mid: vec![Complex::default(); bins],
-            shifted_power: vec![0.0; bins],
             shifted_envelope: vec![0.0; spec.bands],
             hop_mid: vec![0.0; hop],
             snapshots: None,
@@ -367,8 +381,6 @@ impl<R: Retriever> VoiceEngine<R> {
         prefault(&mut self.power);
         prefault(&mut self.bin_gain);
         prefault(&mut self.shifted);
-        prefault(&mut self.shifted_mid);
-        prefault(&mut self.shifted_power);
         prefault(&mut self.hop_mid);
     }
 
@@ -522,18 +534,7 @@ impl<R: Retriever> VoiceEngine<R> {
                 .fft
                 .process_with_scratch(&mut self.time, spectrum, &mut self.scratch);
         }
-        if nch == 1 {
-            self.mid.copy_from_slice(&self.spectra[..bins]);
-        } else {
-            let scale = 1.0 / nch as f32;
-            for (b, m) in self.mid.iter_mut().enumerate() {
-                let mut s = Complex::default();
-                for c in 0..nch {
-                    s += self.spectra[c * bins + b];
-                }
-                *m = s * scale;
-            }
-        }
+        mid_of(&self.spectra, nch, &mut self.mid);
         // 1b. the Pitch control: f0 of the hop's new samples, the shift for this frame.
         for (j, m) in self.hop_mid.iter_mut().enumerate() {
             let mut s = 0.0;
@@ -599,28 +600,18 @@ impl<R: Retriever> VoiceEngine<R> {
 
         // 4. band gains → bin gains. When shifting, against the shifted spectrum's own
         // envelope, so the output has the target envelope (formants stay where retrieval put
-        // them, not where the shift moved them), ungated: at Blend 0 the target is the input's
-        // own envelope, which this restores.
+        // them, not where the shift moved them); the formant correction applies whatever the
+        // gate: at Blend 0 the target is the input's own envelope, which this restores. The
+        // shifted spectra become the frame's spectra (a swap), and the mid spectrum and power
+        // are recomputed from them (the input's are not needed any more).
         if shifting {
-            self.spectra[..nch * bins].copy_from_slice(&self.shifted[..nch * bins]);
-            if nch == 1 {
-                self.shifted_mid.copy_from_slice(&self.spectra[..bins]);
-            } else {
-                let scale = 1.0 / nch as f32;
-                for (b, m) in self.shifted_mid.iter_mut().enumerate() {
-                    let mut v = Complex::default();
-                    for c in 0..nch {
-                        v += self.spectra[c * bins + b];
-                    }
-                    *m = v * scale;
-                }
-            }
-            for (p, m) in self.shifted_power.iter_mut().zip(&self.shifted_mid) {
+            std::mem::swap(&mut self.spectra, &mut self.shifted);
+            mid_of(&self.spectra, nch, &mut self.mid);
+            for (p, m) in self.power.iter_mut().zip(&self.mid) {
                 *p = m.norm_sqr();
             }
             self.layout
-                .features(&self.shifted_power, &mut self.shifted_envelope);
-            self.power.copy_from_slice(&self.shifted_power);
+                .features(&self.power, &mut self.shifted_envelope);
         }
         let against = if shifting {
             &self.shifted_envelope

@@ -78,32 +78,25 @@ impl std::str::FromStr for RenderPitch {
 
 use super::pitch_control::MATCH_RANGE_SEMITONES;
 
-/// The engine's Pitch mode for `pitch` with the voice index at `path`.
-fn pitch_mode(pitch: RenderPitch, path: &Path) -> Result<PitchMode, RenderError> {
-    Ok(match pitch {
-        RenderPitch::Off => PitchMode::Off,
-        RenderPitch::Semitones(n) => PitchMode::Semitones(n),
-        RenderPitch::Match => {
-            let header = crate::format::read_header(path).map_err(|e| RenderError::Load {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-            match super::PitchStats::from_metadata(&header.metadata) {
-                Some(p) if p.has_median() => PitchMode::Match {
-                    target_hz: p.median_hz as f32,
-                    range: MATCH_RANGE_SEMITONES,
-                },
-                other => {
-                    return Err(RenderError::Options(format!(
-                        "--pitch match: {} has no pitch statistics to match ({}); rebuild it with `knnblend build --audio`, or give --pitch with a shift in semitones",
-                        path.display(),
-                        other.map_or_else(
-                            || "built before they were recorded, or from feature files".to_string(),
-                            |p| p.describe()
-                        )
-                    )))
-                }
-            }
+/// The engine's Pitch mode for `pitch` with the voice index at `path`, whose recorded median
+/// f0 the live runtime read when it loaded it (`median_hz`).
+fn pitch_mode(
+    pitch: RenderPitch,
+    path: &Path,
+    median_hz: Option<f32>,
+) -> Result<PitchMode, RenderError> {
+    Ok(match (pitch, median_hz) {
+        (RenderPitch::Off, _) => PitchMode::Off,
+        (RenderPitch::Semitones(n), _) => PitchMode::Semitones(n),
+        (RenderPitch::Match, Some(target_hz)) => PitchMode::Match {
+            target_hz,
+            range: MATCH_RANGE_SEMITONES,
+        },
+        (RenderPitch::Match, None) => {
+            return Err(RenderError::Options(format!(
+                "--pitch match: {} has no pitch statistics to match (built before they were recorded, from feature files, or from recordings with too little voicing); rebuild it with `knnblend build --audio`, or give --pitch with a shift in semitones",
+                path.display()
+            )))
         }
     })
 }
@@ -225,9 +218,13 @@ fn check_options(o: &RenderOptions) -> Result<(), RenderError> {
     }
 }
 
-fn wait_loaded(ticket: &live::LoadTicket, path: &Path) -> Result<usize, RenderError> {
+/// The loaded index's vector count and recorded median f0.
+fn wait_loaded(
+    ticket: &live::LoadTicket,
+    path: &Path,
+) -> Result<(usize, Option<f32>), RenderError> {
     match ticket.wait() {
-        LoadOutcome::Published(info) => Ok(info.ntotal),
+        LoadOutcome::Published(info) => Ok((info.ntotal, info.voice_median_f0_hz)),
         LoadOutcome::Failed(e) => Err(RenderError::Load {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -283,7 +280,7 @@ pub fn render_file(
         .enumerate()
         .map(|(slot, p)| control.load(slot, p))
         .collect();
-    let mut index_vectors = Vec::new();
+    let (mut index_vectors, mut medians) = (Vec::new(), Vec::new());
     for (t, p) in tickets.iter().zip(&paths) {
         while t
             .wait_timeout(std::time::Duration::from_millis(50))
@@ -292,12 +289,14 @@ pub fn render_file(
             let (done, total) = t.progress();
             progress(RenderStage::Loading, done, total);
         }
-        index_vectors.push(wait_loaded(t, p)?);
+        let (vectors, median) = wait_loaded(t, p)?;
+        index_vectors.push(vectors);
+        medians.push(median);
     }
 
-    let pitch = pitch_mode(opts.pitch, &opts.index)?;
+    let pitch = pitch_mode(opts.pitch, &opts.index, medians[0])?;
     let swap_pitch = match &opts.swap_to {
-        Some(p) => pitch_mode(opts.pitch, p)?,
+        Some(p) => pitch_mode(opts.pitch, p, medians[1])?,
         None => pitch,
     };
     let channels = audio.channels;

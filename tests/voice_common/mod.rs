@@ -96,3 +96,21 @@ pub fn max_step(x: &[f32]) -> f32 {
         .map(|w| (w[1] - w[0]).abs())
         .fold(0.0, f32::max)
 }
+
+/// `dir/VOICE-i.wav`: espeak-ng reading `text` in `voice` (installed by `cargo xtask setup`; a
+/// missing espeak-ng fails the test rather than skipping it).
+pub fn espeak(dir: &std::path::Path, voice: &str, i: usize, text: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{}-{i}.wav", voice.replace('+', "_")));
+    let out = std::process::Command::new("espeak-ng")
+        .args(["-v", voice, "-w"])
+        .arg(&path)
+        .arg(text)
+        .output()
+        .expect("espeak-ng runs (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
