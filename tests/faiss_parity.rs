@@ -187,9 +187,18 @@ fn rvc_v2_shape_matches_faiss_and_blend_matches_f64_reference() {
             nprobe: 1,
             ratio: ratio as f32,
         };
-        assert_eq!(
-            s.blend(&case.ours, query, &params, &mut out),
-            BlendOutcome::Blended { neighbours: K }
+        let BlendOutcome::Blended {
+            neighbours: K,
+            nearest,
+        } = s.blend(&case.ours, query, &params, &mut out)
+        else {
+            panic!("query {q}: not blended with {K} neighbours");
+        };
+        // The outcome's nearest distance is faiss's first score.
+        let first = fd[q * K] as f64;
+        assert!(
+            (nearest as f64 - first).abs() <= 1e-5 * (1.0 + first),
+            "query {q}: nearest {nearest} vs faiss {first}"
         );
         let w: Vec<f64> = fd[q * K..(q + 1) * K]
             .iter()

@@ -197,7 +197,7 @@ fn the_blend_is_rvcs_blend_of_faisss_neighbours() {
         for q in b.queries.chunks_exact(dim) {
             let got = s.blend(&index, q, &BlendParams::new(K, 1, 0.75), &mut out);
             assert!(
-                matches!(got, BlendOutcome::Blended { neighbours: K }),
+                matches!(got, BlendOutcome::Blended { neighbours: K, .. }),
                 "{got:?}"
             );
             let r = b.faiss.search(q, K).unwrap();
@@ -206,6 +206,15 @@ fn the_blend_is_rvcs_blend_of_faisss_neighbours() {
                 .iter()
                 .map(|l| l.get().map_or(-1, |v| v as i64))
                 .collect();
+            // The outcome's nearest distance is faiss's first score (L2: the score is the
+            // squared distance).
+            if let (BlendOutcome::Blended { nearest, .. }, Metric::L2) = (got, metric) {
+                let first = r.distances[0] as f64;
+                assert!(
+                    (nearest as f64 - first).abs() <= 1e-4 * (1.0 + first.abs()),
+                    "nearest {nearest} vs faiss {first}"
+                );
+            }
             // Refined: the exact vectors (faiss's reconstruct of an IndexRefineFlat). Not
             // refined: the codes' reconstruction (faiss's reconstruct of the PQ index), taken
             // from the index at the neighbour's place.

@@ -23,12 +23,16 @@ use crate::format::Metric;
 pub const SCORE_EPSILON: f64 = 1e-12;
 
 /// What one blend call did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum BlendOutcome {
     /// Blended with this many neighbours (may be fewer than k when lists are short).
     Blended {
         /// Neighbours used.
         neighbours: usize,
+        /// Squared Euclidean distance from the query to its nearest neighbour, as the weights
+        /// took it (for an inner-product index computed from the stored norms; for IVF-PQ
+        /// without refinement the quantized distance): how well the index covers this query.
+        nearest: f32,
     },
     /// Ratio 0: the query was copied, no search was made.
     Copied,
@@ -130,8 +134,11 @@ impl Searcher {
             out.copy_from_slice(query);
             return BlendOutcome::Empty;
         }
-        blend_neighbours(index, query, found, ratio, out);
-        BlendOutcome::Blended { neighbours: n }
+        let nearest = blend_neighbours(index, query, found, ratio, out);
+        BlendOutcome::Blended {
+            neighbours: n,
+            nearest,
+        }
     }
 
     /// Blends `queries` (rows of `dim`) into `out` row by row; returns how many rows were blended
@@ -201,7 +208,7 @@ pub(crate) fn blend_neighbours(
     found: &[Neighbour],
     ratio: f32,
     out: &mut [f32],
-) {
+) -> f32 {
     let n = found.len().min(MAX_K);
     let mut scores = [0f32; MAX_K];
     let mut positions = [0u32; MAX_K];
@@ -227,6 +234,13 @@ pub(crate) fn blend_neighbours(
         ratio,
         out,
     );
+    nearest_score(&scores[..n])
+}
+
+/// The smallest of `scores` (+∞ for none; NaN is ignored).
+#[inline]
+pub(super) fn nearest_score(scores: &[f32]) -> f32 {
+    scores.iter().copied().fold(f32::INFINITY, f32::min)
 }
 
 /// `out = (1 − r)·q + r·Σ wᵢ·vᵢ` with [`rvc_weights`] of `scores` (at most `MAX_K`, not empty)

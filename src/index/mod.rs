@@ -17,6 +17,7 @@ mod pq_index;
 mod pq_search;
 mod screen;
 mod search;
+mod spacing;
 mod spill;
 mod topk;
 
@@ -32,6 +33,7 @@ pub use kernels::Kernels;
 pub use pq_index::PqIndex;
 pub use pq_search::{LutRounding, PqNeighbour, PqSearcher, PQ_MAX_BASE_K};
 pub use search::{BlockResults, Neighbour, SearchStats, Searcher, BLOCK, MAX_K, MAX_NPROBE};
+pub use spacing::{typical_spacing, SPACING_SAMPLES};
 pub use spill::{spill, SpillOptions, SpillReport};
 pub use topk::TopK;
 

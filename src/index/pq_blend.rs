@@ -5,7 +5,7 @@
 //! the product-quantizer reconstruction otherwise, which is what faiss's `reconstruct` gives
 //! RVC) and their scores as faiss's `search` returns them.
 
-use super::blend::{blend_ratio, mix_neighbours};
+use super::blend::{blend_ratio, mix_neighbours, nearest_score};
 use super::expand::{begin, combine};
 use super::{
     BlendOutcome, BlendParams, PqIndex, PqSearcher, QueryExpansion, MAX_EXPAND_DIM, MAX_K,
@@ -82,7 +82,10 @@ impl PqSearcher {
             ratio,
             out,
         );
-        BlendOutcome::Blended { neighbours: n }
+        BlendOutcome::Blended {
+            neighbours: n,
+            nearest: nearest_score(&scores[..n]),
+        }
     }
 
     /// Writes the α-expanded `query` into `out`, as

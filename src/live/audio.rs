@@ -159,6 +159,12 @@ impl AudioEngine {
             .and_then(|e| e.info.voice_median_f0_hz)
     }
 
+    /// The serving voice's typical spacing
+    /// ([`IndexInfo::typical_spacing`](super::IndexInfo::typical_spacing)).
+    pub fn serving_typical_spacing(&self) -> Option<f32> {
+        self.serving.as_deref().and_then(|e| e.info.typical_spacing)
+    }
+
     /// The [`IndexInfo::id`](super::IndexInfo::id) of the serving index.
     pub fn serving_id(&self) -> Option<u64> {
         self.serving.as_deref().map(Entry::id)

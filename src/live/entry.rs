@@ -55,6 +55,11 @@ pub struct IndexInfo {
     /// The voice's median f0, Hz, from the metadata's pitch statistics (`None`: none recorded),
     /// read when the index was prepared so the audio side can match pitch to it.
     pub voice_median_f0_hz: Option<f32>,
+    /// The voice's typical spacing ([`typical_spacing`](crate::index::typical_spacing)):
+    /// the median squared distance between a stored frame and its nearest other one, measured
+    /// when the index was prepared. A blend's nearest distance over it tells how well the voice
+    /// covers the input (the editor's match meter). `None` for fewer than two frames.
+    pub typical_spacing: Option<f32>,
 }
 
 /// The product quantizer of an IVF-PQ FastScan index, as [`IndexInfo::pq`] reports it.
@@ -113,6 +118,7 @@ impl Entry {
             mlocked: index.is_locked(),
             bytes: index.byte_len() as u64,
             voice_median_f0_hz: index.metadata().voice_median_f0_hz().map(|hz| hz as f32),
+            typical_spacing: crate::index::typical_spacing(&index),
         };
         alive.fetch_add(1, Ordering::Relaxed);
         Entry {

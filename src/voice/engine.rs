@@ -37,7 +37,7 @@ use super::pitch_control::{PitchControl, PitchMode, PitchState};
 use super::ramp::Ramp;
 use super::retriever::Retriever;
 use super::shift::PeakShifter;
-use super::snapshot::SnapshotBoard;
+use super::snapshot::{Readout, SnapshotBoard};
 use crate::index::{BlendOutcome, QueryExpansion, MAX_K};
 use crate::live::AudioEngine;
 
@@ -590,12 +590,25 @@ impl<R: Retriever> VoiceEngine<R> {
         self.last_outcome = Some(outcome);
         if let Some(board) = &self.snapshots {
             let p = self.pitch.state();
-            board.publish(
-                self.stats.frames,
-                &self.envelope,
-                &self.target,
-                (p.input_hz, p.input_median_hz, p.semitones),
-            );
+            let target_f0_hz = match self.pitch_mode {
+                PitchMode::Match { target_hz, .. } => target_hz,
+                _ => 0.0,
+            };
+            let match_spacings = match (outcome, self.retriever.typical_spacing()) {
+                (BlendOutcome::Blended { nearest, .. }, Some(spacing)) if spacing > 0.0 => {
+                    Some((nearest / spacing).sqrt()).filter(|m| m.is_finite())
+                }
+                _ => None,
+            };
+            let readout = Readout {
+                input_f0_hz: p.input_hz,
+                input_median_hz: p.input_median_hz,
+                target_f0_hz,
+                shift_semitones: p.semitones,
+                level_db,
+                match_spacings,
+            };
+            board.publish(self.stats.frames, &self.envelope, &self.target, readout);
         }
 
         // 4. band gains → bin gains. When shifting, against the shifted spectrum's own

@@ -60,4 +60,4 @@ pub use render::{
     render_file, RenderError, RenderOptions, RenderPitch, RenderStage, RenderSummary,
 };
 pub use retriever::{IndexRetriever, Retriever};
-pub use snapshot::{SnapshotBoard, VoiceSnapshot};
+pub use snapshot::{Readout, SnapshotBoard, VoiceSnapshot};

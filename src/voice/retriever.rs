@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::index::{AnyIndex, AnySearcher, BlendOutcome, BlendParams, QueryExpansion, MAX_K};
+use crate::index::{
+    typical_spacing, AnyIndex, AnySearcher, BlendOutcome, BlendParams, QueryExpansion, MAX_K,
+};
 use crate::live::AudioEngine;
 
 /// Per-frame retrieval, called from the audio thread: implementations must not allocate,
@@ -24,6 +26,11 @@ pub trait Retriever: Send {
     fn voice_median_f0_hz(&self) -> Option<f32> {
         None
     }
+    /// The serving voice's typical spacing ([`typical_spacing`]), if known: the blend's
+    /// nearest distance over it is the match meter.
+    fn typical_spacing(&self) -> Option<f32> {
+        None
+    }
 }
 
 /// A [`Retriever`] over one fixed index (or none: then every query is copied). Slots and
@@ -33,6 +40,7 @@ pub struct IndexRetriever {
     searcher: AnySearcher,
     expansion: Option<QueryExpansion>,
     median_f0: Option<f32>,
+    spacing: Option<f32>,
 }
 
 impl IndexRetriever {
@@ -43,11 +51,13 @@ impl IndexRetriever {
             .as_ref()
             .and_then(|i| i.metadata().voice_median_f0_hz())
             .map(|hz| hz as f32);
+        let spacing = index.as_deref().and_then(typical_spacing);
         IndexRetriever {
             index,
             searcher: AnySearcher::new(dim, MAX_K, 1),
             expansion: None,
             median_f0,
+            spacing,
         }
     }
 }
@@ -82,6 +92,10 @@ impl Retriever for IndexRetriever {
     fn voice_median_f0_hz(&self) -> Option<f32> {
         self.median_f0
     }
+
+    fn typical_spacing(&self) -> Option<f32> {
+        self.spacing
+    }
 }
 
 /// The live runtime's audio side: slots, publications and crossfades.
@@ -109,5 +123,10 @@ impl Retriever for AudioEngine {
     #[inline]
     fn voice_median_f0_hz(&self) -> Option<f32> {
         AudioEngine::serving_median_f0_hz(self)
+    }
+
+    #[inline]
+    fn typical_spacing(&self) -> Option<f32> {
+        AudioEngine::serving_typical_spacing(self)
     }
 }

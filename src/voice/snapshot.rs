@@ -9,6 +9,51 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 /// Envelope bands a snapshot holds (the features' 40, with room to spare).
 pub const SNAPSHOT_BANDS: usize = 64;
 
+/// The scalar readings of one frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Readout {
+    /// The input's f0 in this frame, Hz (0: unvoiced or Pitch off).
+    pub input_f0_hz: f32,
+    /// The input's running median f0, Hz (0: not known).
+    pub input_median_hz: f32,
+    /// The f0 Match aims the running median at, Hz (0: not matching).
+    pub target_f0_hz: f32,
+    /// The shift applied, semitones.
+    pub shift_semitones: f32,
+    /// The frame's level (RMS of the windowed mid signal), dBFS.
+    pub level_db: f32,
+    /// The match meter: the distance from the input frame to its nearest stored frame, in
+    /// the voice's typical spacings (1: as close as the voice's own frames are to each other).
+    /// `None` when nothing was searched (Blend 0, no voice) or the voice's spacing is unknown.
+    pub match_spacings: Option<f32>,
+}
+
+impl Readout {
+    const FIELDS: usize = 6;
+
+    fn to_array(self) -> [f32; Self::FIELDS] {
+        [
+            self.input_f0_hz,
+            self.input_median_hz,
+            self.target_f0_hz,
+            self.shift_semitones,
+            self.level_db,
+            self.match_spacings.unwrap_or(f32::NAN),
+        ]
+    }
+
+    fn from_array(a: [f32; Self::FIELDS]) -> Readout {
+        Readout {
+            input_f0_hz: a[0],
+            input_median_hz: a[1],
+            target_f0_hz: a[2],
+            shift_semitones: a[3],
+            level_db: a[4],
+            match_spacings: (!a[5].is_nan()).then_some(a[5]),
+        }
+    }
+}
+
 /// One frame of the voice path.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct VoiceSnapshot {
@@ -20,12 +65,8 @@ pub struct VoiceSnapshot {
     pub input: [f32; SNAPSHOT_BANDS],
     /// The envelope the blend chose (what the output is moved to).
     pub blended: [f32; SNAPSHOT_BANDS],
-    /// The input's f0 in this frame, Hz (0: unvoiced or Pitch off).
-    pub input_f0_hz: f32,
-    /// The input's running median f0, Hz (0: not known).
-    pub input_median_hz: f32,
-    /// The shift applied, semitones.
-    pub shift_semitones: f32,
+    /// f0, shift, level and the match meter.
+    pub readout: Readout,
 }
 
 impl Default for VoiceSnapshot {
@@ -35,10 +76,20 @@ impl Default for VoiceSnapshot {
             bands: 0,
             input: [0.0; SNAPSHOT_BANDS],
             blended: [0.0; SNAPSHOT_BANDS],
-            input_f0_hz: 0.0,
-            input_median_hz: 0.0,
-            shift_semitones: 0.0,
+            readout: Readout::default(),
         }
+    }
+}
+
+impl VoiceSnapshot {
+    /// The bands in use of the input envelope.
+    pub fn input_bands(&self) -> &[f32] {
+        &self.input[..self.bands.min(SNAPSHOT_BANDS)]
+    }
+
+    /// The bands in use of the blended envelope.
+    pub fn blended_bands(&self) -> &[f32] {
+        &self.blended[..self.bands.min(SNAPSHOT_BANDS)]
     }
 }
 
@@ -49,7 +100,7 @@ pub struct SnapshotBoard {
     bands: AtomicU32,
     input: [AtomicU32; SNAPSHOT_BANDS],
     blended: [AtomicU32; SNAPSHOT_BANDS],
-    f0: [AtomicU32; 3],
+    readout: [AtomicU32; Readout::FIELDS],
 }
 
 impl Default for SnapshotBoard {
@@ -67,18 +118,12 @@ impl SnapshotBoard {
             bands: AtomicU32::new(0),
             input: std::array::from_fn(|_| AtomicU32::new(0)),
             blended: std::array::from_fn(|_| AtomicU32::new(0)),
-            f0: std::array::from_fn(|_| AtomicU32::new(0)),
+            readout: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
 
     /// Publishes one frame (the single writer: the audio thread). Wait-free.
-    pub fn publish(
-        &self,
-        frame: u64,
-        input: &[f32],
-        blended: &[f32],
-        (input_f0_hz, input_median_hz, shift_semitones): (f32, f32, f32),
-    ) {
+    pub fn publish(&self, frame: u64, input: &[f32], blended: &[f32], readout: Readout) {
         let n = input.len().min(blended.len()).min(SNAPSHOT_BANDS);
         let s = self.seq.load(Ordering::Relaxed);
         self.seq.store(s.wrapping_add(1), Ordering::Relaxed); // odd: writing
@@ -91,11 +136,7 @@ impl SnapshotBoard {
         for (a, &v) in self.blended.iter().zip(&blended[..n]) {
             a.store(v.to_bits(), Ordering::Relaxed);
         }
-        for (a, v) in self
-            .f0
-            .iter()
-            .zip([input_f0_hz, input_median_hz, shift_semitones])
-        {
+        for (a, v) in self.readout.iter().zip(readout.to_array()) {
             a.store(v.to_bits(), Ordering::Relaxed);
         }
         self.seq.store(s.wrapping_add(2), Ordering::Release); // even: done
@@ -120,10 +161,11 @@ impl SnapshotBoard {
             for (o, a) in out.blended.iter_mut().zip(&self.blended) {
                 *o = f32::from_bits(a.load(Ordering::Relaxed));
             }
-            let f = |i: usize| f32::from_bits(self.f0[i].load(Ordering::Relaxed));
-            out.input_f0_hz = f(0);
-            out.input_median_hz = f(1);
-            out.shift_semitones = f(2);
+            let mut r = [0f32; Readout::FIELDS];
+            for (o, a) in r.iter_mut().zip(&self.readout) {
+                *o = f32::from_bits(a.load(Ordering::Relaxed));
+            }
+            out.readout = Readout::from_array(r);
             fence(Ordering::Acquire);
             if self.seq.load(Ordering::Relaxed) == s1 {
                 return out;
@@ -153,7 +195,16 @@ mod tests {
                 while !stop.load(Ordering::Relaxed) {
                     frame += 1;
                     v.fill(frame as f32);
-                    board.publish(frame, &v, &v, (frame as f32, frame as f32, frame as f32));
+                    let f = frame as f32;
+                    let readout = Readout {
+                        input_f0_hz: f,
+                        input_median_hz: f,
+                        target_f0_hz: f,
+                        shift_semitones: f,
+                        level_db: f,
+                        match_spacings: Some(f),
+                    };
+                    board.publish(frame, &v, &v, readout);
                 }
                 frame
             })
@@ -175,10 +226,18 @@ mod tests {
                     .all(|&x| x == f),
                 "torn frame {s:?}"
             );
+            let r = s.readout;
             assert_eq!(
-                (s.input_f0_hz, s.input_median_hz, s.shift_semitones),
-                (f, f, f)
+                [
+                    r.input_f0_hz,
+                    r.input_median_hz,
+                    r.target_f0_hz,
+                    r.shift_semitones,
+                    r.level_db
+                ],
+                [f; 5]
             );
+            assert_eq!(r.match_spacings, Some(f));
             assert!(s.frame >= last, "frames went backwards");
             last = s.frame;
             seen += 1;

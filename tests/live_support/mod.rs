@@ -620,7 +620,7 @@ pub fn assert_pq_index(pq: &PqShape, file: &Path, refined: bool, identity: f32, 
     let n = queries.len() / s.dim;
     for q in queries.chunks_exact(s.dim) {
         let outcome = searcher.blend(&index, q, &BlendParams::new(K, 1, 1.0), &mut out);
-        if outcome == (BlendOutcome::Blended { neighbours: K }) {
+        if matches!(outcome, BlendOutcome::Blended { neighbours: K, .. }) {
             blended += 1;
             worst = worst.max((out[0] - identity).abs());
         }

@@ -1,0 +1,121 @@
+//! The editor's match meter: the distance from each input frame to its nearest stored frame,
+//! in the voice's own typical spacings, as the voice engine publishes it on its snapshot
+//! board. It must tell a voice's own (unseen) speech from another voice's (espeak-ng, female
+//! index, male input) and from noise (the project's synthesiser), and say nothing when nothing is
+//! searched.
+
+mod voice_common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use knnblend::index::AnyIndex;
+use knnblend::voice::synth::{synth_voice, VoiceParams};
+use knnblend::voice::{
+    build_from_audio, read_audio, write_wav_f32, Audio, BlockParams, BuildOptions, FeatureSpec,
+    IndexRetriever, SnapshotBoard, VoiceEngine,
+};
+use voice_common::{espeak, noise};
+
+fn build(dir: &Path, name: &str, wavs: &[std::path::PathBuf]) -> Arc<AnyIndex> {
+    let out = dir.join(name);
+    build_from_audio(
+        wavs,
+        &out,
+        &FeatureSpec::default(),
+        &BuildOptions::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    Arc::new(AnyIndex::open(&out).unwrap())
+}
+
+/// The match meter of every loud frame of `input` (one frame per hop-long block), at `ratio`.
+fn meter(index: Option<Arc<AnyIndex>>, input: &[f32], sr: f32, ratio: f32) -> Vec<Option<f32>> {
+    let mut e =
+        VoiceEngine::with_retriever(IndexRetriever::new(index), &FeatureSpec::default(), sr, 1);
+    let board = Arc::new(SnapshotBoard::new());
+    e.set_snapshots(Some(board.clone()));
+    let hop = e.framing().hop;
+    let p = BlockParams {
+        ratio,
+        ..BlockParams::default()
+    };
+    let mut out = Vec::new();
+    let mut last = 0;
+    for chunk in input.chunks(hop) {
+        let mut buf = chunk.to_vec();
+        e.process(&mut [&mut buf], &p);
+        let s = board.read();
+        if s.frame != last && s.readout.level_db > -40.0 {
+            out.push(s.readout.match_spacings);
+        }
+        last = s.frame;
+    }
+    out
+}
+
+fn median(v: &[Option<f32>]) -> f32 {
+    let mut m: Vec<f32> = v.iter().map(|x| x.expect("a meter reading")).collect();
+    assert!(m.len() > 20, "{} loud frames", m.len());
+    m.sort_by(f32::total_cmp);
+    m[m.len() / 2]
+}
+
+#[test]
+fn espeak_voice_covers_its_own_speech_not_another_voice() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = [
+        "She sells sea shells by the sea shore, and the shells she sells are surely sea shells.",
+        "A journey of a thousand miles begins with a single step taken in the early morning.",
+        "Every morning the baker opens his shop and the smell of fresh bread fills the street.",
+        "Music has the power to move people, to bring back memories and to change a mood.",
+        "Bright violet flowers grew along the riverbank where the children used to play.",
+    ];
+    let female: Vec<_> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| espeak(dir.path(), "en-us+f3", i, t))
+        .collect();
+    let index = build(dir.path(), "female.kbi", &female);
+    let unseen = "Nobody knows why the old lighthouse keeper left the island on that stormy night.";
+    let same = read_audio(&espeak(dir.path(), "en-us+f3", 8, unseen)).unwrap();
+    let other = read_audio(&espeak(dir.path(), "en-us+m3", 9, unseen)).unwrap();
+    let sr = same.sample_rate as f32;
+    let m_same = median(&meter(Some(index.clone()), &same.mono(), sr, 0.75));
+    let m_other = median(&meter(Some(index.clone()), &other.mono(), sr, 0.75));
+    eprintln!("match meter medians: same voice {m_same:.2}, male voice {m_other:.2}");
+    // (Neither white noise nor a steady tone is a negative here: these sentences are full of
+    // sibilants, which noise resembles, and a steady input's relative envelope is 0, the
+    // middle of any voice. They read 1.5 and 1.4.)
+    assert!(m_same < 2.0, "the voice's own speech: {m_same}");
+    assert!(
+        m_other > 1.5 * m_same,
+        "another voice {m_other} vs {m_same}"
+    );
+
+    // Nothing is searched at Blend 0, and there is no voice without an index: no reading.
+    assert!(meter(Some(index), &same.mono(), sr, 0.0)
+        .iter()
+        .all(Option::is_none));
+    assert!(meter(None, &same.mono(), sr, 0.75)
+        .iter()
+        .all(Option::is_none));
+}
+
+#[test]
+fn synth_voice_covers_itself_not_noise() {
+    let dir = tempfile::tempdir().unwrap();
+    let sr = 48_000.0;
+    let rec = dir.path().join("high.wav");
+    let x = synth_voice(&VoiceParams::high().with_seed(1), sr, 20.0);
+    write_wav_f32(&rec, &Audio::from_channels(&[x], sr as u32)).unwrap();
+    let index = build(dir.path(), "high.kbi", &[rec]);
+    let unseen = synth_voice(&VoiceParams::high().with_seed(2), sr, 6.0);
+    let n: Vec<f32> = noise(sr as usize * 3, 9).iter().map(|x| 0.2 * x).collect();
+    let m_same = median(&meter(Some(index.clone()), &unseen, sr, 1.0));
+    let m_noise = median(&meter(Some(index), &n, sr, 1.0));
+    eprintln!("match meter medians: same voice {m_same:.2}, noise {m_noise:.2}");
+    assert!(m_same < 5.0, "{m_same}");
+    assert!(m_noise > 3.0 * m_same, "noise {m_noise} vs {m_same}");
+}
