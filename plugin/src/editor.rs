@@ -23,6 +23,7 @@ use crate::engine::{
 use crate::meter::{MeterReading, ProcessMeter};
 use crate::params::{KnnBlendParams, SLOTS};
 use crate::slots::{RvcEntry, RvcFile, SlotStore};
+use crate::view::{voice_view, ViewContext, ViewState};
 
 const WIDTH: u32 = 820;
 const HEIGHT: u32 = 900;
@@ -123,6 +124,9 @@ pub struct PanelState {
     expected: Option<String>,
     /// The audio thread's page-fault count over the last second.
     faults: std::collections::VecDeque<(Instant, u64)>,
+    /// The voice view's smoothing and run state.
+    voice_view: ViewState,
+    band_range_hz: Option<(f32, f32)>,
 }
 
 impl PanelState {
@@ -159,6 +163,8 @@ pub struct SlotRow {
     pub error: Option<String>,
     /// For an RVC slot: its files and the loading stage, if loading.
     pub rvc: Option<(RvcEntry, Option<String>)>,
+    /// The index serving in an index slot.
+    pub voice: Option<VoiceInfo>,
 }
 
 /// Builds the display rows from the slot store and the runtimes' status.
@@ -209,6 +215,7 @@ pub fn rvc_row(
         progress: None,
         error: message,
         rvc: None,
+        voice: None,
     };
     let mut stage = None;
     if let Some(status) = status {
@@ -284,10 +291,12 @@ fn row(path: Option<String>, message: Option<String>, view: Option<SlotView>) ->
         progress: None,
         error: message,
         rvc: None,
+        voice: None,
     };
     if let Some(view) = view {
         if let Some(info) = &view.info {
             out.contents = Some(describe(info));
+            out.voice = Some(info.clone());
         }
         match view.state {
             LoadState::Loading { done, total } => {
@@ -486,13 +495,13 @@ fn panel_contents(
             ui.label("Output gain");
             ui.add(ParamSlider::for_param(&params.output_gain_db, setter).with_width(260.0));
             ui.end_row();
+            ui.label("Pitch");
+            ui.add(ParamSlider::for_param(&params.pitch, setter).with_width(260.0));
+            ui.end_row();
             ui.label("Match voice pitch");
             ui.add(ParamSlider::for_param(&params.pitch_match, setter).with_width(260.0));
             ui.end_row();
             ui.label(egui::RichText::new("RVC voices").strong());
-            ui.end_row();
-            ui.label("Pitch");
-            ui.add(ParamSlider::for_param(&params.pitch, setter).with_width(260.0));
             ui.end_row();
             ui.label("Protect");
             ui.add(ParamSlider::for_param(&params.protect, setter).with_width(260.0));
@@ -592,6 +601,19 @@ fn panel_contents(
             .color(ERROR),
         );
     }
+    ui.separator();
+    let board = params.slots.view_board();
+    let row = snapshot.slots.get(active);
+    let ctx = ViewContext {
+        voice: row.and_then(|r| r.voice.as_ref()),
+        rvc_active: row.is_some_and(|r| r.rvc.is_some()),
+        pitch_match: params.pitch_match.value(),
+        pitch_semitones: params.pitch.value() as f32,
+        band_range_hz: *state
+            .band_range_hz
+            .get_or_insert_with(crate::engine::band_range_hz),
+    };
+    voice_view(ui, &mut state.voice_view, &board.read(), &ctx);
     ui.separator();
 
     egui::ScrollArea::vertical().show(ui, |ui| {
@@ -905,6 +927,8 @@ mod tests {
             duration_seconds: 200.0,
             features: "rvc-v2-768".into(),
             mlocked: true,
+            pitch: None,
+            median_f0_hz: None,
         };
         let r = row(
             Some("/v/new.kbi".into()),

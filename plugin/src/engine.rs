@@ -126,6 +126,27 @@ pub struct VoiceInfo {
     pub features: String,
     /// Whether the index is locked in RAM.
     pub mlocked: bool,
+    /// The voice's pitch statistics in one line (`None`: the index records none, so Match
+    /// voice pitch cannot work with it).
+    pub pitch: Option<String>,
+    /// The voice's median f0, Hz, when its statistics have one (Match voice pitch's target).
+    pub median_f0_hz: Option<f32>,
+}
+
+/// What the voice path did in its latest frame, for the editor's view: published by the audio
+/// thread (wait-free, allocation-free), read by the editor.
+pub type ViewSnapshot = voice::VoiceSnapshot;
+
+/// The board the DSP voice path publishes a [`ViewSnapshot`] on every 10 ms frame; the plugin
+/// makes one, hands it to every runtime it starts and to the editor.
+#[derive(Default)]
+pub struct ViewBoard(Arc<voice::SnapshotBoard>);
+
+impl ViewBoard {
+    /// The latest frame (frame 0: nothing yet).
+    pub fn read(&self) -> ViewSnapshot {
+        self.0.read()
+    }
 }
 
 /// Load state of a slot.
@@ -218,6 +239,7 @@ pub struct AudioHandle {
     kinds: Arc<SlotKinds>,
     /// Which path served the last block (true: the RVC host).
     served_rvc: bool,
+    board: Arc<ViewBoard>,
 }
 
 impl AudioHandle {
@@ -308,10 +330,18 @@ impl AudioHandle {
             spec,
             rvc,
             kinds,
+            board,
             sample_rate: old_rate,
             ..
         } = self;
-        let mut out = build_audio(voice.into_audio(), spec, sample_rate, channels, kinds);
+        let mut out = build_audio(
+            voice.into_audio(),
+            spec,
+            sample_rate,
+            channels,
+            kinds,
+            board,
+        );
         if old_rate == sample_rate {
             out.rvc = rvc;
         }
@@ -330,9 +360,11 @@ fn build_audio(
     sample_rate: f32,
     channels: usize,
     kinds: Arc<SlotKinds>,
+    board: Arc<ViewBoard>,
 ) -> AudioHandle {
     // Also sets the runtime's crossfade frame period to the hop at this rate.
-    let voice = voice::VoiceEngine::new(audio, &spec, sample_rate, channels);
+    let mut voice = voice::VoiceEngine::new(audio, &spec, sample_rate, channels);
+    voice.set_snapshots(Some(board.0.clone()));
     AudioHandle {
         voice,
         spec,
@@ -341,6 +373,7 @@ fn build_audio(
         rvc: None,
         kinds,
         served_rvc: false,
+        board,
     }
 }
 
@@ -370,13 +403,20 @@ pub fn expected_features() -> String {
     voice::FeatureSpec::default().describe()
 }
 
+/// The band range of the voice engine's features, Hz (for the editor's envelope axis).
+pub fn band_range_hz() -> (f32, f32) {
+    let spec = voice::FeatureSpec::default();
+    (spec.f_min_hz, spec.f_max_hz)
+}
+
 /// Creates the runtime for `sample_rate` and up to `channels` channels. Indexes are checked
 /// against the voice engine's features before they are published. `kinds` says which slots are
-/// RVC slots.
+/// RVC slots; the voice path publishes what it does on `board`.
 pub fn start(
     sample_rate: f32,
     channels: usize,
     kinds: Arc<SlotKinds>,
+    board: Arc<ViewBoard>,
 ) -> (ControlHandle, AudioHandle) {
     let spec = voice::FeatureSpec::default();
     // The feature check as validator, and room for RVC-width indexes so a mismatched one is
@@ -384,7 +424,7 @@ pub fn start(
     let (controller, audio) = live::live(spec.live_config(MAX_SLOTS));
     (
         ControlHandle { controller },
-        build_audio(audio, spec, sample_rate, channels, kinds),
+        build_audio(audio, spec, sample_rate, channels, kinds, board),
     )
 }
 
@@ -406,6 +446,8 @@ fn convert_status(status: live::SlotStatus) -> SlotView {
         duration_seconds: info.metadata.duration_seconds,
         features: info.metadata.features.clone(),
         mlocked: info.mlocked,
+        pitch: voice::PitchStats::from_metadata(&info.metadata).map(|p| p.describe()),
+        median_f0_hz: info.voice_median_f0_hz,
     });
     SlotView { state, info }
 }

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod meter;
 pub mod params;
 pub mod slots;
+pub mod view;
 
 use engine::{AudioHandle, BlockSettings};
 use knnblend::index::QueryExpansion;
@@ -178,7 +179,8 @@ impl Plugin for KnnBlend {
             Some(audio) => audio.reconfigure(sample_rate, channels),
             None => {
                 let kinds = self.params.slots.kinds();
-                let (control, audio) = engine::start(sample_rate, channels, kinds);
+                let board = self.params.slots.view_board();
+                let (control, audio) = engine::start(sample_rate, channels, kinds, board);
                 // The persisted slots are requested from the new runtime's loader.
                 self.params.slots.attach(Arc::new(control));
                 audio

@@ -76,7 +76,8 @@ pub struct KnnBlendParams {
     /// Output gain in dB.
     #[id = "gain"]
     pub output_gain_db: FloatParam,
-    /// RVC: pitch shift in semitones.
+    /// Pitch shift in semitones: RVC's `f0_up_key` on RVC voices, a formant-preserving shift
+    /// of the built-in voice path otherwise.
     #[id = "pitch"]
     pub pitch: IntParam,
     /// RVC: protect.

@@ -20,7 +20,7 @@ use nice_plug::params::persist::PersistentField;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
 
-use crate::engine::{ControlHandle, LoadState, RvcControl, SlotKinds, VoiceFiles};
+use crate::engine::{ControlHandle, LoadState, RvcControl, SlotKinds, ViewBoard, VoiceFiles};
 use crate::params::SLOTS;
 
 /// Key of the slot field in the plugin state.
@@ -298,6 +298,7 @@ struct Inner {
 pub struct SlotStore {
     inner: Mutex<Inner>,
     kinds: Arc<SlotKinds>,
+    board: Arc<ViewBoard>,
 }
 
 impl SlotStore {
@@ -349,6 +350,11 @@ impl SlotStore {
     /// Which slots are RVC slots, for the audio thread.
     pub fn kinds(&self) -> Arc<SlotKinds> {
         self.kinds.clone()
+    }
+
+    /// The board the voice path publishes its frames on, for the runtime and the editor.
+    pub fn view_board(&self) -> Arc<ViewBoard> {
+        self.board.clone()
     }
 
     /// The files of RVC slot `slot` (`None`: an index slot).

@@ -2,7 +2,9 @@
 //! opened and closed repeatedly while audio is processed, its window really appearing as a child
 //! of the host's, answering the resize-hints query, painting (a PNG of it is saved each run),
 //! and taking synthetic mouse input (xdotool drags the Blend slider; the host's saved state
-//! shows the new value).
+//! shows the new value). A voice built from the project's synthesiser serves slot 1 with Match
+//! voice pitch on and a synthesised low voice as input, so the editor's voice view (envelopes,
+//! match meter, f0) has something to draw, and the screenshot must show the blended envelope.
 //!
 //! Needs `target/bundled/knnblend.clap` and an X server: `DISPLAY`, or `Xvfb` on the path (the
 //! test starts one). Without either it skips (`tests/skip`): it fails under `CI=true`, and
@@ -10,6 +12,8 @@
 
 #[path = "../../tests/skip/mod.rs"]
 mod skip;
+#[path = "common/voice.rs"]
+mod voice;
 
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -23,7 +27,14 @@ use clack_extensions::gui::{
     GuiApiType, GuiConfiguration, HostGui, HostGuiImpl, PluginGui, Window,
 };
 use clack_host::prelude::*;
+use knnblend::voice::synth::{synth_voice, VoiceParams};
 use x11_dl::xlib;
+
+/// The blended envelope's colour in the editor's voice view.
+const BLEND_COLOUR: [u8; 3] = {
+    let [r, g, b, _] = knnblend_plugin::view::BLEND_COLOUR.to_array();
+    [r, g, b]
+};
 
 const PLUGIN_ID: &CStr = c"org.knnblend.knn-blend";
 
@@ -194,46 +205,54 @@ impl HostWindow {
 }
 
 impl HostWindow {
-    /// Fraction of pixels in the top-left `w`×`h` of the host window that are not black (the
-    /// host window's own background): how much of it the editor painted.
-    fn painted_fraction(&self, w: u32, h: u32) -> f64 {
+    /// The top-left `w`×`h` of the host window as 8-bit RGB (saved as a PNG when
+    /// [`screenshot`](Self::screenshot) is set).
+    fn capture(&self, w: u32, h: u32) -> Vec<u8> {
         // SAFETY: reading our own window's pixels; the image is destroyed with XDestroyImage.
-        unsafe {
+        let rgb = unsafe {
             (self.xlib.XSync)(self.display, 0);
             let image =
                 (self.xlib.XGetImage)(self.display, self.window, 0, 0, w, h, !0, xlib::ZPixmap);
             if image.is_null() {
-                return 0.0;
+                return vec![0; (w * h * 3) as usize];
             }
             let get_pixel = (*image).funcs.get_pixel.expect("XGetPixel");
-            if let Some(path) = self.screenshot.take() {
-                // A PNG of the host window with the editor in it (the test run's screenshot).
-                let mut rgb = Vec::with_capacity((w * h * 3) as usize);
-                for y in 0..h as i32 {
-                    for x in 0..w as i32 {
-                        let p = get_pixel(image, x, y);
-                        rgb.extend_from_slice(&[(p >> 16) as u8, (p >> 8) as u8, p as u8]);
-                    }
-                }
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                std::fs::write(&path, png_rgb(w, h, &rgb)).expect("write the screenshot");
-                println!("screenshot of the editor: {}", path.display());
-            }
-            let mut painted = 0u64;
-            for y in (0..h as i32).step_by(4) {
-                for x in (0..w as i32).step_by(4) {
-                    if get_pixel(image, x, y) & 0x00ff_ffff != 0 {
-                        painted += 1;
-                    }
+            let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+            for y in 0..h as i32 {
+                for x in 0..w as i32 {
+                    let p = get_pixel(image, x, y);
+                    rgb.extend_from_slice(&[(p >> 16) as u8, (p >> 8) as u8, p as u8]);
                 }
             }
             let destroy = (*image).funcs.destroy_image.expect("XDestroyImage");
             destroy(image);
-            painted as f64 / (((w as u64).div_ceil(4)) * ((h as u64).div_ceil(4))) as f64
+            rgb
+        };
+        if let Some(path) = self.screenshot.take() {
+            // A PNG of the host window with the editor in it (the test run's screenshot).
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            std::fs::write(&path, png_rgb(w, h, &rgb)).expect("write the screenshot");
+            println!("screenshot of the editor: {}", path.display());
         }
+        rgb
     }
+}
+
+/// Fraction of pixels of `rgb` that are not black (the host window's own background): how
+/// much of it the editor painted.
+fn painted_fraction(rgb: &[u8]) -> f64 {
+    let px = rgb.chunks_exact(3);
+    let n = px.len().max(1);
+    px.filter(|p| p.iter().any(|&c| c != 0)).count() as f64 / n as f64
+}
+
+/// Pixels of `rgb` within 40 of `colour` in every channel.
+fn pixels_near(rgb: &[u8], colour: [u8; 3]) -> usize {
+    rgb.chunks_exact(3)
+        .filter(|p| p.iter().zip(colour).all(|(&a, b)| a.abs_diff(b) <= 40))
+        .count()
 }
 
 /// A PNG of `w`×`h` 8-bit RGB pixels, written with stored (uncompressed) deflate blocks: no
@@ -324,9 +343,11 @@ fn pump(instance: &mut PluginInstance<GuiHost>, for_how_long: Duration) {
     }
 }
 
+/// Processes `blocks` blocks of 256 frames of `signal` (looped, on the left channel).
 fn process_some(
     processor: StoppedPluginAudioProcessor<GuiHost>,
     blocks: usize,
+    signal: &[f32],
 ) -> StoppedPluginAudioProcessor<GuiHost> {
     std::thread::scope(|scope| {
         scope
@@ -338,7 +359,7 @@ fn process_some(
                 let mut output = vec![vec![0.0f32; 256]; 2];
                 for block in 0..blocks {
                     for (i, s) in input[0].iter_mut().enumerate() {
-                        *s = ((block * 256 + i) as f32 * 0.05).sin() * 0.3;
+                        *s = signal[(block * 256 + i) % signal.len()];
                     }
                     let inputs = in_ports.with_input_buffers([AudioPortBuffer {
                         latency: 0,
@@ -434,10 +455,14 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
             is_floating: false
         }
     ));
-    // Something to show: one slot with a missing file, one with a file that is not an index.
+    // Something to show: a voice serving slot 1 (the synthesiser's high voice, with pitch
+    // statistics), one slot with a missing file, one with a file that is not an index; a low
+    // voice as input.
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("not-an-index.kbi");
     std::fs::write(&garbage, b"garbage").unwrap();
+    let voice = voice::make_voice_with_pitch(dir.path(), "high.kbi", true);
+    let singer = synth_voice(&VoiceParams::low().with_seed(3), 48_000.0, 4.0);
     let state = instance
         .access_shared_handler(|s| *s.state.get().unwrap())
         .expect("state extension");
@@ -446,9 +471,10 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
     let len = u64::from_le_bytes(saved[..8].try_into().unwrap()) as usize;
     let mut json: serde_json::Value = serde_json::from_slice(&saved[8..8 + len]).unwrap();
     json["fields"]["slots"] = serde_json::Value::String(
-        serde_json::json!({"version": 1, "slots": [null, "/no/such/voice.kbi", garbage]})
+        serde_json::json!({"version": 1, "slots": [voice, "/no/such/voice.kbi", garbage]})
             .to_string(),
     );
+    json["params"]["pitch_match"] = serde_json::json!({ "bool": true });
     let bytes = serde_json::to_vec(&json).unwrap();
     let mut blob = (bytes.len() as u64).to_le_bytes().to_vec();
     blob.extend_from_slice(&bytes);
@@ -456,6 +482,11 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
         .load(&instance.plugin_handle(), &mut std::io::Cursor::new(blob))
         .expect("load state");
 
+    // The voice loads off-thread; a moment of audio and main-thread callbacks lets it arrive.
+    for _ in 0..10 {
+        pump(&mut instance, Duration::from_millis(50));
+        processor = Some(process_some(processor.take().unwrap(), 10, &singer));
+    }
     for round in 0..5 {
         let config = GuiConfiguration {
             api_type: GuiApiType::X11,
@@ -486,7 +517,7 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
         .expect("embed the editor");
         gui.show(&instance.plugin_handle()).expect("show");
         // Audio keeps running while the editor is open.
-        processor = Some(process_some(processor.take().unwrap(), 200));
+        processor = Some(process_some(processor.take().unwrap(), 200, &singer));
         pump(&mut instance, Duration::from_millis(300));
         assert!(
             host_window.children() >= 1,
@@ -500,7 +531,18 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
             );
             host_window.screenshot.set(Some(path));
         }
-        let painted = host_window.painted_fraction(size.width.min(900), size.height.min(800));
+        let rgb = host_window.capture(size.width.min(900), size.height.min(800));
+        let painted = painted_fraction(&rgb);
+        if round == 0 {
+            // The voice view drew the blended envelope of the processed audio (its colour is
+            // used nowhere else in the editor).
+            let line = pixels_near(&rgb, BLEND_COLOUR);
+            println!("the blended envelope covers {line} pixels");
+            assert!(
+                line >= 150,
+                "the voice view shows no blended envelope ({line} pixels of its colour)"
+            );
+        }
         assert!(
             painted > 0.05,
             "round {round}: the editor painted only {:.0} % of its area",
@@ -532,7 +574,7 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
             }
             xdotool(&["mouseup", "1"]);
             pump(&mut instance, Duration::from_millis(300));
-            processor = Some(process_some(processor.take().unwrap(), 20));
+            processor = Some(process_some(processor.take().unwrap(), 20, &singer));
             pump(&mut instance, Duration::from_millis(100));
             let after = blend(&mut instance);
             println!("dragging the Blend slider: {before:.2} -> {after:.2}");
@@ -544,7 +586,7 @@ fn editor_opens_and_closes_repeatedly_in_a_host_window() {
         gui.hide(&instance.plugin_handle()).expect("hide");
         gui.destroy(&instance.plugin_handle());
         pump(&mut instance, Duration::from_millis(100));
-        processor = Some(process_some(processor.take().unwrap(), 50));
+        processor = Some(process_some(processor.take().unwrap(), 50, &singer));
     }
     instance.deactivate(processor.take().unwrap());
     drop(instance);

@@ -42,6 +42,29 @@ pub fn make_voice(dir: &std::path::Path, name: &str, high: bool) -> std::path::P
     path
 }
 
+/// [`make_voice`] with the pitch statistics `knnblend build --audio` records (median f0,
+/// spread, voiced share of the same synthetic recording), so Match voice pitch has a target.
+pub fn make_voice_with_pitch(dir: &std::path::Path, name: &str, high: bool) -> std::path::PathBuf {
+    use knnblend::voice::{synth, PitchCollector, PitchSpec};
+    let (rows, dim, mut metadata) = voice_rows(name, high);
+    let params = if high {
+        synth::VoiceParams::high()
+    } else {
+        synth::VoiceParams::low()
+    };
+    let mut pitch = PitchCollector::new(PitchSpec::default());
+    pitch
+        .add(&synth::synth_voice(&params, 44_100.0, 4.0), 44_100)
+        .unwrap();
+    let stats = pitch.finish();
+    assert!(stats.has_median(), "{stats:?}");
+    stats.store(&mut metadata);
+    let parts = knnblend::voice::flat_parts(&rows, dim, knnblend::format::Metric::L2, metadata);
+    let path = dir.join(name);
+    knnblend::format::write_kbi(&path, &parts).expect("write test voice");
+    path
+}
+
 /// How [`make_pq_voice`] stores a voice as IVF-PQ FastScan.
 #[derive(Clone, Copy, Debug)]
 pub struct PqRecipe {
