@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod build;
+mod compare;
 mod import;
 mod inspect;
 mod progress;
@@ -41,6 +42,9 @@ enum Command {
     Synth(synth::Args),
     /// Validate an index completely, checksums included; exit non-zero on any problem.
     Verify(verify::Args),
+    /// Measure what a conversion did: median f0 and spectral envelope of the input, the output
+    /// and the target voice, optionally drawn as a PNG.
+    Compare(compare::Args),
     /// Benchmark per-frame search against faiss on RVC-shaped indexes (latency, block mode, floors).
     Bench(bench::Args),
 }
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Build(a) => build::run(a),
         Command::Render(a) => render::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Bench(a) => bench::run(a),
     };

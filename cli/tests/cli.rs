@@ -435,6 +435,77 @@ fn synth_build_render_workflow() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{out}"));
     assert!((10.0..14.0).contains(&shifted), "{out}");
+    // compare measures what that did (Blend 0.75 by default: part of the way in envelope,
+    // the whole way in pitch), and draws it.
+    let v: serde_json::Value = serde_json::from_str(&ok(&knnblend(&[
+        "compare",
+        "--input",
+        &p("phrase.wav"),
+        "--output",
+        &p("matched.wav"),
+        "--target",
+        &p("high.wav"),
+        "--png",
+        &p("matched.png"),
+        "--json",
+    ])))
+    .unwrap();
+    let st = v["output_minus_target_semitones"].as_f64().unwrap();
+    assert!(st.abs() < 1.0, "{v}");
+    let input_f0 = v["input"]["median_f0_hz"].as_f64().unwrap();
+    assert!((12.0 * (input_f0 / 110.0).log2()).abs() < 1.0, "{v}");
+    let change = v["envelope_change"].as_f64().unwrap();
+    assert!(change < -0.3, "{v}");
+    let png = std::fs::read(p("matched.png")).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{}",
+        png.len()
+    );
+    // Negative control: the phrase against itself changed nothing.
+    let same: serde_json::Value = serde_json::from_str(&ok(&knnblend(&[
+        "compare",
+        "--input",
+        &p("phrase.wav"),
+        "--output",
+        &p("phrase.wav"),
+        "--target",
+        &p("high.wav"),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(same["envelope_change"].as_f64(), Some(0.0), "{same}");
+    let text = ok(&knnblend(&[
+        "compare",
+        "--input",
+        &p("phrase.wav"),
+        "--output",
+        &p("matched.wav"),
+    ]));
+    assert!(text.starts_with("median f0: input 1"), "{text}");
+    // Silence has nothing to measure: a clear error.
+    let silent = p("silent.wav");
+    let mut w = hound::WavWriter::create(
+        &silent,
+        hound::WavSpec {
+            channels: 1,
+            sample_rate: 48_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        },
+    )
+    .unwrap();
+    for _ in 0..48_000 {
+        w.write_sample(0i16).unwrap();
+    }
+    w.finalize().unwrap();
+    let o = knnblend(&["compare", "--input", &silent, "--output", &p("matched.wav")]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no loud stretch of audio"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     for (pitch, says) in [
         ("30", "--pitch takes off, match"),
         ("up", "--pitch takes off, match"),

@@ -17,6 +17,7 @@
 //! - `render` (feature `audio-files`): `knnblend render` (`render_file`); `audio_file`
 //!   (feature `audio-files`): decoding and WAV output.
 
+pub mod analysis;
 #[cfg(feature = "audio-files")]
 pub mod audio_file;
 #[cfg(feature = "build")]
