@@ -13,7 +13,7 @@ use knnblend::index::AnyIndex;
 use knnblend::voice::synth::{synth_voice, VoiceParams};
 use knnblend::voice::{
     build_from_audio, read_audio, write_wav_f32, Audio, BlockParams, BuildOptions, FeatureSpec,
-    IndexRetriever, SnapshotBoard, VoiceEngine,
+    IndexRetriever, Retriever, SnapshotBoard, VoiceEngine,
 };
 use voice_common::{espeak, noise};
 
@@ -32,8 +32,12 @@ fn build(dir: &Path, name: &str, wavs: &[std::path::PathBuf]) -> Arc<AnyIndex> {
 
 /// The match meter of every loud frame of `input` (one frame per hop-long block), at `ratio`.
 fn meter(index: Option<Arc<AnyIndex>>, input: &[f32], sr: f32, ratio: f32) -> Vec<Option<f32>> {
-    let mut e =
-        VoiceEngine::with_retriever(IndexRetriever::new(index), &FeatureSpec::default(), sr, 1);
+    let e = VoiceEngine::with_retriever(IndexRetriever::new(index), &FeatureSpec::default(), sr, 1);
+    meter_of(e, input, ratio)
+}
+
+/// [`meter`] of any engine.
+fn meter_of<R: Retriever>(mut e: VoiceEngine<R>, input: &[f32], ratio: f32) -> Vec<Option<f32>> {
     let board = Arc::new(SnapshotBoard::new());
     e.set_snapshots(Some(board.clone()));
     let hop = e.framing().hop;
@@ -118,4 +122,32 @@ fn synth_voice_covers_itself_not_noise() {
     eprintln!("match meter medians: same voice {m_same:.2}, noise {m_noise:.2}");
     assert!(m_same < 5.0, "{m_same}");
     assert!(m_noise > 3.0 * m_same, "noise {m_noise} vs {m_same}");
+}
+
+/// The plugin's path: the live runtime measures the voice's spacing when it prepares the index
+/// (off the audio thread), and the meter reads the same as over the index itself.
+#[test]
+fn the_live_runtime_measures_the_same_spacing_when_it_prepares_a_voice() {
+    let dir = tempfile::tempdir().unwrap();
+    let sr = 48_000.0;
+    let rec = dir.path().join("high.wav");
+    let x = synth_voice(&VoiceParams::high().with_seed(1), sr, 10.0);
+    write_wav_f32(&rec, &Audio::from_channels(&[x], sr as u32)).unwrap();
+    let index = build(dir.path(), "high.kbi", &[rec]);
+    let spec = FeatureSpec::default();
+    let (control, audio) = knnblend::live::live(spec.live_config(1));
+    let info = match control.load(0, dir.path().join("high.kbi")).wait() {
+        knnblend::live::LoadOutcome::Published(info) => info,
+        other => panic!("{other:?}"),
+    };
+    let spacing = info
+        .typical_spacing
+        .expect("a spacing for a voice of many frames");
+    assert_eq!(Some(spacing), knnblend::index::typical_spacing(&index));
+    let input = synth_voice(&VoiceParams::low().with_seed(2), sr, 3.0);
+    let live = meter_of(VoiceEngine::new(audio, &spec, sr, 1), &input, 1.0);
+    let fixed = meter(Some(index), &input, sr, 1.0);
+    assert_eq!(live.len(), fixed.len());
+    assert!(live.iter().all(Option::is_some));
+    assert_eq!(live, fixed);
 }

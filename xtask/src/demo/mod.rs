@@ -8,9 +8,11 @@
 //! 4. a voice index for each (`knnblend build --audio`);
 //! 5. the phrase through the realtime path (`knnblend render`) at Blend 0, 0.5 and 1 against
 //!    the high voice, and once with a live swap from the high to the low voice half way;
-//! 6. per-frame query time (`knnblend query`) and the render's real-time factor;
-//! 7. the plugin bundles in release mode (no faiss in them);
-//! 8. `target/demo/SUMMARY.md`.
+//! 6. what Blend 1 and pitch matching changed (`knnblend compare`: median f0 and spectral
+//!    envelope against the high voice's recording, and a PNG of both);
+//! 7. per-frame query time (`knnblend query`) and the render's real-time factor;
+//! 8. the plugin bundles in release mode (no faiss in them);
+//! 9. `target/demo/SUMMARY.md`.
 //!
 //! Every generated file is remade only when it is missing or older than what it is made from
 //! (the CLI binary, its own inputs, and the task runner itself, which holds the recipe), so a
@@ -158,6 +160,33 @@ const RENDERS: [Render; 5] = [
     },
 ];
 
+/// One render measured against the phrase and the target voice's recording
+/// (`knnblend compare`).
+#[derive(Debug, Clone, Copy)]
+struct Comparison {
+    render: &'static str,
+    /// Where `compare --json` is kept.
+    json: &'static str,
+    /// The picture, if this one is drawn.
+    png: Option<&'static str>,
+}
+
+/// What the summary's "What changed" section shows.
+const COMPARISONS: [Comparison; 2] = [
+    Comparison {
+        render: "blend-1.wav",
+        json: "compare-blend-1.json",
+        png: None,
+    },
+    Comparison {
+        render: "blend-1-pitch.wav",
+        json: "compare-blend-1-pitch.json",
+        png: Some("blend-1-pitch.png"),
+    },
+];
+/// The target voice's recording the comparisons measure against.
+const TARGET_RECORDING: &str = "voices/high.wav";
+
 /// Paths the demo works with.
 struct Demo<'a> {
     ws: &'a Workspace,
@@ -240,7 +269,7 @@ fn products_outcome(made: usize, total: usize) -> Outcome {
 
 /// Runs the demo.
 pub fn run(ws: &Workspace) -> Result<()> {
-    let mut steps = Steps::new("cargo xtask demo", 8);
+    let mut steps = Steps::new("cargo xtask demo", 9);
     let demo = Demo {
         ws,
         dir: ws.demo_dir(),
@@ -291,6 +320,12 @@ pub fn run(ws: &Workspace) -> Result<()> {
         true,
         &|| render(&demo),
     );
+    let compared = generating(
+        &mut steps,
+        "measure what Blend 1 and pitch matching changed",
+        false,
+        &|| compare(&demo),
+    );
     let measured = generating(
         &mut steps,
         "measure query time and real-time factor",
@@ -302,7 +337,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
     let bundled = matches!(bundled, Outcome::Passed | Outcome::Reused(_));
 
     generating(&mut steps, "write the summary", true, &|| {
-        write_summary(&demo, measured, bundled)
+        write_summary(&demo, measured, compared, bundled)
     });
 
     let summary = demo.path("SUMMARY.md");
@@ -402,6 +437,46 @@ fn render(demo: &Demo) -> Result<Outcome> {
     Ok(products_outcome(made, RENDERS.len()))
 }
 
+/// `knnblend compare` of each of [`COMPARISONS`]: its JSON, and its PNG if it has one.
+fn compare(demo: &Demo) -> Result<Outcome> {
+    let mut made = 0;
+    for c in COMPARISONS {
+        let mut outputs = vec![demo.path(c.json)];
+        outputs.extend(c.png.map(|p| demo.path(p)));
+        let made_now = demo.make(
+            &demo.inputs(&[PHRASE, c.render, TARGET_RECORDING]),
+            &outputs,
+            || {
+                let mut cmd = demo.cli();
+                cmd.args([
+                    "compare",
+                    "--input",
+                    PHRASE,
+                    "--output",
+                    c.render,
+                    "--target",
+                    TARGET_RECORDING,
+                    "--json",
+                ]);
+                if let Some(png) = c.png {
+                    cmd.args(["--png", png]);
+                }
+                let line = process::describe(&cmd);
+                let text = process::output(&mut cmd).with_context(|| format!("`{line}` failed"))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("`{line}` did not print JSON"))?;
+                println!(
+                    "  {}",
+                    summary::Compared::from_json(c.render, &v)?.headline()
+                );
+                fresh::write_atomically(&demo.path(c.json), text.as_bytes())
+            },
+        )?;
+        made += usize::from(made_now);
+    }
+    Ok(products_outcome(made, COMPARISONS.len()))
+}
+
 /// The index, input and output of the measurements.
 const MEASURE_INDEX: &str = "high.kbi";
 const MEASUREMENTS: &str = "measurements.json";
@@ -468,12 +543,15 @@ fn inspect(demo: &Demo, file: &str) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("`{line}` did not print JSON"))
 }
 
-fn write_summary(demo: &Demo, measured: bool, bundled: bool) -> Result<Outcome> {
+fn write_summary(demo: &Demo, measured: bool, compared: bool, bundled: bool) -> Result<Outcome> {
     let mut sources: Vec<&str> = INDEXES.iter().map(|i| i.file).collect();
     sources.extend(RENDERS.iter().map(|r| r.file));
     sources.extend(SYNTHS.iter().map(|s| s.file));
     if measured {
         sources.push(MEASUREMENTS);
+    }
+    if compared {
+        sources.extend(COMPARISONS.iter().map(|c| c.json));
     }
     let mut inputs = demo.inputs(&sources);
     if bundled {
@@ -510,6 +588,20 @@ fn write_summary(demo: &Demo, measured: bool, bundled: bool) -> Result<Outcome> 
         } else {
             None
         };
+        let comparisons = if compared {
+            COMPARISONS
+                .iter()
+                .map(|c| {
+                    let text = std::fs::read_to_string(demo.path(c.json))?;
+                    let mut m =
+                        summary::Compared::from_json(c.render, &serde_json::from_str(&text)?)?;
+                    m.png = c.png;
+                    Ok(m)
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         let bundles = bundled.then(|| summary::Bundles {
             clap: demo.ws.show(&demo.ws.clap_bundle()),
             clap_bytes: size(&demo.ws.clap_bundle()),
@@ -522,6 +614,9 @@ fn write_summary(demo: &Demo, measured: bool, bundled: bool) -> Result<Outcome> 
             indexes: &indexes,
             wavs: &wavs,
             measurements: measurements.as_ref(),
+            comparisons: &comparisons,
+            target_recording: TARGET_RECORDING,
+            phrase: PHRASE,
             bundles: bundles.as_ref(),
             machine: &machine(),
         });

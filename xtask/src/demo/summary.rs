@@ -17,6 +17,63 @@ pub struct Wav {
     pub about: &'static str,
 }
 
+/// One render measured by `knnblend compare` against the phrase and the target voice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compared {
+    /// The render, below the demo directory.
+    pub render: &'static str,
+    /// Median f0 of the phrase, the render and the target voice's recording, Hz.
+    pub input_hz: Option<f64>,
+    pub output_hz: Option<f64>,
+    pub target_hz: Option<f64>,
+    /// Envelope distance to the target voice's, dB: the phrase's and the render's.
+    pub input_distance_db: f64,
+    pub output_distance_db: f64,
+    /// Its picture, below the demo directory.
+    pub png: Option<&'static str>,
+}
+
+impl Compared {
+    /// From `knnblend compare --target … --json`.
+    pub fn from_json(render: &'static str, v: &Value) -> anyhow::Result<Compared> {
+        let num = |ptr: &str| {
+            v.pointer(ptr)
+                .and_then(Value::as_f64)
+                .ok_or_else(|| anyhow::anyhow!("compare of {render}: no {ptr} in {v}"))
+        };
+        let hz = |ptr: &str| v.pointer(ptr).and_then(Value::as_f64);
+        Ok(Compared {
+            render,
+            input_hz: hz("/input/median_f0_hz"),
+            output_hz: hz("/output/median_f0_hz"),
+            target_hz: hz("/target/median_f0_hz"),
+            input_distance_db: num("/envelope_distance_db/input")?,
+            output_distance_db: num("/envelope_distance_db/output")?,
+            png: None,
+        })
+    }
+
+    /// The envelope distance's change, percent (negative: closer to the target).
+    pub fn envelope_change_percent(&self) -> f64 {
+        100.0 * (self.output_distance_db - self.input_distance_db) / self.input_distance_db
+    }
+
+    /// One line for the log.
+    pub fn headline(&self) -> String {
+        let hz = |f: Option<f64>| f.map_or("–".into(), |f| format!("{f:.0} Hz"));
+        format!(
+            "{}: median f0 {} -> {} (target {}), envelope distance to the target {:.1} -> {:.1} dB ({:+.0} %)",
+            self.render,
+            hz(self.input_hz),
+            hz(self.output_hz),
+            hz(self.target_hz),
+            self.input_distance_db,
+            self.output_distance_db,
+            self.envelope_change_percent()
+        )
+    }
+}
+
 /// The plugin bundles.
 pub struct Bundles {
     /// The CLAP bundle, as shown to the user.
@@ -41,6 +98,12 @@ pub struct Input<'a> {
     pub wavs: &'a [Wav],
     /// The figures, when they were measured.
     pub measurements: Option<&'a Measurements>,
+    /// What Blend 1 and pitch matching changed (empty when not measured).
+    pub comparisons: &'a [Compared],
+    /// The target voice's recording the comparisons measure against.
+    pub target_recording: &'a str,
+    /// The input phrase.
+    pub phrase: &'a str,
     /// The bundles, when they were built.
     pub bundles: Option<&'a Bundles>,
     /// Where the machine's description comes from (CPU model, cores).
@@ -144,6 +207,69 @@ pub fn render(input: &Input) -> String {
         );
     }
 
+    let _ = writeln!(p, "\n## What changed\n");
+    if input.comparisons.is_empty() {
+        let _ = writeln!(p, "Not measured in this run (see the demo's log).");
+    } else {
+        let _ = writeln!(
+            p,
+            "Measured with `knnblend compare` against `{dir}/{}` (the high voice's recording): \
+             median f0, and the distance between pitch-independent spectral envelopes \
+             (cepstrally smoothed log spectrum, 200 Hz – 8 kHz, RMS dB).\n",
+            input.target_recording
+        );
+        for c in input.comparisons {
+            if let Some(png) = c.png {
+                let _ = writeln!(
+                    p,
+                    "![Envelopes and f0 of the phrase, `{}` and the target voice]({png})\n",
+                    c.render
+                );
+            }
+        }
+        let hz = |f: Option<f64>| f.map_or("–".into(), |f| format!("{f:.1} Hz"));
+        let st = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:+.2} st", 12.0 * (a / b).log2()),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            p,
+            "| audio | median f0 | from the target's | envelope distance to the target |"
+        );
+        let _ = writeln!(p, "|---|---|---|---|");
+        let first = &input.comparisons[0];
+        let _ = writeln!(
+            p,
+            "| input `{dir}/{}` | {} | {} | {:.2} dB |",
+            input.phrase,
+            hz(first.input_hz),
+            st(first.input_hz, first.target_hz),
+            first.input_distance_db
+        );
+        for c in input.comparisons {
+            let _ = writeln!(
+                p,
+                "| `{dir}/{}` | {} | {} | {:.2} dB ({:+.0} %) |",
+                c.render,
+                hz(c.output_hz),
+                st(c.output_hz, c.target_hz),
+                c.output_distance_db,
+                c.envelope_change_percent()
+            );
+        }
+        let _ = writeln!(
+            p,
+            "\nBlend 1 moves the formants toward the high voice's and keeps the input's pitch. \
+             Its envelope distance falls by less than the formants move: a low voice \
+             has little energy above 5 kHz, which per-band gains (at most ±18 dB) cannot \
+             create. With Match voice pitch the input's running median f0 also moves to the \
+             voice's recorded median ({}): the harmonics, an octave up, fill that region (and \
+             the gains may go to twice the limit to undo what the shift moved), while the \
+             formants stay where retrieval put them.",
+            hz(first.target_hz)
+        );
+    }
+
     let _ = writeln!(p, "\n## Speed\n");
     match input.measurements {
         Some(m) => {
@@ -238,6 +364,7 @@ mod tests {
         wavs: &'a [Wav],
         m: Option<&'a Measurements>,
         b: Option<&'a Bundles>,
+        comparisons: &'a [Compared],
     ) -> Input<'a> {
         Input {
             demo_dir: "target/demo",
@@ -245,6 +372,9 @@ mod tests {
             indexes,
             wavs,
             measurements: m,
+            comparisons,
+            target_recording: "voices/high.wav",
+            phrase: "voices/phrase.wav",
             bundles: b,
             machine: "test CPU, 2 cores",
         }
@@ -284,8 +414,32 @@ mod tests {
             vst3: "target/bundled/knnblend.vst3".into(),
             vst3_bytes: 10_885_896,
         };
-        let page = render(&input(&indexes, &wavs, Some(&m), Some(&b)));
+        let compared = |render, out_hz, out_db, png| {
+            let mut c = Compared::from_json(
+                render,
+                &json!({
+                    "input": {"median_f0_hz": 110.5}, "output": {"median_f0_hz": out_hz},
+                    "target": {"median_f0_hz": 220.8},
+                    "envelope_distance_db": {"input": 15.92, "output": out_db}}),
+            )
+            .unwrap();
+            c.png = png;
+            c
+        };
+        let comparisons = [
+            compared("blend-1.wav", 110.4, 4.9, None),
+            compared("blend-1-pitch.wav", 219.4, 4.62, Some("blend-1-pitch.png")),
+        ];
+        assert_eq!(
+            comparisons[1].headline(),
+            "blend-1-pitch.wav: median f0 110 Hz -> 219 Hz (target 221 Hz), envelope distance to \
+             the target 15.9 -> 4.6 dB (-71 %)"
+        );
+        let page = render(&input(&indexes, &wavs, Some(&m), Some(&b), &comparisons));
         for needle in [
+            "![Envelopes and f0 of the phrase, `blend-1-pitch.wav` and the target voice](blend-1-pitch.png)",
+            "| input `target/demo/voices/phrase.wav` | 110.5 Hz | -11.98 st | 15.92 dB |",
+            "| `target/demo/blend-1-pitch.wav` | 219.4 Hz | -0.11 st | 4.62 dB (-71 %) |",
             "`target/demo/high.kbi` | 1964 × 80 | l2 | 50 | knnblend-logmel-v1 | \
              median f0 221 Hz, ±1.2 st, 97 % voiced | `voices/high.wav` (20.0 s) | 669 KiB |",
             "`target/demo/blend-1.wav` | 6.0 s | 1.1 MiB | Blend 1 |",
@@ -303,8 +457,9 @@ mod tests {
 
     #[test]
     fn missing_parts_are_explained_not_left_out() {
-        let page = render(&input(&[], &[], None, None));
+        let page = render(&input(&[], &[], None, None, &[]));
         assert!(page.contains("Not measured in this run"), "{page}");
+        assert!(page.contains("## What changed\n\nNot measured"), "{page}");
         assert!(page.contains("were not built in this run"), "{page}");
     }
 }
