@@ -73,27 +73,9 @@ fn the_audio_side_never_allocates_or_frees_across_swaps_spilled_balanced_768() {
 /// and spilled (`build --max-list-factor 3 --spill 1`), so the audio side serves lists that
 /// hold second copies.
 fn spilled_never_allocates(shape: Shape, swaps: usize) {
-    use knnblend::index::{balance, spill, SpillOptions};
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<_> = (1..=4)
-        .map(|i| {
-            let (b, _) = balance(&parts(&shape, identity(i)), 3.0, 1).unwrap();
-            let cap = (3.0 * 2.0 * b.ntotal() as f64 / b.nlist() as f64).ceil() as usize;
-            let opts = SpillOptions {
-                max_list: Some(cap),
-                ..SpillOptions::default()
-            };
-            let (s, r) = spill(&b, opts).unwrap();
-            assert!(r.spill.duplicates as usize > shape.n / 2, "{r:?}");
-            let path = dir.path().join(format!("s{i}.kbi"));
-            knnblend::format::write_kbi(&path, &s).unwrap();
-            path
-        })
-        .collect();
-    let index = knnblend::index::IvfIndex::open(&files[0]).unwrap();
-    assert!(index.is_spilled() && index.metadata().balance().is_some());
-    drop(index);
+    let files = four_spilled_voices(dir.path(), "s", &shape);
     let counts = swap_among(shape.dim, &files, swaps);
     println!(
         "spilled, balanced {}: {counts}; {:.1} s",

@@ -77,12 +77,36 @@ fn queries_right_after_publishing_a_fresh_index_do_not_fault_rvc_768() {
     no_faults_after_publishing(rvc_768());
 }
 
+/// Spilled and balanced voices (lists holding second copies) are published as quietly.
+#[test]
+fn spilled_balanced_queries_right_after_publishing_do_not_fault_rvc_256() {
+    no_faults_after_publishing_with(rvc_256(), spilled_voice, false);
+}
+
+#[test]
+fn spilled_balanced_queries_right_after_publishing_do_not_fault_rvc_768() {
+    no_faults_after_publishing_with(rvc_768(), spilled_voice, false);
+}
+
 fn no_faults_after_publishing(shape: Shape) {
+    no_faults_after_publishing_with(shape, write, true);
+}
+
+/// A fresh index (`voice(dir, name, shape, identity)`) is published while the audio thread
+/// queries: none of its queries page-faults. `plain`: the voices are plain indexes of `shape`,
+/// whose search paths are checked to engage.
+fn no_faults_after_publishing_with(
+    shape: Shape,
+    voice: fn(&std::path::Path, &str, &Shape, f32) -> std::path::PathBuf,
+    plain: bool,
+) {
     let started = Instant::now();
     let dim = shape.dim;
     let dir = tempfile::tempdir().unwrap();
-    let warm = write(dir.path(), "warm.kbi", &shape, 1.0);
-    assert_paths_engage(&shape, &warm, &queries(dim, 512, 11));
+    let warm = voice(dir.path(), "warm.kbi", &shape, 1.0);
+    if plain {
+        assert_paths_engage(&shape, &warm, &queries(dim, 512, 11));
+    }
     let (control, mut audio) = live(LiveConfig {
         slots: 2,
         max_dim: dim,
@@ -121,7 +145,7 @@ fn no_faults_after_publishing(shape: Shape) {
 
     from_audio.recv().unwrap();
     // A file written just now, loaded through the library's loader thread.
-    let fresh = write(dir.path(), "fresh.kbi", &shape, 2.0);
+    let fresh = voice(dir.path(), "fresh.kbi", &shape, 2.0);
     let LoadOutcome::Published(info) = control.load(1, &fresh).wait() else {
         panic!("load failed")
     };

@@ -44,7 +44,7 @@ fn seccomp_child() {
     };
     let words: Vec<&str> = spec.split(' ').collect();
     let [mode, dim, swaps, voices] = words[..] else {
-        panic!("{CHILD_ENV}={spec}: expected `clean|violate <dim> <swaps> flat|pq`")
+        panic!("{CHILD_ENV}={spec}: expected `clean|violate <dim> <swaps> flat|pq|spilled`")
     };
     let violate = mode == "violate";
     let swaps: usize = swaps.parse().unwrap();
@@ -65,7 +65,12 @@ fn seccomp_child() {
             .into_iter()
             .find(|s| s.dim.to_string() == dim)
             .expect("a shape of live_support");
-        (shape, shape.label(), four_voices(dir.path(), "s", &shape))
+        let files = if voices == "spilled" {
+            four_spilled_voices(dir.path(), "s", &shape)
+        } else {
+            four_voices(dir.path(), "s", &shape)
+        };
+        (shape, shape.label(), files)
     };
     let (control, mut audio) = runtime(shape.dim, 2, 0.003, 0.001);
     assert!(matches!(
@@ -266,6 +271,19 @@ fn no_system_calls(shape: Shape, swaps: usize) {
     assert_paths_engage(&shape, &file, &queries(shape.dim, 512, 9));
     drop(dir);
     let line = run_clean_child(shape.dim, swaps, "flat", started);
+    assert!(line.contains("pq_blocks=0 mixed_fades=0"), "{line}");
+}
+
+/// Spilled and balanced voices (lists holding second copies; each id reported once).
+#[test]
+fn the_spilled_balanced_audio_side_makes_no_system_calls_rvc_256() {
+    let line = run_clean_child(rvc_256().dim, 45, "spilled", Instant::now());
+    assert!(line.contains("pq_blocks=0 mixed_fades=0"), "{line}");
+}
+
+#[test]
+fn the_spilled_balanced_audio_side_makes_no_system_calls_rvc_768() {
+    let line = run_clean_child(rvc_768().dim, 24, "spilled", Instant::now());
     assert!(line.contains("pq_blocks=0 mixed_fades=0"), "{line}");
 }
 

@@ -227,6 +227,33 @@ pub fn four_voices(dir: &Path, prefix: &str, shape: &Shape) -> Vec<PathBuf> {
         .collect()
 }
 
+/// `dir/name`: the identity index of `shape` balanced (lists at most 3 × the mean) and
+/// spilled (`build --max-list-factor 3 --spill 1`), so the audio side serves lists that hold
+/// second copies.
+pub fn spilled_voice(dir: &Path, name: &str, shape: &Shape, identity: f32) -> PathBuf {
+    use knnblend::index::{balance, spill, SpillOptions};
+    let (b, _) = balance(&parts(shape, identity), 3.0, 1).unwrap();
+    let cap = (3.0 * 2.0 * b.ntotal() as f64 / b.nlist() as f64).ceil() as usize;
+    let opts = SpillOptions {
+        max_list: Some(cap),
+        ..SpillOptions::default()
+    };
+    let (s, r) = spill(&b, opts).unwrap();
+    assert!(r.spill.duplicates as usize > shape.n / 2, "{r:?}");
+    let path = dir.join(name);
+    knnblend::format::write_kbi(&path, &s).unwrap();
+    let index = knnblend::index::IvfIndex::open(&path).unwrap();
+    assert!(index.is_spilled() && index.metadata().balance().is_some());
+    path
+}
+
+/// [`four_voices`], each a [`spilled_voice`].
+pub fn four_spilled_voices(dir: &Path, prefix: &str, shape: &Shape) -> Vec<PathBuf> {
+    (1..=4)
+        .map(|i| spilled_voice(dir, &format!("{prefix}{i}.kbi"), shape, identity(i)))
+        .collect()
+}
+
 /// A live runtime of `slots` slots for indexes of up to `dim` dimensions, crossfading over
 /// `crossfade` seconds with a feature frame every `frame` seconds.
 pub fn runtime(dim: usize, slots: usize, crossfade: f32, frame: f32) -> (Controller, AudioEngine) {
