@@ -27,7 +27,7 @@ pub use balance::{balance, BalanceReport};
 pub(crate) use blend::{blend_neighbours, clamp_ratio};
 pub use blend::{rvc_weights, BlendOutcome, BlendParams, SCORE_EPSILON};
 pub use expand::{QueryExpansion, MAX_EXPAND_DIM};
-pub use fastscan::FastScanKernels;
+pub use fastscan::{FastScanKernels, GroupSums};
 pub use ivf::{IvfIndex, OpenOptions};
 pub use kernels::Kernels;
 pub use pq_index::PqIndex;
