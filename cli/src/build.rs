@@ -19,12 +19,12 @@ pub struct Args {
     /// Number of inverted lists (default: RVC's rule min(16·√N, N/39), at least 1).
     #[arg(long)]
     nlist: Option<usize>,
-    /// Index type, as a faiss factory string (default: RVC's IVF<n>,Flat, n by RVC's rule
+    /// Index type, as a faiss factory string (default: RVC's IVF{n},Flat, n by RVC's rule
     /// min(16·√N, N/39) or --nlist).
     ///
-    /// Served: IVF<n>,Flat (a Flat .kbi) and IVF-PQ FastScan with 4-bit codes,
-    /// IVF<n>,PQ<M>x4fs (codes of the vectors) or IVF<n>,PQ<M>x4fsr (of their residuals),
-    /// optionally _<bbs> (vectors per block, a multiple of 32; default 32) and ,RFlat (the
+    /// Served: IVF{n},Flat (a Flat .kbi) and IVF-PQ FastScan with 4-bit codes,
+    /// IVF{n},PQ{M}x4fs (codes of the vectors) or IVF{n},PQ{M}x4fsr (of their residuals),
+    /// optionally _{bbs} (vectors per block, a multiple of 32; default 32) and ,RFlat (the
     /// exact vectors kept to re-rank; also written ,Refine(Flat)), such as
     /// "IVF1024,PQ128x4fs,RFlat". n is explicit (lists ≤ rows); M must divide the dimension.
     /// faiss trains and fills it on the rows RVC's recipe prepares (shuffled, compressed,

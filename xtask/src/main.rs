@@ -100,7 +100,7 @@ enum Task {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only these targets (default: every [[bin]] in fuzz/Cargo.toml).
+        /// Only these targets (default: every `[[bin]]` in fuzz/Cargo.toml).
         targets: Vec<String>,
     },
     /// Any other nice-plug-xtask command (e.g. `known-packages`).
