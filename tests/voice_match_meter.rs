@@ -151,3 +151,60 @@ fn the_live_runtime_measures_the_same_spacing_when_it_prepares_a_voice() {
     assert!(live.iter().all(Option::is_some));
     assert_eq!(live, fixed);
 }
+
+/// The RVC path blends whole blocks (`AudioEngine::blend_block`); its match meter is the mean
+/// over the block's frames of what single blends report, and says nothing at ratio 0.
+#[test]
+fn a_blocks_match_is_the_mean_of_its_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let sr = 48_000.0;
+    let rec = dir.path().join("high.wav");
+    let x = synth_voice(&VoiceParams::high().with_seed(1), sr, 10.0);
+    write_wav_f32(&rec, &Audio::from_channels(&[x], sr as u32)).unwrap();
+    let index = build(dir.path(), "high.kbi", &[rec]);
+    let flat = index.as_flat().unwrap();
+    let dim = flat.dim();
+    let spec = FeatureSpec::default();
+    let (control, mut audio) = knnblend::live::live(spec.live_config(1));
+    let info = match control.load(0, dir.path().join("high.kbi")).wait() {
+        knnblend::live::LoadOutcome::Published(info) => info,
+        other => panic!("{other:?}"),
+    };
+    let spacing = info.typical_spacing.unwrap() as f64;
+    // 40 frames: stored vectors, nudged so none is an exact match.
+    let mut frames = Vec::new();
+    for i in 0..40 {
+        let v = flat.vector(i * 7 % flat.ntotal());
+        frames.extend(v.iter().enumerate().map(|(j, x)| x + 0.05 * ((i + j) % 5) as f32));
+    }
+    // The fade onto the voice runs its course first.
+    let mut out = vec![0f32; frames.len()];
+    for _ in 0..20 {
+        audio.begin_block(0, 0.0);
+        audio.blend_block(&frames, dim, 8, 1.0, &mut out);
+        audio.end_block();
+    }
+    audio.begin_block(0, 0.0);
+    let mut want = 0.0;
+    for (q, o) in frames.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        match audio.blend(q, 8, 1.0, o) {
+            knnblend::index::BlendOutcome::Blended { nearest, .. } => {
+                want += (nearest as f64).sqrt() / spacing.sqrt() / 40.0;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let single = audio.block_match().unwrap() as f64;
+    audio.end_block();
+    audio.begin_block(0, 0.0);
+    assert_eq!(audio.block_match(), None, "a new block starts empty");
+    assert_eq!(audio.blend_block(&frames, dim, 8, 1.0, &mut out), 40);
+    let block = audio.block_match().unwrap() as f64;
+    audio.end_block();
+    assert!((single - want).abs() < 1e-5 * want, "{single} vs {want}");
+    assert!((block - want).abs() < 1e-5 * want, "{block} vs {want}");
+    audio.begin_block(0, 0.0);
+    audio.blend_block(&frames, dim, 8, 0.0, &mut out);
+    assert_eq!(audio.block_match(), None, "nothing is searched at ratio 0");
+    audio.end_block();
+}

@@ -68,6 +68,32 @@ pub struct AudioEngine {
     counters: Counters,
     block_start: u64,
     expansion: Option<QueryExpansion>,
+    /// The nearest-neighbour distances of this block's blends (for the match meter).
+    nearest: Nearest,
+}
+
+/// Sum of the square roots of blends' nearest squared distances, and how many.
+#[derive(Clone, Copy, Debug, Default)]
+struct Nearest {
+    sum: f64,
+    n: u32,
+}
+
+impl Nearest {
+    #[inline]
+    fn add(&mut self, outcome: BlendOutcome) {
+        if let BlendOutcome::Blended { nearest, .. } = outcome {
+            self.add_squared(nearest);
+        }
+    }
+
+    #[inline]
+    fn add_squared(&mut self, nearest: f32) {
+        if nearest.is_finite() {
+            self.sum += (nearest.max(0.0) as f64).sqrt();
+            self.n += 1;
+        }
+    }
 }
 
 impl AudioEngine {
@@ -112,6 +138,7 @@ impl AudioEngine {
             telemetry,
             counters: Counters::default(),
             block_start: 0,
+            nearest: Nearest::default(),
             expansion: None,
         }
     }
@@ -165,6 +192,18 @@ impl AudioEngine {
         self.serving.as_deref().and_then(|e| e.info.typical_spacing)
     }
 
+    /// The match meter of this block's blends (since [`begin_block`](Self::begin_block)): the
+    /// mean distance from each blended frame to its nearest stored frame, in the serving
+    /// voice's typical spacings ([`IndexInfo::typical_spacing`](super::IndexInfo::typical_spacing);
+    /// 1: as close as the voice's own frames are to each other). `None` when nothing was
+    /// blended or the spacing is unknown.
+    pub fn block_match(&self) -> Option<f32> {
+        let spacing = self.serving_typical_spacing()?;
+        (self.nearest.n > 0 && spacing > 0.0)
+            .then(|| (self.nearest.sum / self.nearest.n as f64 / (spacing as f64).sqrt()) as f32)
+            .filter(|m| m.is_finite())
+    }
+
     /// The [`IndexInfo::id`](super::IndexInfo::id) of the serving index.
     pub fn serving_id(&self) -> Option<u64> {
         self.serving.as_deref().map(Entry::id)
@@ -187,6 +226,7 @@ impl AudioEngine {
     /// it ends.
     pub fn begin_block(&mut self, active_slot: usize, crossfade_seconds: f32) {
         self.block_start = ticks();
+        self.nearest = Nearest::default();
         self.active_slot = active_slot.min(self.nslots - 1);
 
         // 1. A finished crossfade: hand the faded-out index back.
@@ -297,6 +337,7 @@ impl AudioEngine {
             out,
             mismatched,
         );
+        self.nearest.add(outcome);
         if self.fade.running {
             let g = (self.fade.pos + self.fade.step).min(1.0);
             self.fade.pos = g;
@@ -410,6 +451,7 @@ impl AudioEngine {
             r,
             os,
             mismatched,
+            &mut self.nearest,
         );
         if !self.fade.running {
             return blended;
@@ -528,6 +570,7 @@ fn blend_rows(
     ratio: f32,
     os: &mut [f32],
     mismatched: &mut u64,
+    nearest: &mut Nearest,
 ) -> usize {
     let index = match entry.map(|e| &e.index) {
         Some(AnyIndex::Flat(ix)) if ix.dim() == dim => ix,
@@ -538,6 +581,7 @@ fn blend_rows(
             let mut blended = 0;
             for (q, o) in qs.chunks_exact(dim).zip(os.chunks_exact_mut(dim)) {
                 let outcome = searchers.pq.blend(ix, q, &params, o);
+                nearest.add(outcome);
                 blended += matches!(outcome, BlendOutcome::Blended { .. }) as usize;
             }
             return blended;
@@ -567,7 +611,7 @@ fn blend_rows(
         if nb.is_empty() {
             o.copy_from_slice(q);
         } else {
-            blend_neighbours(index, q, nb, ratio, o);
+            nearest.add_squared(blend_neighbours(index, q, nb, ratio, o));
             blended += 1;
         }
     }
