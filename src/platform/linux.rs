@@ -1,4 +1,4 @@
-//! Linux: `mlock`, `madvise`, `MAP_POPULATE`, read leases, `getrusage(RUSAGE_THREAD)`,
+//! Linux: `mlock`, `madvise` (`WILLNEED`, `HUGEPAGE`), `MAP_POPULATE`, read leases, `getrusage(RUSAGE_THREAD)`,
 //! `SCHED_FIFO`, `sched_setaffinity`, `sched_getcpu`, `posix_fadvise`, `dladdr`.
 //!
 //! The functions take `(ptr, len)` of memory the caller holds a reference to (see `raw` in
@@ -28,6 +28,12 @@ pub(super) fn advise_will_need(ptr: *const u8, len: usize) -> bool {
     // SAFETY: the span covers only pages that hold part of the caller's memory, and
     // MADV_WILLNEED is advice that never changes their contents.
     unsafe { libc::madvise(start.cast_mut().cast(), len, libc::MADV_WILLNEED) == 0 }
+}
+
+pub(super) unsafe fn advise_huge_pages(ptr: *mut u8, len: usize) -> bool {
+    // SAFETY: the caller owns the page-aligned span; MADV_HUGEPAGE changes only how future
+    // faults in it are served, never its contents.
+    unsafe { libc::madvise(ptr.cast(), len, libc::MADV_HUGEPAGE) == 0 }
 }
 
 /// `ptr..ptr + len` widened to start on a page boundary, as `madvise` requires.

@@ -23,6 +23,10 @@ pub(super) fn unlock_memory(_ptr: *const u8, _len: usize) -> bool {
     false
 }
 
+pub(super) unsafe fn advise_huge_pages(_ptr: *mut u8, _len: usize) -> bool {
+    false
+}
+
 pub(super) fn advise_will_need(_ptr: *const u8, _len: usize) -> bool {
     false
 }

@@ -25,6 +25,10 @@ pub(super) fn unlock_memory(ptr: *const u8, len: usize) -> bool {
     unsafe { libc::munlock(ptr.cast(), len) == 0 }
 }
 
+pub(super) unsafe fn advise_huge_pages(_ptr: *mut u8, _len: usize) -> bool {
+    false
+}
+
 pub(super) fn advise_will_need(ptr: *const u8, len: usize) -> bool {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;

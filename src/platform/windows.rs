@@ -42,6 +42,10 @@ pub(super) fn unlock_memory(ptr: *const u8, len: usize) -> bool {
     unsafe { VirtualUnlock(ptr.cast(), len) != 0 }
 }
 
+pub(super) unsafe fn advise_huge_pages(_ptr: *mut u8, _len: usize) -> bool {
+    false
+}
+
 pub(super) fn advise_will_need(ptr: *const u8, len: usize) -> bool {
     let range = WIN32_MEMORY_RANGE_ENTRY {
         VirtualAddress: ptr.cast_mut().cast(),
