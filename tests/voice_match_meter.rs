@@ -175,7 +175,11 @@ fn a_blocks_match_is_the_mean_of_its_frames() {
     let mut frames = Vec::new();
     for i in 0..40 {
         let v = flat.vector(i * 7 % flat.ntotal());
-        frames.extend(v.iter().enumerate().map(|(j, x)| x + 0.05 * ((i + j) % 5) as f32));
+        frames.extend(
+            v.iter()
+                .enumerate()
+                .map(|(j, x)| x + 0.05 * ((i + j) % 5) as f32),
+        );
     }
     // The fade onto the voice runs its course first.
     let mut out = vec![0f32; frames.len()];
