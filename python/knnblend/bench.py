@@ -4,7 +4,10 @@ Both engines search the same faiss-written RVC index files (``IVF{n},Flat`` with
 rule, ``nprobe`` 1, k 8) with the same queries (by default a speech-like stream: runs of frames
 near one cluster of the index, then the next), calls alternating, one thread each
 (``faiss.omp_set_num_threads(1)``): single-frame search and RVC's realtime batches (16 and 32
-frames per call), p50/p99/p99.9/max per call. Then the CPU cost per second of audio (RVC's
+frames per call), p50/p99/p99.9/max per call; then single frames and batches of 16 again with the caches cold
+(before every call a sweep over ``--sweep-mib`` MiB of other memory, as the content encoder
+and the synthesizer of a realtime RVC pipeline evict them between one block's search and the
+next). Then the CPU cost per second of audio (RVC's
 100 frames per second in blocks of 16) with faiss at its default OpenMP threads against
 knnblend. Figures are ratios measured in this run; they depend on the machine and its load.
 """
@@ -74,19 +77,20 @@ def percentiles(times_ns):
     return {p: float(np.percentile(t, p)) for p in (50, 99, 99.9)} | {"max": float(t[-1])}
 
 
-def alternate(fx, kx, queries, batch):
-    """Calls alternate between the engines, the same queries for both."""
+def alternate(fx, kx, queries, batch, sweep=None, calls=None):
+    """Calls alternate between the engines, the same queries for both; with `sweep`, it runs
+    (untimed) before every call. At most `calls` calls per engine."""
     tf, tk = [], []
     clock = time.perf_counter_ns
-    for i in range(0, len(queries) - batch + 1, batch):
+    starts = range(0, len(queries) - batch + 1, batch)
+    for i in starts[:calls]:
         q = queries[i : i + batch]
-        t0 = clock()
-        fx.search(q, 8)
-        t1 = clock()
-        kx.search(q, 8)
-        t2 = clock()
-        tf.append(t1 - t0)
-        tk.append(t2 - t1)
+        for engine, times in ((fx, tf), (kx, tk)):
+            if sweep is not None:
+                sweep()
+            t0 = clock()
+            engine.search(q, 8)
+            times.append(clock() - t0)
     return percentiles(tf), percentiles(tk)
 
 
@@ -114,6 +118,9 @@ def main(argv=None):
     ap.add_argument("--audio-seconds", type=float, default=10.0,
                     help="length of the paced CPU-per-second-of-audio run, per engine and shape")
     ap.add_argument("--cache", default=os.path.join("target", "python-bench"))
+    ap.add_argument("--sweep-mib", type=int, default=32,
+                    help="MiB of other memory read before every call of the cold rows (0: no "
+                         "cold rows)")
     ap.add_argument("--stream", choices=["speech", "random"], default="speech",
                     help="queries: runs of frames near the index's clusters, as speech gives "
                          "(default), or vectors of other clusters than the index's (no locality, "
@@ -127,7 +134,8 @@ def main(argv=None):
           f"against knnblend (this build); {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print("per call, microseconds; ratio = faiss / knnblend (> 1: knnblend faster); "
-          f"queries: {args.stream} stream, nprobe 1, k 8")
+          f"queries: {args.stream} stream, nprobe 1, k 8; cold: {args.sweep_mib} MiB of other "
+          "memory read before every call, as a pipeline's models do between searches")
     for name in args.shapes.split(","):
         d, n = SHAPES[name]
         path = index_file(faiss, args.cache, name, d, n)
@@ -138,10 +146,15 @@ def main(argv=None):
         else:
             queries = rvc_like(args.queries, d, seed=2)
         faiss.omp_set_num_threads(1)
-        for batch in (1, 16, 32):
-            fp, kp = alternate(fx, kx, queries, batch)
+        rows = [(batch, "    ", None, None) for batch in (1, 16, 32)]
+        if args.sweep_mib > 0:
+            other = np.ones(args.sweep_mib << 20, dtype=np.uint8)
+            sweep = lambda: other.sum(dtype=np.uint64)  # noqa: E731
+            rows += [(1, "cold", sweep, 1000), (16, "cold", sweep, 200)]
+        for batch, label, sweep, calls in rows:
+            fp, kp = alternate(fx, kx, queries, batch, sweep, calls)
             cells = "  ".join(f"{p if p == 'max' else f'p{p}'}: {fp[p]:8.1f} / {kp[p]:8.1f} = {fp[p] / kp[p]:4.2f}x" for p in fp)
-            print(f"{name:8} batch {batch:2}  faiss / knnblend  {cells}")
+            print(f"{name:8} batch {batch:2} {label} faiss / knnblend  {cells}")
         faiss.omp_set_num_threads(default_threads)
         idle = cpu_per_audio_second(None, queries, args.audio_seconds)
         cf = cpu_per_audio_second(fx, queries, args.audio_seconds)
