@@ -40,6 +40,7 @@ fn the_forcing_features_choose_the_implementation() {
 struct Vma {
     size_kib: u64,
     rss_kib: u64,
+    anon_huge_kib: u64,
     locked: bool,
 }
 
@@ -48,7 +49,7 @@ fn vma(addr: *const u8) -> Vma {
     let addr = addr as u64;
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let mut inside = false;
-    let (mut size_kib, mut rss_kib) = (0, 0);
+    let (mut size_kib, mut rss_kib, mut anon_huge_kib) = (0, 0, 0);
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
         if let Some((a, b)) = first.split_once('-') {
@@ -71,10 +72,13 @@ fn vma(addr: *const u8) -> Vma {
             size_kib = kib();
         } else if line.starts_with("Rss:") {
             rss_kib = kib();
+        } else if line.starts_with("AnonHugePages:") {
+            anon_huge_kib = kib();
         } else if let Some(flags) = line.strip_prefix("VmFlags:") {
             return Vma {
                 size_kib,
                 rss_kib,
+                anon_huge_kib,
                 locked: flags.split_whitespace().any(|f| f == "lo"),
             };
         }
@@ -124,6 +128,55 @@ fn locking_memory_reports_what_the_kernel_did() {
     assert!(!vma(buf.as_slice().as_ptr()).locked);
     // Nothing to lock is always locked, on every implementation.
     assert!(lock_memory::<f32>(&[]) && unlock_memory::<u8>(&[]));
+}
+
+/// Huge-page advice, against the `AnonHugePages` of the buffer's mapping: `AlignedBytes` of
+/// 2 MiB or more asks for it. Linux makes the call (it takes where the kernel's transparent
+/// huge pages exist) and the buffer is served by huge pages unless they are `never`; the other
+/// implementations answer no, and in `madvise` mode their buffers get none, like a 4 KiB-aligned
+/// buffer allocated without the advice (the control).
+#[cfg(target_os = "linux")]
+#[test]
+fn huge_page_advice_reports_what_the_kernel_did() {
+    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok();
+    let on = mode.as_deref().is_some_and(|m| !m.contains("[never]"));
+    let madvise = mode.as_deref().is_some_and(|m| m.contains("[madvise]"));
+    let len = 8 * HUGE_PAGE;
+    let mut big = AlignedBytes::zeroed(len);
+    assert_eq!(big.as_slice().as_ptr() as usize % HUGE_PAGE, 0);
+    assert!(big.as_slice().iter().all(|&x| x == 0));
+    let huge = vma(big.as_slice().as_ptr()).anon_huge_kib * 1024;
+    // SAFETY: the buffer is ours and huge-page aligned; advice never changes its contents.
+    let advised = unsafe { advise_huge_pages(big.as_mut_slice().as_mut_ptr(), len) };
+    if NAME == "linux" {
+        assert_eq!(advised, mode.is_some(), "{mode:?}");
+        if on {
+            assert!(
+                huge >= 2 * HUGE_PAGE as u64,
+                "{huge} bytes in huge pages, {mode:?}"
+            );
+        }
+    } else {
+        assert!(!advised, "{NAME} claims huge-page advice");
+    }
+    if !on || (madvise && NAME != "linux") {
+        assert_eq!(huge, 0, "{NAME}, {mode:?}");
+    }
+    if madvise {
+        // Control: the same size with 4 KiB alignment and no advice gets no huge pages.
+        let layout = std::alloc::Layout::from_size_align(len, ALIGN).unwrap();
+        // SAFETY: non-zero size; freed below with the same layout.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!raw.is_null());
+        // SAFETY: alloc_zeroed returned len initialised bytes.
+        let plain = unsafe { std::slice::from_raw_parts(raw, len) };
+        assert!(plain.iter().all(|&x| x == 0));
+        assert_eq!(vma(raw).anon_huge_kib, 0);
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(raw, layout) };
+    }
+    // SAFETY: an empty span; nothing is advised.
+    assert!(unsafe { advise_huge_pages(std::ptr::null_mut(), 0) });
 }
 
 #[test]
