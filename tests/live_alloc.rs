@@ -98,6 +98,7 @@ fn never_allocates(shape: Shape, swaps: usize) {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(counts.mixed_fades, 0, "IVF-Flat voices only");
+    assert!(counts.metered > 0, "no block read the match meter");
 }
 
 /// [`never_allocates`] among the IVF-PQ voices of [`pq_voices`]: the guarded blocks also
@@ -138,6 +139,8 @@ struct Counts {
     mixed_fades: u64,
     by_block: u64,
     by_frame: u64,
+    /// Blocks with a match meter reading.
+    metered: u64,
 }
 
 impl std::fmt::Display for Counts {
@@ -146,7 +149,8 @@ impl std::fmt::Display for Counts {
             f,
             "{} swaps, {} guarded blocks, {} of them crossfading, {} changes of the serving \
              index, {} blocks served by IVF-PQ, {} crossfades between IVF-Flat and IVF-PQ, {} \
-             frames blended by blend_block and {} by blend, {} blocks with query expansion",
+             frames blended by blend_block and {} by blend, {} blocks with query expansion, {} \
+             with a match meter reading",
             self.swaps,
             self.blocks,
             self.fading_blocks,
@@ -155,7 +159,8 @@ impl std::fmt::Display for Counts {
             self.mixed_fades,
             self.by_block,
             self.by_frame,
-            self.expanded_blocks
+            self.expanded_blocks,
+            self.metered
         )
     }
 }
@@ -227,6 +232,7 @@ fn swap_among(dim: usize, files: &[std::path::PathBuf], swaps: usize) -> Counts 
                 mixed_fades,
                 by_block: work.by_block,
                 by_frame: work.by_frame,
+                metered: work.metered,
             };
             (audio, counts)
         })

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use knnblend::index::AnyIndex;
+use knnblend::live::{AudioEngine, Controller, IndexInfo, LoadOutcome};
 use knnblend::voice::synth::{synth_voice, VoiceParams};
 use knnblend::voice::{
     build_from_audio, read_audio, write_wav_f32, Audio, BlockParams, BuildOptions, FeatureSpec,
@@ -28,6 +29,26 @@ fn build(dir: &Path, name: &str, wavs: &[std::path::PathBuf]) -> Arc<AnyIndex> {
     )
     .unwrap();
     Arc::new(AnyIndex::open(&out).unwrap())
+}
+
+/// The built-in synthesiser's high voice (seed 1, `seconds` long at 48 kHz) recorded into
+/// `dir/high.wav` and indexed as `dir/high.kbi`.
+fn high_voice(dir: &Path, seconds: f32) -> Arc<AnyIndex> {
+    let rec = dir.join("high.wav");
+    let x = synth_voice(&VoiceParams::high().with_seed(1), 48_000.0, seconds);
+    write_wav_f32(&rec, &Audio::from_channels(&[x], 48_000)).unwrap();
+    build(dir, "high.kbi", &[rec])
+}
+
+/// A live runtime of one slot serving `dir/high.kbi` (see [`high_voice`]): its control and
+/// audio sides and what it published.
+fn serve_high_voice(dir: &Path) -> (Controller, AudioEngine, Arc<IndexInfo>) {
+    let (control, audio) = knnblend::live::live(FeatureSpec::default().live_config(1));
+    let info = match control.load(0, dir.join("high.kbi")).wait() {
+        LoadOutcome::Published(info) => info,
+        other => panic!("{other:?}"),
+    };
+    (control, audio, info)
 }
 
 /// The match meter of every loud frame of `input` (one frame per hop-long block), at `ratio`.
@@ -111,10 +132,7 @@ fn espeak_voice_covers_its_own_speech_not_another_voice() {
 fn synth_voice_covers_itself_not_noise() {
     let dir = tempfile::tempdir().unwrap();
     let sr = 48_000.0;
-    let rec = dir.path().join("high.wav");
-    let x = synth_voice(&VoiceParams::high().with_seed(1), sr, 20.0);
-    write_wav_f32(&rec, &Audio::from_channels(&[x], sr as u32)).unwrap();
-    let index = build(dir.path(), "high.kbi", &[rec]);
+    let index = high_voice(dir.path(), 20.0);
     let unseen = synth_voice(&VoiceParams::high().with_seed(2), sr, 6.0);
     let n: Vec<f32> = noise(sr as usize * 3, 9).iter().map(|x| 0.2 * x).collect();
     let m_same = median(&meter(Some(index.clone()), &unseen, sr, 1.0));
@@ -130,16 +148,9 @@ fn synth_voice_covers_itself_not_noise() {
 fn the_live_runtime_measures_the_same_spacing_when_it_prepares_a_voice() {
     let dir = tempfile::tempdir().unwrap();
     let sr = 48_000.0;
-    let rec = dir.path().join("high.wav");
-    let x = synth_voice(&VoiceParams::high().with_seed(1), sr, 10.0);
-    write_wav_f32(&rec, &Audio::from_channels(&[x], sr as u32)).unwrap();
-    let index = build(dir.path(), "high.kbi", &[rec]);
+    let index = high_voice(dir.path(), 10.0);
     let spec = FeatureSpec::default();
-    let (control, audio) = knnblend::live::live(spec.live_config(1));
-    let info = match control.load(0, dir.path().join("high.kbi")).wait() {
-        knnblend::live::LoadOutcome::Published(info) => info,
-        other => panic!("{other:?}"),
-    };
+    let (_control, audio, info) = serve_high_voice(dir.path());
     let spacing = info
         .typical_spacing
         .expect("a spacing for a voice of many frames");
@@ -157,19 +168,10 @@ fn the_live_runtime_measures_the_same_spacing_when_it_prepares_a_voice() {
 #[test]
 fn a_blocks_match_is_the_mean_of_its_frames() {
     let dir = tempfile::tempdir().unwrap();
-    let sr = 48_000.0;
-    let rec = dir.path().join("high.wav");
-    let x = synth_voice(&VoiceParams::high().with_seed(1), sr, 10.0);
-    write_wav_f32(&rec, &Audio::from_channels(&[x], sr as u32)).unwrap();
-    let index = build(dir.path(), "high.kbi", &[rec]);
+    let index = high_voice(dir.path(), 10.0);
     let flat = index.as_flat().unwrap();
     let dim = flat.dim();
-    let spec = FeatureSpec::default();
-    let (control, mut audio) = knnblend::live::live(spec.live_config(1));
-    let info = match control.load(0, dir.path().join("high.kbi")).wait() {
-        knnblend::live::LoadOutcome::Published(info) => info,
-        other => panic!("{other:?}"),
-    };
+    let (_control, mut audio, info) = serve_high_voice(dir.path());
     let spacing = info.typical_spacing.unwrap() as f64;
     // 40 frames: stored vectors, nudged so none is an exact match.
     let mut frames = Vec::new();

@@ -365,6 +365,8 @@ pub struct Work {
     /// Frames blended with neighbours so far, by `blend_block` and by `blend`.
     pub by_block: u64,
     pub by_frame: u64,
+    /// Blends after which the engine had a match meter reading of the block.
+    pub metered: u64,
 }
 
 impl Work {
@@ -377,6 +379,7 @@ impl Work {
             frames,
             by_block: 0,
             by_frame: 0,
+            metered: 0,
         }
     }
 
@@ -386,7 +389,7 @@ impl Work {
     }
 
     /// Blends every frame at `ratio`: with one `blend_block` call when `block`, else one
-    /// `blend` per frame.
+    /// `blend` per frame; then reads the block's match meter.
     pub fn blend(&mut self, audio: &mut AudioEngine, block: bool, ratio: f32) {
         if block {
             self.by_block +=
@@ -401,6 +404,7 @@ impl Work {
                 self.by_frame += matches!(outcome, BlendOutcome::Blended { .. }) as u64;
             }
         }
+        self.metered += audio.block_match().is_some() as u64;
     }
 
     /// Component 0 of output frame `i`.
