@@ -45,10 +45,15 @@ pub struct Args {
     /// Seed of the shuffle (numpy's legacy np.random.seed, as RVC) and of k-means.
     #[arg(long, default_value_t = 0)]
     seed: u32,
-    /// Store every vector in a second list too, chosen SOAR-style with this λ (about 1 to
+    /// Store copies of vectors in other lists too, chosen SOAR-style with this λ (about 1 to
     /// 1.5): better neighbours at n_probe 1. IVF-Flat only.
     #[arg(long, value_name = "LAMBDA")]
     spill: Option<f32>,
+    /// With --spill: copies per vector on average (up to 8), placed where they help most:
+    /// none for a vector deep inside its list, several on a corner of lists. The file holds
+    /// 1 + B times the vectors.
+    #[arg(long, value_name = "B", default_value_t = 1.5, requires = "spill")]
+    spill_copies: f32,
     /// Split every list longer than F × the mean list (e.g. 3), so no frame's list costs much
     /// more than another's. IVF-Flat only.
     #[arg(long, value_name = "F")]
@@ -77,6 +82,7 @@ pub fn run(a: Args) -> crate::Result {
             .map(|(k, alpha)| AlphaExpand { k, alpha }),
         seed: a.seed,
         spill: a.spill,
+        spill_copies: a.spill_copies,
         max_list_factor: a.max_list_factor,
         ..BuildOptions::default()
     };
@@ -126,8 +132,11 @@ pub fn run(a: Args) -> crate::Result {
     }
     if let Some(sp) = s.spill {
         println!(
-            "spilled: {} second copies (λ {}, among the {} nearest lists)",
-            sp.duplicates, sp.lambda, sp.candidates
+            "spilled: {} copies (λ {}, among the {} nearest lists; {})",
+            sp.duplicates,
+            sp.lambda,
+            sp.candidates,
+            sp.rule()
         );
     }
     Ok(())

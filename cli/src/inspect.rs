@@ -107,11 +107,12 @@ pub fn run(a: Args) -> crate::Result {
     );
     match spill {
         Some(s) => println!(
-            "  spilled     yes: {} second copies ({} rows stored; λ {}, among the {} nearest lists)",
+            "  spilled     yes: {} copies ({} rows stored; λ {}, among the {} nearest lists; {})",
             s.duplicates,
             index.ntotal(),
             s.lambda,
-            s.candidates
+            s.candidates,
+            s.rule()
         ),
         None => println!("  spilled     no"),
     }

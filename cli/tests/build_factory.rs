@@ -391,7 +391,18 @@ fn spilled_and_balanced_builds_are_recorded_and_inspected() {
     let plain = dir.path().join("plain.kbi");
     build(&npy, &plain, &[]);
     let out = dir.path().join("sb.kbi");
-    let said = build(&npy, &out, &["--spill", "1.2", "--max-list-factor", "2"]);
+    let said = build(
+        &npy,
+        &out,
+        &[
+            "--spill",
+            "1.2",
+            "--spill-copies",
+            "2",
+            "--max-list-factor",
+            "2",
+        ],
+    );
     assert!(
         said.contains("spilled: ") && said.contains("balanced: "),
         "{said}"
@@ -401,13 +412,15 @@ fn spilled_and_balanced_builds_are_recorded_and_inspected() {
     assert_eq!(v["spilled"], true);
     assert_eq!(v["distinct_vectors"], N);
     let dups = v["spill"]["duplicates"].as_u64().unwrap();
-    assert!(dups > (N as u64) * 9 / 10, "{v}");
+    assert!(dups > (N as u64) * 18 / 10 && dups <= 2 * N as u64, "{v}");
     assert_eq!(v["ntotal"].as_u64().unwrap(), N as u64 + dups);
     assert_eq!(v["spill"]["lambda"].as_f64().unwrap() as f32, 1.2f32);
-    // The bound holds on the stored rows: twice the mean of the balanced lists, times F.
+    assert_eq!(v["spill"]["copies_per_vector"].as_f64(), Some(2.0));
+    // The bound holds on the stored rows: 1 + 2 copies times the mean of the balanced
+    // lists, times F.
     let nlist = v["nlist"].as_f64().unwrap();
     assert!(
-        v["list_max"].as_f64().unwrap() <= (2.0 * 2.0 * N as f64 / nlist).ceil(),
+        v["list_max"].as_f64().unwrap() <= (2.0 * 3.0 * N as f64 / nlist).ceil(),
         "{v}"
     );
     assert!(v["balance"]["lists_before"].as_u64().unwrap() <= nlist as u64);
@@ -417,7 +430,9 @@ fn spilled_and_balanced_builds_are_recorded_and_inspected() {
     );
     let text = ok(&knnblend(&["inspect", s(&out)]));
     assert!(
-        text.contains("spilled     yes: ") && text.contains("balanced    "),
+        text.contains("spilled     yes: ")
+            && text.contains("2 per vector on average, where they help most")
+            && text.contains("balanced    "),
         "{text}"
     );
     let text = ok(&knnblend(&["inspect", s(&plain)]));
@@ -429,6 +444,11 @@ fn spilled_and_balanced_builds_are_recorded_and_inspected() {
     // Refusals name the option, and nothing is written.
     for (args, says) in [
         (vec!["--spill=-1"], "--spill must be"),
+        (
+            vec!["--spill", "1", "--spill-copies", "9"],
+            "--spill-copies must be",
+        ),
+        (vec!["--spill-copies", "2"], "--spill"),
         (
             vec!["--max-list-factor", "0.5"],
             "--max-list-factor must be",

@@ -45,9 +45,9 @@ const HEADER_SUM_AT: usize = TABLE_AT + SECTION_COUNT * ENTRY_LEN;
 /// Largest metadata block accepted (16 MiB).
 pub const MAX_METADATA: u64 = 16 << 20;
 
-/// Header flag: the index is spilled (some vectors are stored in two lists; the metadata's
+/// Header flag: the index is spilled (some vectors are stored in more than one list; the metadata's
 /// `"spill"` entry counts the copies). Readers that do not know it refuse the file, since they
-/// would report a vector twice when probing both its lists.
+/// would report a vector twice when probing two of its lists.
 pub const FLAG_SPILLED: u32 = 1;
 
 /// Element type code for `f32` vectors.
@@ -144,7 +144,7 @@ pub struct KbiLayout {
     pub nprobe: u32,
     /// Number of lists.
     pub nlist: usize,
-    /// Number of stored rows (vectors, and the second copies of a spilled index).
+    /// Number of stored rows (vectors, and the copies of a spilled index).
     pub ntotal: usize,
     /// Length of the whole file.
     pub file_len: u64,

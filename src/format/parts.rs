@@ -52,8 +52,9 @@ pub struct Metadata {
 }
 
 /// How a spilled index was built (`knnblend build --spill`): every vector is stored in its
-/// nearest list and, SOAR-style, in one more, so a search that probes one list also finds the
-/// neighbours that sit just across its border. Recorded in the metadata as `"spill"`; a `.kbi`
+/// nearest list and copies go, SOAR-style, to other lists (one per vector, or a budget of
+/// copies placed where they are needed most: see `index::spill`), so a search that probes one
+/// list also finds the neighbours that sit just across its border. Recorded in the metadata as `"spill"`; a `.kbi`
 /// that carries it also sets [`FLAG_SPILLED`](super::kbi::FLAG_SPILLED) in its header, and
 /// searches that probe more than one list of such an index report each id once.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +65,20 @@ pub struct Spill {
     pub duplicates: u64,
     /// How many of the nearest lists were considered for each second copy.
     pub candidates: u32,
+    /// The copies' budget per vector when they were placed where the scaled loss is least
+    /// across the whole index (`build --spill-copies`); absent for SOAR's one copy per vector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copies_per_vector: Option<f64>,
+}
+
+impl Spill {
+    /// How the copies were placed, in words (`inspect`, `build`).
+    pub fn rule(&self) -> String {
+        match self.copies_per_vector {
+            Some(b) => format!("{b} per vector on average, where they help most"),
+            None => "one per vector".into(),
+        }
+    }
 }
 
 /// How a balanced index was built (`knnblend build --max-list-factor`): lists larger than
@@ -146,9 +161,21 @@ impl Metadata {
                 s.lambda
             )));
         }
-        if s.duplicates > rows / 2 {
+        // Copies per vector: one for SOAR's rule, at most the budget (rounded) otherwise.
+        let per_vector = match s.copies_per_vector {
+            None => 1.0,
+            Some(b) if b > 0.0 && b <= crate::index::MAX_COPIES_PER_VECTOR as f64 => b,
+            Some(b) => {
+                return Err(FormatError::BadMetadata(format!(
+                    "\"spill\": copies_per_vector {b} is not in (0, {}]",
+                    crate::index::MAX_COPIES_PER_VECTOR
+                )))
+            }
+        };
+        let distinct = rows.saturating_sub(s.duplicates);
+        if s.duplicates > rows || s.duplicates as f64 > (per_vector * distinct as f64).round() {
             return Err(FormatError::BadMetadata(format!(
-                "\"spill\": {} duplicates among {rows} stored rows (at most one copy per vector)",
+                "\"spill\": {} duplicates among {rows} stored rows (at most {per_vector} copies per vector)",
                 s.duplicates
             )));
         }

@@ -93,7 +93,7 @@ impl AnyIndex {
         both!(self, i => i.ntotal())
     }
 
-    /// Number of distinct vectors (stored rows less the second copies of a spilled IVF-Flat
+    /// Number of distinct vectors (stored rows less the copies of a spilled IVF-Flat
     /// index).
     pub fn distinct_vectors(&self) -> usize {
         match self {

@@ -236,7 +236,7 @@ impl IvfIndex {
     pub fn nlist(&self) -> usize {
         self.layout.nlist
     }
-    /// Number of stored rows: the vectors, plus the second copies of a spilled index
+    /// Number of stored rows: the vectors, plus the copies of a spilled index
     /// ([`distinct_vectors`](Self::distinct_vectors) counts each vector once).
     #[inline]
     pub fn ntotal(&self) -> usize {
@@ -252,7 +252,7 @@ impl IvfIndex {
     pub fn spill(&self) -> Option<format::Spill> {
         self.metadata.spill()
     }
-    /// Number of distinct vectors: stored rows less the second copies of a spilled index.
+    /// Number of distinct vectors: stored rows less the copies of a spilled index.
     pub fn distinct_vectors(&self) -> usize {
         self.ntotal() - self.spill().map_or(0, |s| s.duplicates as usize)
     }

@@ -70,8 +70,8 @@ impl<const CAP: usize> TopK<CAP> {
 
     /// Offers a candidate whose payload names a stored row, keeping each id once: `id_of`
     /// maps a payload to its id, and a candidate whose id is already held replaces that entry
-    /// only if its key is smaller. For spilled indexes, whose vectors may sit in two probed
-    /// lists. The id check runs only for candidates that pass the threshold.
+    /// only if its key is smaller. For spilled indexes, whose vectors may sit in several
+    /// probed lists. The id check runs only for candidates that pass the threshold.
     #[inline]
     #[allow(clippy::neg_cmp_op_on_partial_ord)] // as in `push`
     pub fn push_distinct(&mut self, key: f32, val: u32, id_of: impl Fn(u32) -> i64) {

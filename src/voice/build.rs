@@ -417,10 +417,13 @@ pub struct BuildOptions {
     /// least 1): the largest list, and so a one-list probe's work, is bounded
     /// ([`index::balance`](crate::index::balance)). IVF-Flat only.
     pub max_list_factor: Option<f64>,
-    /// Store every vector in a second list too, chosen by the SOAR loss with this λ
+    /// Store copies of vectors in other lists, chosen by the SOAR loss with this λ
     /// (`--spill`; [`index::spill`](crate::index::spill)). With balancing, the copies respect
     /// the same bound. IVF-Flat only.
     pub spill: Option<f32>,
+    /// With `spill`: copies per vector on average, placed where they help most
+    /// (`--spill-copies`, in (0, 8]; the default 1.5 stores 2.5 times the vectors).
+    pub spill_copies: f32,
 }
 
 impl Default for BuildOptions {
@@ -435,6 +438,7 @@ impl Default for BuildOptions {
             silence: SilenceRule::default(),
             max_list_factor: None,
             spill: None,
+            spill_copies: 1.5,
         }
     }
 }
@@ -458,7 +462,7 @@ pub enum BuildStage {
     Training,
     /// Splitting long lists (`max_list_factor`).
     Balancing,
-    /// Placing the second copies (`spill`).
+    /// Placing the copies (`spill`).
     Spilling,
     /// Writing the `.kbi`.
     Writing,
@@ -525,7 +529,7 @@ pub struct BuildSummary {
     pub duration_seconds: f64,
     /// The list balancing applied, if any.
     pub balance: Option<crate::format::Balance>,
-    /// The spilled assignment applied, if any (its second copies are not in `vectors`).
+    /// The spilled assignment applied, if any (its copies are not in `vectors`).
     pub spill: Option<crate::format::Spill>,
     /// The recordings' pitch statistics (audio builds).
     pub pitch: Option<super::PitchStats>,
@@ -586,6 +590,13 @@ fn check_options(opts: &BuildOptions) -> Result<(), BuildError> {
         if !(l.is_finite() && (0.0..=100.0).contains(&l)) {
             return Err(BuildError::Options(format!(
                 "--spill must be a λ from 0 to 100 (SOAR's λ, about 1 to 1.5), not {l}"
+            )));
+        }
+        let b = opts.spill_copies;
+        if !(b > 0.0 && b <= crate::index::MAX_COPIES_PER_VECTOR as f32) {
+            return Err(BuildError::Options(format!(
+                "--spill-copies must be a number of copies per vector above 0 and at most {}, not {b}",
+                crate::index::MAX_COPIES_PER_VECTOR
             )));
         }
     }
@@ -980,13 +991,15 @@ pub fn build_parts(
     }
     if let Some(lambda) = opts.spill {
         progress(BuildStage::Spilling, 0, 1);
-        // With balancing, the copies keep the same bound on the doubled lists.
+        // With balancing, the copies keep the same bound on the grown lists.
+        let grown = 1.0 + opts.spill_copies as f64;
         let max_list = opts
             .max_list_factor
-            .map(|f| (f * 2.0 * parts.ntotal() as f64 / parts.nlist() as f64).ceil() as usize);
+            .map(|f| (f * grown * parts.ntotal() as f64 / parts.nlist() as f64).ceil() as usize);
         let spill_opts = crate::index::SpillOptions {
             lambda,
             max_list,
+            copies: Some(opts.spill_copies),
             ..crate::index::SpillOptions::default()
         };
         let (spilled, report) = crate::index::spill(&parts, spill_opts)?;
@@ -1018,6 +1031,7 @@ fn recipe_json(
             "alpha_expand": opts.alpha_expand.map(|a| serde_json::json!({"k": a.k, "alpha": a.alpha})),
             "max_list_factor": opts.max_list_factor,
             "spill": opts.spill,
+            "spill_copies": opts.spill.map(|_| opts.spill_copies),
         }),
     );
     let mut meta = Metadata::default();

@@ -75,6 +75,10 @@ pub struct Args {
         requires = "recall"
     )]
     spill: f32,
+    /// Copies per vector of the spilled --recall cases (placed where they help most; SOAR's
+    /// one copy per vector runs beside them).
+    #[arg(long, value_name = "B", default_value_t = 1.5, requires = "recall")]
+    spill_copies: f32,
     /// List bound of the balanced --recall cases, × the mean list.
     #[arg(long, value_name = "F", default_value_t = 3.0, requires = "recall")]
     max_list_factor: f64,
@@ -109,6 +113,7 @@ pub fn run(a: Args) -> crate::Result {
             cache_dir: a.cache_dir,
             seed: a.seed,
             lambda: a.spill,
+            copies: a.spill_copies,
             max_list_factor: a.max_list_factor,
         };
         let r = recall::run(&opts, &mut |line: &str| eprintln!("{line}"))?;

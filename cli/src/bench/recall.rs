@@ -31,6 +31,9 @@ pub struct RecallOptions {
     pub seed: u64,
     /// SOAR's λ for the spilled cases.
     pub lambda: f32,
+    /// Copies per vector of the spilled cases (`spill`, `balance+spill`; `soar` places one
+    /// per vector).
+    pub copies: f32,
     /// The list bound of the balanced cases, × the mean list.
     pub max_list_factor: f64,
 }
@@ -38,7 +41,8 @@ pub struct RecallOptions {
 /// One index variant probed at one n_probe.
 #[derive(Clone, Debug, Serialize)]
 pub struct Variant {
-    /// `plain`, `spill`, `balance`, `balance+spill`.
+    /// `plain`, `soar` (one copy per vector), `spill` (a budget of copies where they help
+    /// most), `balance`, `balance+spill`.
     pub index: String,
     /// Lists probed.
     pub nprobe: usize,
@@ -81,6 +85,7 @@ pub struct RecallReport {
     pub load_average: f64,
     pub scheduling: String,
     pub lambda: f32,
+    pub copies: f32,
     pub max_list_factor: f64,
     pub cases: Vec<RecallCase>,
     /// Why the speech proxy did not run, if it did not.
@@ -191,10 +196,20 @@ fn run_case(
         variants.push(measure("plain", &base, nprobe, queries, &truth, rounds));
     }
     drop(base);
+    let soar_opts = SpillOptions {
+        lambda: opts.lambda,
+        copies: None,
+        ..SpillOptions::default()
+    };
+    let (soar, _) = spill(plain, soar_opts)?;
+    let index = IvfIndex::from_parts(&soar)?;
+    drop(soar);
+    variants.push(measure("soar", &index, 1, queries, &truth, rounds));
+    drop(index);
     let t = Instant::now();
     let spill_opts = SpillOptions {
-        lambda: opts.lambda,
-        ..SpillOptions::default()
+        copies: Some(opts.copies),
+        ..soar_opts
     };
     let (spilled, _) = spill(plain, spill_opts)?;
     log(&format!(
@@ -210,7 +225,9 @@ fn run_case(
     let index = IvfIndex::from_parts(&balanced)?;
     variants.push(measure("balance", &index, 1, queries, &truth, rounds));
     drop(index);
-    let max_list = (opts.max_list_factor * 2.0 * balanced.ntotal() as f64 / balanced.nlist() as f64)
+    let grown = 1.0 + opts.copies as f64;
+    let max_list = (opts.max_list_factor * grown * balanced.ntotal() as f64
+        / balanced.nlist() as f64)
         .ceil() as usize;
     let (both, _) = spill(
         &balanced,
@@ -358,6 +375,7 @@ pub fn run(opts: &RecallOptions, log: &mut dyn FnMut(&str)) -> Result<RecallRepo
         load_average: load,
         scheduling,
         lambda: opts.lambda,
+        copies: opts.copies,
         max_list_factor: opts.max_list_factor,
         cases,
         speech_skipped,
@@ -368,8 +386,8 @@ pub fn format_text(r: &RecallReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "recall and cost at one probed list: spilled (λ {}) and balanced (lists ≤ {} × the mean) against plain RVC indexes\n{}, load average {:.2}, timing thread: {}\n",
-        r.lambda, r.max_list_factor, r.cpu, r.load_average, r.scheduling
+        "recall and cost at one probed list: spilled (λ {}; spill: {} copies per vector where they help most, soar: one per vector) and balanced (lists ≤ {} × the mean) against plain RVC indexes\n{}, load average {:.2}, timing thread: {}\n",
+        r.lambda, r.copies, r.max_list_factor, r.cpu, r.load_average, r.scheduling
     );
     for c in &r.cases {
         let _ = writeln!(
@@ -432,6 +450,13 @@ pub fn format_text(r: &RecallReport) -> String {
                 "  target spill recall ≥ 1.5× plain n_probe 1 at ≤ 1.5× its p50: {gain:.2}× at {cost:.2}× ({})",
                 met(gain >= 1.5 && cost <= 1.5)
             );
+            if let Some(so) = find("soar", 1) {
+                let _ = writeln!(
+                    s,
+                    "  spill against SOAR's one copy per vector: recall {:.3} vs {:.3}, {:.1} vs {:.1} µs",
+                    sp.recall, so.recall, sp.latency.p50_us, so.latency.p50_us
+                );
+            }
             let _ = writeln!(
                 s,
                 "  target spill n_probe 1 beats plain n_probe 2 in recall, at a lower p50: {:.3} vs {:.3}, {:.1} vs {:.1} µs ({})",
