@@ -47,7 +47,7 @@ def test_the_bench_runs_every_row(tmp_path, capsys):
     assert out.startswith("peer: faiss-cpu "), out
     rows = [line for line in out.splitlines() if line.startswith("v1-30k")]
     labels = [line.split("faiss")[0].split(None, 1)[1].strip() for line in rows]
-    assert labels == ["batch  1", "batch 16", "batch 32", "batch  1 cold", "batch 16 cold",
+    assert labels == ["batch  1", "batch  1 machine", "batch 16", "batch 32", "batch  1 cold", "batch 16 cold",
                       "CPU per second of audio (paced, 16 frames per 160 ms):"], labels
     for line in rows:
         ratio = float(line.split(" = ")[1].split("x")[0])
