@@ -95,6 +95,11 @@ class Index:
         (all ``-1``, so RVC's realtime step leaves that frame unblended); knnblend searches
         the nearest list that holds vectors. RVC's own indexes, trained and filled with the
         same frames, have no empty lists, and there the results are faiss's."""
+        if D is None and I is None and type(k) is int and 0 < k <= MAX_K:
+            # The common call (C-contiguous float32 rows of width d) in one native step.
+            found = self._ix.search_new(x, k)
+            if found is not None:
+                return found
         k = _k(k)
         x = _queries(x, self.d)
         n = x.shape[0]

@@ -3,7 +3,8 @@
 //! write straight into numpy arrays, so a call allocates nothing beyond its outputs (none when
 //! the caller passes them). The faiss conventions (dtypes, `-1` ids, `±FLT_MAX` distances)
 //! and the input conversions live in `knnblend/__init__.py`, which calls these with
-//! C-contiguous float32 arrays it has checked.
+//! C-contiguous float32 arrays it has checked; `search_new` takes the common call (such an
+//! array, no outputs given) in one step and declines anything else back to it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,7 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use knnblend::format::{FormatError, Metric};
 use knnblend::index::{AnyIndex, AnySearcher, BlendParams, BLOCK, MAX_K, MAX_NPROBE};
-use numpy::{Element, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
+use numpy::{
+    Element, PyArray2, PyArrayMethods, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods,
+};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyIOError, PyValueError};
 use pyo3::prelude::*;
@@ -63,6 +66,50 @@ pub(crate) fn writable<'a, T: Element>(
 ) -> PyResult<&'a mut [T]> {
     a.as_slice_mut()
         .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous {dtype}")))
+}
+
+impl Index {
+    /// The `k` nearest neighbours of each row of `q` into `dist`/`id` (rows of `k`, faiss's
+    /// conventions), with the GIL released.
+    fn search_rows(&self, py: Python<'_>, q: &[f32], k: usize, dist: &mut [f32], id: &mut [i64]) {
+        let d = self.index.dim();
+        let nprobe = self.nprobe.load(Ordering::Relaxed);
+        let missing = match self.index.metric() {
+            Metric::L2 => f32::MAX,
+            Metric::InnerProduct => -f32::MAX,
+        };
+        let index = &self.index;
+        let searcher = &self.searcher;
+        py.detach(|| {
+            let mut s = searcher.lock();
+            match index {
+                AnyIndex::Flat(flat) => {
+                    dist.fill(missing);
+                    id.fill(-1);
+                    let mut row = 0;
+                    for chunk in q.chunks(BLOCK * d) {
+                        let res = s.flat().search_block(flat, chunk, k, nprobe);
+                        for i in 0..res.len() {
+                            let base = (row + i) * k;
+                            for (j, nb) in res.get(i).iter().enumerate() {
+                                dist[base + j] = nb.distance;
+                                id[base + j] = nb.id;
+                            }
+                        }
+                        row += res.len();
+                    }
+                }
+                AnyIndex::Pq(_) => {
+                    for (i, query) in q.chunks_exact(d).enumerate() {
+                        let (dr, ir) = (&mut dist[i * k..(i + 1) * k], &mut id[i * k..(i + 1) * k]);
+                        let found = s.search(index, query, k, nprobe, ir, dr);
+                        dr[found..].fill(missing);
+                        ir[found..].fill(-1);
+                    }
+                }
+            }
+        });
+    }
 }
 
 #[pymethods]
@@ -158,43 +205,43 @@ impl Index {
         }
         let dist = writable(&mut distances, "D", "float32")?;
         let id = writable(&mut ids, "I", "int64")?;
-        let nprobe = self.nprobe.load(Ordering::Relaxed);
-        let missing = match self.index.metric() {
-            Metric::L2 => f32::MAX,
-            Metric::InnerProduct => -f32::MAX,
-        };
-        let index = &self.index;
-        let searcher = &self.searcher;
-        py.detach(|| {
-            let mut s = searcher.lock();
-            match index {
-                AnyIndex::Flat(flat) => {
-                    dist.fill(missing);
-                    id.fill(-1);
-                    let mut row = 0;
-                    for chunk in q.chunks(BLOCK * d) {
-                        let res = s.flat().search_block(flat, chunk, k, nprobe);
-                        for i in 0..res.len() {
-                            let base = (row + i) * k;
-                            for (j, nb) in res.get(i).iter().enumerate() {
-                                dist[base + j] = nb.distance;
-                                id[base + j] = nb.id;
-                            }
-                        }
-                        row += res.len();
-                    }
-                }
-                AnyIndex::Pq(_) => {
-                    for (i, query) in q.chunks_exact(d).enumerate() {
-                        let (dr, ir) = (&mut dist[i * k..(i + 1) * k], &mut id[i * k..(i + 1) * k]);
-                        let found = s.search(index, query, k, nprobe, ir, dr);
-                        dr[found..].fill(missing);
-                        ir[found..].fill(-1);
-                    }
-                }
-            }
-        });
+        self.search_rows(py, q, k, dist, id);
         Ok(())
+    }
+
+    /// `search` of the common call in one step: `x` a C-contiguous float32 ndarray of
+    /// shape `(n, d)` and `1 <= k <= max_k`, the outputs made here. `None` for any other
+    /// input, which `knnblend/__init__.py` then converts or refuses with its messages.
+    #[allow(clippy::type_complexity)]
+    fn search_new<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        k: usize,
+    ) -> PyResult<Option<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)>> {
+        let Ok(x) = x.cast::<PyArray2<f32>>() else {
+            return Ok(None);
+        };
+        let d = self.index.dim();
+        if check_k(k).is_err() || !x.is_c_contiguous() || x.shape()[1] != d {
+            return Ok(None);
+        }
+        let n = x.shape()[0];
+        let (dist, ids) = (
+            PyArray2::<f32>::zeros(py, [n, k], false),
+            PyArray2::<i64>::zeros(py, [n, k], false),
+        );
+        {
+            let q = x.readonly();
+            let (mut dw, mut iw) = (dist.readwrite(), ids.readwrite());
+            let q = rows(&q, d)?;
+            let (dd, ii) = (
+                writable(&mut dw, "D", "float32")?,
+                writable(&mut iw, "I", "int64")?,
+            );
+            self.search_rows(py, q, k, dd, ii);
+        }
+        Ok(Some((dist, ids)))
     }
 
     /// RVC's blend of each row of `x` with its `k` neighbours (weights `1/score²`, normalised,

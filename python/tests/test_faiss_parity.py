@@ -263,6 +263,30 @@ def test_bad_inputs_raise(tmp_path):
         knnblend.read_index(garbage)
 
 
+def test_the_one_step_search_is_the_checked_path(tmp_path):
+    """The common call (C-contiguous float32, no outputs given) takes one native step; it
+    returns what the checked path writes, and declines everything else to that path."""
+    path, _ = build(tmp_path, 256, 3000, "l2", "one-step")
+    kx = knnblend.read_index(path)
+    q = rvc_like(40, 256, seed=3)
+    D, I = kx.search(q, 8)
+    D2, I2 = np.empty((40, 8), np.float32), np.empty((40, 8), np.int64)
+    kx.search(q, 8, D=D2, I=I2)
+    assert D.dtype == np.float32 and I.dtype == np.int64 and D.shape == I.shape == (40, 8)
+    assert D.flags.c_contiguous and I.flags.c_contiguous and D.flags.writeable
+    np.testing.assert_array_equal(D, D2)
+    np.testing.assert_array_equal(I, I2)
+    for declined in (q.astype(np.float64), q[::2], np.asfortranarray(q), q[:, :128].copy(),
+                     q[0], [list(q[0])]):
+        assert kx._ix.search_new(declined, 8) is None
+    assert kx._ix.search_new(q, 0) is None and kx._ix.search_new(q, knnblend.MAX_K + 1) is None
+    np.testing.assert_array_equal(kx.search(q[::2], 8)[1], I[::2])
+    with pytest.raises(ValueError, match="outside"):
+        kx.search(q, -1)
+    D0, I0 = kx.search(q[:0], 8)
+    assert D0.shape == I0.shape == (0, 8)
+
+
 def test_trained_only_index_is_refused(tmp_path):
     x = rvc_like(2000, 256, seed=0)
     index = faiss.index_factory(256, "IVF32,Flat")
