@@ -66,6 +66,9 @@ pub struct Variant {
     /// p99.9 / p50 of this case divided by the tail constant work as long as its p50 gets
     /// from the timing thread's stalls (1: no frame costs more than the machine's jitter).
     pub tail_over_stalls: f64,
+    /// p99.9 / p50 of each frame's fastest pass: the frames' own cost, with the stalls that
+    /// hit one pass and not the others dropped (1: every frame costs the same).
+    pub own_tail: f64,
 }
 
 /// One data set.
@@ -143,6 +146,7 @@ fn measure(
         .centroid_screen_bytes()
         .unwrap_or(index.nlist() * d * 4) as f64;
     let (d8, d32) = (d as f64, 4.0 * d as f64);
+    let nq = queries.len() / d;
     let (mut ns, mut bytes, mut list_bytes) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         for q in queries.chunks_exact(d) {
@@ -156,6 +160,14 @@ fn measure(
             bytes.push(table + w.centroids * d32 + list);
         }
     }
+    let mut fastest: Vec<f64> = (0..nq)
+        .map(|i| {
+            (0..rounds)
+                .map(|r| ns[r * nq + i])
+                .fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    let own_tail = percentile(&mut fastest, 0.999) / percentile(&mut fastest, 0.5);
     Variant {
         index: name.to_string(),
         nprobe,
@@ -172,6 +184,7 @@ fn measure(
         list_bytes_p50: percentile(&mut list_bytes, 0.5),
         list_bytes_p999: percentile(&mut list_bytes, 0.999),
         tail_over_stalls: 0.0,
+        own_tail,
     }
 }
 
@@ -397,7 +410,7 @@ pub fn format_text(r: &RecallReport) -> String {
         );
         let _ = writeln!(
             s,
-            "  {:<14} {:>3} {:>5} {:>7} {:>6} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "  {:<14} {:>3} {:>5} {:>7} {:>6} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
             "index",
             "np",
             "lists",
@@ -410,12 +423,13 @@ pub fn format_text(r: &RecallReport) -> String {
             "p99.9",
             "list p50",
             "p99.9",
-            "tail/st"
+            "tail/st",
+            "own tail"
         );
         for v in &c.variants {
             let _ = writeln!(
                 s,
-                "  {:<14} {:>3} {:>5} {:>7} {:>6} {:>7.3} {:>8.1} {:>8.1} {:>9} {:>9} {:>9} {:>9} {:>8.2}",
+                "  {:<14} {:>3} {:>5} {:>7} {:>6} {:>7.3} {:>8.1} {:>8.1} {:>9} {:>9} {:>9} {:>9} {:>8.2} {:>8.2}",
                 v.index,
                 v.nprobe,
                 v.nlist,
@@ -428,7 +442,8 @@ pub fn format_text(r: &RecallReport) -> String {
                 suite::human_bytes(v.bytes_p999),
                 suite::human_bytes(v.list_bytes_p50),
                 suite::human_bytes(v.list_bytes_p999),
-                v.tail_over_stalls
+                v.tail_over_stalls,
+                v.own_tail
             );
         }
         let find = |name: &str, np: usize| {
@@ -476,10 +491,13 @@ pub fn format_text(r: &RecallReport) -> String {
             );
             let _ = writeln!(
                 s,
-                "  target balanced (p99.9/p50) / stall tail ≤ 1.2: balance {:.2}, both {:.2} ({})\n",
+                "  target balanced (p99.9/p50) / stall tail ≤ 1.2: balance {:.2}, both {:.2} ({}); each frame's fastest pass, p99.9/p50: balance {:.2}, both {:.2}, plain {:.2}\n",
                 b.tail_over_stalls,
                 bs.tail_over_stalls,
-                met(b.tail_over_stalls <= 1.2 && bs.tail_over_stalls <= 1.2)
+                met(b.tail_over_stalls <= 1.2 && bs.tail_over_stalls <= 1.2),
+                b.own_tail,
+                bs.own_tail,
+                p1.own_tail
             );
         }
     }
