@@ -177,6 +177,100 @@ fn median(v: &mut [f32]) -> f32 {
     *v.select_nth_unstable_by(mid, |a, b| a.total_cmp(b)).1
 }
 
+/// Rows per list as copies are placed, and the cap they must stay under.
+struct Sizes {
+    rows: Vec<usize>,
+    cap: Option<usize>,
+}
+
+impl Sizes {
+    fn full(&self, l: u32) -> bool {
+        self.cap.is_some_and(|cap| self.rows[l as usize] >= cap)
+    }
+}
+
+/// Placed copies as (target list, vector's index in `scored`), with the counts of
+/// [`SpillReport`]: `exact`, `unplaced`.
+type Placement = (Vec<(u32, u32)>, u64, u64);
+
+/// SOAR's rule: every vector's copy in its candidate of least loss with room.
+fn one_per_vector(scored: &[Scored], sizes: &mut Sizes) -> Placement {
+    let (mut placed, mut exact, mut unplaced) = (Vec::with_capacity(scored.len()), 0, 0);
+    for (v, s) in scored.iter().enumerate() {
+        let Some(&(loss, l)) = s.best.iter().find(|&&(_, l)| !sizes.full(l)) else {
+            unplaced += 1;
+            continue;
+        };
+        if s.floor >= loss {
+            exact += 1;
+        }
+        sizes.rows[l as usize] += 1;
+        placed.push((l, v as u32));
+    }
+    (placed, exact, unplaced)
+}
+
+/// The budget rule: `b × N` copies on the pairs of least scaled loss across the index.
+fn budget(
+    scored: &[Scored],
+    origin: &[(usize, usize)],
+    nlist: usize,
+    b: f32,
+    sizes: &mut Sizes,
+) -> Placement {
+    // Each list's scale: the median distance of its vectors to their centroid (the median
+    // over the index where a list's is 0, and 1 where every one is).
+    let mut per_list: Vec<Vec<f32>> = vec![Vec::new(); nlist];
+    for (s, &(l, _)) in scored.iter().zip(origin) {
+        per_list[l].push(s.own_dist);
+    }
+    let scale: Vec<f32> = per_list.iter_mut().map(|d| median(d)).collect();
+    let mut all: Vec<f32> = scored
+        .iter()
+        .map(|s| s.own_dist)
+        .filter(|&v| v > 0.0)
+        .collect();
+    let fallback = match median(&mut all) {
+        v if v > 0.0 => v,
+        _ => 1.0,
+    };
+    let score = |v: usize, loss: f32| {
+        let s = match scale[origin[v].0] {
+            s if s > 0.0 => s,
+            _ => fallback,
+        };
+        (loss - scored[v].own_dist) / s
+    };
+    let mut pairs: Vec<(f32, u32, u32)> = scored
+        .iter()
+        .enumerate()
+        .flat_map(|(v, s)| s.best.iter().map(move |&(loss, l)| (v, loss, l)))
+        .map(|(v, loss, l)| (score(v, loss), v as u32, l))
+        .collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let budget = (b as f64 * scored.len() as f64).round() as usize;
+    let mut placed = Vec::with_capacity(budget);
+    let mut threshold = f32::NEG_INFINITY;
+    for &(sc, v, l) in &pairs {
+        if placed.len() == budget {
+            break;
+        }
+        if sizes.full(l) {
+            continue;
+        }
+        sizes.rows[l as usize] += 1;
+        placed.push((l, v));
+        threshold = sc;
+    }
+    let unplaced = (budget - placed.len()) as u64;
+    // A vector's copies are the rule's choice over every list when no list outside its
+    // candidates could have scored within the last placed copy's score.
+    let exact = (0..scored.len())
+        .filter(|&v| score(v, scored[v].floor) >= threshold)
+        .count() as u64;
+    (placed, exact, unplaced)
+}
+
 /// Adds copies of the vectors of `parts` to other lists by SOAR's loss, one per vector or a
 /// budget of them (see the module documentation), and records it in the metadata
 /// (`"spill"`). The ids, the centroids and each list's own vectors are unchanged; copies
@@ -206,93 +300,22 @@ pub fn spill(
     let d = parts.dim;
     let m = opts.candidates.clamp(1, MAX_NPROBE - 1) + 1; // the vector's own list comes too
     let scored = score_all(parts, &opts, m)?;
-    let mut sizes: Vec<usize> = parts.lists.iter().map(|l| l.ids.len()).collect();
-    let full = |sizes: &[usize], l: u32| opts.max_list.is_some_and(|cap| sizes[l as usize] >= cap);
-    // (target list, vector's index in `scored`): `scored` is in list order, then position.
-    let mut placed: Vec<(u32, u32)> = Vec::new();
-    let (mut exact, unplaced);
-    match opts.copies {
-        None => {
-            let mut left = 0u64;
-            exact = 0;
-            for (v, s) in scored.iter().enumerate() {
-                let Some(&(loss, l)) = s.best.iter().find(|&&(_, l)| !full(&sizes, l)) else {
-                    left += 1;
-                    continue;
-                };
-                if s.floor >= loss {
-                    exact += 1;
-                }
-                sizes[l as usize] += 1;
-                placed.push((l, v as u32));
-            }
-            unplaced = left;
-        }
-        Some(b) => {
-            // Each list's scale: the median distance of its vectors to their centroid (the
-            // median over the index where a list's is 0, and 1 where every one is).
-            let mut scale = vec![0f32; parts.nlist()];
-            let mut at = 0;
-            let mut dists = Vec::new();
-            for (l, list) in parts.lists.iter().enumerate() {
-                dists.clear();
-                dists.extend(scored[at..at + list.ids.len()].iter().map(|s| s.own_dist));
-                scale[l] = median(&mut dists);
-                at += list.ids.len();
-            }
-            let mut all: Vec<f32> = scored
-                .iter()
-                .map(|s| s.own_dist)
-                .filter(|&v| v > 0.0)
-                .collect();
-            let fallback = match median(&mut all) {
-                v if v > 0.0 => v,
-                _ => 1.0,
-            };
-            let mut owner = Vec::with_capacity(scored.len());
-            for (l, list) in parts.lists.iter().enumerate() {
-                owner.extend(std::iter::repeat_n(l, list.ids.len()));
-            }
-            let score = |v: usize, loss: f32| {
-                let s = match scale[owner[v]] {
-                    s if s > 0.0 => s,
-                    _ => fallback,
-                };
-                (loss - scored[v].own_dist) / s
-            };
-            let mut pairs: Vec<(f32, u32, u32)> = scored
-                .iter()
-                .enumerate()
-                .flat_map(|(v, s)| s.best.iter().map(move |&(loss, l)| (v, loss, l)))
-                .map(|(v, loss, l)| (score(v, loss), v as u32, l))
-                .collect();
-            pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-            let budget = (b as f64 * scored.len() as f64).round() as usize;
-            let mut threshold = f32::NEG_INFINITY;
-            for &(sc, v, l) in &pairs {
-                if placed.len() == budget {
-                    break;
-                }
-                if full(&sizes, l) {
-                    continue;
-                }
-                sizes[l as usize] += 1;
-                placed.push((l, v));
-                threshold = sc;
-            }
-            unplaced = (budget - placed.len()) as u64;
-            // A vector's copies are the rule's choice over every list when no list outside
-            // its candidates could have scored within the last placed copy's score.
-            exact = (0..scored.len())
-                .filter(|&v| score(v, scored[v].floor) >= threshold)
-                .count() as u64;
-        }
-    }
+    // Each scored vector's (list, position).
+    let origin: Vec<(usize, usize)> = parts
+        .lists
+        .iter()
+        .enumerate()
+        .flat_map(|(l, list)| (0..list.ids.len()).map(move |p| (l, p)))
+        .collect();
+    let mut sizes = Sizes {
+        rows: parts.lists.iter().map(|l| l.ids.len()).collect(),
+        cap: opts.max_list,
+    };
+    let (mut placed, exact, unplaced) = match opts.copies {
+        None => one_per_vector(&scored, &mut sizes),
+        Some(b) => budget(&scored, &origin, parts.nlist(), b, &mut sizes),
+    };
     placed.sort_unstable_by_key(|&(l, v)| (l, v));
-    let mut origin = Vec::with_capacity(scored.len());
-    for (l, list) in parts.lists.iter().enumerate() {
-        origin.extend((0..list.ids.len()).map(|p| (l, p)));
-    }
     let mut out = parts.clone();
     for &(l, v) in &placed {
         let (from, p) = origin[v as usize];
