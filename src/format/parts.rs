@@ -164,7 +164,7 @@ impl Metadata {
         // Copies per vector: one for SOAR's rule, at most the budget (rounded) otherwise.
         let per_vector = match s.copies_per_vector {
             None => 1.0,
-            Some(b) if b > 0.0 && b <= crate::index::MAX_COPIES_PER_VECTOR as f64 => b,
+            Some(b) if crate::index::valid_copies(b) => b,
             Some(b) => {
                 return Err(FormatError::BadMetadata(format!(
                     "\"spill\": copies_per_vector {b} is not in (0, {}]",

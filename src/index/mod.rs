@@ -34,7 +34,9 @@ pub use pq_index::PqIndex;
 pub use pq_search::{LutRounding, PqNeighbour, PqSearcher, PQ_MAX_BASE_K};
 pub use search::{BlockResults, Neighbour, SearchStats, Searcher, BLOCK, MAX_K, MAX_NPROBE};
 pub use spacing::{typical_spacing, SPACING_SAMPLES};
-pub use spill::{spill, SpillOptions, SpillReport, MAX_COPIES_PER_VECTOR};
+pub use spill::{
+    spill, spilled_list_cap, valid_copies, SpillOptions, SpillReport, MAX_COPIES_PER_VECTOR,
+};
 pub use topk::TopK;
 
 #[cfg(feature = "faiss")]

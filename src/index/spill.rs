@@ -35,6 +35,18 @@ use super::{IvfIndex, Kernels, Searcher, MAX_NPROBE};
 /// The most copies of one vector the budget rule places (and so the largest budget).
 pub const MAX_COPIES_PER_VECTOR: usize = 8;
 
+/// Whether `b` is a budget of copies per vector the rule takes: above 0, at most
+/// [`MAX_COPIES_PER_VECTOR`].
+pub fn valid_copies(b: f64) -> bool {
+    b > 0.0 && b <= MAX_COPIES_PER_VECTOR as f64
+}
+
+/// The list cap that keeps a balanced index's bound once it is spilled: `max_list_factor`
+/// times the mean list of the grown index (`1 + copies` rows per vector over `nlist` lists).
+pub fn spilled_list_cap(max_list_factor: f64, copies: f32, vectors: usize, nlist: usize) -> usize {
+    (max_list_factor * (1.0 + copies as f64) * vectors as f64 / nlist as f64).ceil() as usize
+}
+
 /// How [`spill`] assigns the copies.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SpillOptions {
@@ -291,7 +303,7 @@ pub fn spill(
         )));
     }
     if let Some(b) = opts.copies {
-        if !(b > 0.0 && b <= MAX_COPIES_PER_VECTOR as f32) {
+        if !valid_copies(b as f64) {
             return Err(FormatError::InvalidParts(format!(
                 "the spill copies per vector must be a number in (0, {MAX_COPIES_PER_VECTOR}], not {b}"
             )));

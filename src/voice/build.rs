@@ -593,7 +593,7 @@ fn check_options(opts: &BuildOptions) -> Result<(), BuildError> {
             )));
         }
         let b = opts.spill_copies;
-        if !(b > 0.0 && b <= crate::index::MAX_COPIES_PER_VECTOR as f32) {
+        if !crate::index::valid_copies(b as f64) {
             return Err(BuildError::Options(format!(
                 "--spill-copies must be a number of copies per vector above 0 and at most {}, not {b}",
                 crate::index::MAX_COPIES_PER_VECTOR
@@ -992,10 +992,9 @@ pub fn build_parts(
     if let Some(lambda) = opts.spill {
         progress(BuildStage::Spilling, 0, 1);
         // With balancing, the copies keep the same bound on the grown lists.
-        let grown = 1.0 + opts.spill_copies as f64;
-        let max_list = opts
-            .max_list_factor
-            .map(|f| (f * grown * parts.ntotal() as f64 / parts.nlist() as f64).ceil() as usize);
+        let max_list = opts.max_list_factor.map(|f| {
+            crate::index::spilled_list_cap(f, opts.spill_copies, parts.ntotal(), parts.nlist())
+        });
         let spill_opts = crate::index::SpillOptions {
             lambda,
             max_list,

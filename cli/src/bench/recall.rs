@@ -17,7 +17,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use knnblend::format::{FormatError, IndexParts};
-use knnblend::index::{balance, spill, IvfIndex, Kernels, Searcher, SpillOptions};
+use knnblend::index::{
+    balance, spill, spilled_list_cap, IvfIndex, Kernels, Searcher, SpillOptions,
+};
 
 use super::suite::{self, Latency, Stalls, Work};
 
@@ -238,10 +240,12 @@ fn run_case(
     let index = IvfIndex::from_parts(&balanced)?;
     variants.push(measure("balance", &index, 1, queries, &truth, rounds));
     drop(index);
-    let grown = 1.0 + opts.copies as f64;
-    let max_list = (opts.max_list_factor * grown * balanced.ntotal() as f64
-        / balanced.nlist() as f64)
-        .ceil() as usize;
+    let max_list = spilled_list_cap(
+        opts.max_list_factor,
+        opts.copies,
+        balanced.ntotal(),
+        balanced.nlist(),
+    );
     let (both, _) = spill(
         &balanced,
         SpillOptions {
